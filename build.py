@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""One entry point for the project's tasks: set up, demo, test, build the extension, benchmark, train.
+
+Everything runs offline from package registries only. Two virtual environments are made under .envs/:
+`torch` (model_core, its worker, training) and `blender` (real Blender as the bpy module, never torch),
+mirroring how the add-on keeps torch out of Blender's process.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+ENVS = ROOT / ".envs"
+DIST = ROOT / "dist"
+OUT = ROOT / "out"
+APT_PACKAGES = [
+    "espeak-ng", "sox", "ffmpeg",
+    # shared libraries behind the bpy wheel (BLENDER_NOTES.md), and Mesa for Workbench renders
+    "libx11-6", "libxrender1", "libxfixes3", "libxi6", "libxkbcommon0", "libsm6", "libgl1",
+    "libegl1", "libegl-mesa0", "libgl1-mesa-dri",
+]
+ENV_REQUIREMENTS = {"torch": ROOT / "requirements" / "torch.txt", "blender": ROOT / "requirements" / "blender.txt"}
+# Files of the repository that go into the extension zip besides the add-on package itself.
+EXTENSION_EXTRA = ["model_core", "blender_manifest.toml", "LICENSE"]
+
+
+def run(cmd: list[str | Path], **kw) -> None:
+    """Run a command, echoing it, and stop the build with its exit code if it fails."""
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    rc = subprocess.call([str(c) for c in cmd], **kw)
+    if rc:
+        sys.exit(rc)
+
+
+def env_python(name: str) -> Path:
+    return ENVS / name / "bin" / "python"
+
+
+def setup_system() -> None:
+    """Install the Debian packages the project needs (espeak-ng for speech, ffmpeg, Blender's libraries)."""
+    missing = [p for p in APT_PACKAGES
+               if subprocess.call(["dpkg", "-s", p], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    if not missing:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        sys.exit(f"missing system packages {missing}: install them with apt-get (needs root)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(["apt-get", "update", "-qq"], env=env)
+    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
+
+
+def setup_env(name: str) -> Path:
+    """Create (or refresh when its requirements changed) one virtual environment; return its interpreter."""
+    req = ENV_REQUIREMENTS[name]
+    stamp = ENVS / name / ".requirements.sha256"
+    digest = hashlib.sha256(req.read_bytes()).hexdigest()
+    py = env_python(name)
+    if py.exists() and stamp.exists() and stamp.read_text() == digest:
+        return py
+    run([sys.executable, "-m", "venv", "--clear", ENVS / name])
+    run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", req])
+    stamp.write_text(digest)
+    return py
+
+
+def setup() -> dict[str, Path]:
+    setup_system()
+    return {name: setup_env(name) for name in ENV_REQUIREMENTS}
+
+
+def test_environ(envs: dict[str, Path]) -> dict[str, str]:
+    """Environment for test runs: the repo importable, the worker interpreter known, Blender's prefs private."""
+    return dict(os.environ, PYTHONPATH=str(ROOT), DIFFGESTURE_TORCH_PYTHON=str(envs["torch"]),
+                DIFFGESTURE_BLENDER_PYTHON=str(envs["blender"]), PYTHONDONTWRITEBYTECODE="1")
+
+
+def cmd_setup(args) -> None:
+    setup()
+
+
+def cmd_test(args) -> None:
+    """Run the core/training suite in the torch environment, then the Blender suite in the bpy environment."""
+    envs = setup()
+    if not args.no_extension:
+        build_extension()
+    env = test_environ(envs)
+    results = []
+    for name, folder in (("torch", "addon_tests/core"), ("blender", "addon_tests/blender")):
+        if not (ROOT / folder).exists():
+            continue
+        rc = subprocess.call([str(envs[name]), "-m", "pytest", "-q", folder, *args.pytest_args], cwd=ROOT, env=env)
+        results.append((folder, rc))
+    failed = [f for f, rc in results if rc not in (0,)]
+    print("test suites:", ", ".join(f"{f}: {'ok' if rc == 0 else f'exit {rc}'}" for f, rc in results))
+    sys.exit(1 if failed or not results else 0)
+
+
+def build_extension() -> Path:
+    """Assemble dist/diffgesture-<version>.zip: the add-on at the zip root, model_core and the default checkpoint."""
+    manifest = tomllib.loads((ROOT / "blender_manifest.toml").read_text())
+    DIST.mkdir(exist_ok=True)
+    target = DIST / f"diffgesture-{manifest['version']}.zip"
+    addon = ROOT / "diffgesture_blender"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(addon.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                zf.write(path, path.relative_to(addon))
+        for extra in EXTENSION_EXTRA:
+            src = ROOT / extra
+            files = sorted(src.rglob("*")) if src.is_dir() else [src]
+            for path in files:
+                if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                    zf.write(path, path.relative_to(ROOT))
+    print(f"built {target.relative_to(ROOT)} ({target.stat().st_size / 1e6:.1f} MB)")
+    return target
+
+
+def cmd_extension(args) -> None:
+    build_extension()
+
+
+def cmd_demo(args) -> None:
+    """Generate gestures for the example speech on the demo character, save the .blend and render a preview."""
+    envs = setup()
+    env = test_environ(envs)
+    run([envs["blender"], "-m", "diffgesture_blender.demo", "--torch-python", envs["torch"],
+         "--out", args.out, *(["--no-render"] if args.no_render else [])], cwd=ROOT, env=env)
+
+
+def cmd_bench(args) -> None:
+    """Run the benchmarks; each prints a table and appends it to benchmarks/RESULTS.md."""
+    envs = setup()
+    env = test_environ(envs)
+    run([envs["torch"], "-m", "benchmarks.core", *args.bench_args], cwd=ROOT, env=env)
+
+
+def cmd_train_demo(args) -> None:
+    """Train the bundled demo checkpoint on the procedural dataset (resumable)."""
+    envs = setup()
+    run([envs["torch"], "-m", "training.train", "--config", "training/configs/demo.toml", *args.train_args],
+        cwd=ROOT, env=test_environ(envs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("setup", help="install system packages and both virtual environments").set_defaults(fn=cmd_setup)
+    p = sub.add_parser("test", help="set up, build the extension, run the whole test suite")
+    p.add_argument("--no-extension", action="store_true", help="do not rebuild the extension zip first")
+    p.add_argument("pytest_args", nargs="*", help="extra arguments for pytest (after --)")
+    p.set_defaults(fn=cmd_test)
+    p = sub.add_parser("demo", help="set up and run the main job on the embedded default")
+    p.add_argument("--out", default=str(OUT / "demo"), help="output folder (default out/demo)")
+    p.add_argument("--no-render", action="store_true", help="skip the PNG/MP4 preview")
+    p.set_defaults(fn=cmd_demo)
+    sub.add_parser("extension", help="build dist/diffgesture-<version>.zip").set_defaults(fn=cmd_extension)
+    p = sub.add_parser("bench", help="run the benchmarks and record their tables")
+    p.add_argument("bench_args", nargs="*")
+    p.set_defaults(fn=cmd_bench)
+    p = sub.add_parser("train-demo", help="train the demo checkpoint on the procedural dataset")
+    p.add_argument("train_args", nargs="*")
+    p.set_defaults(fn=cmd_train_demo)
+    args = parser.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Reverse-diffusion samplers over the model's variance schedule; they never call the network.
+
+Each sampler exposes `timesteps` (schedule indices, high to low) and `step(eps, i, x, gen)` that maps x at
+`timesteps[i]` to the next state given the guided noise prediction. The denoising loop lives in pipeline.py.
+
+* PaperSampler: the official 500-step ancestral sampler with the Diffusion Gesture Stabilizer (FACTS §5). Its
+  noise is drawn in the official order, so with the same seed it reproduces the official sample bit for bit.
+* DDIMSampler: K-step DDIM (Song et al. 2021, eq. 12) on the same schedule; with eta > 0 its noise below t0
+  is made temporally shared exactly like the stabilizer's.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .network import VarianceSchedule
+
+STABILIZER_T0 = 25
+
+
+def stabilized_noise(shape: torch.Size, t: int, t0: int, like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Gesture Stabilizer noise: z_n = sqrt(1 - sa^2) eps_n + sa eps_0 with sa = ((t - t0)/t0)^2 (paper eq. 9).
+
+    One shared draw eps_0 (B, 1, D), then one (B, 1, D) draw per frame in frame order (the official order)."""
+    b, n, d = shape
+    sa = ((t - t0) / t0) ** 2
+    eps0 = torch.randn((b, 1, d), generator=gen, device=like.device, dtype=like.dtype)
+    epsn = torch.cat([torch.randn((b, 1, d), generator=gen, device=like.device, dtype=like.dtype)
+                      for _ in range(n)], dim=1)
+    return math.sqrt(1 - sa ** 2) * epsn + sa * eps0
+
+
+class PaperSampler:
+    """x_{t-1} = 1/sqrt(a_t) (x_t - (1 - a_t)/sqrt(1 - abar_t) eps) + sigma_t z, t = T..1 (paper eq. 4)."""
+
+    def __init__(self, schedule: VarianceSchedule, stabilizer: bool = True, t0: int = STABILIZER_T0):
+        self.s = schedule
+        self.stabilizer = stabilizer
+        self.t0 = t0
+        self.timesteps = list(range(schedule.num_steps, 0, -1))
+
+    def step(self, eps: torch.Tensor, i: int, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        t = self.timesteps[i]
+        # 1. the official code draws a full z first (before the network call, which uses no random numbers)
+        z = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) if t > 1 else torch.zeros_like(x)
+        # 2. inside the stabilizer range that z is discarded and replaced by frame-shared noise
+        if self.stabilizer and 2 <= t < self.t0:
+            z = stabilized_noise(x.shape, t, self.t0, x, gen)
+        alpha, alpha_bar, sigma = self.s.alphas[t], self.s.alpha_bars[t], self.s.sigmas_inflex[t]
+        c0 = 1.0 / torch.sqrt(alpha)
+        c1 = (1 - alpha) / torch.sqrt(1 - alpha_bar)
+        return c0 * (x - c1 * eps) + sigma * z
+
+
+def ddim_timesteps(num_steps: int, k: int) -> list[int]:
+    """K schedule indices spread evenly from T down to 1."""
+    if not 1 <= k <= num_steps:
+        raise ValueError(f"the fast sampler needs 1..{num_steps} steps, got {k}")
+    return [int(t) for t in np.unique(np.round(np.linspace(1, num_steps, k))).astype(int)[::-1]]
+
+
+class DDIMSampler:
+    """x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - s^2) eps + s z, x0_hat from eps (DDIM eq. 12)."""
+
+    def __init__(self, schedule: VarianceSchedule, steps: int = 50, eta: float = 0.0, stabilizer: bool = True,
+                 t0: int = STABILIZER_T0):
+        self.s = schedule
+        self.eta = eta
+        self.stabilizer = stabilizer
+        self.t0 = t0
+        self.timesteps = ddim_timesteps(schedule.num_steps, steps)
+
+    def step(self, eps: torch.Tensor, i: int, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        t = self.timesteps[i]
+        t_prev = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else 0
+        ab, ab_prev = self.s.alpha_bars[t], self.s.alpha_bars[t_prev]  # alpha_bars[0] == 1
+        x0 = (x - torch.sqrt(1 - ab) * eps) / torch.sqrt(ab)
+        s = self.eta * torch.sqrt((1 - ab_prev) / (1 - ab)) * torch.sqrt(1 - ab / ab_prev)
+        x_prev = torch.sqrt(ab_prev) * x0 + torch.sqrt((1 - ab_prev - s ** 2).clamp(min=0)) * eps
+        if self.eta > 0 and t_prev > 0:
+            if self.stabilizer and t < self.t0:
+                z = stabilized_noise(x.shape, t, self.t0, x, gen)
+            else:
+                z = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+            x_prev = x_prev + s * z
+        return x_prev
+
+
+def make_sampler(name: str, schedule: VarianceSchedule, steps: int = 50, stabilizer: bool = True,
+                 eta: float = 0.0) -> PaperSampler | DDIMSampler:
+    """'paper' -> the official 500-step sampler; 'fast' -> DDIM with `steps` steps."""
+    if name == "paper":
+        return PaperSampler(schedule, stabilizer=stabilizer)
+    if name == "fast":
+        return DDIMSampler(schedule, steps=steps, eta=eta, stabilizer=stabilizer)
+    raise ValueError(f"unknown sampler {name!r}: use 'paper' or 'fast'")
