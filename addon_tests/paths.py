@@ -1,0 +1,11 @@
+"""Paths and interpreters shared by the test suites (set by build.py test)."""
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+FIXTURES = SHARED / "reference" / "fixtures"
+TORCH_PYTHON = Path(os.environ.get("DIFFGESTURE_TORCH_PYTHON", ROOT / ".envs" / "torch" / "bin" / "python"))
+BLENDER_PYTHON = Path(os.environ.get("DIFFGESTURE_BLENDER_PYTHON", ROOT / ".envs" / "blender" / "bin" / "python"))
+PYTHON = Path(sys.executable)

@@ -1,0 +1,55 @@
+"""Speech loading: any file libsndfile reads, mixed to mono, resampled to 16 kHz float32, with specific errors."""
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+SAMPLE_RATE = 16000
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used; the message names the file and the problem."""
+
+
+def resample(audio: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.ndarray:
+    """Polyphase (Kaiser-windowed FIR) resampling along axis 0."""
+    if sr_in == sr_out:
+        return audio
+    ratio = Fraction(sr_out, sr_in).limit_denominator(10000)
+    return resample_poly(audio, ratio.numerator, ratio.denominator, axis=0)
+
+
+def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Read a speech file as a mono float32 waveform at `sr` Hz; raise AudioError with a specific reason."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"audio file not found: {path}")
+    if path.is_dir():
+        raise AudioError(f"audio path is a folder, not a file: {path}")
+    if path.stat().st_size == 0:
+        raise AudioError(f"audio file is empty (0 bytes): {path}")
+    try:
+        data, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except sf.LibsndfileError as e:
+        raise AudioError(f"cannot read {path.name} as audio ({e.error_string.strip().rstrip('.')}): "
+                         "the file is truncated, corrupt, or not in a format libsndfile reads "
+                         "(WAV, FLAC, OGG, MP3 ...)") from None
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise AudioError(f"cannot read {path.name} as audio: {e}") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"audio file has no samples: {path}")
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise AudioError(f"audio file contains {bad} non-finite samples (NaN or Inf): {path}")
+    mono = data.mean(axis=1, dtype=np.float64)
+    return resample(mono, file_sr, sr).astype(np.float32)
+
+
+def audio_info(path: str | Path) -> dict:
+    """Duration, sample rate and channel count of a readable file (without decoding all of it)."""
+    info = sf.info(str(path))
+    return {"duration": info.duration, "samplerate": info.samplerate, "channels": info.channels}

@@ -1,0 +1,162 @@
+"""The generation worker: `python -m model_core.worker`, one job at a time, spoken to through protocol.py.
+
+A reader thread takes requests from stdin so that a cancel reaches a running job (checked at every denoising
+step). The real stdout carries protocol messages only: anything libraries print goes to stderr. Errors are sent
+as text with a kind, never as pickled exceptions. Models are cached by (checkpoint file, device).
+"""
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from .protocol import PROTOCOL_VERSION, decode, encode, write_result, ProtocolError
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "demo_ted_gesture.pt"
+PROGRESS_INTERVAL = 0.1
+
+
+def resolve_checkpoint(name: str) -> Path:
+    return DEFAULT_CHECKPOINT if name in ("", "default") else Path(name)
+
+
+class Worker:
+    def __init__(self, out):
+        self.out = out
+        self.out_lock = threading.Lock()
+        self.requests: queue.Queue = queue.Queue()
+        self.cancelled: set[str] = set()
+        self.models: dict = {}
+
+    def send(self, msg: dict) -> None:
+        with self.out_lock:
+            self.out.write(encode(msg))
+            self.out.flush()
+
+    def read_stdin(self) -> None:
+        for raw in sys.stdin.buffer:
+            try:
+                msg = decode(raw)
+            except ProtocolError as e:
+                self.send({"type": "error", "id": None, "kind": "protocol", "message": str(e)})
+                continue
+            if msg["type"] == "cancel":
+                self.cancelled.add(msg.get("id"))
+            else:
+                self.requests.put(msg)
+        self.requests.put({"type": "shutdown"})  # stdin closed: the client is gone
+
+    def model(self, checkpoint: str, device: str):
+        from .checkpoint import load_checkpoint
+        from .pipeline import resolve_device
+        path = resolve_checkpoint(checkpoint)
+        dev, note = resolve_device(device)
+        key = (str(path.resolve()) if path.exists() else str(path), path.stat().st_mtime if path.exists() else 0,
+               str(dev))
+        if key not in self.models:
+            self.models.clear()  # one model resident at a time keeps memory bounded
+            ckpt = load_checkpoint(path)
+            ckpt.model.to(dev)
+            self.models[key] = ckpt
+        return self.models[key], dev, note
+
+    def handle(self, msg: dict) -> None:
+        kind = msg["type"]
+        if kind == "ping":
+            self.send({"type": "pong", "id": msg.get("id")})
+        elif kind == "info":
+            ckpt, dev, _ = self.model(msg.get("checkpoint", "default"), "cpu")
+            self.send({"type": "info", "id": msg.get("id"), "skeleton": ckpt.skeleton.name,
+                       "config": ckpt.config.to_dict(), "provenance": ckpt.provenance, "sha256": ckpt.sha256,
+                       "source_format": ckpt.source_format})
+        elif kind == "generate":
+            self.generate(msg)
+        else:
+            self.send({"type": "error", "id": msg.get("id"), "kind": "protocol", "message": f"unknown request {kind!r}"})
+
+    def generate(self, msg: dict) -> None:
+        import torch
+        from .audio import load_audio
+        from .pipeline import Cancelled, GenerationSettings, generate
+        from .skeleton import poses_to_canonical
+        job_id = msg.get("id")
+        settings = GenerationSettings(**msg.get("settings", {}))
+        settings.validate()
+        audio = load_audio(msg["audio"])
+        ckpt, dev, note = self.model(msg.get("checkpoint", "default"), msg.get("device", "auto"))
+        notes = [note] if note else []
+        last = [0.0]
+
+        def progress(p) -> None:
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_INTERVAL or p.step == p.steps:
+                last[0] = now
+                self.send({"type": "progress", "id": job_id, "window": p.window, "windows": p.windows,
+                           "step": p.step, "steps": p.steps, "fraction": round(p.fraction, 4)})
+
+        t0 = time.perf_counter()
+        run = lambda: generate(ckpt.model, audio, settings, progress=progress,  # noqa: E731
+                               cancel=lambda: job_id in self.cancelled)
+        try:
+            poses = run()
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            ckpt.model.to("cpu")
+            dev = torch.device("cpu")
+            notes.append("the GPU ran out of memory; this generation was retried on the CPU")
+            poses = run()
+        except Cancelled:
+            raise
+        meta = {"skeleton": ckpt.skeleton.name, "fps": 15, "seed": settings.seed, "checkpoint_sha256": ckpt.sha256,
+                "checkpoint": str(resolve_checkpoint(msg.get("checkpoint", "default"))),
+                "settings": settings.to_dict(), "audio": str(msg["audio"]), "duration": len(audio) / 16000,
+                "device": str(dev), "seconds": round(time.perf_counter() - t0, 3)}
+        write_result(msg["output"], poses, poses_to_canonical(poses, ckpt.skeleton), meta)
+        self.send({"type": "result", "id": job_id, "output": str(msg["output"]), "frames": int(poses.shape[1]),
+                   "variations": int(poses.shape[0]), "notes": notes, **meta})
+
+    def serve(self) -> None:
+        import torch
+        threading.Thread(target=self.read_stdin, daemon=True).start()
+        cuda = torch.cuda.is_available()
+        self.send({"type": "ready", "protocol": PROTOCOL_VERSION, "torch": torch.__version__, "cuda": cuda,
+                   "cuda_version": torch.version.cuda, "device_name": torch.cuda.get_device_name(0) if cuda else "CPU",
+                   "pid": os.getpid(), "python": sys.executable})
+        while True:
+            msg = self.requests.get()
+            if msg["type"] == "shutdown":
+                return
+            try:
+                self.handle(msg)
+            except Exception as e:  # every failure becomes a readable message for the client
+                self.send({"type": "error", "id": msg.get("id"), "kind": error_kind(e), "message": str(e)})
+                if error_kind(e) == "internal":
+                    traceback.print_exc(file=sys.stderr)
+            finally:
+                self.cancelled.discard(msg.get("id"))
+
+
+def error_kind(e: Exception) -> str:
+    from .audio import AudioError
+    from .checkpoint import CheckpointError
+    from .pipeline import Cancelled
+    for cls, kind in ((AudioError, "audio"), (CheckpointError, "checkpoint"), (Cancelled, "cancelled"),
+                      (ValueError, "settings"), (TypeError, "settings")):
+        if isinstance(e, cls):
+            return kind
+    return "internal"
+
+
+def main() -> None:
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints go to stderr, never into the protocol
+    sys.stdout = sys.stderr
+    Worker(out).serve()
+
+
+if __name__ == "__main__":
+    main()
