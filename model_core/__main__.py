@@ -1,0 +1,114 @@
+"""Command line: `python -m model_core generate | info | convert` (see --help of each)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _progress_printer():
+    """A one-line progress bar on a terminal, silent otherwise."""
+    if not sys.stderr.isatty():
+        return None
+    start = time.monotonic()
+
+    def show(p) -> None:
+        frac = p.fraction
+        bar = "#" * int(30 * frac)
+        sys.stderr.write(f"\r[{bar:<30}] {100 * frac:5.1f}%  window {p.window + 1}/{p.windows}  "
+                         f"{time.monotonic() - start:6.1f} s")
+        sys.stderr.flush()
+    return show
+
+
+def cmd_generate(args) -> int:
+    from .audio import load_audio
+    from .checkpoint import load_checkpoint
+    from .pipeline import GenerationSettings, resolve_device, generate
+    from .protocol import write_result
+    from .skeleton import poses_to_canonical
+    from .worker import resolve_checkpoint
+    settings = GenerationSettings(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+                                  stabilizer=not args.no_stabilizer, eta=args.eta, seed=args.seed,
+                                  variations=args.variations, bn_mode=args.bn_mode, fade_out=args.fade_out)
+    settings.validate()
+    audio = load_audio(args.speech)
+    device, note = resolve_device(args.device)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    ckpt_path = resolve_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(ckpt_path)
+    ckpt.model.to(device)
+    t0 = time.perf_counter()
+    poses = generate(ckpt.model, audio, settings, progress=_progress_printer())
+    seconds = time.perf_counter() - t0
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    meta = {"skeleton": ckpt.skeleton.name, "fps": 15, "seed": args.seed, "checkpoint": str(ckpt_path),
+            "checkpoint_sha256": ckpt.sha256, "settings": settings.to_dict(), "audio": str(args.speech),
+            "duration": len(audio) / 16000, "device": str(device), "seconds": round(seconds, 3)}
+    write_result(args.output, poses, poses_to_canonical(poses, ckpt.skeleton), meta)
+    print(json.dumps({"output": str(args.output), "frames": poses.shape[1], "variations": poses.shape[0], **meta}))
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .worker import resolve_checkpoint
+    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
+    n_params = sum(p.numel() for p in ckpt.model.parameters())
+    info = {"checkpoint": str(resolve_checkpoint(args.checkpoint)), "format": ckpt.source_format,
+            "skeleton": ckpt.skeleton.name, "parameters": n_params, "config": ckpt.config.to_dict(),
+            "provenance": ckpt.provenance, "sha256": ckpt.sha256}
+    print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .checkpoint import convert_official
+    ckpt = convert_official(args.official, args.native)
+    print(f"converted {args.official} ({ckpt.skeleton.name}, hidden {ckpt.config.hidden_dim}, "
+          f"depth {ckpt.config.block_depth}) -> {args.native}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model_core", description="DiffGesture: speech to gestures.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate gestures for a speech file")
+    g.add_argument("speech", type=Path)
+    g.add_argument("-o", "--output", type=Path, required=True, help="output .npz (poses, directions, meta)")
+    g.add_argument("--checkpoint", default="default", help="native or official checkpoint (default: bundled demo)")
+    g.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    g.add_argument("--sampler", default="fast", choices=["fast", "paper"])
+    g.add_argument("--steps", type=int, default=50, help="fast sampler steps")
+    g.add_argument("--eta", type=float, default=0.0, help="fast sampler stochasticity (0 = deterministic DDIM)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--guidance", type=float, default=1.15, help="classifier-free guidance scale")
+    g.add_argument("--variations", type=int, default=1)
+    g.add_argument("--no-stabilizer", action="store_true", help="disable the gesture stabilizer")
+    g.add_argument("--bn-mode", default="eval", choices=["eval", "official"],
+                   help="BatchNorm: running statistics, or batch statistics as the official scripts")
+    g.add_argument("--fade-out", action="store_true", help="ease into the mean pose at the end")
+    g.set_defaults(fn=cmd_generate)
+    i = sub.add_parser("info", help="describe a checkpoint")
+    i.add_argument("checkpoint")
+    i.set_defaults(fn=cmd_info)
+    c = sub.add_parser("convert", help="convert an official checkpoint to the native format")
+    c.add_argument("official", type=Path)
+    c.add_argument("native", type=Path)
+    c.set_defaults(fn=cmd_convert)
+    args = parser.parse_args(argv)
+    from .audio import AudioError
+    from .checkpoint import CheckpointError
+    try:
+        return args.fn(args)
+    except (AudioError, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
