@@ -24,33 +24,24 @@ def _progress_printer():
 
 
 def cmd_generate(args) -> int:
-    from .audio import load_audio
     from .checkpoint import load_checkpoint
-    from .pipeline import GenerationSettings, resolve_device, generate
-    from .protocol import write_result
-    from .skeleton import poses_to_canonical
+    from .pipeline import GenerationSettings, generate_file, resolve_device
     from .worker import resolve_checkpoint
     settings = GenerationSettings(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                                   stabilizer=not args.no_stabilizer, eta=args.eta, seed=args.seed,
-                                  variations=args.variations, bn_mode=args.bn_mode, fade_out=args.fade_out)
+                                  variations=args.variations, bn_mode=args.bn_mode, fade_out=args.fade_out,
+                                  precision=args.precision)
     settings.validate()
-    audio = load_audio(args.speech)
     device, note = resolve_device(args.device)
     if note:
         print(f"note: {note}", file=sys.stderr)
     ckpt_path = resolve_checkpoint(args.checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     ckpt.model.to(device)
-    t0 = time.perf_counter()
-    poses = generate(ckpt.model, audio, settings, progress=_progress_printer())
-    seconds = time.perf_counter() - t0
+    meta = generate_file(ckpt, str(args.speech), str(args.output), settings, progress=_progress_printer())
     if sys.stderr.isatty():
         sys.stderr.write("\n")
-    meta = {"skeleton": ckpt.skeleton.name, "fps": 15, "seed": args.seed, "checkpoint": str(ckpt_path),
-            "checkpoint_sha256": ckpt.sha256, "settings": settings.to_dict(), "audio": str(args.speech),
-            "duration": len(audio) / 16000, "device": str(device), "seconds": round(seconds, 3)}
-    write_result(args.output, poses, poses_to_canonical(poses, ckpt.skeleton), meta)
-    print(json.dumps({"output": str(args.output), "frames": poses.shape[1], "variations": poses.shape[0], **meta}))
+    print(json.dumps({"output": str(args.output), "checkpoint": str(ckpt_path), **meta}))
     return 0
 
 
@@ -92,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--bn-mode", default="eval", choices=["eval", "official"],
                    help="BatchNorm: running statistics, or batch statistics as the official scripts")
     g.add_argument("--fade-out", action="store_true", help="ease into the mean pose at the end")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="network precision; auto = bf16 for the fast sampler where it is native, else fp32")
     g.set_defaults(fn=cmd_generate)
     i = sub.add_parser("info", help="describe a checkpoint")
     i.add_argument("checkpoint")

@@ -38,6 +38,8 @@ class GenerationSettings:
     bn_mode: str = "eval"  # "eval": running statistics; "official": batch statistics as the official scripts
     fade_out: bool = False
     trim: bool = True  # cut the output to the audio's duration (the official code keeps whole windows)
+    precision: str = "auto"  # "fp32", "bf16" (network under bf16 autocast), "auto": bf16 for the fast sampler
+    #                          where the device computes bf16 natively, fp32 otherwise and for the paper sampler
 
     @classmethod
     def paper(cls, **kw) -> "GenerationSettings":
@@ -52,6 +54,8 @@ class GenerationSettings:
             raise ValueError(f"variations must be 1..64, not {self.variations}")
         if self.sampler == "fast" and not 1 <= self.steps <= 500:
             raise ValueError(f"steps must be 1..500, not {self.steps}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
         if not (math.isfinite(self.guidance) and 0 <= self.guidance <= 20):
             raise ValueError(f"guidance scale must be within 0..20, not {self.guidance}")
 
@@ -95,6 +99,19 @@ def resolve_device(name: str = "auto") -> tuple[torch.device, str]:
                                  f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); using the CPU")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bf16 matrix products natively (else bf16 autocast would be slower)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def resolve_precision(settings: GenerationSettings, device: torch.device) -> str:
+    if settings.precision != "auto":
+        return settings.precision
+    return "bf16" if settings.sampler == "fast" and native_bf16(device) else "fp32"
+
+
 def _window_audio(audio: np.ndarray, i: int) -> np.ndarray:
     duration = len(audio) / SAMPLE_RATE
     start = math.floor(STRIDE_SECONDS * i / duration * len(audio))
@@ -134,9 +151,11 @@ def sample_window(model: PoseDiffusion, audio: torch.Tensor, pre_seq: torch.Tens
     null = model.null_context(b)
     x = torch.randn((b, cfg.n_poses, cfg.pose_dim), generator=gen_cpu).to(audio.device)
     n = len(sampler.timesteps)
+    bf16 = resolve_precision(settings, audio.device) == "bf16"
     for i, t in enumerate(sampler.timesteps):
-        eps = model.guided_eps(x, sched.betas[t].view(1), context, null, settings.guidance)
-        x = sampler.step(eps, i, x, gen_dev)
+        with torch.autocast(audio.device.type, dtype=torch.bfloat16, enabled=bf16):
+            eps = model.guided_eps(x, sched.betas[t].view(1), context, null, settings.guidance)
+        x = sampler.step(eps.float(), i, x, gen_dev)
         if on_step is not None:
             on_step(i + 1, n)
     return x
@@ -187,3 +206,24 @@ def generate(model: PoseDiffusion, audio: np.ndarray, settings: GenerationSettin
     if settings.trim:
         poses = poses[:, :output_frames(len(audio), trim=True)]
     return poses
+
+
+def generate_file(ckpt, audio_path: str, output: str, settings: GenerationSettings,
+                  progress: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None) -> dict:
+    """Load speech, generate on the checkpoint's current device, write the result file; return its metadata."""
+    import time
+
+    from .audio import load_audio
+    from .protocol import write_result
+    from .skeleton import poses_to_canonical
+    settings.validate()
+    audio = load_audio(audio_path)
+    device = next(ckpt.model.parameters()).device
+    t0 = time.perf_counter()
+    poses = generate(ckpt.model, audio, settings, progress=progress, cancel=cancel)
+    meta = {"skeleton": ckpt.skeleton.name, "fps": FPS, "seed": settings.seed, "checkpoint_sha256": ckpt.sha256,
+            "settings": settings.to_dict(), "precision": resolve_precision(settings, device), "audio": str(audio_path),
+            "duration": len(audio) / SAMPLE_RATE, "device": str(device),
+            "seconds": round(time.perf_counter() - t0, 3)}
+    write_result(output, poses, poses_to_canonical(poses, ckpt.skeleton), meta)
+    return {"frames": int(poses.shape[1]), "variations": int(poses.shape[0]), **meta}

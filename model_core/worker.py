@@ -80,13 +80,10 @@ class Worker:
 
     def generate(self, msg: dict) -> None:
         import torch
-        from .audio import load_audio
-        from .pipeline import Cancelled, GenerationSettings, generate
-        from .skeleton import poses_to_canonical
+        from .pipeline import GenerationSettings, generate_file
         job_id = msg.get("id")
         settings = GenerationSettings(**msg.get("settings", {}))
         settings.validate()
-        audio = load_audio(msg["audio"])
         ckpt, dev, note = self.model(msg.get("checkpoint", "default"), msg.get("device", "auto"))
         notes = [note] if note else []
         last = [0.0]
@@ -98,26 +95,20 @@ class Worker:
                 self.send({"type": "progress", "id": job_id, "window": p.window, "windows": p.windows,
                            "step": p.step, "steps": p.steps, "fraction": round(p.fraction, 4)})
 
-        t0 = time.perf_counter()
-        run = lambda: generate(ckpt.model, audio, settings, progress=progress,  # noqa: E731
-                               cancel=lambda: job_id in self.cancelled)
+        def run() -> dict:
+            return generate_file(ckpt, msg["audio"], msg["output"], settings, progress,
+                                 cancel=lambda: job_id in self.cancelled)
         try:
-            poses = run()
+            meta = run()
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             ckpt.model.to("cpu")
-            dev = torch.device("cpu")
+            self.models.clear()
             notes.append("the GPU ran out of memory; this generation was retried on the CPU")
-            poses = run()
-        except Cancelled:
-            raise
-        meta = {"skeleton": ckpt.skeleton.name, "fps": 15, "seed": settings.seed, "checkpoint_sha256": ckpt.sha256,
-                "checkpoint": str(resolve_checkpoint(msg.get("checkpoint", "default"))),
-                "settings": settings.to_dict(), "audio": str(msg["audio"]), "duration": len(audio) / 16000,
-                "device": str(dev), "seconds": round(time.perf_counter() - t0, 3)}
-        write_result(msg["output"], poses, poses_to_canonical(poses, ckpt.skeleton), meta)
-        self.send({"type": "result", "id": job_id, "output": str(msg["output"]), "frames": int(poses.shape[1]),
-                   "variations": int(poses.shape[0]), "notes": notes, **meta})
+            meta = run()
+        checkpoint = str(resolve_checkpoint(msg.get("checkpoint", "default")))
+        self.send({"type": "result", "id": job_id, "output": str(msg["output"]), "notes": notes,
+                   "checkpoint": checkpoint, **meta})
 
     def serve(self) -> None:
         import torch
