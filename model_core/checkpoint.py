@@ -79,7 +79,8 @@ def _allowed_global(module: str, name: str):
     if (module, name) in {("argparse", "Namespace"), ("model.vocab", "Vocab")}:
         return _Record
     if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
-        return np.core.multiarray._reconstruct if hasattr(np, "core") else np._core.multiarray._reconstruct
+        core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
+        return core.multiarray._reconstruct
     if module == "numpy" and name in ("ndarray", "dtype"):
         return getattr(np, name)
     if (module, name) == ("_codecs", "encode"):

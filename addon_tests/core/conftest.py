@@ -1,0 +1,22 @@
+"""Shared fixtures for the core tests: the official conformance fixtures, loaded through the safe loader."""
+import numpy as np
+import pytest
+import torch
+
+from addon_tests.paths import FIXTURES
+from model_core.checkpoint import load_checkpoint
+
+torch.set_num_threads(2)
+NAMES = ["ted_small", "expressive_small"]
+
+
+@pytest.fixture(scope="session", params=NAMES)
+def official(request):
+    """(checkpoint, reference arrays) for one official fixture."""
+    ckpt = load_checkpoint(FIXTURES / f"{request.param}_checkpoint.bin")
+    return ckpt, dict(np.load(FIXTURES / f"{request.param}_reference.npz"))
+
+
+@pytest.fixture(scope="session")
+def ted_small():
+    return load_checkpoint(FIXTURES / "ted_small_checkpoint.bin")

@@ -1,0 +1,125 @@
+"""Checkpoint I/O: native weights_only format, safe official import, refusals with specific messages."""
+import io
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from addon_tests.paths import FIXTURES
+from model_core.checkpoint import (CheckpointError, UnsafeCheckpointError, convert_official, load_checkpoint,
+                                   read_official, save_native)
+from model_core.network import ModelConfig, PoseDiffusion
+from model_core.skeleton import TED_GESTURE
+
+
+def _official_zip(path, payload_bytes: bytes, stem="ckpt"):
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{stem}/data.pkl", payload_bytes)
+        zf.writestr(f"{stem}/version", "3\n")
+    return path
+
+
+@pytest.mark.parametrize("name,dim,params", [("ted_small", 27, 280951), ("expressive_small", 126, 296989)])
+def test_official_fixtures_load_safely(name, dim, params):
+    raw = read_official(FIXTURES / f"{name}_checkpoint.bin")
+    assert raw["epoch"] == 499 and raw["pose_dim"] == dim
+    assert type(raw["lang_model"]).__name__ == "_Record" and raw["lang_model"].word_embedding_weights.shape == (19, 300)
+    ckpt = load_checkpoint(FIXTURES / f"{name}_checkpoint.bin")
+    assert ckpt.source_format == "official" and ckpt.config.pose_dim == dim
+    assert sum(p.numel() for p in ckpt.model.parameters()) == params
+    assert ckpt.model.audio_encoder.feat_extractor[1].num_batches_tracked.item() == 40
+
+
+def test_torch_safe_loader_refuses_official_files():
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(FIXTURES / "ted_small_checkpoint.bin", weights_only=True)
+
+
+def test_convert_then_native_loads_with_weights_only(tmp_path):
+    native = tmp_path / "ted.pt"
+    official = convert_official(FIXTURES / "ted_small_checkpoint.bin", native)
+    payload = torch.load(native, weights_only=True)
+    assert payload["format"] == "diffgesture-native" and payload["skeleton"] == "ted_gesture"
+    assert payload["provenance"]["converted_from"] == "ted_small_checkpoint.bin"
+    again = load_checkpoint(native)
+    for (k, a), b in zip(official.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert again.sha256 != official.sha256
+
+
+def test_fp16_storage_is_compact_and_loads_as_float32(tmp_path):
+    model = PoseDiffusion(ModelConfig(hidden_dim=64, block_depth=2))
+    save_native(tmp_path / "a.pt", model, TED_GESTURE)
+    save_native(tmp_path / "b.pt", model, TED_GESTURE, dtype=torch.float16)
+    assert (tmp_path / "b.pt").stat().st_size < 0.6 * (tmp_path / "a.pt").stat().st_size
+    loaded = load_checkpoint(tmp_path / "b.pt").model
+    assert loaded.diffusion_net.net.linear.weight.dtype == torch.float32
+    torch.testing.assert_close(loaded.diffusion_net.net.linear.weight, model.diffusion_net.net.linear.weight,
+                               atol=1e-3, rtol=1e-3)
+    assert torch.equal(loaded.schedule.alpha_bars, model.schedule.alpha_bars), "schedule buffers stay float32"
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_pickle_is_refused_and_does_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _official_zip(tmp_path / "evil.bin", pickle.dumps({"args": _RunsCode(marker), "state_dict": {}}, protocol=2))
+    with pytest.raises(UnsafeCheckpointError, match=r"posix\.system|os\.system"):
+        load_checkpoint(evil)
+    assert not marker.exists(), "the payload must never execute"
+
+
+def test_unexpected_global_in_an_official_file_is_named(tmp_path):
+    import datetime
+    data = pickle.dumps({"args": {"when": datetime.date(2023, 1, 1)}, "state_dict": {}}, protocol=2)
+    with pytest.raises(UnsafeCheckpointError, match="datetime.date"):
+        load_checkpoint(_official_zip(tmp_path / "extra.bin", data))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: p, "not found"),
+    (lambda p: (p.write_bytes(b""), p)[1], "empty"),
+    (lambda p: (p.write_bytes(os.urandom(4096)), p)[1], "not a PyTorch checkpoint"),
+    (lambda p: (p.write_bytes((FIXTURES / "ted_small_checkpoint.bin").read_bytes()[:300_000]), p)[1], "not a PyTorch"),
+])
+def test_bad_files_give_specific_errors(tmp_path, make, message):
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(make(tmp_path / "x.bin"))
+
+
+def test_directory_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="folder"):
+        load_checkpoint(tmp_path)
+
+
+def test_shape_mismatch_names_the_keys(tmp_path):
+    model = PoseDiffusion(ModelConfig(hidden_dim=64, block_depth=2))
+    save_native(tmp_path / "m.pt", model, TED_GESTURE)
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    payload["config"]["hidden_dim"] = 128
+    del payload["state_dict"]["null_cond_emb"]
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tmp_path / "bad.pt")
+    text = str(err.value)
+    assert "missing keys: null_cond_emb" in text and "diffusion_net.net.linear.weight: file (64, 90) vs model (128, 90)" in text
+
+
+def test_storage_missing_from_archive_is_reported(tmp_path):
+    src = zipfile.ZipFile(FIXTURES / "ted_small_checkpoint.bin")
+    out = tmp_path / "partial.bin"
+    with zipfile.ZipFile(out, "w") as zf:
+        for item in src.namelist():
+            if not item.endswith("/data/3"):
+                zf.writestr(item, src.read(item))
+    with pytest.raises(CheckpointError, match="storage 3 is missing"):
+        load_checkpoint(out)

@@ -1,0 +1,106 @@
+"""Conformance with the official implementation: every array of both fixtures (FACTS.md, fixtures/README.txt)."""
+import numpy as np
+import pytest
+import torch
+
+from model_core.network import linear_schedule
+from model_core.pipeline import GenerationSettings, sample_window
+from model_core.samplers import PaperSampler, stabilized_noise
+
+
+def t(a):
+    return torch.from_numpy(np.asarray(a))
+
+
+def test_audio_features_both_batchnorm_modes(official):
+    ckpt, ref = official
+    bn = ckpt.model.audio_encoder.feat_extractor[1]
+    running = bn.running_mean.clone()
+    with torch.inference_mode():
+        np.testing.assert_array_equal(ckpt.model.audio_encoder(t(ref["audio"])).numpy(), ref["audio_feat"])
+        np.testing.assert_array_equal(ckpt.model.audio_encoder(t(ref["audio"]), batch_stats=True).numpy(),
+                                      ref["audio_feat_trainbn"])
+    assert torch.equal(running, bn.running_mean), "the official BatchNorm mode must not update the running stats"
+
+
+def test_denoiser_outputs(official):
+    ckpt, ref = official
+    m = ckpt.model
+    with torch.inference_mode():
+        ctx = m.context(t(ref["audio"]), t(ref["pre_seq"]))
+        np.testing.assert_array_equal(ctx.numpy(), ref["context"])
+        np.testing.assert_array_equal(m.null_context(1).numpy(), ref["null_context"])
+        beta = t(ref["beta250"])
+        np.testing.assert_allclose(m.denoise(t(ref["x_t250"]), beta, ctx).numpy(), ref["e_theta_cond_t250"], atol=1e-6)
+        np.testing.assert_allclose(m.denoise(t(ref["x_t250"]), beta, m.null_context(1)).numpy(),
+                                   ref["e_theta_uncond_t250"], atol=1e-6)
+        guided = m.guided_eps(t(ref["x_t250"]), beta, ctx, m.null_context(1), 1.15)
+        np.testing.assert_array_equal(guided.numpy(), ref["e_theta_cfg_t250"])
+
+
+def test_schedule_buffers_loaded_and_built(official):
+    ckpt, ref = official
+    built = linear_schedule(500, 1e-4, 0.02)
+    for name in ("betas", "alphas", "alpha_bars", "sigmas_flex", "sigmas_inflex"):
+        np.testing.assert_array_equal(getattr(ckpt.model.schedule, name).numpy(), ref[name])
+        np.testing.assert_array_equal(built[name].numpy(), ref[name])
+
+
+def test_single_reverse_steps(official):
+    ckpt, ref = official
+    s = PaperSampler(ckpt.model.schedule)
+    # t = 400: x_prev = c0 (x - c1 eps) + sigma z with the recorded z
+    step_400 = s.timesteps.index(400)
+    gen = torch.Generator()
+    state = gen.get_state()
+    z = torch.randn(ref["step_t400_x_t"].shape, generator=gen)
+    gen.set_state(state)
+    x_prev = s.step(t(ref["step_t400_e_theta_cfg"]), step_400, t(ref["step_t400_x_t"]), gen)
+    expected = ref["step_t400_x_prev"] - float(ref["step_t400_sigma"]) * ref["step_t400_z"] \
+        + float(ref["step_t400_sigma"]) * z.numpy()
+    np.testing.assert_allclose(x_prev.numpy(), expected, rtol=1e-5, atol=1e-5)
+    # t = 10 (stabilizer): the combination of the recorded shared and per-frame draws
+    sa = float(ref["step_t10_sigma_a"])
+    assert sa == pytest.approx(0.36)
+    z10 = np.sqrt(1 - sa ** 2) * ref["step_t10_epsn_perframe"] + sa * ref["step_t10_eps0_shared"]
+    np.testing.assert_allclose(z10, ref["step_t10_z"], atol=1e-6)
+    sched = ckpt.model.schedule
+    alpha, abar = sched.alphas[10], sched.alpha_bars[10]
+    x9 = (1 / torch.sqrt(alpha)) * (t(ref["step_t10_x_t"]) - (1 - alpha) / torch.sqrt(1 - abar)
+                                    * t(ref["step_t10_e_theta_cfg"])) + sched.sigmas_inflex[10] * t(ref["step_t10_z"])
+    np.testing.assert_array_equal(x9.numpy(), ref["step_t10_x_prev"])
+
+
+def test_stabilizer_draw_order_matches_official_stream(official):
+    """From a seeded generator, the stabilizer draws the full z, then eps_0, then 34 frame draws."""
+    _, ref = official
+    d = ref["step_t10_z"].shape[-1]
+    gen = torch.Generator().manual_seed(3)
+    torch.randn((1, 34, d), generator=gen)  # the discarded full draw
+    z = stabilized_noise(torch.Size((1, 34, d)), 10, 25, torch.zeros(1), gen)
+    gen2 = torch.Generator().manual_seed(3)
+    torch.randn((1, 34, d), generator=gen2)
+    eps0 = torch.randn((1, 1, d), generator=gen2)
+    epsn = torch.cat([torch.randn((1, 1, d), generator=gen2) for _ in range(34)], 1)
+    np.testing.assert_array_equal(z.numpy(), (np.sqrt(1 - 0.36 ** 2) * epsn + 0.36 * eps0).numpy())
+
+
+@pytest.mark.parametrize("bn_mode,key", [("eval", "sample_x0"), ("official", "sample_x0_trainbn")])
+def test_full_seeded_sample_reproduces_official(official, bn_mode, key):
+    ckpt, ref = official
+    settings = GenerationSettings.paper(bn_mode=bn_mode, seed=int(ref["sample_seed"]), precision="fp32")
+    gen = torch.Generator().manual_seed(settings.seed)
+    x0 = sample_window(ckpt.model, t(ref["audio"]), t(ref["pre_seq"]), settings, gen, gen)
+    np.testing.assert_allclose(x0.numpy(), ref[key], rtol=1e-4, atol=1e-4)
+    assert np.abs(x0.numpy() - ref[key]).max() == 0.0, "expected a bit-exact reproduction on the CPU"
+
+
+def test_stabilizer_switch_changes_the_sample(ted_small):
+    ref_audio = torch.zeros(1, 36267)
+    pre = torch.zeros(1, 34, 28)
+    outs = []
+    for stab in (True, False):
+        s = GenerationSettings.paper(stabilizer=stab, seed=1, precision="fp32")
+        g = torch.Generator().manual_seed(1)
+        outs.append(sample_window(ted_small.model, ref_audio, pre, s, g, g).numpy())
+    assert not np.allclose(outs[0], outs[1])
