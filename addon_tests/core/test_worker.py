@@ -1,0 +1,154 @@
+"""The worker as a real subprocess in the torch environment, and the command line."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from addon_tests.paths import FIXTURES, ROOT
+from model_core.checkpoint import convert_official
+from model_core.protocol import WorkerClient, WorkerError, read_result
+
+PY = sys.executable  # the torch environment's interpreter runs these tests
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ck") / "ted_small.pt"
+    convert_official(FIXTURES / "ted_small_checkpoint.bin", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    path = tmp_path_factory.mktemp("audio") / "speech.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), "Gestures follow the rhythm of the voice."], check=True)
+    return path
+
+
+@pytest.fixture
+def client():
+    c = WorkerClient(PY, core_parent=ROOT)
+    yield c
+    c.shutdown()
+
+
+def test_generate_stays_warm_and_reports_progress(client, ckpt, speech, tmp_path):
+    ready = client.start()
+    assert ready["torch"].startswith("2.13") and ready["cuda"] is False and ready["device_name"] == "CPU"
+    progress = []
+    result = client.generate(speech, tmp_path / "a.npz", checkpoint=str(ckpt),
+                             settings={"steps": 10, "variations": 2, "seed": 3}).wait(120, progress.append)
+    duration = sf.info(str(speech)).duration
+    assert result["frames"] == int(duration * 15) + 1 and result["variations"] == 2
+    assert progress and progress[-1]["fraction"] == 1.0
+    data = read_result(tmp_path / "a.npz")
+    assert data["poses"].shape == (2, result["frames"], 27) and data["directions"].shape == (2, result["frames"], 9, 3)
+    assert data["meta"]["seed"] == 3 and len(data["meta"]["checkpoint_sha256"]) == 64
+    pid = client.proc.pid
+    client.generate(speech, tmp_path / "b.npz", checkpoint=str(ckpt), settings={"steps": 5}).wait(120)
+    assert client.proc.pid == pid, "the worker stays warm between requests"
+    assert client.ping() < 0.1
+
+
+def test_cancel_mid_run(client, ckpt, tmp_path):
+    long = tmp_path / "long.wav"
+    sf.write(long, np.random.default_rng(0).standard_normal(16000 * 60).astype(np.float32) * 0.1, 16000)
+    job = client.generate(long, tmp_path / "c.npz", checkpoint=str(ckpt), settings={"sampler": "paper"})
+    while job.progress is None:
+        job.poll()
+        time.sleep(0.02)
+    job.cancel()
+    with pytest.raises(WorkerError) as err:
+        job.wait(60)
+    assert err.value.kind == "cancelled" and not (tmp_path / "c.npz").exists()
+    assert client.ping() < 0.5, "the worker serves requests after a cancel"
+
+
+def test_errors_are_reported_as_text(client, ckpt, tmp_path):
+    with pytest.raises(WorkerError, match="audio file not found") as err:
+        client.generate(tmp_path / "nope.wav", tmp_path / "x.npz", checkpoint=str(ckpt)).wait(60)
+    assert err.value.kind == "audio"
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(WorkerError, match="not a PyTorch checkpoint") as err:
+        client.generate(tmp_path / "nope.wav", tmp_path / "x.npz", checkpoint=str(tmp_path / "bad.pt")).wait(60)
+    assert err.value.kind in ("checkpoint", "audio")
+
+
+def test_crash_is_reported_and_worker_restarts(client, ckpt, speech, tmp_path):
+    client.start()
+    job = client.generate(speech, tmp_path / "d.npz", checkpoint=str(ckpt), settings={"sampler": "paper"})
+    while job.progress is None:
+        job.poll()
+        time.sleep(0.02)
+    os.kill(client.proc.pid, 9)
+    with pytest.raises(WorkerError, match="stopped unexpectedly") as err:
+        job.wait(30)
+    assert err.value.kind == "crashed"
+    client.generate(speech, tmp_path / "e.npz", checkpoint=str(ckpt), settings={"steps": 3}).wait(60)
+    assert client.restarts == 1 and (tmp_path / "e.npz").exists()
+
+
+def _fake_python(tmp_path, body):
+    script = tmp_path / "python"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return script
+
+
+def test_garbage_on_stdout_is_a_clear_error(tmp_path):
+    fake = _fake_python(tmp_path, f'echo "Loading CUDA kernels..."\nexec {PY} "$@"\n')
+    with pytest.raises(Exception, match="unexpected output from the worker: 'Loading CUDA kernels"):
+        WorkerClient(fake, core_parent=ROOT).start()
+
+
+def test_hung_worker_is_stopped(tmp_path):
+    fake = _fake_python(tmp_path, "sleep 30\n")
+    c = WorkerClient(fake, core_parent=ROOT, startup_timeout=1.5)
+    t0 = time.monotonic()
+    with pytest.raises(WorkerError, match="did not start"):
+        c.start()
+    assert time.monotonic() - t0 < 10 and not c.alive()
+
+
+def test_interpreter_without_torch_or_missing(tmp_path):
+    bare = subprocess.run(["/usr/bin/env", "python3", "-c", "import sys; print(sys.executable)"],
+                          capture_output=True, text=True).stdout.strip()
+    if subprocess.run([bare, "-c", "import torch"], capture_output=True).returncode == 0:
+        pytest.skip("the system Python has torch")
+    with pytest.raises(WorkerError, match="torch is not installed") as err:
+        WorkerClient(bare, core_parent=ROOT).start()
+    assert err.value.kind == "environment"
+    with pytest.raises(WorkerError, match="Python was not found"):
+        WorkerClient(tmp_path / "nowhere" / "python", core_parent=ROOT).start()
+
+
+def run_cli(*args):
+    return subprocess.run([PY, "-m", "model_core", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_cli_convert_info_generate(tmp_path, speech):
+    native = tmp_path / "n.pt"
+    r = run_cli("convert", FIXTURES / "expressive_small_checkpoint.bin", native)
+    assert r.returncode == 0 and "ted_expressive" in r.stdout
+    info = json.loads(run_cli("info", native).stdout)
+    assert info["skeleton"] == "ted_expressive" and info["parameters"] == 296989
+    r = run_cli("generate", speech, "-o", tmp_path / "g.npz", "--checkpoint", native, "--steps", "5", "--seed", "9",
+                "--variations", "2")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    data = read_result(tmp_path / "g.npz")
+    assert data["directions"].shape == (2, summary["frames"], 42, 3) and data["meta"]["fps"] == 15
+    assert np.allclose(np.linalg.norm(data["directions"], axis=-1), 1, atol=1e-4)
+
+
+def test_cli_errors_exit_2_with_a_message(tmp_path, ckpt):
+    r = run_cli("generate", tmp_path / "none.wav", "-o", tmp_path / "x.npz", "--checkpoint", ckpt)
+    assert r.returncode == 2 and "audio file not found" in r.stderr and not (tmp_path / "x.npz").exists()
+    r = run_cli("info", tmp_path)
+    assert r.returncode == 2 and "folder" in r.stderr
