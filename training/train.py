@@ -1,0 +1,286 @@
+"""The DiffGesture trainer: paper defaults (FACTS §6), CUDA + AMP or CPU, DDP under torchrun, exact resume.
+
+    python -m training.train --config training/configs/demo.toml [--resume] [--max-steps N] [--out DIR]
+    torchrun --nproc_per_node=N -m training.train --config ...   (gloo on CPU, nccl on GPU)
+
+The objective is model_core's PoseDiffusion.training_loss. A run folder holds resume.pt (model, optimiser,
+random-generator states and position, so a resumed run continues bit for bit), steps.csv / epochs.csv logs, and
+native checkpoints (model_core.checkpoint.save_native) with provenance: config, data hash, epoch, step, metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from model_core.checkpoint import save_native
+from model_core.network import ModelConfig, PoseDiffusion
+from model_core.skeleton import get_skeleton
+
+from .data import WindowDataset
+
+TRAIN_DEFAULTS = {"epochs": 500, "batch_size": 128, "lr": 5e-4, "betas": [0.5, 0.999], "grad_clip": 10.0,
+                  "null_cond_prob": 0.1, "seed": 0, "amp": True, "out": "runs/train", "export_every_epochs": 50,
+                  "save_every_minutes": 10.0, "export_path": "", "export_dtype": "float32", "max_steps": 0,
+                  "max_minutes": 0.0}
+DATA_DEFAULTS = {"motion_filters": True, "min_words": 2, "workers": 4}
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a TOML config and fill in the paper's defaults."""
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    unknown = set(raw.get("train", {})) - set(TRAIN_DEFAULTS)
+    if unknown:
+        raise ValueError(f"{path}: unknown [train] keys {sorted(unknown)}")
+    return {"model": dict(raw.get("model", {})), "data": {**DATA_DEFAULTS, **raw["data"]},
+            "train": {**TRAIN_DEFAULTS, **raw.get("train", {})}}
+
+
+class LossModule(nn.Module):
+    """Wraps training_loss as forward() so DistributedDataParallel can synchronise its gradients."""
+
+    def __init__(self, model: PoseDiffusion, null_cond_prob: float):
+        super().__init__()
+        self.model = model
+        self.null_cond_prob = null_cond_prob
+
+    def forward(self, x0: torch.Tensor, audio: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.model.training_loss(x0, audio, self.null_cond_prob, generator=generator)
+
+
+def epoch_batches(sampler: DistributedSampler, epoch: int, batch_size: int) -> list[list[int]]:
+    """This rank's batches of one epoch (shuffled by seed + epoch, full batches only, as drop_last)."""
+    sampler.set_epoch(epoch)
+    idx = list(sampler)
+    return [idx[i:i + batch_size] for i in range(0, len(idx) - batch_size + 1, batch_size)]
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "loss_gen": gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["loss_gen"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """One training run (one process of it under torchrun)."""
+
+    def __init__(self, cfg: dict, out: Path, resume: bool = False):
+        self.cfg, self.out, self.t = cfg, out, cfg["train"]
+        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+        if self.world > 1:
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        torch.manual_seed(self.t["seed"])
+        self.skeleton = get_skeleton(cfg["data"]["skeleton"])
+        self.model = PoseDiffusion(ModelConfig(**cfg["model"])).to(self.device)
+        if self.model.cfg.pose_dim != self.skeleton.pose_dim:
+            raise ValueError(f"model pose_dim {self.model.cfg.pose_dim} != {self.skeleton.name} {self.skeleton.pose_dim}")
+        loss = LossModule(self.model, self.t["null_cond_prob"])
+        self.loss_fn = nn.parallel.DistributedDataParallel(loss) if self.world > 1 else loss
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.t["lr"], betas=tuple(self.t["betas"]))
+        self.gen = torch.Generator(self.device).manual_seed(self.t["seed"] * 1000 + self.rank)
+        d = cfg["data"]
+        self.data = WindowDataset(d["train"], d["motion_filters"], d["min_words"])
+        if self.data.skeleton.name != self.skeleton.name:
+            raise ValueError(f"{d['train']} holds {self.data.skeleton.name} data, the config says {self.skeleton.name}")
+        self.sampler = DistributedSampler(self.data, self.world, self.rank, shuffle=True, seed=self.t["seed"],
+                                          drop_last=True)
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.elapsed = 0.0  # training wall time accumulated over resumed sessions
+        self.epoch_losses: list[float] = []
+        self.losses: list[float] = []  # this epoch's step losses so far
+        if self.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+        if resume and (out / "resume.pt").exists():
+            self._load_resume(out / "resume.pt")
+
+    # ---- state -----------------------------------------------------------------------------------------------
+    def _load_resume(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+        self.elapsed, self.epoch_losses, self.losses = state["elapsed"], state["epoch_losses"], state["losses"]
+        _set_rng_state(state["rng"][self.rank], self.gen)
+        if self.rank == 0:
+            self._truncate_log(self.out / "steps.csv", "step", self.step)
+            self._truncate_log(self.out / "epochs.csv", "epoch", self.epoch - 1)
+
+    @staticmethod
+    def _truncate_log(path: Path, key: str, last: int) -> None:
+        """Drop log rows written after the resume point, so the logs describe exactly one run."""
+        if path.exists():
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            fields = list(rows[0]) if rows else None
+            with open(path, "w", newline="") as f:
+                if fields:
+                    w = csv.DictWriter(f, fields)
+                    w.writeheader()
+                    w.writerows(r for r in rows if int(r[key]) <= last)
+
+    def save_resume(self) -> None:
+        """Write resume.pt atomically (rank 0), with every rank's random-generator states."""
+        rng = _rng_state(self.gen)
+        states = [None] * self.world
+        if self.world > 1:
+            dist.all_gather_object(states, rng)
+        else:
+            states = [rng]
+        if self.rank != 0:
+            return
+        payload = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "epoch": self.epoch,
+                   "batch_in_epoch": self.batch_in_epoch, "step": self.step, "elapsed": self.elapsed,
+                   "epoch_losses": self.epoch_losses, "losses": self.losses, "rng": states}
+        tmp = self.out / "resume.pt.tmp"
+        torch.save(payload, tmp)
+        tmp.replace(self.out / "resume.pt")
+
+    def export(self, name: str) -> None:
+        """Write a native checkpoint with provenance (rank 0), and the configured export copy."""
+        if self.rank != 0:
+            return
+        prov = {"config": self.cfg, "data_sha256": self.data.sha256, "data_windows": len(self.data),
+                "epoch": self.epoch, "step": self.step, "train_minutes": round(self.elapsed / 60, 2),
+                "metrics": {"train_loss_last_epoch": self.epoch_losses[-1] if self.epoch_losses else None},
+                "torch": torch.__version__, "world_size": self.world}
+        save_native(self.out / name, self.model, self.skeleton, prov)
+        if self.t["export_path"]:
+            Path(self.t["export_path"]).parent.mkdir(parents=True, exist_ok=True)
+            save_native(self.t["export_path"], self.model, self.skeleton, prov, getattr(torch, self.t["export_dtype"]))
+
+    # ---- loop ------------------------------------------------------------------------------------------------
+    def _log(self, name: str, row: dict) -> None:
+        if self.rank != 0:
+            return
+        path = self.out / name
+        new = not path.exists() or path.stat().st_size == 0
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def train_step(self, x0: torch.Tensor, audio: torch.Tensor) -> float:
+        self.model.train()
+        amp = self.t["amp"] and self.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = self.loss_fn(x0.to(self.device, non_blocking=True), audio.to(self.device, non_blocking=True),
+                                self.gen)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.t["grad_clip"])
+        self.opt.step()
+        return float(loss.detach())
+
+    def run(self, max_steps: int = 0, max_minutes: float = 0.0) -> None:
+        """Train until the configured epochs, max_steps (total) or max_minutes (this session) are reached."""
+        t = self.t
+        start, last_save = time.monotonic(), time.monotonic()
+        workers = self.cfg["data"]["workers"]
+        bar = None
+        if self.rank == 0 and sys.stderr.isatty():
+            from tqdm import tqdm
+            bar = tqdm(initial=self.step, unit="step", dynamic_ncols=True)
+        stop = False
+        while self.epoch < t["epochs"] and not stop:
+            batches = epoch_batches(self.sampler, self.epoch, t["batch_size"])
+            if not batches:
+                raise ValueError(f"{len(self.data)} windows over {self.world} ranks give no full batch of "
+                                 f"{t['batch_size']}")
+            loader = DataLoader(self.data, batch_sampler=batches[self.batch_in_epoch:], num_workers=workers,
+                                pin_memory=self.device.type == "cuda", persistent_workers=False)
+            tick = time.monotonic()
+            for x0, audio in loader:
+                loss = self.train_step(x0, audio)
+                self.losses.append(loss)
+                self.step += 1
+                self.batch_in_epoch += 1
+                now = time.monotonic()
+                self.elapsed += now - tick
+                rate = t["batch_size"] * self.world / max(now - tick, 1e-9)
+                tick = now
+                self._log("steps.csv", {"step": self.step, "epoch": self.epoch, "loss": f"{loss:.6f}",
+                                        "samples_per_s": f"{rate:.2f}", "elapsed_s": f"{self.elapsed:.1f}"})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=self.epoch, loss=f"{loss:.4f}")
+                stop = bool(max_steps and self.step >= max_steps) or bool(
+                    max_minutes and now - start >= 60 * max_minutes)
+                save = bool(t["save_every_minutes"] and now - last_save >= 60 * t["save_every_minutes"])
+                if self.world > 1:  # every rank must stop and save at the same step
+                    flags = torch.tensor([float(stop), float(save)], device=self.device)
+                    dist.all_reduce(flags)
+                    stop, save = bool(flags[0].item()), bool(flags[1].item())
+                if stop:
+                    break
+                if save:
+                    self.save_resume()
+                    self.export("last.pt")
+                    last_save = time.monotonic()
+            if self.batch_in_epoch >= len(batches):
+                mean = sum(self.losses) / max(len(self.losses), 1)
+                if self.world > 1:
+                    m = torch.tensor([mean], device=self.device)
+                    dist.all_reduce(m)
+                    mean = float(m.item()) / self.world
+                self.epoch_losses.append(mean)
+                self._log("epochs.csv", {"epoch": self.epoch, "loss": f"{mean:.6f}", "step": self.step,
+                                         "elapsed_s": f"{self.elapsed:.1f}"})
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self.losses = []
+                if t["export_every_epochs"] and self.epoch % t["export_every_epochs"] == 0:
+                    self.export(f"checkpoint_{self.epoch:03d}.pt")
+        if bar is not None:
+            bar.close()
+        self.save_resume()
+        self.export("last.pt")
+        if self.world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Train DiffGesture (paper defaults; torchrun for several processes).")
+    p.add_argument("--config", required=True)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/resume.pt when it exists")
+    p.add_argument("--max-steps", type=int, default=None, help="stop at this total optimiser step")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes of this session")
+    p.add_argument("--out", default=None, help="run folder (default: the config's train.out)")
+    a = p.parse_args(argv)
+    cfg = load_config(a.config)
+    if a.out:
+        cfg["train"]["out"] = a.out
+    trainer = Trainer(cfg, Path(cfg["train"]["out"]), resume=a.resume)
+    max_steps = cfg["train"]["max_steps"] if a.max_steps is None else a.max_steps
+    max_minutes = cfg["train"]["max_minutes"] if a.max_minutes is None else a.max_minutes
+    trainer.run(max_steps, max_minutes)
+    if trainer.rank == 0:
+        print(f"stopped at epoch {trainer.epoch}, step {trainer.step}; run folder {trainer.out}")
+
+
+if __name__ == "__main__":
+    main()
