@@ -1,0 +1,215 @@
+"""Operators: Generate (modal, non-blocking; blocking when run from a script), bone mapping edits, environment."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import bpy
+from bpy.props import EnumProperty, StringProperty
+
+from . import bone_maps, environment, preferences, session
+
+TIMER_INTERVAL = 0.1
+
+
+def gather(context: bpy.types.Context) -> session.Request:
+    """The panel's settings and the preferences as a plain request."""
+    props = context.scene.diffgesture
+    prefs = preferences.get(context)
+    if props.audio_source == "STRIP":
+        audio, start = session.audio_from_strip(context.scene, props.audio_strip)
+        add_sound = False  # the audio is already in the sequencer
+    else:
+        if not props.audio_path:
+            raise session.UsageError("choose a speech audio file")
+        audio, start, add_sound = Path(bpy.path.abspath(props.audio_path)), props.start_frame, props.add_sound
+    if props.armature is None:
+        raise session.UsageError("choose the armature to animate")
+    settings = session.sampling_settings(props.sampler, props.steps, props.seed, props.variations, props.guidance,
+                                         props.stabilizer)
+    parts = {p for p, on in (("spine", props.drive_spine), ("arms", props.drive_arms),
+                             ("fingers", props.drive_fingers)) if on}
+    checkpoint = props.checkpoint_path if props.checkpoint_source == "FILE" else prefs.checkpoint
+    return session.Request(audio=audio, armature=props.armature.name, python=prefs.python, checkpoint=checkpoint,
+                           device=prefs.device, settings=settings, start_frame=start, add_sound=add_sound,
+                           parts=frozenset(parts))
+
+
+def finish(op: bpy.types.Operator, context: bpy.types.Context, gen: session.Generation) -> set[str]:
+    """Report how a generation ended and, when it produced a result, write it into the scene."""
+    try:
+        failure = gen.failure()
+        if failure:
+            op.report({"ERROR"}, failure)
+            return {"CANCELLED"}
+        try:
+            summary = gen.finish(context.scene)
+        except (ValueError, KeyError, OSError) as e:
+            op.report({"ERROR"}, f"Could not apply the motion: {e}")
+            return {"CANCELLED"}
+        for note in summary["notes"]:
+            op.report({"WARNING"}, note)
+        op.report({"INFO"}, f"{', '.join(summary['actions'])}: frames {summary['frame_start']}-"
+                            f"{summary['frame_end']} on {summary['armature']} ({summary['seconds']:.1f} s, "
+                            f"{summary['device']})")
+        return {"FINISHED"}
+    finally:
+        gen.close()
+
+
+def redraw(context: bpy.types.Context) -> None:
+    for window in context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type in ("VIEW_3D", "PREFERENCES"):
+                area.tag_redraw()
+
+
+class DIFFGESTURE_OT_generate(bpy.types.Operator):
+    """Generate gestures for the armature from the speech audio (Esc cancels)"""
+    bl_idname = "diffgesture.generate"
+    bl_label = "Generate"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def start(self, context: bpy.types.Context) -> session.Generation | None:
+        try:
+            return session.Generation.create(gather(context))
+        except session.UsageError as e:
+            self.report({"ERROR"}, str(e))
+            return None
+
+    def execute(self, context):
+        """Blocking run, for scripts and background mode (where modal timers never tick)."""
+        gen = self.start(context)
+        if gen is None:
+            return {"CANCELLED"}
+        gen.begin(blocking=True)
+        gen.wait()
+        return finish(self, context, gen)
+
+    def invoke(self, context, event):
+        gen = self.start(context)
+        if gen is None:
+            return {"CANCELLED"}
+        gen.begin()
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(TIMER_INTERVAL, window=context.window)
+        wm.modal_handler_add(self)
+        wm.progress_begin(0, 100)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        gen = session.active()
+        if event.type == "ESC" and event.value == "PRESS":
+            gen.cancel()
+            return {"RUNNING_MODAL"}
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        ended = gen.poll()
+        context.window_manager.progress_update(int(100 * gen.fraction))
+        context.workspace.status_text_set(None if ended else f"DiffGesture: {gen.status()}  (Esc: cancel)")
+        redraw(context)
+        if not ended:
+            return {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        context.window_manager.progress_end()
+        return finish(self, context, gen)
+
+
+def _bone_items(self, context) -> list[tuple[str, str, str]]:
+    """Bones of the panel's armature, for the search popup (kept referenced: Blender needs the strings alive)."""
+    obj = context.scene.diffgesture.armature
+    _bone_items.cache = [("", "(none)", "Unmap this role")] + \
+        [(b.name, b.name, "") for b in obj.data.bones] if obj is not None else [("", "(none)", "")]
+    return _bone_items.cache
+
+
+class DIFFGESTURE_OT_set_bone(bpy.types.Operator):
+    """Choose the bone that drives this role"""
+    bl_idname = "diffgesture.set_bone"
+    bl_label = "Set Bone"
+    bl_options = {"REGISTER", "UNDO"}
+    bl_property = "bone"
+
+    role: StringProperty(options={"HIDDEN"})
+    bone: EnumProperty(name="Bone", items=_bone_items)
+
+    @classmethod
+    def poll(cls, context):
+        return context.scene.diffgesture.armature is not None
+
+    def invoke(self, context, event):
+        context.window_manager.invoke_search_popup(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        obj = context.scene.diffgesture.armature
+        mapping = dict(bone_maps.get_bone_map(obj) or bone_maps.detect(obj).mapping)
+        if self.bone:
+            mapping[self.role] = self.bone
+        else:
+            mapping.pop(self.role, None)
+        bone_maps.set_bone_map(obj, mapping)
+        return {"FINISHED"}
+
+
+class DIFFGESTURE_OT_detect_bones(bpy.types.Operator):
+    """Detect the rig's naming convention and map every role it can (replaces manual edits)"""
+    bl_idname = "diffgesture.detect_bones"
+    bl_label = "Detect Bones"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return context.scene.diffgesture.armature is not None
+
+    def execute(self, context):
+        obj = context.scene.diffgesture.armature
+        detection = bone_maps.detect(obj)
+        bone_maps.set_bone_map(obj, detection.mapping)
+        self.report({"WARNING"} if detection.missing_required else {"INFO"}, detection.message)
+        return {"FINISHED"}
+
+
+class DIFFGESTURE_OT_create_environment(bpy.types.Operator):
+    """Create a Python environment with PyTorch for the worker (downloads about 0.2-3 GB; runs in the background)"""
+    bl_idname = "diffgesture.create_environment"
+    bl_label = "Create Environment"
+    builder: environment.EnvironmentBuilder | None = None
+
+    def execute(self, context):
+        cls = type(self)
+        if cls.builder is not None and not cls.builder.done:
+            self.report({"ERROR"}, "The environment is already being created")
+            return {"CANCELLED"}
+        if session.active() is not None:
+            self.report({"ERROR"}, "Wait for the running generation to end")
+            return {"CANCELLED"}
+        session.shutdown_worker()  # it may run from the environment being replaced
+        plan = environment.pip_plan(environment.gpu_info())
+        cls.builder = environment.EnvironmentBuilder(preferences.env_dir(), plan)
+        cls.builder.start()
+        self.report({"INFO"}, f"{plan.reason}; log: {cls.builder.log_path}")
+
+        def tick() -> float | None:
+            redraw(bpy.context)
+            return None if cls.builder.done else 0.5
+        bpy.app.timers.register(tick, first_interval=0.5)
+        return {"FINISHED"}
+
+
+class DIFFGESTURE_OT_check_environment(bpy.types.Operator):
+    """Start the worker and show its torch version, CUDA availability and GPU"""
+    bl_idname = "diffgesture.check_environment"
+    bl_label = "Check"
+
+    def execute(self, context):
+        session.check_worker(preferences.get(context).python)
+
+        def tick() -> float | None:
+            redraw(bpy.context)
+            return 0.5 if session.check_running() else None
+        bpy.app.timers.register(tick, first_interval=0.5)
+        return {"FINISHED"}
+
+
+CLASSES = (DIFFGESTURE_OT_generate, DIFFGESTURE_OT_set_bone, DIFFGESTURE_OT_detect_bones,
+           DIFFGESTURE_OT_create_environment, DIFFGESTURE_OT_check_environment)

@@ -1,0 +1,77 @@
+"""The sidebar panel "Generate gestures from audio" (3D Viewport > Sidebar > DiffGesture)."""
+import bpy
+
+from . import bone_maps, operators, session
+
+
+class DIFFGESTURE_PT_generate(bpy.types.Panel):
+    """Audio, rig, checkpoint and sampling settings, the Generate button and its progress."""
+    bl_label = "Generate gestures from audio"
+    bl_idname = "DIFFGESTURE_PT_generate"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "DiffGesture"
+
+    def draw(self, context) -> None:
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        props = context.scene.diffgesture
+
+        layout.prop(props, "audio_source", expand=True)
+        if props.audio_source == "FILE":
+            layout.prop(props, "audio_path")
+            layout.prop(props, "start_frame")
+            layout.prop(props, "add_sound")
+        else:
+            layout.prop(props, "audio_strip")
+        layout.prop(props, "armature")
+        if props.armature is not None:
+            self.draw_mapping(layout, props.armature)
+
+        col = layout.column(heading="Drive")
+        col.prop(props, "drive_spine")
+        col.prop(props, "drive_arms")
+        col.prop(props, "drive_fingers")
+
+        layout.prop(props, "checkpoint_source")
+        if props.checkpoint_source == "FILE":
+            layout.prop(props, "checkpoint_path")
+        layout.prop(props, "sampler")
+        if props.sampler == "fast":
+            layout.prop(props, "steps")
+        layout.prop(props, "seed")
+        layout.prop(props, "variations")
+        layout.prop(props, "guidance")
+        layout.prop(props, "stabilizer")
+
+        gen = session.active()
+        if gen is None:
+            layout.operator(operators.DIFFGESTURE_OT_generate.bl_idname, icon="PLAY")
+        else:
+            layout.progress(factor=gen.fraction, text=gen.status())
+            layout.label(text="Esc cancels", icon="INFO")
+
+    def draw_mapping(self, layout: bpy.types.UILayout, obj: bpy.types.Object) -> None:
+        """The detected preset, coverage, and every role with the bone it uses (click to change)."""
+        detection = bone_maps.detect(obj)
+        mapping = bone_maps.get_bone_map(obj) or detection.mapping
+        box = layout.box()
+        header = box.row()
+        header.use_property_split = False
+        header.label(text=f"Bones: {detection.preset or 'custom'} ({len(mapping)}/{detection.total} mapped)",
+                     icon="ARMATURE_DATA")
+        header.operator(operators.DIFFGESTURE_OT_detect_bones.bl_idname, text="", icon="VIEWZOOM")
+        missing = [r for r in bone_maps.REQUIRED_ROLES if mapping.get(r) not in obj.data.bones]
+        if missing:
+            box.label(text=f"Unmapped: {', '.join(missing)}", icon="ERROR")
+        col = box.column(align=True)
+        for role in bone_maps.ROLES:
+            row = col.row(align=True)
+            row.alert = role in missing
+            row.label(text=role)
+            op = row.operator(operators.DIFFGESTURE_OT_set_bone.bl_idname, text=mapping.get(role) or "-")
+            op.role = role
+
+
+CLASSES = (DIFFGESTURE_PT_generate,)

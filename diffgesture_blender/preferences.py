@@ -1,0 +1,78 @@
+"""Add-on preferences: which Python holds torch, the default checkpoint and device; environment setup status."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import bpy
+from bpy.props import EnumProperty, StringProperty
+
+from . import environment
+
+
+def env_dir() -> Path:
+    """The extension's own torch environment folder (in its user directory, kept across updates)."""
+    try:
+        return Path(bpy.utils.extension_path_user(__package__, path="torch-env", create=True))
+    except ValueError:  # loaded as a plain add-on from a source checkout, not as an extension
+        return Path(bpy.utils.user_resource("SCRIPTS", path="diffgesture")) / "torch-env"
+
+
+@dataclass
+class Settings:
+    """The preferences as plain values for bpy-free code."""
+    python: str
+    checkpoint: str
+    device: str
+
+
+class DiffGesturePreferences(bpy.types.AddonPreferences):
+    """Where the torch worker runs and what it uses by default."""
+    bl_idname = __package__
+
+    torch_python: StringProperty(
+        name="Torch Python", subtype="FILE_PATH",
+        description="Interpreter of the environment that holds torch; empty: the extension's own environment")
+    checkpoint: StringProperty(
+        name="Default Checkpoint", subtype="FILE_PATH",
+        description="Native or official checkpoint used by default; empty: the bundled checkpoint")
+    device: EnumProperty(name="Device", items=[("auto", "Auto", "CUDA when available, else the CPU"),
+                                               ("cuda", "CUDA", "NVIDIA GPU"), ("cpu", "CPU", "Processor")])
+
+    def draw(self, context) -> None:
+        from . import operators, session
+        layout = self.layout
+        settings = get(context)
+        layout.prop(self, "torch_python")
+        if not self.torch_python:
+            layout.label(text=f"Using {settings.python}", icon="INFO")
+        layout.prop(self, "checkpoint")
+        layout.prop(self, "device")
+        row = layout.row()
+        row.operator(operators.DIFFGESTURE_OT_create_environment.bl_idname, icon="CONSOLE")
+        row.operator(operators.DIFFGESTURE_OT_check_environment.bl_idname, icon="CHECKMARK")
+        builder = operators.DIFFGESTURE_OT_create_environment.builder
+        if builder is not None:
+            box = layout.box()
+            box.label(text=builder.plan.reason)
+            if builder.done:
+                box.label(text=builder.error or "The environment is ready", icon="ERROR" if builder.error else "CHECKMARK")
+            else:
+                box.progress(factor=builder.fraction, text=builder.stage)
+            box.label(text=f"Log: {builder.log_path}")
+        for line in session.check_report():
+            layout.label(text=line)
+
+
+def get(context: bpy.types.Context | None = None) -> Settings:
+    """The current preferences (defaults when the add-on is not registered through the preferences)."""
+    context = context or bpy.context
+    addon = context.preferences.addons.get(__package__)
+    prefs = addon.preferences if addon is not None else None
+    python = prefs.torch_python if prefs is not None else ""
+    return Settings(python=bpy.path.abspath(python) if python else str(environment.venv_python(env_dir())),
+                    checkpoint=prefs.checkpoint if prefs is not None and prefs.checkpoint else "default",
+                    device=prefs.device if prefs is not None else "auto")
+
+
+CLASSES = (DiffGesturePreferences,)

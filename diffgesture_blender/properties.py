@@ -1,0 +1,43 @@
+"""The panel's settings, stored on the scene (saved with the .blend)."""
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
+
+
+def _sound_strips(self, context) -> list[tuple[str, str, str]]:
+    """Sound strips of the scene's sequencer, for the audio source menu."""
+    seq = context.scene.sequence_editor if context and context.scene else None
+    strips = [s for s in seq.strips_all if s.type == "SOUND"] if seq is not None else []
+    return [(s.name, s.name, f"Use the audio of strip {s.name}") for s in strips] or [("", "(no sound strips)", "")]
+
+
+class DiffGestureSettings(bpy.types.PropertyGroup):
+    """Generation settings of one scene."""
+    audio_source: EnumProperty(name="Audio", items=[("FILE", "File", "A speech audio file on disk"),
+                                                    ("STRIP", "Sound Strip", "A sound strip in the sequencer")])
+    audio_path: StringProperty(name="Audio File", subtype="FILE_PATH", description="Speech recording (WAV, FLAC, OGG)")
+    audio_strip: EnumProperty(name="Strip", items=_sound_strips, description="Sound strip whose audio is used")
+    armature: PointerProperty(name="Armature", type=bpy.types.Object, description="The rig to animate",
+                              poll=lambda self, obj: obj.type == "ARMATURE")
+    checkpoint_source: EnumProperty(name="Checkpoint", items=[
+        ("DEFAULT", "Preferences", "The checkpoint chosen in the add-on preferences (bundled by default)"),
+        ("FILE", "File", "A native or official DiffGesture checkpoint file")])
+    checkpoint_path: StringProperty(name="Checkpoint File", subtype="FILE_PATH")
+    sampler: EnumProperty(name="Quality", items=[
+        ("fast", "Fast", "DDIM sampler with a few dozen steps (seconds)"),
+        ("paper", "Paper", "The paper's 500-step sampler and settings (slow, exact)")])
+    steps: IntProperty(name="Steps", default=50, min=1, max=500, description="Denoising steps of the fast sampler")
+    seed: IntProperty(name="Seed", default=0, min=0, description="Same seed, same audio: same motion")
+    variations: IntProperty(name="Variations", default=1, min=1, max=16,
+                            description="Motions to generate; each becomes an action, the first is assigned")
+    guidance: FloatProperty(name="Guidance", default=1.15, min=0.0, max=20.0,
+                            description="Classifier-free guidance scale: higher follows the audio more closely")
+    stabilizer: BoolProperty(name="Stabilizer", default=True,
+                             description="Smooth the joins between the long-audio windows")
+    start_frame: IntProperty(name="Start Frame", default=1, description="Frame where the speech starts")
+    add_sound: BoolProperty(name="Add Sound Strip", default=True, description="Put the audio in the sequencer")
+    drive_spine: BoolProperty(name="Spine/Head", default=True)
+    drive_arms: BoolProperty(name="Arms", default=True)
+    drive_fingers: BoolProperty(name="Fingers", default=True, description="Only when the checkpoint has fingers")
+
+
+CLASSES = (DiffGestureSettings,)

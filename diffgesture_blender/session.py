@@ -1,0 +1,327 @@
+"""One generation from request to keyframes, and the warm worker behind it; shared by the operator and headless.
+
+A Generation validates everything before the worker is asked (audio, checkpoint, armature mapping), runs without
+touching bpy data, and writes to the .blend only in `finish`, once the result is complete. So a failed or cancelled
+generation leaves the file exactly as it was. The worker (a `WorkerClient` in the torch environment) starts lazily,
+stays warm between generations, is restarted (and the restart reported) when it died, and stops at Blender exit.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bpy
+
+from . import bone_maps, core, retarget
+
+DEFAULT_CHECKPOINT = core.CORE_PARENT / "model_core" / "weights" / "demo_ted_gesture.pt"
+PARTS = ("spine", "arms", "fingers")
+
+_client: core.protocol.WorkerClient | None = None
+_restarts_seen = 0
+_start_lock = threading.Lock()
+_active: "Generation | None" = None
+_check: dict = {}
+
+
+class UsageError(ValueError):
+    """A request that cannot run (missing file, unknown armature, unusable mapping); nothing was started."""
+
+
+@dataclass
+class Request:
+    """Everything a generation needs, as plain values gathered from the panel or the command line."""
+    audio: Path
+    armature: str
+    python: str
+    checkpoint: str = "default"
+    device: str = "auto"
+    settings: dict = field(default_factory=dict)
+    start_frame: int = 1
+    add_sound: bool = True
+    parts: frozenset[str] = frozenset(PARTS)
+    nla_strip: bool = False
+
+
+def sampling_settings(sampler: str, steps: int, seed: int, variations: int, guidance: float,
+                      stabilizer: bool) -> dict:
+    """model_core GenerationSettings fields for the panel's or command line's choices (paper: official BN mode)."""
+    settings = {"sampler": sampler, "seed": seed, "variations": variations, "guidance": guidance,
+                "stabilizer": stabilizer}
+    settings.update({"steps": steps} if sampler == "fast" else {"bn_mode": "official"})
+    return settings
+
+
+# -- worker lifecycle --------------------------------------------------------------------------------------------
+def client(python: str) -> core.protocol.WorkerClient:
+    """The shared worker client for this interpreter; a different interpreter replaces (and stops) the old one."""
+    global _client, _restarts_seen
+    if _client is not None and _client.python != str(python):
+        _client.shutdown()
+        _client = None
+    if _client is None:
+        _client = core.protocol.WorkerClient(python, core_parent=core.CORE_PARENT)
+        _restarts_seen = 0
+    return _client
+
+
+def start_worker(python: str) -> tuple[dict, list[str]]:
+    """Start the worker if needed; return its ready message and notes (e.g. that a dead worker was restarted)."""
+    global _restarts_seen
+    with _start_lock:
+        c = client(python)
+        info = c.start()
+        notes = []
+        if c.restarts > _restarts_seen:
+            notes.append("the previous worker had stopped; a new one was started")
+            _restarts_seen = c.restarts
+        return info, notes
+
+
+def worker_pid() -> int | None:
+    return _client.proc.pid if _client is not None and _client.alive() else None
+
+
+def shutdown_worker() -> None:
+    """Stop the worker (Blender exit, add-on disabled, interpreter changed)."""
+    global _client
+    if _client is not None:
+        _client.shutdown()
+        _client = None
+
+
+def check_worker(python: str) -> None:
+    """Start the worker in a thread and record what it reports (torch version, CUDA, GPU) for the preferences."""
+    _check.clear()
+    _check["state"] = "running"
+
+    def run() -> None:
+        try:
+            info, notes = start_worker(python)
+            _check.update(state="ok", info=info, notes=notes)
+        except core.protocol.WorkerError as e:
+            _check.update(state="error", message=str(e))
+    threading.Thread(target=run, daemon=True).start()
+
+
+def check_running() -> bool:
+    return _check.get("state") == "running"
+
+
+def check_report() -> list[str]:
+    """The outcome of the last check, as lines for the preferences."""
+    state = _check.get("state")
+    if state == "running":
+        return ["Checking: starting the worker..."]
+    if state == "error":
+        return [f"Check failed: {_check['message']}"]
+    if state == "ok":
+        info = _check["info"]
+        cuda = f"CUDA {info.get('cuda_version')} available" if info.get("cuda") else "CUDA not available"
+        return [f"torch {info.get('torch')}, {cuda}, device: {info.get('device_name')}",
+                f"worker PID {info.get('pid')}, {info.get('python')}", *_check["notes"]]
+    return []
+
+
+def active() -> "Generation | None":
+    """The generation in flight, if any (one at a time)."""
+    return _active
+
+
+# -- inputs ------------------------------------------------------------------------------------------------------
+def resolve_checkpoint(name: str) -> Path:
+    """'default' (or empty) means the bundled checkpoint; anything else is a file path."""
+    return DEFAULT_CHECKPOINT if name in ("", "default") else Path(bpy.path.abspath(name))
+
+
+def audio_from_strip(scene: bpy.types.Scene, strip_name: str) -> tuple[Path, int]:
+    """The file behind a sound strip (written out when packed) and the frame it starts at."""
+    seq = scene.sequence_editor
+    strip = seq.strips_all.get(strip_name) if seq is not None else None
+    if strip is None or strip.type != "SOUND" or strip.sound is None:
+        raise UsageError(f"no sound strip named {strip_name!r} in the sequencer")
+    sound = strip.sound
+    if sound.packed_file is not None:
+        path = Path(bpy.app.tempdir) / (Path(sound.filepath).name or "packed.wav")
+        path.write_bytes(sound.packed_file.data)
+    else:
+        path = Path(bpy.path.abspath(sound.filepath))
+    return path, int(strip.frame_start)
+
+
+def validate(request: Request) -> tuple[bpy.types.Object, dict[str, str]]:
+    """Check the request against the file system and the scene; return the armature and its bone mapping."""
+    audio = Path(request.audio)
+    if not audio.exists():
+        raise UsageError(f"audio file not found: {audio}")
+    if not audio.is_file():
+        raise UsageError(f"the audio path is not a file: {audio}")
+    ckpt = resolve_checkpoint(request.checkpoint)
+    if not ckpt.is_file():
+        hint = " (the bundled checkpoint is missing: reinstall the extension)" if ckpt == DEFAULT_CHECKPOINT else ""
+        raise UsageError(f"checkpoint not found: {ckpt}{hint}")
+    obj = bpy.data.objects.get(request.armature)
+    if obj is None or obj.type != "ARMATURE":
+        raise UsageError(f"no armature object named {request.armature!r}" if obj is None else
+                         f"{request.armature!r} is a {obj.type.lower()}, not an armature")
+    if obj.library is not None or (obj.data.library is not None and obj.override_library is None):
+        raise UsageError(f"{obj.name!r} is linked from a library: make a library override first")
+    if obj.mode == "EDIT":
+        raise UsageError(f"{obj.name!r} is in edit mode: leave edit mode first")
+    if not request.parts:
+        raise UsageError("choose at least one part to drive (spine/head, arms, fingers)")
+    mapping = bone_maps.get_bone_map(obj) or bone_maps.detect(obj).mapping
+    mapping = {role: bone for role, bone in mapping.items() if bone}
+    unknown = sorted(f"{role} -> {bone}" for role, bone in mapping.items() if bone not in obj.data.bones)
+    if unknown:
+        raise UsageError(f"the bone mapping of {obj.name!r} names bones that do not exist: {', '.join(unknown)}")
+    missing = [role for role in bone_maps.REQUIRED_ROLES if role not in mapping]
+    if missing:
+        raise UsageError(f"{obj.name!r} has no usable bones for: {', '.join(missing)}; map them in the panel's "
+                         "Bone Mapping box")
+    return obj, mapping
+
+
+# -- one generation ----------------------------------------------------------------------------------------------
+class Generation:
+    """A validated request running in the worker; `poll` (non-blocking) or `wait`, then `finish` writes bpy data."""
+
+    def __init__(self, request: Request):
+        self.request = request
+        self.armature, self.mapping = validate(request)
+        self.tmp = Path(tempfile.mkdtemp(prefix="diffgesture-"))
+        self.output = self.tmp / "result.npz"
+        self.armature_name = self.armature.name
+        self.notes: list[str] = []
+        self.job: core.protocol.Job | None = None
+        self.error: Exception | None = None
+        self.cancelled = False
+        self._starter: threading.Thread | None = None
+
+    @classmethod
+    def create(cls, request: Request) -> "Generation":
+        """Validate and register as the active generation; refuse when one is already running."""
+        global _active
+        if _active is not None:
+            raise UsageError("a generation is already running: wait for it or press Esc to cancel it")
+        _active = cls(request)
+        return _active
+
+    # starting: in a thread for the UI (importing torch takes seconds), inline for headless
+    def begin(self, blocking: bool = False) -> None:
+        if blocking:
+            self._start()
+        else:
+            self._starter = threading.Thread(target=self._start, daemon=True)
+            self._starter.start()
+
+    def _start(self) -> None:
+        try:
+            _, notes = start_worker(self.request.python)
+            self.notes += notes
+        except core.protocol.WorkerError as e:
+            self.error = e
+
+    def _submit(self) -> None:
+        r = self.request
+        self.job = client(r.python).generate(r.audio, self.output, str(resolve_checkpoint(r.checkpoint)),
+                                             r.device, r.settings)
+
+    def poll(self) -> bool:
+        """Advance without blocking; True once the generation has ended (result, error or cancel)."""
+        if self.job is None:
+            if self._starter is not None and self._starter.is_alive():
+                return False
+            if self.error is not None or self.cancelled:
+                return True
+            try:
+                self._submit()
+            except core.protocol.WorkerError as e:
+                self.error = e
+                return True
+        return self.job.poll()
+
+    def wait(self, on_progress=None) -> None:
+        """Block until the generation ends (headless, scripts); errors are kept in `self.error`."""
+        while self.job is None and not self.poll():
+            if self._starter is not None:
+                self._starter.join()
+        if self.job is not None:
+            try:
+                self.job.wait(on_progress=on_progress)
+            except core.protocol.WorkerError:
+                pass
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.job is not None:
+            self.job.cancel()
+
+    @property
+    def fraction(self) -> float:
+        return float(self.job.progress["fraction"]) if self.job is not None and self.job.progress else 0.0
+
+    def status(self) -> str:
+        if self.job is None:
+            return "Starting the torch worker..."
+        p = self.job.progress
+        if not p:
+            return "Loading the checkpoint..."
+        return f"Generating: window {min(p['window'] + 1, p['windows'])}/{p['windows']} ({100 * p['fraction']:.0f}%)"
+
+    def failure(self) -> str | None:
+        """Why the generation did not produce a result (None when it did); says that nothing was changed."""
+        err = self.error or (self.job.error if self.job is not None else None)
+        if self.cancelled or (err is not None and getattr(err, "kind", "") == "cancelled"):
+            return "Generation cancelled; nothing was changed"
+        if err is None:
+            return None
+        kind = getattr(err, "kind", "")
+        if kind == "crashed" or kind == "worker":
+            return f"{err}. Nothing was changed; the worker will be restarted on the next Generate"
+        return f"{err}. Nothing was changed"
+
+    def finish(self, scene: bpy.types.Scene) -> dict:
+        """Write the result into the .blend (actions, sound strip, frame range) and return a summary."""
+        result = core.protocol.read_result(self.output)
+        meta, directions = result["meta"], result["directions"]
+        r = self.request
+        obj = bpy.data.objects[self.armature_name]
+        stem = Path(r.audio).stem
+        names = [stem] if len(directions) == 1 else [f"{stem}.v{v + 1}" for v in range(len(directions))]
+        actions = []
+        for v in reversed(range(len(directions))):  # the first variation is applied last, so it stays assigned
+            action = retarget.apply_motion(obj, directions[v], meta["skeleton"], self.mapping,
+                                           src_fps=float(meta["fps"]), start_frame=r.start_frame,
+                                           action_name=names[v], parts=set(r.parts), nla_strip=r.nla_strip)
+            action.use_fake_user = len(directions) > 1
+            actions.insert(0, action.name)
+        fps = scene.render.fps / scene.render.fps_base
+        end = r.start_frame + math.ceil(meta["duration"] * fps)
+        strip = add_sound_strip(scene, r.audio, r.start_frame, end) if r.add_sound else None
+        scene.frame_start = min(scene.frame_start, r.start_frame)
+        scene.frame_end = max(scene.frame_end, end)
+        return {"audio": str(r.audio), "armature": obj.name, "actions": actions, "frame_start": r.start_frame,
+                "frame_end": end, "duration": meta["duration"], "skeleton": meta["skeleton"],
+                "sound_strip": strip, "seconds": meta["seconds"], "device": meta["device"],
+                "notes": self.notes + list(self.job.result.get("notes", []))}
+
+    def close(self) -> None:
+        """Forget this generation (it is no longer active) and delete its temporary files."""
+        global _active
+        if _active is self:
+            _active = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def add_sound_strip(scene: bpy.types.Scene, audio: Path, start: int, end: int) -> str:
+    """Put the audio in the sequencer at `start`, on the lowest channel free over [start, end]."""
+    seq = scene.sequence_editor_create()
+    busy = {s.channel for s in seq.strips if s.frame_final_start < end and s.frame_final_end > start}
+    channel = next(c for c in range(1, 129) if c not in busy)
+    strip = seq.strips.new_sound(Path(audio).stem, str(audio), channel, start)
+    return strip.name
