@@ -1,0 +1,230 @@
+"""The extension in real Blender (bpy 4.5): built, validated, installed, generating through a real torch worker.
+
+The worker runs in the separate torch environment (DIFFGESTURE_TORCH_PYTHON) with a converted official fixture
+checkpoint. In background mode modal timers never tick, so the Generate operator is exercised two ways: its
+blocking `execute` through bpy.ops, and the exact poll loop its `modal` runs (Generation.poll until done, then
+operators.finish) driven by the test. Failures must leave the .blend unchanged: compared by `snapshot`.
+"""
+import json
+import os
+import signal
+import sys
+import time
+import wave
+from pathlib import Path
+
+import bpy
+import pytest
+from bpy_extras import anim_utils
+
+from addon_tests.paths import ROOT, TORCH_PYTHON
+
+MODULE = "bl_ext.user_default.diffgesture"
+STEPS = 8  # few denoising steps: the tests check plumbing, not quality
+
+
+@pytest.fixture(scope="module")
+def addon(blender_user_dir):
+    """Build the zip, validate it with Blender's own tool, install and enable it; point it at the torch env."""
+    sys.path.insert(0, str(ROOT))
+    import build
+    from bl_pkg import cli_extension
+    zip_path = build.build_extension()
+    assert cli_extension(["validate", str(zip_path)]) == 0
+    assert bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default",
+                                                    enable_on_install=True) == {"FINISHED"}
+    assert (blender_user_dir / "extensions" / "user_default" / "diffgesture" / "blender_manifest.toml").is_file()
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.torch_python = str(TORCH_PYTHON)
+    return sys.modules[MODULE]
+
+
+@pytest.fixture
+def scene(addon, small_checkpoint, speech_wav):
+    """An empty scene (user preferences kept, so the add-on stays enabled) with a rig and the panel filled in."""
+    bpy.ops.wm.read_homefile(use_empty=True)
+    sc = bpy.context.scene
+    sc.render.fps = 24
+    props = sc.diffgesture
+    props.audio_path, props.armature = str(speech_wav), make_rig("Rig", addon)
+    props.checkpoint_source, props.checkpoint_path = "FILE", str(small_checkpoint)
+    props.steps, props.start_frame = STEPS, 11
+    return sc
+
+
+def make_rig(name: str, addon, roles: bool = True) -> bpy.types.Object:
+    """A chain of one bone per mapping role (named after it), mapped explicitly; or a lone unmappable bone."""
+    arm = bpy.data.armatures.new(name)
+    obj = bpy.data.objects.new(name, arm)
+    bpy.context.scene.collection.objects.link(obj)
+    bpy.context.view_layer.objects.active = obj
+    bpy.ops.object.mode_set(mode="EDIT")
+    names = list(addon.bone_maps.ROLES) if roles else ["prop_handle"]
+    for i, bone_name in enumerate(names):
+        b = arm.edit_bones.new(bone_name)
+        b.head, b.tail = (0, 0, i * 0.1), (0, 0, i * 0.1 + 0.1)
+    bpy.ops.object.mode_set(mode="OBJECT")
+    if roles:
+        addon.bone_maps.set_bone_map(obj, {r: r for r in names})
+    return obj
+
+
+def snapshot() -> dict:
+    """What a generation may change: objects, actions with every keyframe, sound strips, frame range."""
+    actions = {}
+    for a in bpy.data.actions:
+        keys = []
+        for slot in a.slots:
+            bag = anim_utils.action_get_channelbag_for_slot(a, slot)
+            for fc in (bag.fcurves if bag else []):
+                keys.append((fc.data_path, fc.array_index, tuple(tuple(k.co) for k in fc.keyframe_points)))
+        actions[a.name] = sorted(keys)
+    sc = bpy.context.scene
+    strips = [(s.name, s.channel, s.frame_start) for s in sc.sequence_editor.strips_all] \
+        if sc.sequence_editor else None
+    assigned = {o.name: o.animation_data.action.name if o.animation_data and o.animation_data.action else None
+                for o in bpy.data.objects}
+    return {"objects": sorted(o.name for o in bpy.data.objects), "actions": actions, "strips": strips,
+            "assigned": assigned, "range": (sc.frame_start, sc.frame_end)}
+
+
+def keyframe_span(obj: bpy.types.Object) -> tuple[float, float]:
+    ad = obj.animation_data
+    bag = anim_utils.action_get_channelbag_for_slot(ad.action, ad.action_slot)
+    frames = [k.co.x for fc in bag.fcurves for k in fc.keyframe_points]
+    return min(frames), max(frames)
+
+
+def drive_modal(addon, cancel_after_progress: bool = False, kill_after_progress: bool = False):
+    """Run Generate the way its modal handler does: create, begin in a thread, poll on a 'timer', finish."""
+    gen = addon.session.Generation.create(addon.operators.gather(bpy.context))
+    gen.begin()
+    deadline = time.monotonic() + 120
+    while not gen.poll():
+        assert time.monotonic() < deadline, "generation did not end"
+        if gen.job is not None and gen.job.progress:
+            if cancel_after_progress:
+                gen.cancel()
+            if kill_after_progress:
+                os.kill(addon.session.worker_pid(), signal.SIGKILL)
+        time.sleep(addon.operators.TIMER_INTERVAL)
+    reports = []
+
+    class Op:  # stands in for the operator instance: collects its reports
+        def report(self, kind, msg):
+            reports.append((next(iter(kind)), msg))
+    return addon.operators.finish(Op(), bpy.context, gen), reports
+
+
+def test_package_installs_enables_and_never_imports_torch(addon):
+    assert hasattr(bpy.types.Scene, "diffgesture") and hasattr(bpy.ops.diffgesture, "generate")
+    assert addon.session.DEFAULT_CHECKPOINT.parent.name == "weights"
+    assert "torch" not in sys.modules
+
+
+def wav_seconds(path: Path) -> float:
+    with wave.open(str(path)) as w:
+        return w.getnframes() / w.getframerate()
+
+
+def test_generate_operator_keys_audio_span_and_adds_sound(addon, scene, speech_wav):
+    assert bpy.ops.diffgesture.generate() == {"FINISHED"}
+    rig, seconds = scene.diffgesture.armature, wav_seconds(speech_wav)
+    assert rig.animation_data.action.name == speech_wav.stem
+    first, last = keyframe_span(rig)
+    assert first == 11 and abs(last - (11 + seconds * 24)) <= 24 / 15 + 1  # spans the audio at 24 fps
+    strips = list(scene.sequence_editor.strips_all)
+    assert [(s.type, s.frame_start) for s in strips] == [("SOUND", 11)]
+    assert scene.frame_end >= 11 + seconds * 24 - 1
+    assert "torch" not in sys.modules
+
+
+def test_modal_loop_keeps_the_worker_warm_and_refuses_a_second_run(addon, scene):
+    assert bpy.ops.diffgesture.generate() == {"FINISHED"}
+    pid = addon.session.worker_pid()
+    gen = addon.session.Generation.create(addon.operators.gather(bpy.context))
+    try:
+        with pytest.raises(RuntimeError, match="already running"):
+            bpy.ops.diffgesture.generate()
+    finally:
+        gen.close()
+    result, reports = drive_modal(addon)
+    assert result == {"FINISHED"}, reports
+    assert addon.session.worker_pid() == pid  # same process served both requests
+    assert len(bpy.data.actions) == 2
+
+
+def test_headless_command_file_and_folder(addon, scene, speech_wav, small_checkpoint, tmp_path):
+    rig = scene.diffgesture.armature.name
+    out, summary_path = tmp_path / "out.blend", tmp_path / "summary.json"
+    common = ["--armature", rig, "--checkpoint", str(small_checkpoint), "--steps", str(STEPS),
+              "--torch-python", str(TORCH_PYTHON)]
+    code = addon.headless.main(["generate", "--audio", str(speech_wav), "--start-frame", "5", "--output", str(out),
+                                "--json", str(summary_path), *common])
+    summary = json.loads(summary_path.read_text())
+    assert code == 0 and summary["ok"] and out.is_file(), summary
+    assert summary["results"][0]["frame_start"] == 5 and summary["results"][0]["actions"] == [speech_wav.stem]
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("a.wav", "b.wav"):
+        (folder / name).write_bytes(speech_wav.read_bytes())
+    assert addon.headless.main(["generate", "--audio", str(folder), "--no-sound", *common]) == 0
+    assert {"a", "b"} <= {a.name for a in bpy.data.actions}
+    assert addon.headless.main(["generate", "--audio", str(tmp_path / "missing.wav"), *common]) == 2
+    assert addon.headless.main(["generate", "--bogus"]) == 2
+    assert "torch" not in sys.modules
+
+
+# -- failures leave the .blend unchanged -------------------------------------------------------------------------
+def test_cancel_leaves_blend_unchanged(addon, scene):
+    scene.diffgesture.steps = 400  # long enough to be cancelled mid-run
+    before = snapshot()
+    result, reports = drive_modal(addon, cancel_after_progress=True)
+    assert result == {"CANCELLED"} and "cancelled" in reports[0][1] and snapshot() == before
+
+
+def test_bad_audio_file_leaves_blend_unchanged(addon, scene, tmp_path):
+    bad = tmp_path / "noise.wav"
+    bad.write_bytes(os.urandom(4000))
+    scene.diffgesture.audio_path = str(bad)
+    before = snapshot()
+    with pytest.raises(RuntimeError, match="Nothing was changed"):
+        bpy.ops.diffgesture.generate()
+    scene.diffgesture.audio_path = str(tmp_path / "absent.wav")
+    with pytest.raises(RuntimeError, match="audio file not found"):
+        bpy.ops.diffgesture.generate()
+    assert snapshot() == before
+
+
+def test_rig_without_usable_bones_is_refused_before_the_worker(addon, scene):
+    scene.diffgesture.armature = make_rig("Prop", addon, roles=False)
+    before = snapshot()
+    with pytest.raises(RuntimeError, match="no usable bones"):
+        bpy.ops.diffgesture.generate()
+    assert snapshot() == before
+
+
+def test_dead_worker_leaves_blend_unchanged_and_is_restarted(addon, scene):
+    scene.diffgesture.steps = 400
+    before = snapshot()
+    result, reports = drive_modal(addon, kill_after_progress=True)
+    assert result == {"CANCELLED"} and "stopped unexpectedly" in reports[0][1], reports
+    assert snapshot() == before
+    scene.diffgesture.steps = STEPS
+    result, reports = drive_modal(addon)
+    assert result == {"FINISHED"} and any("new one was started" in m for _, m in reports), reports
+
+
+@pytest.mark.parametrize("python, message", [("/nonexistent/bin/python", "was not found"),
+                                             (sys.executable, "torch is not installed")])
+def test_unusable_interpreter_leaves_blend_unchanged(addon, scene, python, message):
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.torch_python = python
+    before = snapshot()
+    try:
+        with pytest.raises(RuntimeError, match=message):
+            bpy.ops.diffgesture.generate()
+    finally:
+        prefs.torch_python = str(TORCH_PYTHON)
+    assert snapshot() == before
