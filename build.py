@@ -131,7 +131,7 @@ def cmd_demo(args) -> None:
     """Generate gestures for the example speech on the demo character, save the .blend and render a preview."""
     envs = setup()
     env = test_environ(envs)
-    run([envs["blender"], "-m", "diffgesture_blender.demo", "--torch-python", envs["torch"],
+    run([envs["blender"], ROOT / "examples" / "run_demo.py", "--torch-python", envs["torch"],
          "--out", args.out, *(["--no-render"] if args.no_render else [])], cwd=ROOT, env=env)
 
 
