@@ -124,6 +124,9 @@ class EnvironmentBuilder:
         self.env_dir.parent.mkdir(parents=True, exist_ok=True)
         self._thread.start()
 
+    def wait(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
     def cancel(self) -> None:
         self._cancelled = True
         if self._proc is not None and self._proc.poll() is None:

@@ -62,9 +62,9 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         header.label(text=f"Bones: {detection.preset or 'custom'} ({len(mapping)}/{detection.total} mapped)",
                      icon="ARMATURE_DATA")
         header.operator(operators.DIFFGESTURE_OT_detect_bones.bl_idname, text="", icon="VIEWZOOM")
-        missing = [r for r in bone_maps.REQUIRED_ROLES if mapping.get(r) not in obj.data.bones]
-        if missing:
-            box.label(text=f"Unmapped: {', '.join(missing)}", icon="ERROR")
+        for problem in bone_maps.validate(obj, mapping):
+            box.label(text=problem, icon="ERROR")
+        missing = set(bone_maps.missing_required(mapping))
         col = box.column(align=True)
         for role in bone_maps.ROLES:
             row = col.row(align=True)

@@ -175,14 +175,10 @@ def validate(request: Request) -> tuple[bpy.types.Object, dict[str, str]]:
     if not request.parts:
         raise UsageError("choose at least one part to drive (spine/head, arms, fingers)")
     mapping = bone_maps.get_bone_map(obj) or bone_maps.detect(obj).mapping
-    mapping = {role: bone for role, bone in mapping.items() if bone}
-    unknown = sorted(f"{role} -> {bone}" for role, bone in mapping.items() if bone not in obj.data.bones)
-    if unknown:
-        raise UsageError(f"the bone mapping of {obj.name!r} names bones that do not exist: {', '.join(unknown)}")
-    missing = [role for role in bone_maps.REQUIRED_ROLES if role not in mapping]
-    if missing:
-        raise UsageError(f"{obj.name!r} has no usable bones for: {', '.join(missing)}; map them in the panel's "
-                         "Bone Mapping box")
+    problems = bone_maps.validate(obj, mapping)
+    if problems:
+        raise UsageError(f"the bones of {obj.name!r} cannot be driven: {'; '.join(problems)}. Map them in the "
+                         "panel's Bones box")
     return obj, mapping
 
 
