@@ -5,6 +5,7 @@ checkpoint. In background mode modal timers never tick, so the Generate operator
 blocking `execute` through bpy.ops, and the exact poll loop its `modal` runs (Generation.poll until done, then
 operators.finish) driven by the test. Failures must leave the .blend unchanged: compared by `snapshot`.
 """
+import importlib
 import json
 import os
 import signal
@@ -52,20 +53,17 @@ def scene(addon, small_checkpoint, speech_wav):
     return sc
 
 
-def make_rig(name: str, addon, roles: bool = True) -> bpy.types.Object:
-    """A chain of one bone per mapping role (named after it), mapped explicitly; or a lone unmappable bone."""
+def make_rig(name: str, addon, family: str | None = "mixamo") -> bpy.types.Object:
+    """A code-built rig of a known family (auto-detected mapping), or a lone bone nothing can be mapped to."""
+    if family is not None:
+        return importlib.import_module(f"{MODULE}.rigs").build_rig(family, name=name)
     arm = bpy.data.armatures.new(name)
     obj = bpy.data.objects.new(name, arm)
     bpy.context.scene.collection.objects.link(obj)
     bpy.context.view_layer.objects.active = obj
     bpy.ops.object.mode_set(mode="EDIT")
-    names = list(addon.bone_maps.ROLES) if roles else ["prop_handle"]
-    for i, bone_name in enumerate(names):
-        b = arm.edit_bones.new(bone_name)
-        b.head, b.tail = (0, 0, i * 0.1), (0, 0, i * 0.1 + 0.1)
+    arm.edit_bones.new("prop_handle").tail = (0, 0, 0.2)
     bpy.ops.object.mode_set(mode="OBJECT")
-    if roles:
-        addon.bone_maps.set_bone_map(obj, {r: r for r in names})
     return obj
 
 
@@ -198,9 +196,9 @@ def test_bad_audio_file_leaves_blend_unchanged(addon, scene, tmp_path):
 
 
 def test_rig_without_usable_bones_is_refused_before_the_worker(addon, scene):
-    scene.diffgesture.armature = make_rig("Prop", addon, roles=False)
+    scene.diffgesture.armature = make_rig("Prop", addon, family=None)
     before = snapshot()
-    with pytest.raises(RuntimeError, match="no usable bones"):
+    with pytest.raises(RuntimeError, match="missing required bone for spine"):
         bpy.ops.diffgesture.generate()
     assert snapshot() == before
 
@@ -228,3 +226,25 @@ def test_unusable_interpreter_leaves_blend_unchanged(addon, scene, python, messa
     finally:
         prefs.torch_python = str(TORCH_PYTHON)
     assert snapshot() == before
+
+
+def test_check_reports_torch_cuda_and_device(addon):
+    assert bpy.ops.diffgesture.check_environment() == {"FINISHED"}
+    deadline = time.monotonic() + 60
+    while addon.session.check_running():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    first = addon.session.check_report()[0]
+    assert first.startswith("torch 2.") and "CUDA not available" in first and "device: CPU" in first, first
+
+
+def test_disabling_the_addon_stops_the_worker(addon):
+    addon.session.start_worker(str(TORCH_PYTHON))
+    pid = addon.session.worker_pid()
+    bpy.ops.preferences.addon_disable(module=MODULE)
+    try:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        assert "torch" not in sys.modules
+    finally:
+        bpy.ops.preferences.addon_enable(module=MODULE)
