@@ -1,0 +1,60 @@
+"""Retargeting speed in real Blender (bpy): 60 s of motion keyed at 30 fps onto code-built rigs.
+Run in the Blender environment: python -m benchmarks.retarget [--repeats N]."""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="dg-bench-blender-"))
+import bpy  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.record import markdown_table, record  # noqa: E402
+from diffgesture_blender import bone_maps, retarget, rigs  # noqa: E402
+from model_core import skeleton as sk  # noqa: E402
+
+SECONDS, SRC_FPS, SCENE_FPS = 60, 15, 30
+
+
+def random_motion(skel: sk.Skeleton, rng: np.random.Generator) -> np.ndarray:
+    """Smoothly varying unit directions around the skeleton's mean pose, (SECONDS * SRC_FPS, n_bones, 3)."""
+    mean = sk.poses_to_canonical(np.zeros(skel.pose_dim), skel)
+    noise = np.cumsum(rng.normal(scale=0.05, size=(SECONDS * SRC_FPS, skel.n_bones, 3)), axis=0)
+    dirs = mean + np.clip(noise, -0.8, 0.8)
+    return dirs / np.linalg.norm(dirs, axis=-1, keepdims=True)
+
+
+def time_case(family: str, skeleton: str, fingers: bool, repeats: int) -> list:
+    """Median seconds of apply_motion for one rig and skeleton, with its bones, keyed bones and keyed frames."""
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.context.scene.render.fps = SCENE_FPS
+    obj = rigs.build_rig(family, fingers=fingers)
+    mapping = bone_maps.detect(obj).mapping
+    dirs = random_motion(sk.get_skeleton(skeleton), np.random.default_rng(0))
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        action = retarget.apply_motion(obj, dirs, skeleton, mapping, action_name=f"bench{i}")
+        times.append(time.perf_counter() - start)
+    keyed = len({fc.data_path for fc in obj.animation_data.action.layers[0].strips[0].channelbags[0].fcurves})
+    frames = round(action.frame_range[1] - action.frame_range[0]) + 1
+    return [family, skeleton, len(obj.data.bones), keyed, frames, f"{statistics.median(times):.3f}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    rows = [time_case("mixamo", "ted_gesture", False, args.repeats),
+            time_case("ue5", "ted_gesture", True, args.repeats),
+            time_case("mixamo", "ted_expressive", True, args.repeats)]
+    table = markdown_table(["rig", "skeleton", "bones", "keyed bones", "frames", f"s for {SECONDS} s at {SCENE_FPS} fps"], rows)
+    record(f"Retargeting: keyframes for {SECONDS} s of motion (bpy {bpy.app.version_string})", table,
+           "Target: <= 0.5 s on a 20+-bone rig. Includes resampling 15 -> 30 fps, solving and writing the action.")
+
+
+if __name__ == "__main__":
+    main()
