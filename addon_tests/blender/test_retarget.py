@@ -4,7 +4,7 @@ import math
 import bpy
 import numpy as np
 import pytest
-from mathutils import Quaternion
+from mathutils import Matrix, Quaternion, Vector
 
 from diffgesture_blender import bone_maps, retarget, rigs
 from diffgesture_blender.bone_maps import FINGERS, NECK_ROLES, SPINE_ROLES
@@ -39,12 +39,13 @@ def expected(dirs: np.ndarray, skel: sk.Skeleton) -> dict[str, np.ndarray]:
         top = joints["head"]
     else:
         top = sum(joints[j] for j in ("left_eye", "right_eye", "left_ear", "right_ear")) / 4
-    out = {"spine": d["spine"], "neck": top - joints["neck"]}
+    out = {"spine": d["spine"], "neck": top - joints["neck"], "head_forward": d["neck_nose"]}
     for side in ("left", "right"):
         for r in ("clavicle", "upper_arm", "forearm"):
             out[f"{side}_{r}"] = d[f"{side}_{r}"]
         if f"{side}_middle_base" in d:
             out[f"{side}_hand"] = d[f"{side}_middle_base"]
+            out[f"{side}_palm"] = joints[f"{side}_index1"] - joints[f"{side}_pinky1"]
             for f in FINGERS:
                 for i in (1, 2, 3):
                     out[f"{side}_{f}{i}"] = d[f"{side}_{f}{min(i, 2)}"]
@@ -64,7 +65,22 @@ def posed_directions(obj, mapping: dict[str, str]) -> dict[str, np.ndarray]:
     for key, roles in (("spine", SPINE_ROLES), ("neck", NECK_ROLES)):
         chain = [mapping[r] for r in roles if r in mapping]
         out[key] = vec(pose[chain[0]].head, pose[chain[-1]].tail)
+    for side in ("left", "right"):
+        out[f"{side}_palm"] = vec(pose[mapping[f"{side}_pinky1"]].head, pose[mapping[f"{side}_index1"]].head)
+    head = pose[mapping["head"]]
+    turn = (mw.to_3x3() @ head.matrix.to_3x3() @ head.bone.matrix_local.to_3x3().inverted()).normalized()
+    out["head_forward"] = np.array(turn @ facing_forward(obj))
     return out
+
+
+def facing_forward(obj):
+    """The character's forward in armature space: -Y, or +Y for a rig built facing +Y."""
+    return Matrix.Rotation(obj.get("facing", 0.0), 3, "Z") @ Vector((0, -1, 0))
+
+
+def perpendicular(v: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    v = v - np.dot(v, axis) * axis
+    return v / np.linalg.norm(v)
 
 
 CASES = {
@@ -78,6 +94,7 @@ CASES = {
     "metarig-rolls": dict(family="metarig", roll_degrees=37.0),
     "ue5-twist": dict(family="ue5", twist_bones=True, a_pose=True),
     "vrm-moved": dict(family="vrm", roll_degrees=-20.0),
+    "rigify-euler-facing-+y": dict(family="rigify"),
 }
 
 
@@ -90,6 +107,11 @@ def test_world_directions_match_targets(empty_scene, case, skeleton):
     if case == "vrm-moved":
         obj.location, obj.rotation_euler, obj.scale = (1.0, -2.0, 0.5), (0.4, -0.3, 2.1), (1.7, 1.7, 1.7)
         bpy.context.view_layer.update()
+    if case == "rigify-euler-facing-+y":  # a rig imported facing +Y, with Euler rotation modes
+        obj.data.transform(Matrix.Rotation(math.pi, 4, "Z"))
+        obj["facing"] = math.pi
+        for pb in obj.pose.bones:
+            pb.rotation_mode = "YZX"
     detection = bone_maps.detect(obj)
     mapping = detection.mapping
     assert detection.preset == CASES[case]["family"] and not detection.missing_required
@@ -102,7 +124,7 @@ def test_world_directions_match_targets(empty_scene, case, skeleton):
     assert obj.animation_data.action == action
 
     want = expected(dirs, skel)
-    rot = np.array(obj.matrix_world.to_quaternion().to_matrix())
+    rot = np.array(obj.matrix_world.to_quaternion().to_matrix() @ Matrix.Rotation(obj.get("facing", 0.0), 3, "Z"))
     step = empty_scene.render.fps / SRC_FPS
     checked = 0
     for i in range(len(dirs)):
@@ -111,7 +133,11 @@ def test_world_directions_match_targets(empty_scene, case, skeleton):
         empty_scene.frame_set(1 + round(i * step))
         got = posed_directions(obj, mapping)
         for role, target in want.items():
-            if role in mapping or role in ("spine", "neck"):
+            if role in ("left_palm", "right_palm", "head_forward"):  # twists: compare across the bone's axis
+                axis = got[role.replace("palm", "hand").replace("_forward", "")]
+                err = np.linalg.norm(perpendicular(got[role], axis) - perpendicular(rot @ target[i], axis))
+                assert err < 1e-3, f"{case} {skeleton} frame {i} {role}: error {err:.2e}"
+            elif role in mapping or role in ("spine", "neck"):
                 err = np.linalg.norm(got[role] - rot @ target[i])
                 assert err < 1e-3, f"{case} {skeleton} frame {i} {role} ({mapping.get(role)}): error {err:.2e}"
                 checked += 1

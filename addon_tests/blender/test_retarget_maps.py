@@ -1,0 +1,117 @@
+"""Bone maps: name normalisation, auto-detection on every family and on renamed or unknown rigs, stored maps."""
+import bpy
+import numpy as np
+import pytest
+
+from diffgesture_blender import bone_maps, retarget, rigs
+from diffgesture_blender.bone_maps import REQUIRED_ROLES, mirror_name, normalize
+
+
+@pytest.mark.parametrize("name, key", [
+    ("mixamorig:LeftForeArm", ("L", "forearm")), ("mixamorig1:RightHandIndex2", ("R", "handindex2")),
+    ("upper_arm_fk.L", ("L", "upperarmfk")), ("lowerarm_r", ("R", "lowerarm")), ("J_Bip_L_UpperArm", ("L", "jbipupperarm")),
+    ("leftUpperArm", ("L", "upperarm")), ("Left_Upper_Arm", ("L", "upperarm")), ("spine.003", ("", "spine003")),
+    ("f_index.01.R", ("R", "findex01")), ("Head", ("", "head")),
+])
+def test_normalize(name, key):
+    assert normalize(name) == key
+
+
+def test_mirror_name():
+    assert [mirror_name(n) for n in ("LeftArm", "hand.L", "clavicle_l", "J_Bip_L_Hand", "neck_01")] == [
+        "RightArm", "hand.R", "clavicle_r", "J_Bip_R_Hand", "neck_01"]
+
+
+@pytest.mark.parametrize("options", [{}, {"fingers": False}, {"twist_bones": True, "a_pose": True}])
+@pytest.mark.parametrize("family", rigs.FAMILIES)
+def test_detects_every_family(empty_scene, family, options):
+    obj = rigs.build_rig(family, **options)
+    det = bone_maps.detect(obj)
+    assert det.preset == family and det.missing_required == []
+    assert det.total == len(bone_maps.preset_aliases(family))
+    assert det.covered == len(det.mapping) == det.total - (0 if options.get("fingers", True) else 30)
+    assert bone_maps.validate(obj, det.mapping) == []
+    for role, bone in det.mapping.items():  # mirror-safety: left roles on left-named bones at +X
+        if role.startswith(("left_", "right_")):
+            side = "L" if role.startswith("left_") else "R"
+            assert normalize(bone)[0] == side
+            assert (obj.data.bones[bone].head_local.x > 0) == (side == "L")
+    assert str(det.covered) in det.message
+
+
+def test_detects_renamed_rig(empty_scene):
+    """A UE4 rig renamed to Blender-style sides and capitals, a Mixamo rig with another namespace prefix."""
+    ue = rigs.build_rig("ue4")
+    for b in ue.data.bones:
+        if b.name.endswith(("_l", "_r")):
+            b.name = b.name[:-2].title() + "." + b.name[-1].upper()
+    det = bone_maps.detect(ue)
+    assert det.preset == "ue4" and det.covered == det.total and det.mapping["left_forearm"] == "Lowerarm.L"
+    mixamo = rigs.build_rig("mixamo")
+    for b in mixamo.data.bones:
+        b.name = b.name.replace("mixamorig:", "mixamorig7:")
+    det = bone_maps.detect(mixamo)
+    assert det.preset == "mixamo" and det.covered == det.total
+
+
+def test_unknown_rig_lists_missing_bones(empty_scene):
+    obj = rigs.build_rig("metarig")
+    for i, b in enumerate(obj.data.bones):
+        b.name = f"Bone{i:03d}"
+    det = bone_maps.detect(obj)
+    assert det.preset is None and det.mapping == {} and det.missing_required == REQUIRED_ROLES
+    assert all(r in det.message for r in REQUIRED_ROLES)
+    assert all(f"missing required bone for {r}" in bone_maps.validate(obj, {}) for r in REQUIRED_ROLES)
+
+
+def test_partial_rig_and_hierarchy_checks(empty_scene):
+    obj = rigs.build_rig("mixamo", fingers=False)
+    bpy.ops.object.mode_set(mode="EDIT")
+    edit = obj.data.edit_bones
+    edit["mixamorig:LeftForeArm"].use_connect = False
+    edit["mixamorig:LeftForeArm"].parent = edit["mixamorig:Hips"]
+    edit.remove(edit["mixamorig:Neck"])
+    bpy.ops.object.mode_set(mode="OBJECT")
+    det = bone_maps.detect(obj)
+    assert det.preset == "mixamo" and det.missing_required == ["neck", "left_forearm"]
+    assert "neck" in det.message and "left_forearm" in det.message
+    problems = bone_maps.validate(obj, {**det.mapping, "neck": "nope", "left_forearm": "mixamorig:LeftForeArm",
+                                        "tail": "mixamorig:Hips"})
+    assert any("no bone named 'nope'" in p for p in problems)
+    assert any("unknown role 'tail'" in p for p in problems)
+    assert any("left_forearm" in p and "not below" in p for p in problems)
+
+
+def test_bone_map_is_saved_with_the_blend(empty_scene, tmp_path):
+    obj = rigs.build_rig("vrm", name="Avatar")
+    assert bone_maps.get_bone_map(obj) == {}
+    mapping = {**bone_maps.detect(obj).mapping, "left_thumb1": ""}
+    bone_maps.set_bone_map(obj, mapping)
+    path = str(tmp_path / "map.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=path)
+    bpy.ops.wm.open_mainfile(filepath=path)
+    stored = bone_maps.get_bone_map(bpy.data.objects["Avatar"])
+    assert stored == {r: b for r, b in mapping.items() if b} and "left_thumb1" not in stored
+
+
+def test_demo_character_is_a_skinned_detectable_figure(empty_scene):
+    rig = rigs.build_demo_character()
+    body = next(o for o in bpy.data.objects if o.parent == rig)
+    assert body.type == "MESH" and body.modifiers["Armature"].object == rig
+    assert {g.name for g in body.vertex_groups} == {b.name for b in rig.data.bones}
+    assert len(body.data.vertices) > 1000
+    det = bone_maps.detect(rig)
+    assert det.preset == "mixamo" and det.covered == det.total
+    xs = np.array([v.co.x for v in body.data.vertices])
+    assert xs.max() > 0.5 and xs.min() < -0.5  # arms out to both sides
+
+
+def test_slerp_resample_keeps_source_frames_and_unit_length():
+    rng = np.random.default_rng(1)
+    dirs = rng.normal(size=(7, 4, 3))
+    dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+    out = retarget.slerp_resample(dirs, 15, 24)
+    assert out.shape == (10, 4, 3)
+    assert np.allclose(out[::8], dirs[::5]) and np.allclose(np.linalg.norm(out, axis=-1), 1)
+    mid = retarget.slerp_resample(dirs[:2], 15, 30)[1]  # halfway: equal angles to both ends
+    assert np.allclose(np.sum(mid * dirs[0], -1), np.sum(mid * dirs[1], -1))
