@@ -174,6 +174,35 @@ def test_headless_command_file_and_folder(addon, scene, speech_wav, small_checkp
     assert "torch" not in sys.modules
 
 
+def test_audio_from_an_existing_sound_strip(addon, scene, speech_wav):
+    strip = scene.sequence_editor_create().strips.new_sound("line", str(speech_wav), 2, 30)
+    props = scene.diffgesture
+    props.audio_source, props.audio_strip = "STRIP", strip.name
+    assert bpy.ops.diffgesture.generate() == {"FINISHED"}
+    assert keyframe_span(props.armature)[0] == 30
+    assert [s.name for s in scene.sequence_editor.strips_all] == ["line"]  # no second copy of the audio
+
+
+class Layout:
+    """Accepts whatever a draw function calls, so panels can be drawn in background mode."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kw: Layout()
+
+
+def test_panel_and_preferences_draw(addon, scene):
+    ctx = bpy.context
+    for obj in (scene.diffgesture.armature, make_rig("Prop", addon, family=None)):
+        scene.diffgesture.armature = obj
+        panel = type("P", (), {"layout": Layout(), "draw_mapping": addon.panel.DIFFGESTURE_PT_generate.draw_mapping})
+        addon.panel.DIFFGESTURE_PT_generate.draw(panel(), ctx)
+    prefs = ctx.preferences.addons[MODULE].preferences
+    addon.preferences.DiffGesturePreferences.draw(type("P", (), {"layout": Layout(), "torch_python": "",
+                                                                 **{k: getattr(prefs, k) for k in
+                                                                    ("checkpoint", "device")}})(), ctx)
+    assert addon.preferences.get(ctx).python == str(TORCH_PYTHON)
+
+
 # -- failures leave the .blend unchanged -------------------------------------------------------------------------
 def test_cancel_leaves_blend_unchanged(addon, scene):
     scene.diffgesture.steps = 400  # long enough to be cancelled mid-run
