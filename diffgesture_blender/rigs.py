@@ -127,9 +127,9 @@ def _radius(bone_name: str) -> float:
 def build_demo_character(name: str = "DemoCharacter") -> bpy.types.Object:
     """A Mixamo-named armature with a simple skinned body (a cylinder per bone, a sphere head), facing -Y."""
     rig = build_rig("mixamo", a_pose=True, name=name)
-    bm, groups = bmesh.new(), {}
-    for bone in rig.data.bones:
-        start = len(bm.verts)
+    bm = bmesh.new()
+    weights = bm.verts.layers.deform.verify()
+    for group, bone in enumerate(rig.data.bones):
         if bone.name.endswith("Head"):
             geom = bmesh.ops.create_uvsphere(bm, u_segments=16, v_segments=10, radius=0.11,
                                              matrix=Matrix.Translation(bone.head_local + Vector((0, -0.01, 0.1))))
@@ -138,15 +138,16 @@ def build_demo_character(name: str = "DemoCharacter") -> bpy.types.Object:
             shape = Matrix.Translation((0, bone.length / 2, 0)) @ Matrix.Rotation(-math.pi / 2, 4, "X")
             geom = bmesh.ops.create_cone(bm, cap_ends=True, segments=12, radius1=r, radius2=r * 0.85,
                                          depth=bone.length, matrix=bone.matrix_local @ shape)
-        groups[bone.name] = list(range(start, start + len(geom["verts"])))
+        for v in geom["verts"]:
+            v[weights][group] = 1.0
     mesh = bpy.data.meshes.new(name + "Body")
+    body = bpy.data.objects.new(name + "Body", mesh)
+    for bone in rig.data.bones:  # vertex group i is bone i, as in the deform layer
+        body.vertex_groups.new(name=bone.name)
     bm.to_mesh(mesh)
     bm.free()
-    body = bpy.data.objects.new(name + "Body", mesh)
     bpy.context.scene.collection.objects.link(body)
     body.parent = rig
-    for bone_name, verts in groups.items():
-        body.vertex_groups.new(name=bone_name).add(verts, 1.0, "REPLACE")
     body.modifiers.new("Armature", "ARMATURE").object = rig
     for poly in mesh.polygons:
         poly.use_smooth = True

@@ -100,6 +100,10 @@ def test_demo_character_is_a_skinned_detectable_figure(empty_scene):
     assert body.type == "MESH" and body.modifiers["Armature"].object == rig
     assert {g.name for g in body.vertex_groups} == {b.name for b in rig.data.bones}
     assert len(body.data.vertices) > 1000
+    for v in body.data.vertices:  # each vertex is skinned to the bone it was built around
+        (group,) = v.groups
+        bone = rig.data.bones[body.vertex_groups[group.group].name]
+        assert group.weight == 1.0 and (v.co - (bone.head_local + bone.tail_local) / 2).length < 0.25
     det = bone_maps.detect(rig)
     assert det.preset == "mixamo" and det.covered == det.total
     xs = np.array([v.co.x for v in body.data.vertices])
