@@ -51,7 +51,8 @@ def main() -> None:
     rows = [time_case("mixamo", "ted_gesture", False, args.repeats),
             time_case("ue5", "ted_gesture", True, args.repeats),
             time_case("mixamo", "ted_expressive", True, args.repeats)]
-    table = markdown_table(["rig", "skeleton", "bones", "keyed bones", "frames", f"s for {SECONDS} s at {SCENE_FPS} fps"], rows)
+    header = ["rig", "skeleton", "bones", "keyed bones", "frames", f"s for {SECONDS} s at {SCENE_FPS} fps"]
+    table = markdown_table(header, rows)
     record(f"Retargeting: keyframes for {SECONDS} s of motion (bpy {bpy.app.version_string})", table,
            "Target: <= 0.5 s on a 20+-bone rig. Includes resampling 15 -> 30 fps, solving and writing the action.")
 

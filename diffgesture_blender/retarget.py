@@ -60,10 +60,9 @@ def qbetween(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     q = np.concatenate([1.0 + d, np.cross(u, v)], -1)
     opposite = d[..., 0] < -1.0 + 1e-9
     if np.any(opposite):
-        perp = np.cross(u[opposite], [1.0, 0.0, 0.0])
-        perp[np.linalg.norm(perp, axis=-1) < 1e-6] = np.cross(u[opposite], [0.0, 1.0, 0.0])[
-            np.linalg.norm(perp, axis=-1) < 1e-6]
-        q[opposite] = np.concatenate([np.zeros((len(perp), 1)), _unit(perp)], -1)
+        w = u[opposite]
+        perp = np.where(np.abs(w[:, :1]) < 0.9, np.cross(w, [1.0, 0.0, 0.0]), np.cross(w, [0.0, 1.0, 0.0]))
+        q[opposite] = np.concatenate([np.zeros((len(w), 1)), _unit(perp)], -1)
     return _unit(q)
 
 

@@ -46,7 +46,8 @@ def _left_layout(a_pose: bool, twist: bool) -> list[tuple[str, Vector, Vector, s
         bones += [("upper_arm", shoulder.copy(), arm(mid), "clavicle"), ("twist", arm(mid), arm(elbow), "upper_arm"),
                   ("forearm", arm(elbow), arm(wrist), "twist")]
     else:
-        bones += [("upper_arm", shoulder.copy(), arm(elbow), "clavicle"), ("forearm", arm(elbow), arm(wrist), "upper_arm")]
+        bones += [("upper_arm", shoulder.copy(), arm(elbow), "clavicle"),
+                  ("forearm", arm(elbow), arm(wrist), "upper_arm")]
     bones.append(("hand", arm(wrist), arm(knuckles), "forearm"))
     for f in FINGERS:
         p, d = wrist + Vector(_FINGER_ROOT[f]), Vector(_FINGER_DIR[f]).normalized()

@@ -9,7 +9,8 @@ from diffgesture_blender.bone_maps import REQUIRED_ROLES, mirror_name, normalize
 
 @pytest.mark.parametrize("name, key", [
     ("mixamorig:LeftForeArm", ("L", "forearm")), ("mixamorig1:RightHandIndex2", ("R", "handindex2")),
-    ("upper_arm_fk.L", ("L", "upperarmfk")), ("lowerarm_r", ("R", "lowerarm")), ("J_Bip_L_UpperArm", ("L", "jbipupperarm")),
+    ("upper_arm_fk.L", ("L", "upperarmfk")), ("lowerarm_r", ("R", "lowerarm")),
+    ("J_Bip_L_UpperArm", ("L", "jbipupperarm")),
     ("leftUpperArm", ("L", "upperarm")), ("Left_Upper_Arm", ("L", "upperarm")), ("spine.003", ("", "spine003")),
     ("f_index.01.R", ("R", "findex01")), ("Head", ("", "head")),
 ])
