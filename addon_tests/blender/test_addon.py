@@ -173,6 +173,10 @@ def test_headless_command_file_and_folder(addon, scene, speech_wav, small_checkp
     assert addon.headless.main(["generate", "--bogus"]) == 2
     assert "torch" not in sys.modules
 
+    bpy.ops.wm.open_mainfile(filepath=str(out))  # the saved file holds the motion and its sound
+    assert bpy.data.objects[rig].animation_data.action.name == speech_wav.stem
+    assert [s.frame_start for s in bpy.context.scene.sequence_editor.strips_all] == [5]
+
 
 def test_audio_from_an_existing_sound_strip(addon, scene, speech_wav):
     strip = scene.sequence_editor_create().strips.new_sound("line", str(speech_wav), 2, 30)
@@ -241,6 +245,21 @@ def test_dead_worker_leaves_blend_unchanged_and_is_restarted(addon, scene):
     scene.diffgesture.steps = STEPS
     result, reports = drive_modal(addon)
     assert result == {"FINISHED"} and any("new one was started" in m for _, m in reports), reports
+
+
+def test_no_armature_or_edit_mode_is_refused_before_the_worker(addon, scene):
+    rig = scene.diffgesture.armature
+    scene.diffgesture.armature = None
+    before = snapshot()
+    with pytest.raises(RuntimeError, match="choose the armature"):
+        bpy.ops.diffgesture.generate()
+    scene.diffgesture.armature = rig
+    bpy.context.view_layer.objects.active = rig
+    bpy.ops.object.mode_set(mode="EDIT")
+    with pytest.raises(RuntimeError, match="edit mode"):
+        bpy.ops.diffgesture.generate()
+    bpy.ops.object.mode_set(mode="OBJECT")
+    assert snapshot() == before
 
 
 @pytest.mark.parametrize("python, message", [("/nonexistent/bin/python", "was not found"),
