@@ -19,12 +19,14 @@ def register() -> None:
         bpy.utils.register_class(cls)
     bpy.types.Scene.diffgesture = bpy.props.PointerProperty(type=properties.DiffGestureSettings)
     _cli_handle = bpy.utils.register_cli_command("diffgesture", headless.cli_command)
+    bpy.app.handlers.load_pre.append(session.drop_on_load)
     atexit.register(session.shutdown_worker)
 
 
 def unregister() -> None:
     global _cli_handle
     atexit.unregister(session.shutdown_worker)
+    bpy.app.handlers.load_pre.remove(session.drop_on_load)
     session.shutdown_worker()
     if _cli_handle is not None:
         bpy.utils.unregister_cli_command(_cli_handle)

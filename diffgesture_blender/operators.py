@@ -98,20 +98,28 @@ class DIFFGESTURE_OT_generate(bpy.types.Operator):
 
     def modal(self, context, event):
         gen = session.active()
+        if gen is None:  # dropped because another file was opened
+            self.cancel(context)
+            return {"CANCELLED"}
         if event.type == "ESC" and event.value == "PRESS":
             gen.cancel()
             return {"RUNNING_MODAL"}
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
-        ended = gen.poll()
-        context.window_manager.progress_update(int(100 * gen.fraction))
-        context.workspace.status_text_set(None if ended else f"DiffGesture: {gen.status()}  (Esc: cancel)")
-        redraw(context)
-        if not ended:
+        if not gen.poll():
+            context.window_manager.progress_update(int(100 * gen.fraction))
+            context.workspace.status_text_set(f"DiffGesture: {gen.status()}  (Esc: cancel)")
+            redraw(context)
             return {"PASS_THROUGH"}
+        self.cancel(context)
+        return finish(self, context, gen)
+
+    def cancel(self, context) -> None:
+        """Remove the timer, progress and status text (also called by Blender when the modal is aborted)."""
         context.window_manager.event_timer_remove(self._timer)
         context.window_manager.progress_end()
-        return finish(self, context, gen)
+        context.workspace.status_text_set(None)
+        redraw(context)
 
 
 def _bone_items(self, context) -> list[tuple[str, str, str]]:

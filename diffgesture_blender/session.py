@@ -127,6 +127,14 @@ def check_report() -> list[str]:
     return []
 
 
+@bpy.app.handlers.persistent
+def drop_on_load(*_args) -> None:
+    """A file is being opened: the running generation (if any) is cancelled, its result would have nowhere to go."""
+    if _active is not None:
+        _active.cancel()
+        _active.close()
+
+
 def active() -> "Generation | None":
     """The generation in flight, if any (one at a time)."""
     return _active
@@ -168,7 +176,7 @@ def validate(request: Request) -> tuple[bpy.types.Object, dict[str, str]]:
     if obj is None or obj.type != "ARMATURE":
         raise UsageError(f"no armature object named {request.armature!r}" if obj is None else
                          f"{request.armature!r} is a {obj.type.lower()}, not an armature")
-    if obj.library is not None or (obj.data.library is not None and obj.override_library is None):
+    if obj.library is not None:
         raise UsageError(f"{obj.name!r} is linked from a library: make a library override first")
     if obj.mode == "EDIT":
         raise UsageError(f"{obj.name!r} is in edit mode: leave edit mode first")
@@ -188,10 +196,10 @@ class Generation:
 
     def __init__(self, request: Request):
         self.request = request
-        self.armature, self.mapping = validate(request)
+        armature, self.mapping = validate(request)
+        self.armature_name = armature.name  # a name, not a reference: undo may replace the object meanwhile
         self.tmp = Path(tempfile.mkdtemp(prefix="diffgesture-"))
         self.output = self.tmp / "result.npz"
-        self.armature_name = self.armature.name
         self.notes: list[str] = []
         self.job: core.protocol.Job | None = None
         self.error: Exception | None = None

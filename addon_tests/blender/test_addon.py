@@ -262,6 +262,12 @@ def test_no_armature_or_edit_mode_is_refused_before_the_worker(addon, scene):
     assert snapshot() == before
 
 
+def test_opening_a_file_drops_the_running_generation(addon, scene):
+    addon.session.Generation.create(addon.operators.gather(bpy.context))
+    bpy.ops.wm.read_homefile(use_empty=True)
+    assert addon.session.active() is None
+
+
 @pytest.mark.parametrize("python, message", [("/nonexistent/bin/python", "was not found"),
                                              (sys.executable, "torch is not installed")])
 def test_unusable_interpreter_leaves_blend_unchanged(addon, scene, python, message):
