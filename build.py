@@ -27,7 +27,10 @@ APT_PACKAGES = [
     "libx11-6", "libxrender1", "libxfixes3", "libxi6", "libxkbcommon0", "libsm6", "libgl1",
     "libegl1", "libegl-mesa0", "libgl1-mesa-dri",
 ]
-ENV_REQUIREMENTS = {"torch": ROOT / "requirements" / "torch.txt", "blender": ROOT / "requirements" / "blender.txt"}
+ENV_REQUIREMENTS = {"torch": ROOT / "requirements" / "torch.txt", "blender": ROOT / "requirements" / "blender.txt",
+                    "blender5": ROOT / "requirements" / "blender5.txt"}
+# (environment, folder) pairs that make up the test suite: the add-on suite runs on Blender 4.5 LTS and 5.0.
+TEST_SUITES = [("torch", "addon_tests/core"), ("blender", "addon_tests/blender"), ("blender5", "addon_tests/blender")]
 # Files of the repository that go into the extension zip besides the add-on package itself.
 EXTENSION_EXTRA = ["model_core", "blender_manifest.toml", "LICENSE"]
 
@@ -87,18 +90,17 @@ def cmd_setup(args) -> None:
 
 
 def cmd_test(args) -> None:
-    """Run the core/training suite in the torch environment, then the Blender suite in the bpy environment."""
+    """Run the core/training suite in the torch environment, then the add-on suite on Blender 4.5 and 5.0."""
     envs = setup()
     if not args.no_extension:
         build_extension()
     env = test_environ(envs)
     results = []
-    for name, folder in (("torch", "addon_tests/core"), ("blender", "addon_tests/blender")):
-        if not (ROOT / folder).exists():
-            continue
+    for name, folder in TEST_SUITES:
+        print(f"== {folder} in .envs/{name}", flush=True)
         rc = subprocess.call([str(envs[name]), "-m", "pytest", "-q", folder, *args.pytest_args], cwd=ROOT, env=env)
-        results.append((folder, rc))
-    failed = [f for f, rc in results if rc not in (0,)]
+        results.append((f"{folder} ({name})", rc))
+    failed = [f for f, rc in results if rc != 0]
     print("test suites:", ", ".join(f"{f}: {'ok' if rc == 0 else f'exit {rc}'}" for f, rc in results))
     sys.exit(1 if failed or not results else 0)
 
