@@ -56,7 +56,8 @@ class DiffGesturePreferences(bpy.types.AddonPreferences):
             box = layout.box()
             box.label(text=builder.plan.reason)
             if builder.done:
-                box.label(text=builder.error or "The environment is ready", icon="ERROR" if builder.error else "CHECKMARK")
+                box.label(text=builder.error or "The environment is ready",
+                          icon="ERROR" if builder.error else "CHECKMARK")
             else:
                 box.progress(factor=builder.fraction, text=builder.stage)
             box.label(text=f"Log: {builder.log_path}")

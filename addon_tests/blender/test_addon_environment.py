@@ -35,7 +35,8 @@ def test_torch_version_matches_the_tested_requirements():
 
 def test_parse_nvidia_smi():
     text = "NVIDIA H100 80GB HBM3, 9.0, 570.86.15\nbroken line\nGeForce GTX 1080, 6.1, 535.54\n"
-    assert env.parse_nvidia_smi(text) == [Gpu("NVIDIA H100 80GB HBM3", (9, 0), 570), Gpu("GeForce GTX 1080", (6, 1), 535)]
+    assert env.parse_nvidia_smi(text) == [Gpu("NVIDIA H100 80GB HBM3", (9, 0), 570),
+                                          Gpu("GeForce GTX 1080", (6, 1), 535)]
     assert env.parse_nvidia_smi("") == []
 
 
