@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
+import hashlib
 import os
 import sys
 import time
@@ -158,14 +158,34 @@ class Trainer:
         torch.save(payload, tmp)
         tmp.replace(self.out / "resume.pt")
 
+    def param_checksums(self) -> list[str]:
+        """sha256 of this rank's state, gathered from every rank (they must agree under DDP).
+
+        DDP keeps parameters identical; BatchNorm running statistics are first taken from rank 0, as DDP's own
+        buffer broadcast at the next forward would do."""
+        if self.world > 1:
+            for buf in self.model.buffers():
+                dist.broadcast(buf, 0)
+        h = hashlib.sha256()
+        for v in self.model.state_dict().values():
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        sums = [None] * self.world
+        if self.world > 1:
+            dist.all_gather_object(sums, h.hexdigest())
+        else:
+            sums = [h.hexdigest()]
+        return sums
+
     def export(self, name: str) -> None:
         """Write a native checkpoint with provenance (rank 0), and the configured export copy."""
+        checksums = self.param_checksums()
         if self.rank != 0:
             return
         prov = {"config": self.cfg, "data_sha256": self.data.sha256, "data_windows": len(self.data),
                 "epoch": self.epoch, "step": self.step, "train_minutes": round(self.elapsed / 60, 2),
                 "metrics": {"train_loss_last_epoch": self.epoch_losses[-1] if self.epoch_losses else None},
-                "torch": torch.__version__, "world_size": self.world}
+                "torch": str(torch.__version__), "world_size": self.world,
+                "rank_state_sha256": checksums}
         save_native(self.out / name, self.model, self.skeleton, prov)
         if self.t["export_path"]:
             Path(self.t["export_path"]).parent.mkdir(parents=True, exist_ok=True)
@@ -205,11 +225,13 @@ class Trainer:
             from tqdm import tqdm
             bar = tqdm(initial=self.step, unit="step", dynamic_ncols=True)
         stop = False
+        if t["batch_size"] % self.world:
+            raise ValueError(f"batch_size {t['batch_size']} (global) is not divisible by {self.world} processes")
         while self.epoch < t["epochs"] and not stop:
-            batches = epoch_batches(self.sampler, self.epoch, t["batch_size"])
+            batches = epoch_batches(self.sampler, self.epoch, t["batch_size"] // self.world)
             if not batches:
                 raise ValueError(f"{len(self.data)} windows over {self.world} ranks give no full batch of "
-                                 f"{t['batch_size']}")
+                                 f"{t['batch_size'] // self.world} per rank")
             loader = DataLoader(self.data, batch_sampler=batches[self.batch_in_epoch:], num_workers=workers,
                                 pin_memory=self.device.type == "cuda", persistent_workers=False)
             tick = time.monotonic()
@@ -220,7 +242,7 @@ class Trainer:
                 self.batch_in_epoch += 1
                 now = time.monotonic()
                 self.elapsed += now - tick
-                rate = t["batch_size"] * self.world / max(now - tick, 1e-9)
+                rate = t["batch_size"] / max(now - tick, 1e-9)
                 tick = now
                 self._log("steps.csv", {"step": self.step, "epoch": self.epoch, "loss": f"{loss:.6f}",
                                         "samples_per_s": f"{rate:.2f}", "elapsed_s": f"{self.elapsed:.1f}"})
@@ -280,6 +302,10 @@ def main(argv: list[str] | None = None) -> None:
     trainer.run(max_steps, max_minutes)
     if trainer.rank == 0:
         print(f"stopped at epoch {trainer.epoch}, step {trainer.step}; run folder {trainer.out}")
+    if trainer.world > 1:  # all work is saved; skip interpreter finalisation, where gloo's threads can abort
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

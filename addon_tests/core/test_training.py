@@ -1,0 +1,335 @@
+"""training/: procedural data, clip format and LMDB converter, trainer (loss, resume, torchrun DDP), metrics."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from addon_tests.paths import ROOT
+from model_core.checkpoint import load_checkpoint
+from model_core.network import ModelConfig, PoseDiffusion
+from model_core.skeleton import (TED_EXPRESSIVE, TED_GESTURE, from_directions, joints_to_directions,
+                                 to_directions, to_joints)
+from training import data, metrics, procedural
+from training.train import Trainer, load_config
+
+TINY_CONFIG = """
+[model]
+pose_dim = 27
+hidden_dim = 32
+block_depth = 2
+n_heads = 4
+[data]
+skeleton = "ted_gesture"
+train = "{train}"
+motion_filters = false
+min_words = 0
+workers = 0
+[train]
+batch_size = 8
+epochs = 100
+lr = 1e-3
+out = "{out}"
+export_every_epochs = 0
+save_every_minutes = 0
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("proc") / "ted_gesture"
+    procedural.build(root, "ted_gesture", n_clips=3, seed=7, duration=8.0)
+    return str(root)
+
+
+def _config(tmp_path, train: str, name: str) -> str:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(TINY_CONFIG.format(train=train, out=tmp_path / name))
+    return str(path)
+
+
+# ---- procedural data -------------------------------------------------------------------------------------------
+
+def test_procedural_is_deterministic_and_speech_driven(tiny_data, tmp_path):
+    again = procedural.build(tmp_path / "again", "ted_gesture", n_clips=3, seed=7, duration=8.0)
+    assert again["sha256"] == data.read_index(tiny_data)["sha256"]
+    other = procedural.build(tmp_path / "other", "ted_gesture", n_clips=1, seed=8, duration=8.0)
+    assert other["sha256"] != again["sha256"]
+    ds = data.WindowDataset(tiny_data, motion_filters=False, min_words=0)
+    poses, audio = np.asarray(ds.poses), np.asarray(ds.audio) / 32767
+    speech_vel, silence_vel = [], []
+    for c in ds.index["clips"]:
+        p = poses[c["frame_offset"]: c["frame_offset"] + c["n_frames"]]
+        a = audio[c["sample_offset"]: c["sample_offset"] + c["n_samples"]]
+        loud = procedural.loudness(a, len(p))
+        speaking = np.convolve(loud > 0.08, np.ones(5), "same") > 0
+        arm_vel = np.r_[np.abs(np.diff(p[:, 9:], axis=0)).sum(axis=1), 0.0]
+        speech_vel.append(arm_vel[speaking].mean())
+        silence_vel.append(arm_vel[~speaking].mean())
+        assert 0.2 < speaking.mean() < 0.95  # both speech and silences
+    assert np.mean(speech_vel) > 1.8 * np.mean(silence_vel)
+    dirs = to_directions(poses, TED_GESTURE, normalize=False)
+    np.testing.assert_allclose(np.linalg.norm(dirs, axis=-1), 1.0, atol=1e-5)  # valid unit bone directions
+
+
+def test_procedural_expressive_fingers_curl(tmp_path):
+    procedural.build(tmp_path / "e", "ted_expressive", 1, seed=3, duration=6.0)
+    ds = data.WindowDataset(tmp_path / "e", motion_filters=False, min_words=0)
+    dirs = to_directions(np.asarray(ds.poses), TED_EXPRESSIVE)
+    finger = TED_EXPRESSIVE.bone_index("left_index2")
+    assert np.ptp(dirs[:, finger], axis=0).max() > 0.3  # the distal index bone moves with the curl control
+
+
+# ---- format, windowing and the LMDB converter -------------------------------------------------------------------
+
+def test_windowing_follows_the_paper(tiny_data):
+    ds = data.WindowDataset(tiny_data, motion_filters=False, min_words=0)
+    expected = sum((c["n_frames"] - 42) // 10 + 1 for c in ds.index["clips"])
+    assert len(ds) == expected
+    poses, audio = ds[1]
+    assert poses.shape == (34, 27) and audio.shape == (36267,) and audio.dtype == torch.float32
+    c = ds.index["clips"][0]
+    assert tuple(ds.windows[1]) == (0, 10, math.floor(10 / c["n_frames"] * c["n_samples"]))
+    assert len(data.WindowDataset(tiny_data)) > 0  # speech windows pass the word and motion filters
+
+
+def test_filters_drop_static_and_wordless_windows(tmp_path):
+    rng = np.random.default_rng(0)
+    moving = np.zeros((100, 27), np.float32)
+    moving[:, 9:] = 0.3 * np.sin(np.arange(100) / 3)[:, None] * rng.standard_normal(18)  # arms only
+    words = [("w", t, t + 0.2) for t in np.arange(0, 6.6, 0.25)]
+    clips = [data.Clip("moving", moving, np.zeros(106667, np.float32), words),
+             data.Clip("static", np.zeros((100, 27), np.float32), np.zeros(106667, np.float32), words),
+             data.Clip("silent", moving, np.zeros(106667, np.float32), [])]
+    data.write_dataset(tmp_path / "d", clips, TED_GESTURE, {"kind": "test"})
+    ds = data.WindowDataset(tmp_path / "d")
+    assert set(ds.windows[:, 0]) == {0} and len(ds) == 6
+    assert len(data.WindowDataset(tmp_path / "d", motion_filters=False)) == 12
+    assert len(data.WindowDataset(tmp_path / "d", motion_filters=False, min_words=0)) == 18
+    leaning = np.tile(from_directions(np.tile([[0.0, -0.5, 0.87]], (9, 1))[None], TED_GESTURE), (34, 1))
+    assert not data.motion_ok(leaning + moving[:34], TED_GESTURE)  # spine 60 degrees from vertical
+
+
+def _fixture_lmdb(path, skel, n_videos=2):
+    import lmdb
+    rng = np.random.default_rng(0)
+    videos = []
+    env = lmdb.open(str(path), map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        for v in range(n_videos):
+            clips = []
+            for k in range(2):
+                n = 50 + 10 * k
+                dirs = skel.mean[None] + 0.2 * rng.standard_normal((n, skel.n_bones, 3)).astype(np.float32)
+                dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+                joints = to_joints(dirs, skel) + rng.standard_normal(3)  # translated: directions are invariant
+                start = 12.5 * k
+                clips.append({"skeletons_3d": joints, "audio_raw": rng.uniform(-0.5, 0.5, int(n / 15 * 16000)),
+                              "audio_feat": np.zeros((n, 8)), "start_frame_no": 0, "end_frame_no": n,
+                              "start_time": start, "end_time": start + n / 15,
+                              "words": [["hello", start + 0.5, start + 0.8], ["world", start + 1.0, start + 1.4]]})
+            video = {"vid": f"vid{v}", "clips": clips}
+            videos.append(video)
+            txn.put(f"{v:010}".encode(), pickle.dumps(video))
+    env.close()
+    return videos
+
+
+@pytest.mark.parametrize("skel", [TED_GESTURE, TED_EXPRESSIVE], ids=lambda s: s.name)
+def test_lmdb_converter_round_trips(tmp_path, skel):
+    videos = _fixture_lmdb(tmp_path / "lmdb", skel)
+    index = data.convert_lmdb(tmp_path / "lmdb", tmp_path / "out", skel.name, decode=pickle.loads)
+    assert [c["name"] for c in index["clips"]] == ["vid0_000", "vid0_001", "vid1_000", "vid1_001"]
+    ds = data.WindowDataset(tmp_path / "out", motion_filters=False, min_words=0)
+    for c, src in zip(index["clips"], [c for v in videos for c in v["clips"]]):
+        poses = np.asarray(ds.poses)[c["frame_offset"]: c["frame_offset"] + c["n_frames"]]
+        want = from_directions(joints_to_directions(src["skeletons_3d"], skel), skel)
+        np.testing.assert_allclose(poses, want, atol=1e-5)
+        audio = np.asarray(ds.audio)[c["sample_offset"]: c["sample_offset"] + c["n_samples"]] / 32767
+        np.testing.assert_allclose(audio, src["audio_raw"], atol=1 / 32767)
+        assert [w[0] for w in c["words"]] == ["hello", "world"]
+        np.testing.assert_allclose([w[1:] for w in c["words"]], [[0.5, 0.8], [1.0, 1.4]], atol=1e-9)
+        assert c["meta"]["vid"] in ("vid0", "vid1") and c["meta"]["end_frame_no"] == len(poses)
+    assert len(ds) == 2 * (1 + 2)  # 50 frames -> 1 window, 60 frames -> 2 windows (42-frame span, stride 10)
+
+
+# ---- metrics ---------------------------------------------------------------------------------------------------
+
+def test_fgd_self_is_zero_and_matches_closed_form():
+    rng = np.random.default_rng(0)
+    feat = rng.standard_normal((400, 8)) @ rng.standard_normal((8, 8))
+    assert abs(metrics.fgd(feat, feat)) < 1e-6
+    # diagonal Gaussians: ||mu1 - mu2||^2 + sum (s1 + s2 - 2 sqrt(s1 s2))
+    mu1, mu2 = rng.standard_normal(5), rng.standard_normal(5)
+    s1, s2 = rng.uniform(0.5, 2, 5), rng.uniform(0.5, 2, 5)
+    closed = np.sum((mu1 - mu2) ** 2) + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2))
+    assert metrics.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(closed, rel=1e-9)
+    # and from samples whose statistics are exactly those Gaussians' (whitened, rescaled)
+    z = rng.standard_normal((1000, 5))
+    z = (z - z.mean(0)) @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T
+    assert metrics.fgd(mu1 + z * np.sqrt(s1), mu2 + z * np.sqrt(s2)) == pytest.approx(closed, rel=1e-6)
+
+
+def _elbow_motion(speed: np.ndarray) -> np.ndarray:
+    """TED poses whose left elbow angle advances by speed[f] radians at frame f (all else the mean pose)."""
+    skel = TED_GESTURE
+    up = skel.mean[4] / np.linalg.norm(skel.mean[4])
+    axis = np.cross(up, [1.0, 0.0, 0.0])
+    axis /= np.linalg.norm(axis)
+    theta = 0.5 + np.cumsum(np.r_[0.0, speed[1:]])
+    dirs = np.repeat(skel.mean[None] / np.linalg.norm(skel.mean, axis=-1, keepdims=True), len(speed), axis=0)
+    dirs[:, 5] = np.cos(theta)[:, None] * up + np.sin(theta)[:, None] * np.cross(axis, up)
+    return from_directions(dirs, skel)
+
+
+def test_bc_motion_beats_and_score(monkeypatch):
+    f = np.arange(34)
+    speed = 0.03 * (1.5 - np.cos(2 * np.pi * (f - 10) / 10))  # slowest at frames 10, 20, 30
+    poses = _elbow_motion(speed)[None]
+    vel = metrics.motion_velocity(poses, TED_GESTURE)[0]
+    assert metrics.motion_beats(vel, 0.03) == [10 / 15, 20 / 15, 30 / 15]
+    # the velocity is the official normalised one: |d angle| / pi / change_angle / 4 for the one moving pair
+    assert vel[5] == pytest.approx(speed[5] / math.pi / metrics.TED_CHANGE_ANGLE[1] / 4, rel=1e-5)
+    onsets = np.array([10 / 15, 1.5])
+    monkeypatch.setattr(metrics, "audio_beats", lambda audio: onsets)
+    bc = metrics.BeatConsistency(TED_GESTURE)
+    bc.update(poses, np.zeros((1, 36267)))
+    bc.update(np.zeros_like(poses), np.zeros((1, 36267)))  # no motion beats: skipped, as the official code
+    expected = (1.0 + math.exp(-((1.5 - 20 / 15) ** 2) / (2 * 0.1 ** 2))) / 2
+    assert bc.value == pytest.approx(expected, rel=1e-9) and bc.count == 2
+
+
+def test_bc_with_real_onsets():
+    f = np.arange(34)
+    poses = _elbow_motion(0.03 * (1.5 - np.cos(2 * np.pi * (f - 10) / 10)))[None]
+    audio = np.zeros(36267, np.float32)
+    rng = np.random.default_rng(0)
+    for t in (10 / 15, 20 / 15):  # noise bursts starting at the motion beats
+        i = int(t * 16000)
+        audio[i:i + 1600] = 0.5 * rng.standard_normal(1600) * np.exp(-np.arange(1600) / 400)
+    on = metrics.BeatConsistency(TED_GESTURE)
+    on.update(poses, audio[None])
+    off = metrics.BeatConsistency(TED_GESTURE)
+    off.update(poses, np.roll(audio, int(0.33 * 16000))[None])  # bursts half-way between beats
+    assert on.value > 0.8 and off.value < 0.1
+
+
+def test_diversity_and_joint_mae():
+    a, b = np.zeros((4, 3)), np.ones((4, 3))
+    assert metrics.diversity([a, a]) == 0.0
+    d = metrics.diversity([a, b, a, b], seed=1)
+    perm = torch.randperm(4, generator=torch.Generator().manual_seed(1))
+    assert d == pytest.approx(np.mean([3.0 * (i % 2 != int(p) % 2) for i, p in enumerate(perm)]))
+    x = np.zeros((2, 34, 27), np.float32)
+    y = x.copy()
+    y[:, :4] = 1.0  # seed frames are not scored
+    assert metrics.joint_mae(x, y, TED_GESTURE) == 0.0
+
+
+def test_extractor_architectures_match_the_official_ones():
+    ted = metrics.FeatureExtractor(27, 32, with_mu=True)
+    assert ted.features(torch.zeros(3, 34, 27)).shape == (3, 32)
+    keys = set(ted.state_dict())
+    assert {"encoder.net.0.0.weight", "encoder.net.3.weight", "encoder.out_net.0.weight", "encoder.out_net.6.weight",
+            "encoder.fc_mu.weight", "decoder.pre_net.3.weight", "decoder.net.7.weight"} <= keys
+    expr = metrics.FeatureExtractor(126, 128, with_mu=False)
+    assert expr.features(torch.zeros(2, 34, 126)).shape == (2, 128)
+
+
+def test_extractor_round_trips_and_learns(tiny_data, tmp_path):
+    ds = data.WindowDataset(tiny_data, motion_filters=False, min_words=0)
+    ext = metrics.train_extractor(ds, TED_GESTURE, steps=60, batch_size=8)
+    metrics.save_extractor(ext, tmp_path / "ext.pt")
+    again = metrics.load_extractor(tmp_path / "ext.pt")
+    x = torch.stack([ds[i][0] for i in range(8)])
+    np.testing.assert_array_equal(ext.features(x), again.features(x))
+    with torch.no_grad():
+        err = torch.nn.functional.mse_loss(ext.decoder(ext.encoder(x)), x)
+    assert err < x.pow(2).mean()  # reconstructs better than predicting the mean pose
+
+
+# ---- trainer ---------------------------------------------------------------------------------------------------
+
+def _fixed_loss(model: PoseDiffusion, ds) -> float:
+    """Loss over a fixed batch and a fixed grid of steps, independent of the training randomness."""
+    x0 = torch.stack([ds[i][0] for i in range(16)])
+    audio = torch.stack([ds[i][1] for i in range(16)])
+    model.eval()
+    with torch.no_grad():
+        return float(np.mean([model.training_loss(x0, audio, 0.0, t=torch.full((16,), t),
+                                                  generator=torch.Generator().manual_seed(t)).item()
+                              for t in (5, 25, 50, 100, 200, 350, 500)]))
+
+
+def test_training_lowers_the_loss(tiny_data, tmp_path):
+    cfg = load_config(_config(tmp_path, tiny_data, "run"))
+    trainer = Trainer(cfg, tmp_path / "run")
+    before = _fixed_loss(trainer.model, trainer.data)
+    trainer.run(max_steps=60)
+    after = _fixed_loss(trainer.model, trainer.data)
+    assert after < 0.7 * before
+    with open(tmp_path / "run" / "steps.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 61))
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    prov = ckpt.provenance
+    assert prov["step"] == 60 and prov["data_sha256"] == data.read_index(tiny_data)["sha256"]
+    assert prov["config"]["model"]["hidden_dim"] == 32 and prov["epoch"] == trainer.epoch
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(ckpt.model.state_dict()[k], v), k
+
+
+def test_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path):
+    full = Trainer(load_config(_config(tmp_path, tiny_data, "full")), tmp_path / "full")
+    full.run(max_steps=8)
+    assert full.epoch >= 2  # the run crosses epoch boundaries
+    part = Trainer(load_config(_config(tmp_path, tiny_data, "part")), tmp_path / "part")
+    part.run(max_steps=5)
+    resumed = Trainer(load_config(_config(tmp_path, tiny_data, "part")), tmp_path / "part", resume=True)
+    assert resumed.step == 5
+    resumed.run(max_steps=8)
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k
+    for a, b in zip(full.opt.state_dict()["state"].values(), resumed.opt.state_dict()["state"].values()):
+        assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+    with open(tmp_path / "part" / "steps.csv") as f, open(tmp_path / "full" / "steps.csv") as g:
+        assert [r["loss"] for r in csv.DictReader(f)] == [r["loss"] for r in csv.DictReader(g)]
+
+
+def test_torchrun_two_processes_keep_identical_weights(tiny_data, tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    assert torchrun, "torchrun is installed with torch"
+    cfg = _config(tmp_path, tiny_data, "ddp")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "training.train", "--config", cfg,
+                           "--max-steps", "4"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    prov = load_checkpoint(tmp_path / "ddp" / "last.pt").provenance
+    assert prov["world_size"] == 2 and prov["step"] == 4
+    sums = prov["rank_state_sha256"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+    fresh = PoseDiffusion(ModelConfig(pose_dim=27, hidden_dim=32, block_depth=2, n_heads=4))
+    trained = load_checkpoint(tmp_path / "ddp" / "last.pt").model
+    assert not torch.equal(fresh.null_cond_emb, trained.null_cond_emb)  # it trained
+
+
+def test_evaluate_reports_every_sampler_and_baseline(tiny_data, tmp_path):
+    from training.evaluate import evaluate, markdown_table
+    trainer = Trainer(load_config(_config(tmp_path, tiny_data, "ev")), tmp_path / "ev")
+    trainer.run(max_steps=2)
+    ds = data.WindowDataset(tiny_data, motion_filters=False, min_words=0)
+    metrics.save_extractor(metrics.train_extractor(ds, TED_GESTURE, steps=5, batch_size=8), tmp_path / "ext.pt")
+    result = evaluate(str(tmp_path / "ev" / "last.pt"), tiny_data, ["fast:2", "fast:3"], str(tmp_path / "ext.pt"),
+                      baselines=True, batch_size=8, max_batches=2)
+    rows = result["rows"]
+    assert list(rows) == ["fast:2", "fast:3", "shuffled audio (fast:2)", "mean pose", "real (reference)"]
+    assert rows["real (reference)"]["fgd"] == pytest.approx(0.0, abs=1e-6)
+    assert rows["mean pose"]["diversity"] == 0.0 and rows["fast:2"]["fgd"] > 0
+    assert "| mean pose |" in markdown_table(result)
