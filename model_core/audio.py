@@ -45,8 +45,8 @@ def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise AudioError(f"audio file contains {bad} non-finite samples (NaN or Inf): {path}")
-    mono = data.mean(axis=1, dtype=np.float64)
-    return resample(mono, file_sr, sr).astype(np.float32)
+    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)  # float32 throughout: long clips stay small
+    return resample(mono, file_sr, sr).astype(np.float32, copy=False)
 
 
 def audio_info(path: str | Path) -> dict:
