@@ -59,6 +59,19 @@ class LossModule(nn.Module):
         return self.model.training_loss(x0, audio, self.null_cond_prob, generator=generator)
 
 
+def optimizer_step(loss_fn: nn.Module, opt: torch.optim.Optimizer, x0: torch.Tensor, audio: torch.Tensor,
+                   gen: torch.Generator, grad_clip: float, amp: bool) -> float:
+    """One paper training step: loss (bf16 autocast on CUDA when amp), backward, norm clipping, Adam."""
+    loss_fn.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and x0.device.type == "cuda"):
+        loss = loss_fn(x0, audio, gen)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(loss_fn.parameters(), grad_clip)
+    opt.step()
+    return float(loss.detach())
+
+
 def epoch_batches(sampler: DistributedSampler, epoch: int, batch_size: int) -> list[list[int]]:
     """This rank's batches of one epoch (shuffled by seed + epoch, full batches only, as drop_last)."""
     sampler.set_epoch(epoch)
@@ -204,16 +217,8 @@ class Trainer:
             w.writerow(row)
 
     def train_step(self, x0: torch.Tensor, audio: torch.Tensor) -> float:
-        self.model.train()
-        amp = self.t["amp"] and self.device.type == "cuda"
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            loss = self.loss_fn(x0.to(self.device, non_blocking=True), audio.to(self.device, non_blocking=True),
-                                self.gen)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.t["grad_clip"])
-        self.opt.step()
-        return float(loss.detach())
+        return optimizer_step(self.loss_fn, self.opt, x0.to(self.device, non_blocking=True),
+                              audio.to(self.device, non_blocking=True), self.gen, self.t["grad_clip"], self.t["amp"])
 
     def run(self, max_steps: int = 0, max_minutes: float = 0.0) -> None:
         """Train until the configured epochs, max_steps (total) or max_minutes (this session) are reached."""

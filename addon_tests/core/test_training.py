@@ -333,3 +333,8 @@ def test_evaluate_reports_every_sampler_and_baseline(tiny_data, tmp_path):
     assert rows["real (reference)"]["fgd"] == pytest.approx(0.0, abs=1e-6)
     assert rows["mean pose"]["diversity"] == 0.0 and rows["fast:2"]["fgd"] > 0
     assert "| mean pose |" in markdown_table(result)
+    from model_core.pipeline import GenerationSettings
+    from training.evaluate import speech_silence_motion
+    motion = speech_silence_motion(trainer.model, ds, GenerationSettings(steps=2), n_clips=1)
+    assert motion["arm_speed_speech"] > 0 and motion["arm_speed_silence"] > 0
+    assert motion["ratio"] == pytest.approx(motion["arm_speed_speech"] / motion["arm_speed_silence"])
