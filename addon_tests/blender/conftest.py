@@ -1,6 +1,7 @@
 """Real Blender (the bpy wheel) for the add-on tests, with its user resources in a private temporary folder."""
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -11,6 +12,7 @@ os.environ["BLENDER_USER_RESOURCES"] = _USER  # must be set before bpy is import
 
 import bpy  # noqa: E402
 
+from addon_tests.blender.helpers import MODULE, STEPS, make_rig  # noqa: E402
 from addon_tests.paths import FIXTURES, ROOT, TORCH_PYTHON  # noqa: E402
 
 
@@ -42,3 +44,32 @@ def speech_wav(tmp_path_factory) -> Path:
     subprocess.run(["espeak-ng", "-w", str(out), "-s", "150",
                     "Hello there. Today I will show you how gestures follow the rhythm of speech."], check=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def addon(blender_user_dir):
+    """Build the zip, validate it with Blender's own tool, install and enable it; point it at the torch env."""
+    sys.path.insert(0, str(ROOT))
+    import build
+    from bl_pkg import cli_extension
+    zip_path = build.build_extension()
+    assert cli_extension(["validate", str(zip_path)]) == 0
+    assert bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default",
+                                                    enable_on_install=True) == {"FINISHED"}
+    assert (blender_user_dir / "extensions" / "user_default" / "diffgesture" / "blender_manifest.toml").is_file()
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.torch_python = str(TORCH_PYTHON)
+    return sys.modules[MODULE]
+
+
+@pytest.fixture
+def scene(addon, small_checkpoint, speech_wav):
+    """An empty scene (user preferences kept, so the add-on stays enabled) with a rig and the panel filled in."""
+    bpy.ops.wm.read_homefile(use_empty=True)
+    sc = bpy.context.scene
+    sc.render.fps = 24
+    props = sc.diffgesture
+    props.audio_path, props.armature = str(speech_wav), make_rig("Rig", addon)
+    props.checkpoint_source, props.checkpoint_path = "FILE", str(small_checkpoint)
+    props.steps, props.start_frame = STEPS, 11
+    return sc

@@ -5,10 +5,8 @@ checkpoint. In background mode modal timers never tick, so the Generate operator
 blocking `execute` through bpy.ops, and the exact poll loop its `modal` runs (Generation.poll until done, then
 operators.finish) driven by the test. Failures must leave the .blend unchanged: compared by `snapshot`.
 """
-import importlib
 import json
 import os
-import signal
 import sys
 import time
 import wave
@@ -16,102 +14,9 @@ from pathlib import Path
 
 import bpy
 import pytest
-from bpy_extras import anim_utils
 
-from addon_tests.paths import ROOT, TORCH_PYTHON
-
-MODULE = "bl_ext.user_default.diffgesture"
-STEPS = 8  # few denoising steps: the tests check plumbing, not quality
-
-
-@pytest.fixture(scope="module")
-def addon(blender_user_dir):
-    """Build the zip, validate it with Blender's own tool, install and enable it; point it at the torch env."""
-    sys.path.insert(0, str(ROOT))
-    import build
-    from bl_pkg import cli_extension
-    zip_path = build.build_extension()
-    assert cli_extension(["validate", str(zip_path)]) == 0
-    assert bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default",
-                                                    enable_on_install=True) == {"FINISHED"}
-    assert (blender_user_dir / "extensions" / "user_default" / "diffgesture" / "blender_manifest.toml").is_file()
-    prefs = bpy.context.preferences.addons[MODULE].preferences
-    prefs.torch_python = str(TORCH_PYTHON)
-    return sys.modules[MODULE]
-
-
-@pytest.fixture
-def scene(addon, small_checkpoint, speech_wav):
-    """An empty scene (user preferences kept, so the add-on stays enabled) with a rig and the panel filled in."""
-    bpy.ops.wm.read_homefile(use_empty=True)
-    sc = bpy.context.scene
-    sc.render.fps = 24
-    props = sc.diffgesture
-    props.audio_path, props.armature = str(speech_wav), make_rig("Rig", addon)
-    props.checkpoint_source, props.checkpoint_path = "FILE", str(small_checkpoint)
-    props.steps, props.start_frame = STEPS, 11
-    return sc
-
-
-def make_rig(name: str, addon, family: str | None = "mixamo") -> bpy.types.Object:
-    """A code-built rig of a known family (auto-detected mapping), or a lone bone nothing can be mapped to."""
-    if family is not None:
-        return importlib.import_module(f"{MODULE}.rigs").build_rig(family, name=name)
-    arm = bpy.data.armatures.new(name)
-    obj = bpy.data.objects.new(name, arm)
-    bpy.context.scene.collection.objects.link(obj)
-    bpy.context.view_layer.objects.active = obj
-    bpy.ops.object.mode_set(mode="EDIT")
-    arm.edit_bones.new("prop_handle").tail = (0, 0, 0.2)
-    bpy.ops.object.mode_set(mode="OBJECT")
-    return obj
-
-
-def snapshot() -> dict:
-    """What a generation may change: objects, actions with every keyframe, sound strips, frame range."""
-    actions = {}
-    for a in bpy.data.actions:
-        keys = []
-        for slot in a.slots:
-            bag = anim_utils.action_get_channelbag_for_slot(a, slot)
-            for fc in (bag.fcurves if bag else []):
-                keys.append((fc.data_path, fc.array_index, tuple(tuple(k.co) for k in fc.keyframe_points)))
-        actions[a.name] = sorted(keys)
-    sc = bpy.context.scene
-    strips = [(s.name, s.channel, s.frame_start) for s in sc.sequence_editor.strips_all] \
-        if sc.sequence_editor else None
-    assigned = {o.name: o.animation_data.action.name if o.animation_data and o.animation_data.action else None
-                for o in bpy.data.objects}
-    return {"objects": sorted(o.name for o in bpy.data.objects), "actions": actions, "strips": strips,
-            "assigned": assigned, "range": (sc.frame_start, sc.frame_end)}
-
-
-def keyframe_span(obj: bpy.types.Object) -> tuple[float, float]:
-    ad = obj.animation_data
-    bag = anim_utils.action_get_channelbag_for_slot(ad.action, ad.action_slot)
-    frames = [k.co.x for fc in bag.fcurves for k in fc.keyframe_points]
-    return min(frames), max(frames)
-
-
-def drive_modal(addon, cancel_after_progress: bool = False, kill_after_progress: bool = False):
-    """Run Generate the way its modal handler does: create, begin in a thread, poll on a 'timer', finish."""
-    gen = addon.session.Generation.create(addon.operators.gather(bpy.context))
-    gen.begin()
-    deadline = time.monotonic() + 120
-    while not gen.poll():
-        assert time.monotonic() < deadline, "generation did not end"
-        if gen.job is not None and gen.job.progress:
-            if cancel_after_progress:
-                gen.cancel()
-            if kill_after_progress:
-                os.kill(addon.session.worker_pid(), signal.SIGKILL)
-        time.sleep(addon.operators.TIMER_INTERVAL)
-    reports = []
-
-    class Op:  # stands in for the operator instance: collects its reports
-        def report(self, kind, msg):
-            reports.append((next(iter(kind)), msg))
-    return addon.operators.finish(Op(), bpy.context, gen), reports
+from addon_tests.blender.helpers import MODULE, STEPS, drive_modal, keyframe_span, make_rig, snapshot
+from addon_tests.paths import TORCH_PYTHON
 
 
 def test_package_installs_enables_and_never_imports_torch(addon):

@@ -8,18 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from addon_tests.crafted import code_running_checkpoint, official_zip
 from addon_tests.paths import FIXTURES
 from model_core.checkpoint import (CheckpointError, UnsafeCheckpointError, convert_official, load_checkpoint,
                                    read_official, save_native)
 from model_core.network import ModelConfig, PoseDiffusion
 from model_core.skeleton import TED_GESTURE
-
-
-def _official_zip(path, payload_bytes: bytes, stem="ckpt"):
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr(f"{stem}/data.pkl", payload_bytes)
-        zf.writestr(f"{stem}/version", "3\n")
-    return path
 
 
 @pytest.mark.parametrize("name,dim,params", [("ted_small", 27, 280951), ("expressive_small", 126, 296989)])
@@ -62,17 +56,9 @@ def test_fp16_storage_is_compact_and_loads_as_float32(tmp_path):
     assert torch.equal(loaded.schedule.alpha_bars, model.schedule.alpha_bars), "schedule buffers stay float32"
 
 
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_crafted_pickle_is_refused_and_does_not_run(tmp_path):
     marker = tmp_path / "pwned"
-    evil = _official_zip(tmp_path / "evil.bin", pickle.dumps({"args": _RunsCode(marker), "state_dict": {}}, protocol=2))
+    evil = code_running_checkpoint(tmp_path / "evil.bin", marker)
     with pytest.raises(UnsafeCheckpointError, match=r"posix\.system|os\.system"):
         load_checkpoint(evil)
     assert not marker.exists(), "the payload must never execute"
@@ -82,7 +68,7 @@ def test_unexpected_global_in_an_official_file_is_named(tmp_path):
     import datetime
     data = pickle.dumps({"args": {"when": datetime.date(2023, 1, 1)}, "state_dict": {}}, protocol=2)
     with pytest.raises(UnsafeCheckpointError, match="datetime.date"):
-        load_checkpoint(_official_zip(tmp_path / "extra.bin", data))
+        load_checkpoint(official_zip(tmp_path / "extra.bin", data))
 
 
 @pytest.mark.parametrize("make,message", [

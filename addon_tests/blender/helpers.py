@@ -1,0 +1,84 @@
+"""Helpers shared by the add-on suites: rigs, a snapshot of what a generation may change, the modal loop."""
+import importlib
+import os
+import signal
+import time
+
+import bpy
+from bpy_extras import anim_utils
+
+MODULE = "bl_ext.user_default.diffgesture"
+STEPS = 8  # few denoising steps: the tests check plumbing, not quality
+
+
+def make_rig(name: str, addon, family: str | None = "mixamo", **options) -> bpy.types.Object:
+    """A code-built rig of a known family (auto-detected mapping), or a lone bone nothing can be mapped to."""
+    if family is not None:
+        return importlib.import_module(f"{MODULE}.rigs").build_rig(family, name=name, **options)
+    arm = bpy.data.armatures.new(name)
+    obj = bpy.data.objects.new(name, arm)
+    bpy.context.scene.collection.objects.link(obj)
+    bpy.context.view_layer.objects.active = obj
+    bpy.ops.object.mode_set(mode="EDIT")
+    arm.edit_bones.new("prop_handle").tail = (0, 0, 0.2)
+    bpy.ops.object.mode_set(mode="OBJECT")
+    return obj
+
+
+def action_keys(action: bpy.types.Action) -> list[tuple]:
+    """Every keyframe of an action, over all its slots: (data path, index, ((frame, value), ...))."""
+    keys = []
+    for slot in action.slots:
+        bag = anim_utils.action_get_channelbag_for_slot(action, slot)
+        for fc in (bag.fcurves if bag else []):
+            keys.append((fc.data_path, fc.array_index, tuple(tuple(k.co) for k in fc.keyframe_points)))
+    return sorted(keys)
+
+
+def snapshot() -> dict:
+    """What a generation may change: objects, actions with every keyframe, NLA strips, sound strips, frame range."""
+    sc = bpy.context.scene
+    strips = [(s.name, s.channel, s.frame_start) for s in sc.sequence_editor.strips_all] \
+        if sc.sequence_editor else None
+    assigned = {o.name: o.animation_data.action.name if o.animation_data and o.animation_data.action else None
+                for o in bpy.data.objects}
+    nla = {o.name: [(t.name, [(s.name, s.frame_start) for s in t.strips]) for t in o.animation_data.nla_tracks]
+           for o in bpy.data.objects if o.animation_data}
+    return {"objects": sorted(o.name for o in bpy.data.objects),
+            "actions": {a.name: action_keys(a) for a in bpy.data.actions}, "strips": strips,
+            "assigned": assigned, "nla": nla, "range": (sc.frame_start, sc.frame_end)}
+
+
+def keyframe_span(obj: bpy.types.Object) -> tuple[float, float]:
+    ad = obj.animation_data
+    bag = anim_utils.action_get_channelbag_for_slot(ad.action, ad.action_slot)
+    frames = [k.co.x for fc in bag.fcurves for k in fc.keyframe_points]
+    return min(frames), max(frames)
+
+
+class ReportSink:
+    """Stands in for an operator instance: collects its reports as (kind, message)."""
+
+    def __init__(self):
+        self.reports: list[tuple[str, str]] = []
+
+    def report(self, kind: set[str], msg: str) -> None:
+        self.reports.append((next(iter(kind)), msg))
+
+
+def drive_modal(addon, cancel_after_progress: bool = False, kill_after_progress: bool = False,
+                timeout: float = 120.0):
+    """Run Generate the way its modal handler does: create, begin in a thread, poll on a 'timer', finish."""
+    gen = addon.session.Generation.create(addon.operators.gather(bpy.context))
+    gen.begin()
+    deadline = time.monotonic() + timeout
+    while not gen.poll():
+        assert time.monotonic() < deadline, "generation did not end"
+        if gen.job is not None and gen.job.progress:
+            if cancel_after_progress:
+                gen.cancel()
+            if kill_after_progress:
+                os.kill(addon.session.worker_pid(), signal.SIGKILL)
+        time.sleep(addon.operators.TIMER_INTERVAL)
+    sink = ReportSink()
+    return addon.operators.finish(sink, bpy.context, gen), sink.reports
