@@ -84,8 +84,6 @@ class Worker:
         job_id = msg.get("id")
         settings = GenerationSettings(**msg.get("settings", {}))
         settings.validate()
-        ckpt, dev, note = self.model(msg.get("checkpoint", "default"), msg.get("device", "auto"))
-        notes = [note] if note else []
         last = [0.0]
 
         def progress(p) -> None:
@@ -95,17 +93,18 @@ class Worker:
                 self.send({"type": "progress", "id": job_id, "window": p.window, "windows": p.windows,
                            "step": p.step, "steps": p.steps, "fraction": round(p.fraction, 4)})
 
-        def run() -> dict:
-            return generate_file(ckpt, msg["audio"], msg["output"], settings, progress,
+        def run(device: str) -> tuple[dict, list[str]]:
+            ckpt, _, note = self.model(msg.get("checkpoint", "default"), device)
+            meta = generate_file(ckpt, msg["audio"], msg["output"], settings, progress,
                                  cancel=lambda: job_id in self.cancelled)
+            return meta, [note] if note else []
         try:
-            meta = run()
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            ckpt.model.to("cpu")
+            meta, notes = run(msg.get("device", "auto"))
+        except torch.cuda.OutOfMemoryError:  # loading the model or generating: the whole request goes to the CPU
             self.models.clear()
+            torch.cuda.empty_cache()
+            meta, notes = run("cpu")
             notes.append("the GPU ran out of memory; this generation was retried on the CPU")
-            meta = run()
         checkpoint = str(resolve_checkpoint(msg.get("checkpoint", "default")))
         self.send({"type": "result", "id": job_id, "output": str(msg["output"]), "notes": notes,
                    "checkpoint": checkpoint, **meta})
