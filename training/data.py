@@ -4,8 +4,10 @@ On disk a dataset is a folder of three files, written once and memory-mapped whe
   index.json   skeleton, rates, per-clip offsets and word timings, a content hash and the source's description
   poses.f32    all clips' normalised direction vectors, float32 (frames, pose_dim), little-endian
   audio.i16    all clips' 16 kHz mono audio, int16, little-endian
-Windows follow FACTS §11: 34 frames with stride 10 (the cached 42-frame span must fit), audio cut to 36,267
-samples from floor(start / frames * samples) with symmetric padding, then the word and motion filters.
+Windows follow FACTS §11 and the official DataPreprocessor: 42-frame spans with stride 10 that must hold at least
+2 overlapping words and pass the motion filters; training uses their first 34 frames and 36,267 audio samples from
+floor(start / frames * samples), extended by mirroring at a clip's end. The motion filters run on joints chained from
+the stored directions with the fixed bone lengths (the official code uses the dataset's raw joints).
 """
 from __future__ import annotations
 
@@ -82,11 +84,10 @@ def read_index(root: str | Path) -> dict:
 
 
 def fixed_length_audio(audio: np.ndarray, length: int = WINDOW_SAMPLES) -> np.ndarray:
-    """Cut to `length` samples or pad symmetrically with zeros (the official make_audio_fixed_length)."""
+    """Cut to `length` samples or extend the end by mirroring (np.pad 'symmetric', as the official loader)."""
     if len(audio) >= length:
         return audio[:length]
-    pad = length - len(audio)
-    return np.pad(audio, (pad // 2, pad - pad // 2))
+    return np.pad(audio, (0, length - len(audio)), mode="symmetric") if len(audio) else np.zeros(length, audio.dtype)
 
 
 def motion_ok(poses: np.ndarray, skel: Skeleton) -> bool:
@@ -111,12 +112,13 @@ def make_windows(index: dict, poses: np.ndarray, motion_filters: bool = True, mi
     rows = []
     for ci in (range(len(index["clips"])) if clips is None else clips):
         c = index["clips"][ci]
-        word_starts = np.array([w[1] for w in c["words"]], dtype=np.float64)
+        w_start = np.array([w[1] for w in c["words"]], dtype=np.float64)
+        w_end = np.array([w[2] for w in c["words"]], dtype=np.float64)
         for s in range(0, c["n_frames"] - CACHE_FRAMES + 1, STRIDE):
-            t0, t1 = s / FPS, (s + N_POSES) / FPS
-            if min_words and np.count_nonzero((word_starts >= t0) & (word_starts < t1)) < min_words:
+            t0, t1 = s / FPS, (s + CACHE_FRAMES) / FPS
+            if min_words and np.count_nonzero((w_start < t1) & (w_end > t0)) < min_words:  # overlapping words
                 continue
-            win = poses[c["frame_offset"] + s: c["frame_offset"] + s + N_POSES]
+            win = poses[c["frame_offset"] + s: c["frame_offset"] + s + CACHE_FRAMES]
             if motion_filters and not motion_ok(np.asarray(win), skel):
                 continue
             rows.append((ci, s, int(np.floor(s / c["n_frames"] * c["n_samples"]))))
@@ -169,6 +171,16 @@ class WindowDataset(torch.utils.data.Dataset):
 
 # ---- the official TED LMDB databases ---------------------------------------------------------------------------
 
+def resample_poses(poses: np.ndarray, duration: float, fps: int = FPS) -> np.ndarray:
+    """Linear resampling to `fps` over `duration` seconds (the official resample_pose_seq, extrapolating)."""
+    n = len(poses)
+    x_new = np.arange(0, n, n / (duration * fps))
+    i = np.clip(np.floor(x_new).astype(int), 0, max(n - 2, 0))
+    w = (x_new - i)[:, None, None]
+    nxt = np.minimum(i + 1, n - 1)
+    return (poses[i] * (1 - w) + poses[nxt] * w).astype(poses.dtype)
+
+
 def default_decoder() -> Callable[[bytes], dict]:
     """pyarrow's legacy deserialize when importable (the official files), else pickle (re-exported copies)."""
     try:
@@ -193,13 +205,16 @@ def iter_lmdb_clips(path: str | Path, skel: Skeleton, decode: Callable[[bytes], 
                     if len(joints) == 0:
                         continue
                     joints = joints.reshape(len(joints), len(skel.joints), 3)
+                    if "start_time" in clip and "end_time" in clip:
+                        joints = resample_poses(joints, float(clip["end_time"]) - float(clip["start_time"]))
                     poses = from_directions(joints_to_directions(joints, skel), skel)
                     meta = {"vid": str(video["vid"]), "key": key.decode(errors="replace"),
                             **{f: float(clip[f]) for f in ("start_frame_no", "end_frame_no", "start_time", "end_time")
                                if f in clip}}
+                    t0 = meta.get("start_time", 0.0)  # word times are absolute in the video
+                    words = [(w[0], float(w[1]) - t0, float(w[2]) - t0) for w in clip["words"]]
                     yield Clip(f"{video['vid']}_{k:03d}", poses, np.asarray(clip["audio_raw"], dtype=np.float32),
-                               [(w[0], float(w[1]) - meta.get("start_time", 0.0), float(w[2]) - meta.get("start_time", 0.0))
-                                for w in clip["words"]], meta)
+                               words, meta)
     finally:
         env.close()
 

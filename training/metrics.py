@@ -91,8 +91,8 @@ class PoseEncoder(nn.Module):
         self.net = nn.Sequential(_conv_norm_relu(pose_dim, 32), _conv_norm_relu(32, 64),
                                  _conv_norm_relu(64, 64, True), nn.Conv1d(64, 32, 3))
         # LeakyReLU(True) in the originals has slope 1.0: identity
-        self.out_net = nn.Sequential(nn.Linear(384, 256), nn.BatchNorm1d(256), nn.Identity(),
-                                     nn.Linear(256, 128), nn.BatchNorm1d(128), nn.Identity(), nn.Linear(128, latent_dim))
+        self.out_net = nn.Sequential(nn.Linear(384, 256), nn.BatchNorm1d(256), nn.Identity(), nn.Linear(256, 128),
+                                     nn.BatchNorm1d(128), nn.Identity(), nn.Linear(128, latent_dim))
         self.with_mu = with_mu
         if with_mu:
             self.fc_mu = nn.Linear(latent_dim, latent_dim)
@@ -138,7 +138,7 @@ def load_extractor(path: str | Path) -> FeatureExtractor:
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # the official files pickle argparse objects: read them with the restricted unpickler
+    except pickle.UnpicklingError:  # official files pickle argparse objects: use the restricted unpickler
         payload = read_official(path)
     if "extractor" in payload:
         ext = FeatureExtractor(**payload["meta"])

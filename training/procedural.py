@@ -131,10 +131,11 @@ def motion_controls(audio: np.ndarray, n_frames: int, rng: np.random.Generator) 
         stroke += amp * np.exp(-0.5 * ((t - o - 0.1) / 0.07) ** 2)
         if amp >= strong:
             nod += amp * np.exp(-0.5 * ((t - o - 0.12) / 0.1) ** 2)
-    phase = rng.uniform(0, 2 * np.pi, 4)
+    phase = rng.uniform(0, 2 * np.pi, 3)
     speech = np.maximum(act["left"], act["right"])
     return {**{f"act_{k}": v for k, v in act.items()}, "stroke": np.clip(stroke, 0, 1.2), "nod": np.clip(nod, 0, 1),
-            "sway": speech * np.sin(2 * np.pi * 0.4 * t + phase[0]), "yaw": speech * np.sin(2 * np.pi * 0.25 * t + phase[1]),
+            "sway": speech * np.sin(2 * np.pi * 0.4 * t + phase[0]),
+            "yaw": speech * np.sin(2 * np.pi * 0.25 * t + phase[1]),
             "breath": np.sin(2 * np.pi * 0.25 * t + phase[2]), "speech": speech}
 
 

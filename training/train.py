@@ -109,7 +109,8 @@ class Trainer:
         self.skeleton = get_skeleton(cfg["data"]["skeleton"])
         self.model = PoseDiffusion(ModelConfig(**cfg["model"])).to(self.device)
         if self.model.cfg.pose_dim != self.skeleton.pose_dim:
-            raise ValueError(f"model pose_dim {self.model.cfg.pose_dim} != {self.skeleton.name} {self.skeleton.pose_dim}")
+            raise ValueError(f"model pose_dim {self.model.cfg.pose_dim} != {self.skeleton.name}'s "
+                             f"{self.skeleton.pose_dim}")
         loss = LossModule(self.model, self.t["null_cond_prob"])
         self.loss_fn = nn.parallel.DistributedDataParallel(loss) if self.world > 1 else loss
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.t["lr"], betas=tuple(self.t["betas"]))
@@ -238,7 +239,7 @@ class Trainer:
                 raise ValueError(f"{len(self.data)} windows over {self.world} ranks give no full batch of "
                                  f"{t['batch_size'] // self.world} per rank")
             loader = DataLoader(self.data, batch_sampler=batches[self.batch_in_epoch:], num_workers=workers,
-                                pin_memory=self.device.type == "cuda", persistent_workers=False)
+                                pin_memory=self.device.type == "cuda")
             tick = time.monotonic()
             for x0, audio in loader:
                 loss = self.train_step(x0, audio)

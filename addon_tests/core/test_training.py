@@ -99,6 +99,11 @@ def test_windowing_follows_the_paper(tiny_data):
     c = ds.index["clips"][0]
     assert tuple(ds.windows[1]) == (0, 10, math.floor(10 / c["n_frames"] * c["n_samples"]))
     assert len(data.WindowDataset(tiny_data)) > 0  # speech windows pass the word and motion filters
+    short = np.arange(5, dtype=np.float32)
+    np.testing.assert_array_equal(data.fixed_length_audio(short, 8), [0, 1, 2, 3, 4, 4, 3, 2])  # mirrored end
+    ramp = np.arange(60, dtype=np.float32)[:, None, None] * np.ones((1, 2, 3), np.float32)
+    half = data.resample_poses(ramp, duration=2.0)  # 60 frames over 2 s -> 30 frames at 15 fps
+    np.testing.assert_allclose(half[:, 0, 0], np.arange(0, 60, 2))
 
 
 def test_filters_drop_static_and_wordless_windows(tmp_path):
