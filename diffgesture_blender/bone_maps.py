@@ -199,12 +199,18 @@ def set_bone_map(armature_obj, mapping: dict[str, str]) -> None:
     armature_obj[BONE_MAP_PROPERTY] = {k: v for k, v in mapping.items() if v}
 
 
-def validate(armature_obj, mapping: dict[str, str]) -> list[str]:
-    """Problems that make a bone map unusable on this armature; empty when it can be used."""
+def validate(armature_obj, mapping: dict[str, str], partial: bool = False) -> list[str]:
+    """Problems that make a bone map unusable on this armature; empty when it can be used.
+
+    partial: the user allows driving only the mapped bones, so missing required roles are not problems (an empty
+    map still is)."""
     parents = _parents(armature_obj)
     problems = [f"unknown role {r!r}" for r in mapping if r not in ROLES]
     problems += [f"{r}: no bone named {b!r}" for r, b in mapping.items() if b not in parents]
-    problems += [f"missing required bone for {r}" for r in missing_required(mapping)]
+    if not partial:
+        problems += [f"missing required bone for {r}" for r in missing_required(mapping)]
+    elif not mapping:
+        problems.append("no bone is mapped to any role")
     used = list(mapping.values())
     problems += [f"bone {b!r} is mapped to several roles" for b in sorted(set(used)) if used.count(b) > 1]
     known = {r: b for r, b in mapping.items() if b in parents and r in ROLES}

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--start-frame", type=int, default=1)
     g.add_argument("--no-sound", action="store_true", help="do not add sound strips")
     g.add_argument("--parts", default="spine,arms,fingers", help="comma-separated parts to drive")
+    g.add_argument("--allow-partial", action="store_true",
+                   help="animate only the mapped bones when the rig lacks some required ones")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), help="default: the preferences' device")
     g.add_argument("--json", help="also write the summary to this file")
     g.add_argument("--torch-python", help="interpreter of the torch environment (default: the preferences')")
@@ -66,7 +68,8 @@ def requests(args: argparse.Namespace) -> list[session.Request]:
     reqs = [session.Request(audio=f, armature=args.armature, python=args.torch_python or prefs.python,
                             checkpoint=args.checkpoint or prefs.checkpoint, device=args.device or prefs.device,
                             settings=settings, start_frame=args.start_frame, add_sound=not args.no_sound,
-                            parts=parts, nla_strip=len(files) > 1) for f in files]
+                            parts=parts, nla_strip=len(files) > 1, allow_partial=args.allow_partial)
+            for f in files]
     for r in reqs:
         session.validate(r)
     return reqs
@@ -95,7 +98,7 @@ def run(reqs: list[session.Request]) -> tuple[list[dict], list[dict]]:
             results.append(summary)
             frame = summary["frame_end"] + 1
         except (ValueError, KeyError, OSError) as e:
-            errors.append({"audio": str(r.audio), "error": f"could not apply the motion: {e}"})
+            errors.append({"audio": str(r.audio), "error": f"could not apply the motion: {e}; nothing was changed"})
         finally:
             gen.close()
     return results, errors
@@ -130,6 +133,9 @@ def report(summary: dict, args: argparse.Namespace, code: int) -> int:
     print(text, flush=True)
     if args.json:
         Path(args.json).write_text(text + "\n", encoding="utf-8")
+    for result in summary["results"]:
+        for note in result["notes"]:
+            print(f"diffgesture: warning: {Path(result['audio']).name}: {note}", file=sys.stderr, flush=True)
     for err in summary["errors"]:
         print(f"diffgesture: error: {err['error']}", file=sys.stderr, flush=True)
     return code

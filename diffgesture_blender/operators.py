@@ -31,7 +31,7 @@ def gather(context: bpy.types.Context) -> session.Request:
     checkpoint = props.checkpoint_path if props.checkpoint_source == "FILE" else prefs.checkpoint
     return session.Request(audio=audio, armature=props.armature.name, python=prefs.python, checkpoint=checkpoint,
                            device=prefs.device, settings=settings, start_frame=start, add_sound=add_sound,
-                           parts=frozenset(parts))
+                           parts=frozenset(parts), allow_partial=props.allow_partial)
 
 
 def finish(op: bpy.types.Operator, context: bpy.types.Context, gen: session.Generation) -> set[str]:
@@ -44,7 +44,7 @@ def finish(op: bpy.types.Operator, context: bpy.types.Context, gen: session.Gene
         try:
             summary = gen.finish(context.scene)
         except (ValueError, KeyError, OSError) as e:
-            op.report({"ERROR"}, f"Could not apply the motion: {e}")
+            op.report({"ERROR"}, f"Could not apply the motion: {e}. Nothing was changed")
             return {"CANCELLED"}
         for note in summary["notes"]:
             op.report({"WARNING"}, note)

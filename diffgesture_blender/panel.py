@@ -28,6 +28,7 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         layout.prop(props, "armature")
         if props.armature is not None:
             self.draw_mapping(layout, props.armature)
+            layout.prop(props, "allow_partial")
 
         col = layout.column(heading="Drive")
         col.prop(props, "drive_spine")

@@ -38,6 +38,8 @@ class DiffGestureSettings(bpy.types.PropertyGroup):
     drive_spine: BoolProperty(name="Spine/Head", default=True)
     drive_arms: BoolProperty(name="Arms", default=True)
     drive_fingers: BoolProperty(name="Fingers", default=True, description="Only when the checkpoint has fingers")
+    allow_partial: BoolProperty(name="Allow Partial Rig", default=False,
+                                description="Animate only the mapped bones when required bones are unmapped")
 
 
 CLASSES = (DiffGestureSettings,)

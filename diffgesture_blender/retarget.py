@@ -1,9 +1,9 @@
 """Retargeting: canonical direction vectors onto a humanoid armature as keyframes in a new action.
 
 The canonical character frame (right-handed, +Z up, facing -Y, left at +X) is the armature's object space, up to a
-turn about Z: the rig's left is read from its shoulders (left minus right upper-arm head) and snapped to the
-nearest object axis, so rigs that face -Y (all built-in families as imported into Blender) need no correction and
-ones that face +Y or +-X are turned. Motion therefore turns and scales with the armature object.
+turn about Z: the rig's left is read from its shoulders (left minus right upper-arm head, or the next mapped pair
+of arm bones on a partial rig) and snapped to the nearest object axis, so rigs that face -Y (all built-in families
+as imported into Blender) need no correction and ones that face +Y or +-X are turned. Motion therefore turns and scales with the armature object.
 
 Per frame, parents first, each driven bone gets the shortest swing from its direction under its posed parent to the
 target direction (its twist is kept from rest, so T/A-pose and bone rolls do not matter). The skeleton's single
@@ -227,6 +227,15 @@ def solve(rig: RigRest, mapping: dict[str, str], driven: set[str], tg: dict[str,
     return local
 
 
+def rig_left(head: dict[str, np.ndarray], mapping: dict[str, str]) -> np.ndarray:
+    """The rig's left in armature space from its first mapped pair of arm bones; +X (facing -Y) without one."""
+    for role in ("upper_arm", "forearm", "clavicle", "hand"):
+        left, right = mapping.get(f"left_{role}"), mapping.get(f"right_{role}")
+        if left and right:
+            return head[left] - head[right]
+    return np.array([1.0, 0.0, 0.0])
+
+
 def driven_roles(mapping: dict[str, str], tg: dict[str, np.ndarray], parts: set[str]) -> set[str]:
     """Mapped roles that the chosen body parts and the skeleton's data can drive."""
     unknown = set(parts) - set(PARTS)
@@ -294,10 +303,11 @@ def _new_action(obj, action_name: str, nla_strip: bool, start_frame: int):
 
 def apply_motion(armature_obj, directions, skeleton_name: str, mapping: dict[str, str], *, src_fps: float = 15.0,
                  start_frame: int = 1, action_name: str, parts: set[str] = frozenset({"spine", "arms", "fingers"}),
-                 nla_strip: bool = False):
+                 nla_strip: bool = False, partial: bool = False):
     """Key canonical directions (frames, n_bones, 3) onto the armature as a new action; returns the action.
 
-    Everything is checked before anything is changed: a bad map or input raises ValueError listing the problems.
+    Everything is checked before anything is changed: a bad map or input, or nothing to drive, raises ValueError
+    listing the problems. partial: drive the mapped bones even when required roles are unmapped.
     """
     import bpy
 
@@ -305,15 +315,19 @@ def apply_motion(armature_obj, directions, skeleton_name: str, mapping: dict[str
     dirs = np.asarray(directions, dtype=np.float64)
     if dirs.ndim != 3 or dirs.shape[1:] != (skel.n_bones, 3) or len(dirs) < 1:
         raise ValueError(f"{skel.name} motion must have shape (frames, {skel.n_bones}, 3), got {dirs.shape}")
-    problems = bone_maps.validate(armature_obj, mapping)
+    problems = bone_maps.validate(armature_obj, mapping, partial)
     if problems:
         raise ValueError(f"cannot retarget onto {armature_obj.name!r}: " + "; ".join(problems))
     scene = bpy.context.scene
     dirs = slerp_resample(dirs, src_fps, scene.render.fps / scene.render.fps_base)
     rig = _rig_rest(armature_obj)
-    frame = character_frame(rig.head[mapping["left_upper_arm"]] - rig.head[mapping["right_upper_arm"]])
+    frame = character_frame(rig_left(rig.head, mapping))
     tg = {k: v @ frame.T for k, v in targets(dirs, skel).items()}
-    local = solve(rig, mapping, driven_roles(mapping, tg, set(parts)), tg, frame @ np.array([0.0, -1.0, 0.0]))
+    driven = driven_roles(mapping, tg, set(parts))
+    if not driven:
+        raise ValueError(f"nothing to drive on {armature_obj.name!r}: the {skel.name} skeleton and the rig's mapped "
+                         f"bones share no role in the chosen parts ({', '.join(sorted(parts))})")
+    local = solve(rig, mapping, driven, tg, frame @ np.array([0.0, -1.0, 0.0]))
 
     action, channelbag = _new_action(armature_obj, action_name, nla_strip, start_frame)
     frames = start_frame + np.arange(len(dirs), dtype=np.float64)
@@ -331,3 +345,34 @@ def apply_motion(armature_obj, directions, skeleton_name: str, mapping: dict[str
             fcurve.keyframe_points.foreach_set("co", co)
             fcurve.update()
     return action
+
+
+def rig_notes(armature_obj, mapping: dict[str, str], skeleton_name: str, parts: set[str]) -> list[str]:
+    """Warnings about what a generation will not do as the user may expect: skipped parts, constraints, scale."""
+    skel = sk.get_skeleton(skeleton_name)
+    notes = []
+    rig_fingers = any(r in mapping for r in PARTS["fingers"])
+    if "fingers" in parts and "left_middle_base" not in skel.bones and rig_fingers:
+        notes.append(f"fingers were not driven: the {skel.name} skeleton has no fingers (use a TED Expressive "
+                     "checkpoint for finger motion)")
+    elif "fingers" in parts and "left_middle_base" in skel.bones and not rig_fingers:
+        notes.append(f"fingers were skipped: {armature_obj.name!r} has no finger bones mapped")
+    missing = bone_maps.missing_required(mapping)
+    if missing:
+        notes.append(f"partial rig: not driven (no bone mapped): {', '.join(missing)}")
+    roles = {r for p in parts for r in PARTS[p] if r in mapping}
+    constrained = [f"{mapping[r]} ({', '.join(c.name for c in pb.constraints)})"
+                   for r in sorted(roles) if (pb := armature_obj.pose.bones.get(mapping[r])) is not None
+                   and any(c.enabled and c.influence > 0 for c in pb.constraints)]
+    if constrained:
+        notes.append("constraints on these driven bones were kept and may override the generated motion: "
+                     + "; ".join(constrained))
+    world = armature_obj.matrix_basis  # from the object's own properties: matrix_world may not be updated yet
+    if armature_obj.parent is not None:
+        world = armature_obj.parent.matrix_world @ armature_obj.matrix_parent_inverse @ world
+    scale = np.array(world.to_scale())
+    if np.ptp(scale) > 1e-4 * np.abs(scale).max():
+        notes.append(f"{armature_obj.name!r} has non-uniform scale ({', '.join(f'{v:g}' for v in scale)}): the "
+                     "motion is keyed in the rig's own space and shows stretched like the rig; apply the scale "
+                     "(Object > Apply > Scale) for undistorted directions")
+    return notes

@@ -45,6 +45,7 @@ class Request:
     add_sound: bool = True
     parts: frozenset[str] = frozenset(PARTS)
     nla_strip: bool = False
+    allow_partial: bool = False  # drive the mapped bones even when required roles are unmapped
 
 
 def sampling_settings(sampler: str, steps: int, seed: int, variations: int, guidance: float,
@@ -176,17 +177,22 @@ def validate(request: Request) -> tuple[bpy.types.Object, dict[str, str]]:
     if obj is None or obj.type != "ARMATURE":
         raise UsageError(f"no armature object named {request.armature!r}" if obj is None else
                          f"{request.armature!r} is a {obj.type.lower()}, not an armature")
-    if obj.library is not None:
-        raise UsageError(f"{obj.name!r} is linked from a library: make a library override first")
+    if obj.library is not None or obj.data.library is not None:
+        lib = (obj.library or obj.data.library).filepath
+        raise UsageError(f"{obj.name!r} is linked from the library {lib} and cannot be animated here: make it local "
+                         "(Object > Relations > Make Local) or add a library override (Object > Library Override)")
     if obj.mode == "EDIT":
         raise UsageError(f"{obj.name!r} is in edit mode: leave edit mode first")
     if not request.parts:
         raise UsageError("choose at least one part to drive (spine/head, arms, fingers)")
     mapping = bone_maps.get_bone_map(obj) or bone_maps.detect(obj).mapping
-    problems = bone_maps.validate(obj, mapping)
+    problems = bone_maps.validate(obj, mapping, request.allow_partial)
     if problems:
+        missing = bone_maps.missing_required(mapping)
+        partial = (f", or allow a partial rig to animate only the mapped bones (unmapped: {', '.join(missing)})"
+                   if missing and mapping and not request.allow_partial else "")
         raise UsageError(f"the bones of {obj.name!r} cannot be driven: {'; '.join(problems)}. Map them in the "
-                         "panel's Bones box")
+                         f"panel's Bones box{partial}")
     return obj, mapping
 
 
@@ -301,7 +307,8 @@ class Generation:
         for v in reversed(range(len(directions))):  # the first variation is applied last, so it stays assigned
             action = retarget.apply_motion(obj, directions[v], meta["skeleton"], self.mapping,
                                            src_fps=float(meta["fps"]), start_frame=r.start_frame,
-                                           action_name=names[v], parts=set(r.parts), nla_strip=r.nla_strip)
+                                           action_name=names[v], parts=set(r.parts), nla_strip=r.nla_strip,
+                                           partial=r.allow_partial)
             action.use_fake_user = len(directions) > 1
             actions.insert(0, action.name)
         fps = scene.render.fps / scene.render.fps_base
@@ -312,7 +319,8 @@ class Generation:
         return {"audio": str(r.audio), "armature": obj.name, "actions": actions, "frame_start": r.start_frame,
                 "frame_end": end, "duration": meta["duration"], "skeleton": meta["skeleton"],
                 "sound_strip": strip, "seconds": meta["seconds"], "device": meta["device"],
-                "notes": self.notes + list(self.job.result.get("notes", []))}
+                "notes": self.notes + list(self.job.result.get("notes", []))
+                + retarget.rig_notes(obj, self.mapping, meta["skeleton"], set(r.parts))}
 
     def close(self) -> None:
         """Forget this generation (it is no longer active) and delete its temporary files."""

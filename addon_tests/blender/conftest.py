@@ -28,13 +28,24 @@ def blender_user_dir() -> Path:
     return Path(_USER)
 
 
-@pytest.fixture(scope="session")
-def small_checkpoint(tmp_path_factory) -> Path:
-    """A real native checkpoint: the official small TED fixture converted by the real CLI in the torch env."""
-    out = tmp_path_factory.mktemp("ckpt") / "ted_small.pt"
-    subprocess.run([str(TORCH_PYTHON), "-m", "model_core", "convert", str(FIXTURES / "ted_small_checkpoint.bin"),
+def convert_fixture(name: str, folder: Path) -> Path:
+    """A real native checkpoint: an official small fixture converted by the real CLI in the torch env."""
+    out = folder / f"{name}.pt"
+    subprocess.run([str(TORCH_PYTHON), "-m", "model_core", "convert", str(FIXTURES / f"{name}_checkpoint.bin"),
                     str(out)], cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     return out
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """The TED Gesture fixture (no fingers), native."""
+    return convert_fixture("ted_small", tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="session")
+def expressive_checkpoint(tmp_path_factory) -> Path:
+    """The TED Expressive fixture (with fingers), native."""
+    return convert_fixture("expressive_small", tmp_path_factory.mktemp("ckpt"))
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +77,7 @@ def addon(blender_user_dir):
 def scene(addon, small_checkpoint, speech_wav):
     """An empty scene (user preferences kept, so the add-on stays enabled) with a rig and the panel filled in."""
     bpy.ops.wm.read_homefile(use_empty=True)
+    bpy.context.preferences.addons[MODULE].preferences.torch_python = str(TORCH_PYTHON)  # whatever ran before
     sc = bpy.context.scene
     sc.render.fps = 24
     props = sc.diffgesture
