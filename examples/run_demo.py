@@ -52,7 +52,7 @@ def stage(bpy, addon, fps: int):
     cam_data.lens = 50
     cam = bpy.data.objects.new("Camera", cam_data)
     scene.collection.objects.link(cam)
-    cam.location = (0.0, -3.2 * height, 0.62 * height)
+    cam.location = (0.0, -1.65 * height, 0.52 * height)  # a 50 mm lens frames the whole figure in portrait
     cam.rotation_euler = (1.5708, 0.0, 0.0)
     scene.camera = cam
     sun = bpy.data.objects.new("Sun", bpy.data.lights.new("Sun", "SUN"))
@@ -100,7 +100,7 @@ def contact_sheet(bpy, scene, path: Path) -> None:
 
 def render_video(bpy, scene, path: Path) -> None:
     """The whole clip as H.264 MP4 with the speech (the sound strip) as AAC audio."""
-    render_settings(scene, 320, 240)
+    render_settings(scene, 360, 480)
     settings = scene.render.image_settings
     if hasattr(settings, "media_type"):  # Blender 5.0 chooses the media type first
         settings.media_type = "VIDEO"

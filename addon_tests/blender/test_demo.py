@@ -1,0 +1,73 @@
+"""The main job on the embedded default (issue 3): keyframes span the example speech, and the arms move more
+while the voice speaks than in the clip's pauses (the bundled checkpoint learned to follow speech)."""
+import os
+import subprocess
+import sys
+import wave
+
+import bpy
+import numpy as np
+import pytest
+
+from addon_tests.paths import ROOT, TORCH_PYTHON
+
+SPEECH = ROOT / "examples" / "speech.wav"
+ARM_BONES = ("mixamorig:LeftArm", "mixamorig:LeftForeArm", "mixamorig:RightArm", "mixamorig:RightForeArm")
+
+
+def loudness(fps: float) -> tuple[np.ndarray, float]:
+    """RMS of the example speech per frame at fps, and its duration."""
+    with wave.open(str(SPEECH)) as w:
+        sr, n = w.getframerate(), w.getnframes()
+        x = np.frombuffer(w.readframes(n), np.int16).astype(np.float32) / 32768
+    hop = sr / fps
+    rms = np.array([np.sqrt(np.mean(x[int(i * hop):int((i + 1) * hop)] ** 2) + 1e-12) for i in range(int(n / hop))])
+    return rms, n / sr
+
+
+@pytest.fixture(scope="module")
+def demo_blend(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "run_demo.py"), "--torch-python", str(TORCH_PYTHON),
+                        "--out", str(out), "--no-render"], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return out / "demo.blend"
+
+
+def arm_speed(rig, frames: range) -> np.ndarray:
+    """Angular speed (radians per frame) of the arm bones' world directions, summed over the bones."""
+    scene = bpy.context.scene
+    dirs = []
+    for f in frames:
+        scene.frame_set(f)
+        mats = [rig.matrix_world @ rig.pose.bones[b].matrix for b in ARM_BONES]
+        dirs.append([np.array(m.col[1][:3]) / np.linalg.norm(m.col[1][:3]) for m in mats])
+    d = np.array(dirs)
+    cos = np.clip((d[1:] * d[:-1]).sum(-1), -1, 1)
+    return np.arccos(cos).sum(-1)
+
+
+def test_demo_keys_span_the_clip_and_arms_follow_speech(demo_blend):
+    bpy.ops.wm.open_mainfile(filepath=str(demo_blend))
+    scene = bpy.context.scene
+    rig = bpy.data.objects["DemoCharacter"]
+    action = rig.animation_data.action
+    fps = scene.render.fps / scene.render.fps_base
+    rms, duration = loudness(fps)
+    first, last = action.frame_range
+    assert first == scene.frame_start == 1
+    assert abs((last - first) / fps - duration) < 1.5 / fps, "keys span the example clip at the scene's frame rate"
+    strips = [s for s in scene.sequence_editor.strips_all if s.type == "SOUND"]
+    assert len(strips) == 1 and strips[0].frame_start == 1
+    speed = arm_speed(rig, range(int(first), int(last) + 1))
+    speaking = rms[:len(speed)] > 0.02
+    # Frames well inside a pause (0.3 s away from any speech) count as silence.
+    pad = int(0.3 * fps)
+    near_speech = np.convolve(speaking.astype(float), np.ones(2 * pad + 1), "same") > 0
+    silent = ~near_speech
+    assert silent.sum() > fps and speaking.sum() > 4 * fps, "the example has both speech and pauses"
+    ratio = speed[speaking].mean() / speed[silent].mean()
+    print(f"\narm speed: {speed[speaking].mean():.4f} rad/frame in speech, {speed[silent].mean():.4f} in pauses "
+          f"(ratio {ratio:.2f})")
+    assert ratio > 1.5
