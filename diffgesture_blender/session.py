@@ -18,7 +18,7 @@ import bpy
 
 from . import bone_maps, core, retarget
 
-DEFAULT_CHECKPOINT = core.CORE_PARENT / "model_core" / "weights" / "demo_ted_gesture.pt"
+DEFAULT_CHECKPOINT = core.protocol.DEFAULT_CHECKPOINT
 PARTS = ("spine", "arms", "fingers")
 
 _client: core.protocol.WorkerClient | None = None

@@ -26,7 +26,7 @@ def _progress_printer():
 def cmd_generate(args) -> int:
     from .checkpoint import load_checkpoint
     from .pipeline import GenerationSettings, generate_file, resolve_device
-    from .worker import resolve_checkpoint
+    from .protocol import resolve_checkpoint
     settings = GenerationSettings(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                                   stabilizer=not args.no_stabilizer, eta=args.eta, seed=args.seed,
                                   variations=args.variations, bn_mode=args.bn_mode, fade_out=args.fade_out,
@@ -47,7 +47,7 @@ def cmd_generate(args) -> int:
 
 def cmd_info(args) -> int:
     from .checkpoint import load_checkpoint
-    from .worker import resolve_checkpoint
+    from .protocol import resolve_checkpoint
     ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
     n_params = sum(p.numel() for p in ckpt.model.parameters())
     info = {"checkpoint": str(resolve_checkpoint(args.checkpoint)), "format": ckpt.source_format,

@@ -28,6 +28,13 @@ import numpy as np
 PROTOCOL_VERSION = 1
 TAG = f"DGW{PROTOCOL_VERSION} "
 RESULT_FORMAT = "diffgesture-poses"
+# The checkpoint a request names as "default": the demo checkpoint bundled inside model_core.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "demo_ted_gesture.pt"
+
+
+def resolve_checkpoint(name: str) -> Path:
+    """A request's checkpoint field as a path: "" or "default" mean the bundled one."""
+    return DEFAULT_CHECKPOINT if name in ("", "default") else Path(name)
 
 
 class ProtocolError(RuntimeError):

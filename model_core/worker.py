@@ -12,16 +12,10 @@ import sys
 import threading
 import time
 import traceback
-from pathlib import Path
 
-from .protocol import PROTOCOL_VERSION, decode, encode, write_result, ProtocolError
+from .protocol import PROTOCOL_VERSION, ProtocolError, decode, encode, resolve_checkpoint
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "demo_ted_gesture.pt"
 PROGRESS_INTERVAL = 0.1
-
-
-def resolve_checkpoint(name: str) -> Path:
-    return DEFAULT_CHECKPOINT if name in ("", "default") else Path(name)
 
 
 class Worker:

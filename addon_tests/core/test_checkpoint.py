@@ -1,10 +1,8 @@
 """Checkpoint I/O: native weights_only format, safe official import, refusals with specific messages."""
-import io
 import os
 import pickle
 import zipfile
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,7 +1,6 @@
 """A 30-minute clip completes through the real CLI with bounded memory (issue 7); peak RSS is reported."""
 import json
 import os
-import resource
 import subprocess
 import sys
 
