@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     g.add_argument("--sampler", default="fast", choices=["fast", "paper"])
     g.add_argument("--steps", type=int, default=50, help="fast sampler steps")
-    g.add_argument("--eta", type=float, default=0.0, help="fast sampler stochasticity (0 = deterministic DDIM)")
+    g.add_argument("--eta", type=float, default=1.0,
+                   help="fast sampler noise: 1 = ancestral steps (default), 0 = deterministic DDIM")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--guidance", type=float, default=1.15, help="classifier-free guidance scale")
     g.add_argument("--variations", type=int, default=1)

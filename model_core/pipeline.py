@@ -32,7 +32,7 @@ class GenerationSettings:
     steps: int = 50  # fast sampler only
     guidance: float = 1.15
     stabilizer: bool = True
-    eta: float = 0.0  # fast sampler stochasticity
+    eta: float = 1.0  # fast sampler noise: 1 = ancestral (DDPM-like) steps, 0 = deterministic DDIM
     seed: int = 0
     variations: int = 1
     bn_mode: str = "eval"  # "eval": running statistics; "official": batch statistics as the official scripts
