@@ -13,7 +13,7 @@ from pathlib import Path
 
 import bpy
 
-from . import preferences, session
+from . import core, preferences, session
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", help="save the .blend here (without it nothing is saved)")
     g.add_argument("--checkpoint", help="native or official checkpoint (default: the preferences' / bundled one)")
     g.add_argument("--sampler", choices=("fast", "paper"), default="fast")
-    g.add_argument("--steps", type=int, default=50, help="denoising steps of the fast sampler")
+    g.add_argument("--steps", type=int, default=core.protocol.DEFAULT_FAST_STEPS,
+                   help="denoising steps of the fast sampler")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--variations", type=int, default=1)
     g.add_argument("--guidance", type=float, default=1.15)

@@ -2,6 +2,8 @@
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
+from . import core
+
 
 def _sound_strips(self, context) -> list[tuple[str, str, str]]:
     """Sound strips of the scene's sequencer, for the audio source menu."""
@@ -25,7 +27,8 @@ class DiffGestureSettings(bpy.types.PropertyGroup):
     sampler: EnumProperty(name="Quality", items=[
         ("fast", "Fast", "DDIM sampler with a few dozen steps (seconds)"),
         ("paper", "Paper", "The paper's 500-step sampler and settings (slow, exact)")])
-    steps: IntProperty(name="Steps", default=50, min=1, max=500, description="Denoising steps of the fast sampler")
+    steps: IntProperty(name="Steps", default=core.protocol.DEFAULT_FAST_STEPS, min=1, max=500,
+                         description="Denoising steps of the fast sampler")
     seed: IntProperty(name="Seed", default=0, min=0, description="Same seed, same audio: same motion")
     variations: IntProperty(name="Variations", default=1, min=1, max=16,
                             description="Motions to generate; each becomes an action, the first is assigned")

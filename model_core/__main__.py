@@ -66,6 +66,7 @@ def cmd_convert(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .protocol import DEFAULT_FAST_STEPS
     parser = argparse.ArgumentParser(prog="python -m model_core", description="DiffGesture: speech to gestures.")
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate gestures for a speech file")
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--checkpoint", default="default", help="native or official checkpoint (default: bundled demo)")
     g.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     g.add_argument("--sampler", default="fast", choices=["fast", "paper"])
-    g.add_argument("--steps", type=int, default=50, help="fast sampler steps")
+    g.add_argument("--steps", type=int, default=DEFAULT_FAST_STEPS, help="fast sampler steps")
     g.add_argument("--eta", type=float, default=1.0,
                    help="fast sampler noise: 1 = ancestral steps (default), 0 = deterministic DDIM")
     g.add_argument("--seed", type=int, default=0)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .network import FPS, SAMPLE_RATE, PoseDiffusion
+from .protocol import DEFAULT_FAST_STEPS
 from .samplers import make_sampler
 
 WINDOW_SAMPLES = int(34 / 15 * SAMPLE_RATE)  # 36,266: the official long-audio window
@@ -29,7 +30,7 @@ class GenerationSettings:
     """How to sample. The defaults are the product's (fast sampler); `paper()` gives the paper's settings."""
 
     sampler: str = "fast"  # "paper" (500 steps, official) or "fast" (DDIM)
-    steps: int = 50  # fast sampler only
+    steps: int = DEFAULT_FAST_STEPS  # fast sampler only
     guidance: float = 1.15
     stabilizer: bool = True
     eta: float = 1.0  # fast sampler noise: 1 = ancestral (DDPM-like) steps, 0 = deterministic DDIM

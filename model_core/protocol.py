@@ -28,6 +28,8 @@ import numpy as np
 PROTOCOL_VERSION = 1
 TAG = f"DGW{PROTOCOL_VERSION} "
 RESULT_FORMAT = "diffgesture-poses"
+# The fast sampler's default number of steps, for every front end (K = 25 matched K = 50 on the demo model).
+DEFAULT_FAST_STEPS = 25
 # The checkpoint a request names as "default": the demo checkpoint bundled inside model_core.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "demo_ted_gesture.pt"
 
