@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
 
@@ -95,14 +96,32 @@ def cmd_test(args) -> None:
     if not args.no_extension:
         build_extension()
     env = test_environ(envs)
-    results = []
+    reports = OUT / "test-reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    results, totals = [], {"passed": 0, "failed": 0, "skipped": 0}
     for name, folder in TEST_SUITES:
         print(f"== {folder} in .envs/{name}", flush=True)
-        rc = subprocess.call([str(envs[name]), "-m", "pytest", "-q", folder, *args.pytest_args], cwd=ROOT, env=env)
+        xml = reports / f"{name}-{Path(folder).name}.xml"
+        xml.unlink(missing_ok=True)
+        rc = subprocess.call([str(envs[name]), "-m", "pytest", "-q", folder, f"--junitxml={xml}", *args.pytest_args],
+                             cwd=ROOT, env=env)
         results.append((f"{folder} ({name})", rc))
-    failed = [f for f, rc in results if rc != 0]
+        for key, value in junit_counts(xml).items():
+            totals[key] += value
     print("test suites:", ", ".join(f"{f}: {'ok' if rc == 0 else f'exit {rc}'}" for f, rc in results))
-    sys.exit(1 if failed or not results else 0)
+    print(f"all suites: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped")
+    sys.exit(1 if any(rc != 0 for _, rc in results) or not totals["passed"] else 0)
+
+
+def junit_counts(xml: Path) -> dict[str, int]:
+    """Passed / failed (errors included) / skipped (xfail included) counts from a pytest JUnit report."""
+    if not xml.exists():
+        return {"passed": 0, "failed": 1, "skipped": 0}  # the suite did not even report: count it as a failure
+    suite = ET.parse(xml).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    tests, failed = int(suite.get("tests", 0)), int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+    skipped = int(suite.get("skipped", 0))
+    return {"passed": tests - failed - skipped, "failed": failed, "skipped": skipped}
 
 
 def build_extension() -> Path:
