@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--bn-mode", default="eval", choices=["eval", "official"],
                    help="BatchNorm: running statistics, or batch statistics as the official scripts")
     g.add_argument("--fade-out", action="store_true", help="ease into the mean pose at the end")
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="network precision; auto = bf16 for the fast sampler where it is native, else fp32")
+    g.add_argument("--precision", default="auto", choices=["auto", "exact", "fp32", "bf16"],
+                   help="exact = bit-identical to the official code; fp32 = prepacked CPU weights (~1e-6 from "
+                        "exact, faster); bf16; auto (default) = bf16 for the fast sampler where native, else fp32")
     g.set_defaults(fn=cmd_generate)
     i = sub.add_parser("info", help="describe a checkpoint")
     i.add_argument("checkpoint")

@@ -203,10 +203,12 @@ class PoseDiffusion(nn.Module):
         return self.diffusion_net.net(x, beta, context)
 
     def guided_eps(self, x: torch.Tensor, beta: torch.Tensor, context: torch.Tensor, null_context: torch.Tensor,
-                   scale: float) -> torch.Tensor:
-        """Implicit classifier-free guidance in one batch of 2B: rows [null | real], eps_u + s (eps_c - eps_u)."""
+                   scale: float, net: nn.Module | None = None) -> torch.Tensor:
+        """Implicit classifier-free guidance in one batch of 2B: rows [null | real], eps_u + s (eps_c - eps_u).
+
+        net: an equivalent denoiser to run instead (e.g. with prepacked weights); default the model's own."""
         b = x.shape[0]
-        eps = self.denoise(torch.cat([x, x]), beta.expand(2 * b), torch.cat([null_context, context]))
+        eps = (net or self.diffusion_net.net)(torch.cat([x, x]), beta.expand(2 * b), torch.cat([null_context, context]))
         eps_u, eps_c = eps[:b], eps[b:]
         return eps_u + scale * (eps_c - eps_u)
 

@@ -88,7 +88,7 @@ def test_stabilizer_draw_order_matches_official_stream(official):
 @pytest.mark.parametrize("bn_mode,key", [("eval", "sample_x0"), ("official", "sample_x0_trainbn")])
 def test_full_seeded_sample_reproduces_official(official, bn_mode, key):
     ckpt, ref = official
-    settings = GenerationSettings.paper(bn_mode=bn_mode, seed=int(ref["sample_seed"]), precision="fp32")
+    settings = GenerationSettings.paper(bn_mode=bn_mode, seed=int(ref["sample_seed"]))
     gen = torch.Generator().manual_seed(settings.seed)
     x0 = sample_window(ckpt.model, t(ref["audio"]), t(ref["pre_seq"]), settings, gen, gen)
     np.testing.assert_allclose(x0.numpy(), ref[key], rtol=1e-4, atol=1e-4)
@@ -100,7 +100,40 @@ def test_stabilizer_switch_changes_the_sample(ted_small):
     pre = torch.zeros(1, 34, 28)
     outs = []
     for stab in (True, False):
-        s = GenerationSettings.paper(stabilizer=stab, seed=1, precision="fp32")
+        s = GenerationSettings.paper(stabilizer=stab, seed=1)
         g = torch.Generator().manual_seed(1)
         outs.append(sample_window(ted_small.model, ref_audio, pre, s, g, g).numpy())
     assert not np.allclose(outs[0], outs[1])
+
+
+def test_prepacked_fp32_stays_within_rounding_of_exact(official):
+    """The fast fp32 path (prepacked oneDNN weights) follows the exact one to float rounding, all 500 steps."""
+    ckpt, ref = official
+    out = {}
+    for precision in ("exact", "fp32"):
+        settings = GenerationSettings.paper(bn_mode="eval", seed=int(ref["sample_seed"]), precision=precision)
+        gen = torch.Generator().manual_seed(settings.seed)
+        out[precision] = sample_window(ckpt.model, t(ref["audio"]), t(ref["pre_seq"]), settings, gen, gen).numpy()
+    np.testing.assert_array_equal(out["exact"], ref["sample_x0"])
+    scale = np.abs(ref["sample_x0"]).max()
+    assert np.abs(out["fp32"] - out["exact"]).max() < 1e-4 * scale
+
+
+def test_packed_denoiser_follows_weight_changes(ted_small):
+    from model_core.pipeline import packed_denoiser
+    model = ted_small.model
+    x, beta, ctx = torch.randn(2, 34, 27), torch.full((2,), 0.01), torch.randn(2, 34, 60)
+    with torch.inference_mode():
+        first = packed_denoiser(model)
+        assert packed_denoiser(model) is first, "cached while the weights stay the same"
+        torch.testing.assert_close(first(x, beta, ctx), model.denoise(x, beta, ctx), atol=1e-5, rtol=1e-4)
+    saved = model.diffusion_net.net.out[2].bias.detach().clone()
+    try:
+        with torch.no_grad():
+            model.diffusion_net.net.out[2].bias.add_(1.0)
+        with torch.inference_mode():
+            torch.testing.assert_close(packed_denoiser(model)(x, beta, ctx), model.denoise(x, beta, ctx),
+                                       atol=1e-5, rtol=1e-4)
+    finally:
+        with torch.no_grad():
+            model.diffusion_net.net.out[2].bias.copy_(saved)
