@@ -109,7 +109,7 @@ def cmd_test(args) -> None:
         for key, value in junit_counts(xml).items():
             totals[key] += value
     print("test suites:", ", ".join(f"{f}: {'ok' if rc == 0 else f'exit {rc}'}" for f, rc in results))
-    print(f"all suites: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped")
+    print(f"total: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped")
     sys.exit(1 if any(rc != 0 for _, rc in results) or not totals["passed"] else 0)
 
 
