@@ -163,11 +163,20 @@ def cmd_bench(args) -> None:
     run([envs["torch"], "-m", "benchmarks.core", *args.bench_args], cwd=ROOT, env=env)
 
 
+# The demo's procedural data (training/configs/demo.toml reads these folders): split -> (clips, seed).
+DEMO_DATA = {"train": (240, 0), "val": (24, 1)}
+
+
 def cmd_train_demo(args) -> None:
-    """Train the bundled demo checkpoint on the procedural dataset (resumable)."""
+    """Train the bundled demo checkpoint on the procedural dataset (made first when missing; resumable)."""
     envs = setup()
+    env = test_environ(envs)
+    for split, (clips, seed) in DEMO_DATA.items():
+        folder = ROOT / "runs" / "data" / "procedural_ted_gesture" / split
+        if not (folder / "index.json").exists():
+            run([envs["torch"], "-m", "training.procedural", folder, "--clips", clips, "--seed", seed], cwd=ROOT, env=env)
     run([envs["torch"], "-m", "training.train", "--config", "training/configs/demo.toml", *args.train_args],
-        cwd=ROOT, env=test_environ(envs))
+        cwd=ROOT, env=env)
 
 
 def main() -> None:
