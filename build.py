@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """One entry point for the project's tasks: set up, demo, test, build the extension, benchmark, train.
 
-Everything runs offline from package registries only. Two virtual environments are made under .envs/:
-`torch` (model_core, its worker, training) and `blender` (real Blender as the bpy module, never torch),
-mirroring how the add-on keeps torch out of Blender's process.
+Everything runs offline from package registries only. Virtual environments are made under .envs/:
+`torch` (model_core, its worker, training), `blender` (real Blender 4.5 LTS as the bpy module, never torch) and
+`blender5` (Blender 5.0, for the tests), mirroring how the add-on keeps torch out of Blender's process.
 """
 from __future__ import annotations
 
@@ -182,7 +182,7 @@ def cmd_train_demo(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("setup", help="install system packages and both virtual environments").set_defaults(fn=cmd_setup)
+    sub.add_parser("setup", help="install system packages and the virtual environments").set_defaults(fn=cmd_setup)
     p = sub.add_parser("test", help="set up, build the extension, run the whole test suite")
     p.add_argument("--no-extension", action="store_true", help="do not rebuild the extension zip first")
     p.add_argument("pytest_args", nargs="*", help="extra arguments for pytest (after --)")
