@@ -47,9 +47,3 @@ def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
         raise AudioError(f"audio file contains {bad} non-finite samples (NaN or Inf): {path}")
     mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)  # float32 throughout: long clips stay small
     return resample(mono, file_sr, sr).astype(np.float32, copy=False)
-
-
-def audio_info(path: str | Path) -> dict:
-    """Duration, sample rate and channel count of a readable file (without decoding all of it)."""
-    info = sf.info(str(path))
-    return {"duration": info.duration, "samplerate": info.samplerate, "channels": info.channels}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -238,8 +239,6 @@ def generate(model: PoseDiffusion, audio: np.ndarray, settings: GenerationSettin
 def generate_file(ckpt, audio_path: str, output: str, settings: GenerationSettings,
                   progress: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None) -> dict:
     """Load speech, generate on the checkpoint's current device, write the result file; return its metadata."""
-    import time
-
     from .audio import load_audio
     from .protocol import write_result
     from .skeleton import poses_to_canonical

@@ -49,8 +49,7 @@ class Worker:
         from .pipeline import resolve_device
         path = resolve_checkpoint(checkpoint)
         dev, note = resolve_device(device)
-        key = (str(path.resolve()) if path.exists() else str(path), path.stat().st_mtime if path.exists() else 0,
-               str(dev))
+        key = (str(path.resolve()), path.stat().st_mtime if path.is_file() else 0, str(dev))
         if key not in self.models:
             self.models.clear()  # one model resident at a time keeps memory bounded
             ckpt = load_checkpoint(path)
