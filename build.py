@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -164,7 +165,7 @@ def cmd_bench(args) -> None:
 
 
 # The demo's procedural data (training/configs/demo.toml reads these folders): split -> (clips, seed).
-DEMO_DATA = {"train": (240, 0), "val": (24, 1)}
+DEMO_DATA = {"train": (720, 0), "val": (24, 1)}
 
 
 def cmd_train_demo(args) -> None:
@@ -173,8 +174,11 @@ def cmd_train_demo(args) -> None:
     env = test_environ(envs)
     for split, (clips, seed) in DEMO_DATA.items():
         folder = ROOT / "runs" / "data" / "procedural_ted_gesture" / split
-        if not (folder / "index.json").exists():
-            run([envs["torch"], "-m", "training.procedural", folder, "--clips", clips, "--seed", seed], cwd=ROOT, env=env)
+        index = folder / "index.json"
+        source = json.loads(index.read_text())["source"] if index.exists() else {}
+        if (source.get("n_clips"), source.get("seed")) != (clips, seed):  # missing, or made for another recipe
+            run([envs["torch"], "-m", "training.procedural", folder, "--clips", clips, "--seed", seed,
+                 "--jobs", os.cpu_count() or 1], cwd=ROOT, env=env)
     run([envs["torch"], "-m", "training.train", "--config", "training/configs/demo.toml", *args.train_args],
         cwd=ROOT, env=env)
 

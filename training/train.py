@@ -298,10 +298,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="stop at this total optimiser step")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes of this session")
     p.add_argument("--out", default=None, help="run folder (default: the config's train.out)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: the config's)")
     a = p.parse_args(argv)
     cfg = load_config(a.config)
     if a.out:
         cfg["train"]["out"] = a.out
+    if a.workers is not None:
+        cfg["data"]["workers"] = a.workers
     trainer = Trainer(cfg, Path(cfg["train"]["out"]), resume=a.resume)
     max_steps = cfg["train"]["max_steps"] if a.max_steps is None else a.max_steps
     max_minutes = cfg["train"]["max_minutes"] if a.max_minutes is None else a.max_minutes

@@ -59,7 +59,7 @@ def _config(tmp_path, train: str, name: str) -> str:
 # ---- procedural data -------------------------------------------------------------------------------------------
 
 def test_procedural_is_deterministic_and_speech_driven(tiny_data, tmp_path):
-    again = procedural.build(tmp_path / "again", "ted_gesture", n_clips=3, seed=7, duration=8.0)
+    again = procedural.build(tmp_path / "again", "ted_gesture", n_clips=3, seed=7, duration=8.0, jobs=2)
     assert again["sha256"] == data.read_index(tiny_data)["sha256"]
     other = procedural.build(tmp_path / "other", "ted_gesture", n_clips=1, seed=8, duration=8.0)
     assert other["sha256"] != again["sha256"]
