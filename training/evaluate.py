@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -62,8 +63,9 @@ def score(gen: list[np.ndarray], real: list[np.ndarray], audio: list[np.ndarray]
 
 def evaluate(checkpoint: str, data: str, samplers: list[str], extractor_path: str | None = None,
              baselines: bool = False, batch_size: int = 128, max_batches: int = 0, device: str = "auto",
-             seed: int = 0) -> dict:
-    """Metrics per sampler (and baseline) on the dataset's windows, as a dict of rows."""
+             seed: int = 0, motion_clips: int = 4) -> dict:
+    """Metrics per sampler (and baseline) on the dataset's windows, as a dict of rows; with motion_clips, also
+    the speech/silence arm-speed ratio on that many whole clips."""
     ckpt = load_checkpoint(checkpoint)
     dev, _ = resolve_device(device)
     model = ckpt.model.to(dev)
@@ -89,41 +91,61 @@ def evaluate(checkpoint: str, data: str, samplers: list[str], extractor_path: st
             gen.append(generate_batch(model, p.to(dev), a.to(dev), settings, seed + i))
         rows[label] = {**score(gen, real, audio, extractor, ds.skeleton),
                        "seconds_per_window": (time.perf_counter() - t0) / (len(batches) * batch_size)}
+        if motion_clips:
+            rows[label]["speech_silence"] = speech_silence_ratio(model, ds, settings, motion_clips, shuffle)
     if baselines:
         rows["mean pose"] = {**score([np.zeros_like(r) for r in real], real, audio, extractor, ds.skeleton),
                              "seconds_per_window": 0.0}
     rows["real (reference)"] = {**score(real, real, audio, extractor, ds.skeleton), "seconds_per_window": 0.0}
+    if motion_clips:
+        rows["real (reference)"]["speech_silence"] = speech_silence_ratio(None, ds, None, motion_clips)
     return {"checkpoint": checkpoint, "checkpoint_sha256": ckpt.sha256, "data": data, "data_sha256": ds.sha256,
             "windows": len(batches) * batch_size, "extractor": extractor_path or "trained on the evaluation data",
             "rows": rows}
 
 
-def speech_silence_motion(model, ds: WindowDataset, settings: GenerationSettings, n_clips: int = 4) -> dict:
-    """Mean arm speed of whole generated clips (long-audio pipeline) in voiced vs silent frames, and its ratio.
+def speech_silence_speeds(poses: np.ndarray, audio: np.ndarray, skel) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame arm speed (summed |change| of the arm bones' normalised directions) in voiced and silent frames.
 
     Voiced frames: 15 fps RMS above 8% of the clip's 95th percentile, widened by 2 frames (as the procedural data)."""
-    skel = ds.skeleton
     arms = [3 * b + k for b, name in enumerate(skel.bones) if "arm" in name for k in range(3)]
+    speed = np.r_[np.abs(np.diff(poses[:, arms], axis=0)).sum(axis=1), 0.0]
+    voiced = np.convolve(loudness(audio, len(poses)) > 0.08, np.ones(5), "same") > 0
+    return speed[voiced], speed[~voiced]
+
+
+def speech_silence_ratio(model, ds: WindowDataset, settings: GenerationSettings | None, n_clips: int,
+                         shuffle: bool = False) -> float:
+    """Arm speed in voiced over silent frames of whole held-out clips: how much the motion follows the speech.
+
+    settings None scores the true motion; otherwise each clip is generated with the long-audio pipeline (WavEncoder
+    in eval mode, as the product runs), from its own audio or, with shuffle, from the next clip's audio (scored
+    against its own, so a model that ignores the audio lands near the shuffled value)."""
+    clips = ds.index["clips"][:n_clips]
+    audio = [np.asarray(ds.audio[c["sample_offset"]: c["sample_offset"] + c["n_samples"]], np.float32) / 32767
+             for c in clips]
     speech, silence = [], []
-    for c in ds.index["clips"][:n_clips]:
-        audio = np.asarray(ds.audio[c["sample_offset"]: c["sample_offset"] + c["n_samples"]], np.float32) / 32767
-        poses = generate(model, audio, settings)[0]
-        speed = np.r_[np.abs(np.diff(poses[:, arms], axis=0)).sum(axis=1), 0.0]
-        voiced = np.convolve(loudness(audio, len(poses)) > 0.08, np.ones(5), "same") > 0
-        speech.append(speed[voiced])
-        silence.append(speed[~voiced])
-    sp, si = float(np.concatenate(speech).mean()), float(np.concatenate(silence).mean())
-    return {"arm_speed_speech": sp, "arm_speed_silence": si, "ratio": sp / max(si, 1e-9)}
+    for i, c in enumerate(clips):
+        if settings is None:
+            poses = np.asarray(ds.poses[c["frame_offset"]: c["frame_offset"] + c["n_frames"]])
+        else:
+            source = audio[(i + 1) % len(clips)] if shuffle else audio[i]
+            poses = generate(model, source, replace(settings, bn_mode="eval", trim=True))[0]
+        sp, si = speech_silence_speeds(poses[:c["n_frames"]], audio[i], ds.skeleton)
+        speech.append(sp)
+        silence.append(si)
+    return float(np.concatenate(speech).mean() / max(np.concatenate(silence).mean(), 1e-9))
 
 
 def markdown_table(result: dict) -> str:
     """The rows as a markdown table."""
     def f(v: float, nd: int) -> str:
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
-    lines = ["| method | FGD | BC | Diversity | joint MAE | s / window |", "|---|---|---|---|---|---|"]
+    lines = ["| method | FGD | BC | Diversity | joint MAE | speech/silence | s / window |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in result["rows"].items():
         lines.append(f"| {name} | {f(r['fgd'], 3)} | {f(r['bc'], 3)} | {f(r['diversity'], 3)} | "
-                     f"{f(r['joint_mae'], 4)} | {f(r['seconds_per_window'], 3)} |")
+                     f"{f(r['joint_mae'], 4)} | {f(r.get('speech_silence'), 2)} | {f(r['seconds_per_window'], 3)} |")
     return "\n".join(lines)
 
 
@@ -138,10 +160,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-batches", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--motion-clips", type=int, default=4,
+                   help="whole clips for the speech/silence arm-speed ratio (0: skip)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     result = evaluate(a.checkpoint, a.data, a.samplers.split(","), a.extractor, a.baselines, a.batch_size,
-                      a.max_batches, a.device, a.seed)
+                      a.max_batches, a.device, a.seed, a.motion_clips)
     print(markdown_table(result))
     if a.json:
         with open(a.json, "w") as f:

@@ -332,14 +332,13 @@ def test_evaluate_reports_every_sampler_and_baseline(tiny_data, tmp_path):
     ds = data.WindowDataset(tiny_data, motion_filters=False, min_words=0)
     metrics.save_extractor(metrics.train_extractor(ds, TED_GESTURE, steps=5, batch_size=8), tmp_path / "ext.pt")
     result = evaluate(str(tmp_path / "ev" / "last.pt"), tiny_data, ["fast:2", "fast:3"], str(tmp_path / "ext.pt"),
-                      baselines=True, batch_size=8, max_batches=2)
+                      baselines=True, batch_size=8, max_batches=2, motion_clips=2)
     rows = result["rows"]
     assert list(rows) == ["fast:2", "fast:3", "shuffled audio (fast:2)", "mean pose", "real (reference)"]
     assert rows["real (reference)"]["fgd"] == pytest.approx(0.0, abs=1e-6)
     assert rows["mean pose"]["diversity"] == 0.0 and rows["fast:2"]["fgd"] > 0
     assert "| mean pose |" in markdown_table(result)
-    from model_core.pipeline import GenerationSettings
-    from training.evaluate import speech_silence_motion
-    motion = speech_silence_motion(trainer.model, ds, GenerationSettings(steps=2), n_clips=1)
-    assert motion["arm_speed_speech"] > 0 and motion["arm_speed_silence"] > 0
-    assert motion["ratio"] == pytest.approx(motion["arm_speed_speech"] / motion["arm_speed_silence"])
+    # the true procedural motion follows the speech; a 2-step model's ratio is measured, whatever it is
+    assert rows["real (reference)"]["speech_silence"] > 1.5
+    assert all(rows[k]["speech_silence"] > 0 for k in ("fast:2", "fast:3", "shuffled audio (fast:2)"))
+    assert "speech_silence" not in rows["mean pose"] and "| n/a |" in markdown_table(result)
