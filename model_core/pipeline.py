@@ -43,8 +43,8 @@ class GenerationSettings:
     fade_out: bool = False
     trim: bool = True  # cut the output to the audio's duration (the official code keeps whole windows)
     # "exact": eager float32, bit-identical to the official code; "fp32": float32 with prepacked oneDNN weights on
-    # the CPU (~1e-6 from exact, about 2x faster); "bf16": bf16 autocast; "auto": bf16 for the fast sampler where
-    # the device computes bf16 natively, fp32 otherwise.
+    # the CPU (~1e-6 from exact, about 2x faster); "bf16": bf16 autocast; "auto": bf16 for the fast sampler on a
+    # CPU that computes bf16 natively, fp32 otherwise (GPUs included: see resolve_precision).
     precision: str = "auto"
 
     @classmethod
@@ -105,17 +105,17 @@ def resolve_device(name: str = "auto") -> tuple[torch.device, str]:
                                  f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); using the CPU")
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether the device computes bf16 matrix products natively (else bf16 autocast would be slower)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+def cpu_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (else bf16 autocast would be slower)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def resolve_precision(settings: GenerationSettings, device: torch.device) -> str:
+    """'auto' -> bf16 for the fast sampler on a CPU with native bf16, else fp32. On a GPU this model's steps are
+    bound by kernel launches, not arithmetic, and autocast's extra casts made bf16 slower (benchmarks/RESULTS.md)."""
     if settings.precision != "auto":
         return settings.precision
-    return "bf16" if settings.sampler == "fast" and native_bf16(device) else "fp32"
+    return "bf16" if settings.sampler == "fast" and device.type == "cpu" and cpu_native_bf16() else "fp32"
 
 
 def packed_denoiser(model: PoseDiffusion) -> torch.nn.Module:

@@ -79,9 +79,6 @@ def test_demo_keys_span_the_example_clip(demo_blend):
     assert arm_speed(rig, range(first, last + 1)).mean() > 0.01, "the arms move"
 
 
-@pytest.mark.xfail(strict=True, reason="the bundled demo checkpoint (hidden 128, 11.6k CPU steps) has learned the "
-                   "motion prior but little audio dependence (ratio 1.33 at seed 0, below 1 at other seeds); see "
-                   "MODEL_CARD.md. It should pass once the demo is retrained longer.")
 def test_demo_arms_move_more_in_speech_than_in_pauses(demo_blend):
     _, rig, fps, first, last = open_demo(demo_blend)
     rms, _ = loudness(fps)

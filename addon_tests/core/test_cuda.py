@@ -43,7 +43,7 @@ def test_worker_generates_on_the_gpu(tmp_path):
     finally:
         client.shutdown()
     data = read_result(tmp_path / "g.npz")
-    assert data["meta"]["device"].startswith("cuda") and data["meta"]["precision"] == "bf16"
+    assert data["meta"]["device"].startswith("cuda") and data["meta"]["precision"] == "fp32"
     assert data["poses"].shape == (2, result["frames"], 27) and np.isfinite(data["poses"]).all()
     assert not np.allclose(data["poses"][0], data["poses"][1]), "variations differ"
 
