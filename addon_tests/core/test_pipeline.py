@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from model_core.network import ModelConfig, PoseDiffusion
-from model_core.pipeline import (Cancelled, GenerationSettings, Progress, generate, output_frames, window_count)
+from model_core.pipeline import (Cancelled, GenerationSettings, Progress, cpu_native_bf16, generate, output_frames,
+                                 resolve_precision, window_count)
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +102,12 @@ def test_invalid_settings_are_named():
                     ({"guidance": float("nan")}, "guidance"), ({"precision": "int8"}, "precision")]:
         with pytest.raises(ValueError, match=msg):
             GenerationSettings(**kw).validate()
+
+
+def test_auto_precision_is_bf16_only_for_the_fast_sampler_on_a_cpu_with_native_bf16():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    fast, paper = GenerationSettings(), GenerationSettings.paper(precision="auto")
+    assert resolve_precision(fast, cpu) == ("bf16" if cpu_native_bf16() else "fp32")
+    assert resolve_precision(paper, cpu) == "fp32"
+    assert resolve_precision(fast, gpu) == "fp32", "on GPUs bf16 autocast measured slower for this model"
+    assert resolve_precision(GenerationSettings(precision="bf16"), gpu) == "bf16", "an explicit choice is kept"
