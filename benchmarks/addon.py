@@ -1,7 +1,7 @@
 """Add-on overhead in real Blender (bpy): warm-worker request round trip, and Generate-to-keyframes for 10 s of
 speech with the fast sampler. Run in the Blender environment: python -m benchmarks.addon [--steps N] [--pings N].
-The worker runs in the torch environment (DIFFGESTURE_TORCH_PYTHON); the checkpoint is the bundled default, or a
-paper-size TED Gesture model with random weights when none is bundled yet (speed does not depend on weights)."""
+The worker runs in the torch environment (DIFFGESTURE_TORCH_PYTHON); the checkpoint is the bundled default (the
+paper's TED Gesture architecture)."""
 from __future__ import annotations
 
 import argparse
@@ -40,19 +40,6 @@ def speech_10s(folder: Path) -> Path:
     return out
 
 
-def checkpoint(folder: Path, addon) -> tuple[Path, str]:
-    """The bundled checkpoint, or a random-weight paper-size one made by the torch environment."""
-    if addon.session.DEFAULT_CHECKPOINT.is_file():
-        return addon.session.DEFAULT_CHECKPOINT, "bundled default"
-    path = folder / "random_ted_gesture.pt"
-    code = ("import sys; from model_core.checkpoint import save_native; from model_core.network import ModelConfig, "
-            "PoseDiffusion; from model_core.skeleton import TED_GESTURE; "
-            "save_native(sys.argv[1], PoseDiffusion(ModelConfig()), TED_GESTURE)")
-    subprocess.run([TORCH_PYTHON, "-c", code, str(path)], check=True, cwd=ROOT,
-                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    return path, "paper-size TED Gesture, random weights"
-
-
 def install() -> object:
     """Build, install and enable the extension; point it at the torch environment."""
     sys.path.insert(0, str(ROOT))
@@ -76,8 +63,7 @@ def generate_seconds(addon, audio: Path, ckpt: Path, steps: int) -> tuple[float,
     try:
         gen.begin(blocking=True)
         gen.wait()
-        assert gen.failure() is None, gen.failure()
-        summary = gen.finish(bpy.context.scene)
+        summary = gen.conclude(bpy.context.scene)
     finally:
         gen.close()
     return time.perf_counter() - t0, summary["seconds"]
@@ -91,7 +77,7 @@ def main() -> None:
     addon = install()
     folder = Path(tempfile.mkdtemp(prefix="dg-bench-"))
     audio = speech_10s(folder)
-    ckpt, ckpt_label = checkpoint(folder, addon)
+    ckpt = addon.session.DEFAULT_CHECKPOINT
 
     cold, _ = generate_seconds(addon, audio, ckpt, args.steps)  # includes starting the worker, loading the model
     warm, sampling = generate_seconds(addon, audio, ckpt, args.steps)
@@ -108,7 +94,7 @@ def main() -> None:
         ["of which add-on overhead (validation, I/O, retargeting, keyframes; warm)",
          f"{1000 * (warm - sampling):.0f} ms", ""]])
     record(f"Blender add-on overhead (bpy {bpy.app.version_string}, CPU worker)", table,
-           f"Checkpoint: {ckpt_label}. Rig: code-built Mixamo. Cold includes starting the worker and importing "
+           "Checkpoint: bundled default. Rig: code-built Mixamo. Cold includes starting the worker and importing "
            "torch; warm reuses the same worker process and cached model.")
     os._exit(0)  # nothing to tear down; skip Blender's exit handlers (see BLENDER_NOTES)
 

@@ -91,17 +91,14 @@ def run(reqs: list[session.Request]) -> tuple[list[dict], list[dict]]:
             gen.begin(blocking=True)
             gen.wait(on_progress=lambda p, name=r.audio.name: print(
                 f"{name}: {100 * p['fraction']:.0f}%", file=sys.stderr, flush=True))
-            failure = gen.failure()
-            if failure:
-                errors.append({"audio": str(r.audio), "error": failure})
-                continue
-            summary = gen.finish(bpy.context.scene)
-            results.append(summary)
-            frame = summary["frame_end"] + 1
-        except (ValueError, KeyError, OSError) as e:
-            errors.append({"audio": str(r.audio), "error": f"could not apply the motion: {e}; nothing was changed"})
+            summary = gen.conclude(bpy.context.scene)
+        except session.GenerationFailed as e:
+            errors.append({"audio": str(r.audio), "error": str(e)})
+            continue
         finally:
             gen.close()
+        results.append(summary)
+        frame = summary["frame_end"] + 1
     return results, errors
 
 

@@ -37,23 +37,18 @@ def gather(context: bpy.types.Context) -> session.Request:
 def finish(op: bpy.types.Operator, context: bpy.types.Context, gen: session.Generation) -> set[str]:
     """Report how a generation ended and, when it produced a result, write it into the scene."""
     try:
-        failure = gen.failure()
-        if failure:
-            op.report({"ERROR"}, failure)
-            return {"CANCELLED"}
-        try:
-            summary = gen.finish(context.scene)
-        except (ValueError, KeyError, OSError) as e:
-            op.report({"ERROR"}, f"Could not apply the motion: {e}. Nothing was changed")
-            return {"CANCELLED"}
-        for note in summary["notes"]:
-            op.report({"WARNING"}, note)
-        op.report({"INFO"}, f"{', '.join(summary['actions'])}: frames {summary['frame_start']}-"
-                            f"{summary['frame_end']} on {summary['armature']} ({summary['seconds']:.1f} s, "
-                            f"{summary['device']})")
-        return {"FINISHED"}
+        summary = gen.conclude(context.scene)
+    except session.GenerationFailed as e:
+        op.report({"ERROR"}, str(e))
+        return {"CANCELLED"}
     finally:
         gen.close()
+    for note in summary["notes"]:
+        op.report({"WARNING"}, note)
+    op.report({"INFO"}, f"{', '.join(summary['actions'])}: frames {summary['frame_start']}-"
+                        f"{summary['frame_end']} on {summary['armature']} ({summary['seconds']:.1f} s, "
+                        f"{summary['device']})")
+    return {"FINISHED"}
 
 
 def redraw(context: bpy.types.Context) -> None:

@@ -32,6 +32,10 @@ class UsageError(ValueError):
     """A request that cannot run (missing file, unknown armature, unusable mapping); nothing was started."""
 
 
+class GenerationFailed(RuntimeError):
+    """A generation that ended without changing the .blend; the message says why and that nothing was changed."""
+
+
 @dataclass
 class Request:
     """Everything a generation needs, as plain values gathered from the panel or the command line."""
@@ -143,8 +147,8 @@ def active() -> "Generation | None":
 
 # -- inputs ------------------------------------------------------------------------------------------------------
 def resolve_checkpoint(name: str) -> Path:
-    """'default' (or empty) means the bundled checkpoint; anything else is a file path."""
-    return DEFAULT_CHECKPOINT if name in ("", "default") else Path(bpy.path.abspath(name))
+    """The protocol's resolution ('default' or empty: the bundled checkpoint), with Blender's // paths made absolute."""
+    return core.protocol.resolve_checkpoint(bpy.path.abspath(name))
 
 
 def audio_from_strip(scene: bpy.types.Scene, strip_name: str) -> tuple[Path, int]:
@@ -294,6 +298,16 @@ class Generation:
         if kind == "crashed" or kind == "worker":
             return f"{err}. Nothing was changed; the worker will be restarted on the next Generate"
         return f"{err}. Nothing was changed"
+
+    def conclude(self, scene: bpy.types.Scene) -> dict:
+        """Once ended: write the result into the scene and return its summary, or raise GenerationFailed."""
+        failure = self.failure()
+        if failure:
+            raise GenerationFailed(failure)
+        try:
+            return self.finish(scene)
+        except (ValueError, KeyError, OSError) as e:
+            raise GenerationFailed(f"Could not apply the motion: {e}. Nothing was changed") from None
 
     def finish(self, scene: bpy.types.Scene) -> dict:
         """Write the result into the .blend (actions, sound strip, frame range) and return a summary."""
