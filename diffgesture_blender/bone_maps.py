@@ -30,6 +30,13 @@ def _fingers(pattern: str, names: dict[str, str] | None = None) -> dict[str, lis
     return {f"left_{f}{i}": [pattern.format(F=names.get(f, f), i=i)] for f in FINGERS for i in (1, 2, 3)}
 
 
+_UE4 = {  # the Unreal Engine 4 mannequin
+    "hips": ["pelvis"], "spine": ["spine_01"], "spine1": ["spine_02"], "spine2": ["spine_03"],
+    "neck": ["neck_01"], "head": ["head"],
+    "left_clavicle": ["clavicle_l"], "left_upper_arm": ["upperarm_l"], "left_forearm": ["lowerarm_l"],
+    "left_hand": ["hand_l"],
+    **_fingers("{F}_0{i}_l"),
+}
 # role -> aliases (centre and left side only). Names are compared after `normalize`.
 PRESETS: dict[str, dict[str, list[str]]] = {
     "mixamo": {
@@ -53,20 +60,8 @@ PRESETS: dict[str, dict[str, list[str]]] = {
         "left_hand": ["hand.L"],
         **_fingers("{F}.0{i}.L", {f: f"f_{f}" for f in FINGERS if f != "thumb"}),
     },
-    "ue4": {
-        "hips": ["pelvis"], "spine": ["spine_01"], "spine1": ["spine_02"], "spine2": ["spine_03"],
-        "neck": ["neck_01"], "head": ["head"],
-        "left_clavicle": ["clavicle_l"], "left_upper_arm": ["upperarm_l"], "left_forearm": ["lowerarm_l"],
-        "left_hand": ["hand_l"],
-        **_fingers("{F}_0{i}_l"),
-    },
-    "ue5": {
-        "hips": ["pelvis"], "spine": ["spine_01"], "spine1": ["spine_02"], "spine2": ["spine_03"],
-        "spine3": ["spine_04"], "spine4": ["spine_05"], "neck": ["neck_01"], "neck1": ["neck_02"], "head": ["head"],
-        "left_clavicle": ["clavicle_l"], "left_upper_arm": ["upperarm_l"], "left_forearm": ["lowerarm_l"],
-        "left_hand": ["hand_l"],
-        **_fingers("{F}_0{i}_l"),
-    },
+    "ue4": _UE4,
+    "ue5": {**_UE4, "spine3": ["spine_04"], "spine4": ["spine_05"], "neck1": ["neck_02"]},  # Manny: 5 spine, 2 neck
     "vrm": {  # VRoid's J_Bip names first, then VRM humanoid names (VRM 1.0 thumb names come last)
         "hips": ["J_Bip_C_Hips", "hips"], "spine": ["J_Bip_C_Spine", "spine"], "spine1": ["J_Bip_C_Chest", "chest"],
         "spine2": ["J_Bip_C_UpperChest", "upperChest"], "neck": ["J_Bip_C_Neck", "neck"],
