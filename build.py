@@ -125,6 +125,12 @@ def junit_counts(xml: Path) -> dict[str, int]:
     return {"passed": tests - failed - skipped, "failed": failed, "skipped": skipped}
 
 
+def source_files(src: Path) -> list[Path]:
+    """A file, or the files under a folder in name order, without Python's caches."""
+    files = sorted(src.rglob("*")) if src.is_dir() else [src]
+    return [p for p in files if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+
+
 def build_extension() -> Path:
     """Assemble dist/diffgesture-<version>.zip: the add-on at the zip root, model_core and the default checkpoint."""
     manifest = tomllib.loads((ROOT / "blender_manifest.toml").read_text())
@@ -132,15 +138,11 @@ def build_extension() -> Path:
     target = DIST / f"diffgesture-{manifest['version']}.zip"
     addon = ROOT / "diffgesture_blender"
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(addon.rglob("*")):
-            if path.is_file() and "__pycache__" not in path.parts:
-                zf.write(path, path.relative_to(addon))
+        for path in source_files(addon):
+            zf.write(path, path.relative_to(addon))
         for extra in EXTENSION_EXTRA:
-            src = ROOT / extra
-            files = sorted(src.rglob("*")) if src.is_dir() else [src]
-            for path in files:
-                if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-                    zf.write(path, path.relative_to(ROOT))
+            for path in source_files(ROOT / extra):
+                zf.write(path, path.relative_to(ROOT))
     print(f"built {target.relative_to(ROOT)} ({target.stat().st_size / 1e6:.1f} MB)")
     return target
 
