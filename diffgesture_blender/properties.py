@@ -35,7 +35,8 @@ class DiffGestureSettings(bpy.types.PropertyGroup):
     guidance: FloatProperty(name="Guidance", default=1.15, min=0.0, max=20.0,
                             description="Classifier-free guidance scale: higher follows the audio more closely")
     stabilizer: BoolProperty(name="Stabilizer", default=True,
-                             description="Smooth the joins between the long-audio windows")
+                             description="Gesture stabilizer: noise shared across frames in the last denoising "
+                                         "steps, for smoother motion (the paper's; keep it on)")
     start_frame: IntProperty(name="Start Frame", default=1, description="Frame where the speech starts")
     add_sound: BoolProperty(name="Add Sound Strip", default=True, description="Put the audio in the sequencer")
     drive_spine: BoolProperty(name="Spine/Head", default=True)

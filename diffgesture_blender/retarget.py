@@ -3,7 +3,8 @@
 The canonical character frame (right-handed, +Z up, facing -Y, left at +X) is the armature's object space, up to a
 turn about Z: the rig's left is read from its shoulders (left minus right upper-arm head, or the next mapped pair
 of arm bones on a partial rig) and snapped to the nearest object axis, so rigs that face -Y (all built-in families
-as imported into Blender) need no correction and ones that face +Y or +-X are turned. Motion therefore turns and scales with the armature object.
+as imported into Blender) need no correction and ones that face +Y or +-X are turned. Motion therefore turns and
+scales with the armature object.
 
 Per frame, parents first, each driven bone gets the shortest swing from its direction under its posed parent to the
 target direction (its twist is kept from rest, so T/A-pose and bone rolls do not matter). The skeleton's single

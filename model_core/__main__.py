@@ -48,9 +48,10 @@ def cmd_generate(args) -> int:
 def cmd_info(args) -> int:
     from .checkpoint import load_checkpoint
     from .protocol import resolve_checkpoint
-    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
+    path = resolve_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(path)
     n_params = sum(p.numel() for p in ckpt.model.parameters())
-    info = {"checkpoint": str(resolve_checkpoint(args.checkpoint)), "format": ckpt.source_format,
+    info = {"checkpoint": str(path), "format": ckpt.source_format,
             "skeleton": ckpt.skeleton.name, "parameters": n_params, "config": ckpt.config.to_dict(),
             "provenance": ckpt.provenance, "sha256": ckpt.sha256}
     print(json.dumps(info, indent=2, default=str))
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--fade-out", action="store_true", help="ease into the mean pose at the end")
     g.add_argument("--precision", default="auto", choices=["auto", "exact", "fp32", "bf16"],
                    help="exact = bit-identical to the official code; fp32 = prepacked CPU weights (~1e-6 from "
-                        "exact, faster); bf16; auto (default) = bf16 for the fast sampler where native, else fp32")
+                        "exact, faster); bf16; auto (default) = bf16 for the fast sampler on a CPU with native bf16, "
+                        "else fp32")
     g.set_defaults(fn=cmd_generate)
     i = sub.add_parser("info", help="describe a checkpoint")
     i.add_argument("checkpoint")

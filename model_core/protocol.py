@@ -190,7 +190,7 @@ class WorkerClient:
                 continue
             if item is None:
                 break
-            msg = decode(item) if isinstance(item, bytes) else item
+            msg = decode(item)
             if msg["type"] == "ready":
                 if msg.get("protocol") != PROTOCOL_VERSION:
                     self.kill("protocol mismatch")
