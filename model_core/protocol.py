@@ -190,7 +190,11 @@ class WorkerClient:
                 continue
             if item is None:
                 break
-            msg = decode(item)
+            try:
+                msg = decode(item)
+            except ProtocolError as e:  # e.g. a library printing to stdout before the worker could redirect it
+                self.kill(str(e))
+                raise WorkerError(f"{e}; the worker was stopped", "environment") from None
             if msg["type"] == "ready":
                 if msg.get("protocol") != PROTOCOL_VERSION:
                     self.kill("protocol mismatch")
