@@ -2,6 +2,7 @@
 import importlib
 import os
 import signal
+import sys
 import time
 
 import bpy
@@ -9,6 +10,28 @@ from bpy_extras import anim_utils
 
 MODULE = "bl_ext.user_default.diffgesture"
 STEPS = 8  # few denoising steps: the tests check plumbing, not quality
+
+
+class TorchImportWatch:
+    """A meta-path finder that records every attempt to import torch in this process and then lets the normal
+    finders decide. torch is not installed in the Blender environments, so `"torch" not in sys.modules` alone
+    would hold even if the add-on tried (say inside a try/except ImportError); `attempts` catches that."""
+
+    attempts: list[str] = []
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            cls.attempts.append(name)
+        return None
+
+
+sys.meta_path.insert(0, TorchImportWatch)
+
+
+def never_touched_torch() -> bool:
+    """Nothing in this Blender process has imported, or tried to import, torch."""
+    return "torch" not in sys.modules and not TorchImportWatch.attempts
 
 
 def make_rig(name: str, addon, family: str | None = "mixamo", **options) -> bpy.types.Object:

@@ -15,14 +15,15 @@ from pathlib import Path
 import bpy
 import pytest
 
-from addon_tests.blender.helpers import MODULE, STEPS, drive_modal, keyframe_span, make_rig, snapshot
+from addon_tests.blender.helpers import (MODULE, STEPS, TorchImportWatch, drive_modal, keyframe_span, make_rig,
+                                         never_touched_torch, snapshot)
 from addon_tests.paths import TORCH_PYTHON
 
 
 def test_package_installs_enables_and_never_imports_torch(addon):
     assert hasattr(bpy.types.Scene, "diffgesture") and hasattr(bpy.ops.diffgesture, "generate")
     assert addon.session.DEFAULT_CHECKPOINT.parent.name == "weights"
-    assert "torch" not in sys.modules
+    assert never_touched_torch(), TorchImportWatch.attempts
 
 
 def wav_seconds(path: Path) -> float:
@@ -39,7 +40,7 @@ def test_generate_operator_keys_audio_span_and_adds_sound(addon, scene, speech_w
     strips = list(scene.sequence_editor.strips_all)
     assert [(s.type, s.frame_start) for s in strips] == [("SOUND", 11)]
     assert scene.frame_end >= 11 + seconds * 24 - 1
-    assert "torch" not in sys.modules
+    assert never_touched_torch(), TorchImportWatch.attempts
 
 
 def test_modal_loop_keeps_the_worker_warm_and_refuses_a_second_run(addon, scene):
@@ -76,7 +77,7 @@ def test_headless_command_file_and_folder(addon, scene, speech_wav, small_checkp
     assert {"a", "b"} <= {a.name for a in bpy.data.actions}
     assert addon.headless.main(["generate", "--audio", str(tmp_path / "missing.wav"), *common]) == 2
     assert addon.headless.main(["generate", "--bogus"]) == 2
-    assert "torch" not in sys.modules
+    assert never_touched_torch(), TorchImportWatch.attempts
 
     bpy.ops.wm.open_mainfile(filepath=str(out))  # the saved file holds the motion and its sound
     assert bpy.data.objects[rig].animation_data.action.name == speech_wav.stem
@@ -93,22 +94,39 @@ def test_audio_from_an_existing_sound_strip(addon, scene, speech_wav):
 
 
 class Layout:
-    """Accepts whatever a draw function calls, so panels can be drawn in background mode."""
+    """Accepts whatever a draw function calls, so panels can be drawn in background mode; records label texts
+    (of this layout and of every row, box and column made from it)."""
+
+    def __init__(self, texts: list[str] | None = None):
+        self.texts = [] if texts is None else texts
+
+    def label(self, text: str = "", **kw) -> "Layout":
+        self.texts.append(text)
+        return self
 
     def __getattr__(self, name):
-        return lambda *args, **kw: Layout()
+        return lambda *args, **kw: Layout(self.texts)
 
 
 def test_panel_and_preferences_draw(addon, scene):
     ctx = bpy.context
-    for obj in (scene.diffgesture.armature, make_rig("Prop", addon, family=None)):
+    panel_class = addon.panel.DIFFGESTURE_PT_generate
+    rig, drawn = scene.diffgesture.armature, {}
+    for obj in (rig, make_rig("Prop", addon, family=None)):
         scene.diffgesture.armature = obj
-        panel = type("P", (), {"layout": Layout(), "draw_mapping": addon.panel.DIFFGESTURE_PT_generate.draw_mapping})
-        addon.panel.DIFFGESTURE_PT_generate.draw(panel(), ctx)
+        panel = type("P", (), {"layout": Layout(), "draw_mapping": panel_class.draw_mapping})()
+        panel_class.draw(panel, ctx)
+        drawn[obj.name] = panel.layout.texts
+    assert any(t.startswith("Bones: mixamo (") for t in drawn[rig.name]), drawn[rig.name]
+    assert not any(t.startswith("missing required bone") for t in drawn[rig.name])
+    assert any(t.startswith("Bones: custom (0/") for t in drawn["Prop"]), drawn["Prop"]
+    assert "missing required bone for spine" in drawn["Prop"] and "left_forearm" in drawn["Prop"]
     prefs = ctx.preferences.addons[MODULE].preferences
-    addon.preferences.DiffGesturePreferences.draw(type("P", (), {"layout": Layout(), "torch_python": "",
+    layout = Layout()
+    addon.preferences.DiffGesturePreferences.draw(type("P", (), {"layout": layout, "torch_python": "",
                                                                  **{k: getattr(prefs, k) for k in
                                                                     ("checkpoint", "device")}})(), ctx)
+    assert f"Using {TORCH_PYTHON}" in layout.texts, layout.texts
     assert addon.preferences.get(ctx).python == str(TORCH_PYTHON)
 
 
@@ -204,6 +222,6 @@ def test_disabling_the_addon_stops_the_worker(addon):
     try:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-        assert "torch" not in sys.modules
+        assert never_touched_torch(), TorchImportWatch.attempts
     finally:
         bpy.ops.preferences.addon_enable(module=MODULE)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from addon_tests.paths import FIXTURES
-from model_core.checkpoint import load_checkpoint
+from model_core.checkpoint import convert_official, load_checkpoint
 
 torch.set_num_threads(2)
 NAMES = ["ted_small", "expressive_small"]
@@ -20,3 +20,11 @@ def official(request):
 @pytest.fixture(scope="session")
 def ted_small():
     return load_checkpoint(FIXTURES / "ted_small_checkpoint.bin")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """The TED Gesture fixture converted to a native file, as the worker and command line load it."""
+    path = tmp_path_factory.mktemp("ck") / "ted_small.pt"
+    convert_official(FIXTURES / "ted_small_checkpoint.bin", path)
+    return path

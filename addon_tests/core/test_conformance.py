@@ -5,7 +5,7 @@ import torch
 
 from model_core.network import linear_schedule
 from model_core.pipeline import GenerationSettings, sample_window
-from model_core.samplers import PaperSampler, stabilized_noise
+from model_core.samplers import PaperSampler
 
 
 def t(a):
@@ -64,25 +64,26 @@ def test_single_reverse_steps(official):
     assert sa == pytest.approx(0.36)
     z10 = np.sqrt(1 - sa ** 2) * ref["step_t10_epsn_perframe"] + sa * ref["step_t10_eps0_shared"]
     np.testing.assert_allclose(z10, ref["step_t10_z"], atol=1e-6)
-    sched = ckpt.model.schedule
-    alpha, abar = sched.alphas[10], sched.alpha_bars[10]
-    x9 = (1 / torch.sqrt(alpha)) * (t(ref["step_t10_x_t"]) - (1 - alpha) / torch.sqrt(1 - abar)
-                                    * t(ref["step_t10_e_theta_cfg"])) + sched.sigmas_inflex[10] * t(ref["step_t10_z"])
+    step_10 = s.timesteps.index(10)
+    with pytest.MonkeyPatch.context() as mp:  # the sampler's own step, given the recorded stabilizer noise
+        mp.setattr("model_core.samplers.stabilized_noise", lambda *args: t(ref["step_t10_z"]))
+        x9 = s.step(t(ref["step_t10_e_theta_cfg"]), step_10, t(ref["step_t10_x_t"]), torch.Generator())
     np.testing.assert_array_equal(x9.numpy(), ref["step_t10_x_prev"])
 
 
 def test_stabilizer_draw_order_matches_official_stream(official):
-    """From a seeded generator, the stabilizer draws the full z, then eps_0, then 34 frame draws."""
-    _, ref = official
+    """At t = 10 the paper sampler draws a full z (discarded), then eps_0, then one draw per frame, in that order."""
+    ckpt, ref = official
+    s = PaperSampler(ckpt.model.schedule)
     d = ref["step_t10_z"].shape[-1]
+    zeros = torch.zeros(1, 34, d)
+    noise = s.step(zeros, s.timesteps.index(10), zeros, torch.Generator().manual_seed(3))  # x = eps = 0: sigma z
     gen = torch.Generator().manual_seed(3)
     torch.randn((1, 34, d), generator=gen)  # the discarded full draw
-    z = stabilized_noise(torch.Size((1, 34, d)), 10, 25, torch.zeros(1), gen)
-    gen2 = torch.Generator().manual_seed(3)
-    torch.randn((1, 34, d), generator=gen2)
-    eps0 = torch.randn((1, 1, d), generator=gen2)
-    epsn = torch.cat([torch.randn((1, 1, d), generator=gen2) for _ in range(34)], 1)
-    np.testing.assert_array_equal(z.numpy(), (np.sqrt(1 - 0.36 ** 2) * epsn + 0.36 * eps0).numpy())
+    eps0 = torch.randn((1, 1, d), generator=gen)
+    epsn = torch.cat([torch.randn((1, 1, d), generator=gen) for _ in range(34)], 1)
+    z = np.sqrt(1 - 0.36 ** 2) * epsn.numpy() + 0.36 * eps0.numpy()
+    np.testing.assert_allclose(noise.numpy(), float(ckpt.model.schedule.sigmas_inflex[10]) * z, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("bn_mode,key", [("eval", "sample_x0"), ("official", "sample_x0_trainbn")])

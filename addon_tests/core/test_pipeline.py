@@ -93,8 +93,11 @@ def test_seeded_variations_are_reproducible_and_distinct(tiny):
 
 def test_fade_out_ends_at_the_mean_pose(tiny):
     audio = np.random.default_rng(2).standard_normal(60000).astype(np.float32)
-    poses = generate(tiny, audio, GenerationSettings(steps=3, fade_out=True, trim=False))
-    assert np.abs(poses[0, -1]).max() < 0.25 * np.abs(poses[0, :-8]).max()
+    plain = generate(tiny, audio, GenerationSettings(steps=3, trim=False))
+    faded = generate(tiny, audio, GenerationSettings(steps=3, fade_out=True, trim=False))
+    np.testing.assert_array_equal(faded[:, :-8], plain[:, :-8])  # only the last 8 frames are eased
+    assert not np.allclose(faded[:, -8:], plain[:, -8:])
+    assert np.abs(faded[0, -1]).max() < 0.25 * np.abs(plain[0, -1]).max(), "the last frame nears the mean pose"
 
 
 def test_invalid_settings_are_named():

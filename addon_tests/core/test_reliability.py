@@ -16,21 +16,13 @@ import soundfile as sf
 import torch
 
 from addon_tests.crafted import stalling_interpreter
-from addon_tests.paths import FIXTURES, ROOT
+from addon_tests.paths import ROOT
 from model_core import checkpoint, pipeline
-from model_core.checkpoint import convert_official
 from model_core.protocol import WorkerClient, WorkerError, decode, read_result
 from model_core.worker import Worker
 
 PY = Path(sys.executable)  # the torch environment's interpreter runs these tests
 NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # so that "no GPU" holds on a machine that has one
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ck") / "ted_small.pt"
-    convert_official(FIXTURES / "ted_small_checkpoint.bin", path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +66,18 @@ def test_out_of_gpu_memory_is_retried_on_the_cpu(ckpt, speech, tmp_path, monkeyp
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(*args, **kw)
     monkeypatch.setattr(*target, oom_once)
+    loads = []
+    if where == "generating":  # count loads: the model must be reloaded for the CPU, not reused from the cache
+        real_load = checkpoint.load_checkpoint
+        monkeypatch.setattr(checkpoint, "load_checkpoint", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     out = io.BytesIO()
     worker = Worker(out)
+    devices, real_model = [], worker.model
+
+    def spy_model(checkpoint_name, device):
+        devices.append(device)
+        return real_model(checkpoint_name, device)
+    monkeypatch.setattr(worker, "model", spy_model)
     worker.generate({"type": "generate", "id": "j1", "audio": str(speech), "output": str(tmp_path / "o.npz"),
                      "checkpoint": str(ckpt), "device": "auto", "settings": {"steps": 2}})
     replies = [decode(line) for line in out.getvalue().splitlines()]
@@ -84,6 +86,8 @@ def test_out_of_gpu_memory_is_retried_on_the_cpu(ckpt, speech, tmp_path, monkeyp
     assert "the GPU ran out of memory; this generation was retried on the CPU" in result["notes"]
     assert np.isfinite(read_result(tmp_path / "o.npz")["poses"]).all()
     assert [k[2] for k in worker.models] == ["cpu"], "only the CPU copy of the model stays resident"
+    assert devices == ["auto", "cpu"], "the retry asks for the CPU explicitly (here 'auto' is the CPU too)"
+    assert where != "generating" or len(loads) == 2, "the cache is cleared, so the CPU copy is freshly loaded"
 
 
 def test_worker_hanging_mid_generation_is_stopped_by_the_stall_timeout(ckpt, speech, tmp_path):

@@ -237,6 +237,9 @@ def test_diversity_and_joint_mae():
     y = x.copy()
     y[:, :4] = 1.0  # seed frames are not scored
     assert metrics.joint_mae(x, y, TED_GESTURE) == 0.0
+    y[:, 4:, 24] = 0.1  # the right forearm (the last bone, its child the wrist is a leaf) moves 0.1 along x:
+    wrist_shift = 0.1 * TED_GESTURE.lengths[8]  # only the wrist moves, by length * 0.1, in one of 10 x 3 values
+    assert metrics.joint_mae(x, y, TED_GESTURE) == pytest.approx(wrist_shift / 30, rel=1e-5)
 
 
 def test_extractor_architectures_match_the_official_ones():
@@ -341,4 +344,7 @@ def test_evaluate_reports_every_sampler_and_baseline(tiny_data, tmp_path):
     # the true procedural motion follows the speech; a 2-step model's ratio is measured, whatever it is
     assert rows["real (reference)"]["speech_silence"] > 1.5
     assert all(rows[k]["speech_silence"] > 0 for k in ("fast:2", "fast:3", "shuffled audio (fast:2)"))
+    shuffled = rows["shuffled audio (fast:2)"]
+    assert shuffled["fgd"] != rows["fast:2"]["fgd"], "the baseline really generates from other windows' audio"
+    assert shuffled["speech_silence"] != rows["fast:2"]["speech_silence"], "... and other clips' speech"
     assert "speech_silence" not in rows["mean pose"] and "| n/a |" in markdown_table(result)
