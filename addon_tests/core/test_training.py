@@ -245,11 +245,38 @@ def test_diversity_and_joint_mae():
 def test_extractor_architectures_match_the_official_ones():
     ted = metrics.FeatureExtractor(27, 32, with_mu=True)
     assert ted.features(torch.zeros(3, 34, 27)).shape == (3, 32)
-    keys = set(ted.state_dict())
-    assert {"encoder.net.0.0.weight", "encoder.net.3.weight", "encoder.out_net.0.weight", "encoder.out_net.6.weight",
-            "encoder.fc_mu.weight", "decoder.pre_net.3.weight", "decoder.net.7.weight"} <= keys
+    # FACTS §9: Conv-BN-LReLU k3 s1, k3 s1, k4 s2, Conv1d(64 -> 32, k3), flatten 384, Linear 256, 128, 32, fc_mu 32
+    weights = {k: tuple(v.shape) for k, v in ted.state_dict().items() if k.startswith("encoder.") and v.ndim > 1}
+    assert weights == {"encoder.net.0.0.weight": (32, 27, 3), "encoder.net.1.0.weight": (64, 32, 3),
+                       "encoder.net.2.0.weight": (64, 64, 4), "encoder.net.3.weight": (32, 64, 3),
+                       "encoder.out_net.0.weight": (256, 384), "encoder.out_net.3.weight": (128, 256),
+                       "encoder.out_net.6.weight": (32, 128), "encoder.fc_mu.weight": (32, 32),
+                       "encoder.fc_logvar.weight": (32, 32)}
     expr = metrics.FeatureExtractor(126, 128, with_mu=False)
     assert expr.features(torch.zeros(2, 34, 126)).shape == (2, 128)
+
+
+def test_official_extractor_files_load_through_the_restricted_unpickler(tmp_path):
+    """Files laid out as Trimodal's and HA2G's (argparse args, so torch's weights_only loader refuses them)."""
+    import argparse
+    torch.manual_seed(0)
+    poses = torch.randn(5, 34, 27)
+    ted = metrics.FeatureExtractor(27, 32, with_mu=True)
+    gen_dict = {k.replace("encoder.", "pose_encoder.", 1): v for k, v in ted.state_dict().items()
+                if k.startswith("encoder.")}
+    gen_dict.update({k: v for k, v in ted.state_dict().items() if k.startswith("decoder.")})
+    gen_dict["text_encoder.embedding.weight"] = torch.zeros(3, 4)  # EmbeddingNet parts FGD does not use
+    torch.save({"args": argparse.Namespace(pose_dim=27), "epoch": 9, "pose_dim": 27, "gen_dict": gen_dict},
+               tmp_path / "trimodal.bin")
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / "trimodal.bin", weights_only=True)
+    np.testing.assert_array_equal(metrics.load_extractor(tmp_path / "trimodal.bin").features(poses),
+                                  ted.features(poses))
+    expr = metrics.FeatureExtractor(126, 64, with_mu=False)
+    torch.save({"args": argparse.Namespace(), "epoch": 1, "pose_dim": 126, "latent_dim": 64,
+                "motion_ae": expr.state_dict()}, tmp_path / "ha2g.bin")
+    poses = torch.randn(5, 34, 126)
+    np.testing.assert_array_equal(metrics.load_extractor(tmp_path / "ha2g.bin").features(poses), expr.features(poses))
 
 
 def test_extractor_round_trips_and_learns(tiny_data, tmp_path):
