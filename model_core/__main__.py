@@ -49,6 +49,11 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_generate_batch(args) -> int:
+    from .batch import main as batch_main
+    return batch_main(args)
+
+
 def cmd_info(args) -> int:
     from .checkpoint import load_checkpoint
     from .protocol import resolve_checkpoint
@@ -102,6 +107,24 @@ def main(argv: list[str] | None = None) -> int:
                    help="the official sampling exactly: --sampler paper --bn-mode official --precision exact "
                         "--no-trim")
     g.set_defaults(fn=cmd_generate)
+    b = sub.add_parser("generate-batch", help="generate for many clips at once (resumable; torchrun shards it)",
+                       description="Clips of different lengths share batches window by window; outputs that exist "
+                                   "are skipped; a file that cannot be read is reported and skipped. Under torchrun "
+                                   "each rank takes its share of the manifest and its own GPU.")
+    b.add_argument("manifest", type=Path, help="a folder of audio files, or a .csv/.jsonl with audio[, seed, output]")
+    b.add_argument("outdir", type=Path, help="folder for the .npz results")
+    b.add_argument("--checkpoint", default="default")
+    b.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    b.add_argument("--batch", type=int, default=8, help="clips sampled side by side (default 8)")
+    b.add_argument("--sampler", default="fast", choices=["fast", "paper"])
+    b.add_argument("--steps", type=int, default=DEFAULT_FAST_STEPS, help="fast sampler steps")
+    b.add_argument("--eta", type=float, default=1.0)
+    b.add_argument("--seed", type=int, default=0, help="seed of clips whose manifest line names none")
+    b.add_argument("--guidance", type=float, default=1.15)
+    b.add_argument("--variations", type=int, default=1)
+    b.add_argument("--no-trim", action="store_true")
+    b.add_argument("--precision", default="auto", choices=["auto", "exact", "fp32", "bf16"])
+    b.set_defaults(fn=cmd_generate_batch)
     i = sub.add_parser("info", help="describe a checkpoint")
     i.add_argument("checkpoint")
     i.set_defaults(fn=cmd_info)
@@ -114,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     try:
         return args.fn(args)
-    except (AudioError, CheckpointError, ValueError) as e:
+    except (AudioError, CheckpointError, ValueError) as e:  # ManifestError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -20,15 +20,30 @@ from .network import VarianceSchedule
 STABILIZER_T0 = 25
 
 
+class RowGenerators:
+    """Independent random streams for consecutive blocks of a batch's rows, so that clips sampled side by side
+    (generate-batch) draw exactly the numbers each would draw alone: every draw is split by block, in order."""
+
+    def __init__(self, blocks: list[tuple[torch.Generator, int]]):
+        self.blocks = blocks
+
+
+def randn(shape: tuple[int, ...], gen: torch.Generator | RowGenerators, device: torch.device | None = None,
+          dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Standard normal draws of `shape` from one generator, or block by block from row generators."""
+    if isinstance(gen, RowGenerators):
+        return torch.cat([torch.randn((n, *shape[1:]), generator=g, device=device, dtype=dtype) for g, n in gen.blocks])
+    return torch.randn(shape, generator=gen, device=device, dtype=dtype)
+
+
 def stabilized_noise(shape: torch.Size, t: int, t0: int, like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Gesture Stabilizer noise: z_n = sqrt(1 - sa^2) eps_n + sa eps_0 with sa = ((t - t0)/t0)^2 (paper eq. 9).
 
     One shared draw eps_0 (B, 1, D), then one (B, 1, D) draw per frame in frame order (the official order)."""
     b, n, d = shape
     sa = ((t - t0) / t0) ** 2
-    eps0 = torch.randn((b, 1, d), generator=gen, device=like.device, dtype=like.dtype)
-    epsn = torch.cat([torch.randn((b, 1, d), generator=gen, device=like.device, dtype=like.dtype)
-                      for _ in range(n)], dim=1)
+    eps0 = randn((b, 1, d), gen, like.device, like.dtype)
+    epsn = torch.cat([randn((b, 1, d), gen, like.device, like.dtype) for _ in range(n)], dim=1)
     return math.sqrt(1 - sa ** 2) * epsn + sa * eps0
 
 
@@ -44,7 +59,7 @@ class PaperSampler:
     def step(self, eps: torch.Tensor, i: int, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         t = self.timesteps[i]
         # 1. the official code draws a full z first (before the network call, which uses no random numbers)
-        z = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) if t > 1 else torch.zeros_like(x)
+        z = randn(x.shape, gen, x.device, x.dtype) if t > 1 else torch.zeros_like(x)
         # 2. inside the stabilizer range that z is discarded and replaced by frame-shared noise
         if self.stabilizer and 2 <= t < self.t0:
             z = stabilized_noise(x.shape, t, self.t0, x, gen)
@@ -83,7 +98,7 @@ class DDIMSampler:
             if self.stabilizer and t < self.t0:
                 z = stabilized_noise(x.shape, t, self.t0, x, gen)
             else:
-                z = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+                z = randn(x.shape, gen, x.device, x.dtype)
             x_prev = x_prev + s * z
         return x_prev
 

@@ -148,7 +148,8 @@ def run_paper_sample(ckpt, ref, bn_mode: str) -> tuple[dict[int, np.ndarray], np
     gen = torch.Generator().manual_seed(settings.seed)
     states = {}
     with torch.inference_mode():
-        for step_t, x in denoise(ckpt.model, t(ref["audio"]), t(ref["pre_seq"]), settings, gen, gen):
+        context = ckpt.model.context(t(ref["audio"]), t(ref["pre_seq"]), batch_stats=bn_mode == "official")
+        for step_t, x in denoise(ckpt.model, context, settings, gen, gen):
             states[step_t - 1] = x.numpy().copy()  # the step at t yields x_{t-1}
     return states, states[0]
 
