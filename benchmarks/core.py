@@ -11,7 +11,8 @@ import torch
 
 from benchmarks.record import markdown_table, record
 from model_core.network import ModelConfig, PoseDiffusion
-from model_core.pipeline import GenerationSettings, generate, sample_window
+from model_core.pipeline import generate, sample_window
+from model_core.settings import GenerationSettings, preset
 
 # The official code on this project's 2-core CPU (2 threads, random weights), from the issue.
 OFFICIAL_PER_WINDOW = {"ted_gesture": 6.9, "ted_expressive": 18.0}
@@ -43,9 +44,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    variants = [("paper, 500 steps", GenerationSettings.paper(precision="exact")),
-                ("paper, 500 steps", GenerationSettings.paper(precision="fp32")),
-                ("paper, 500 steps", GenerationSettings.paper(precision="bf16")),
+    variants = [("paper, 500 steps", preset("paper", precision="exact")),
+                ("paper, 500 steps", preset("paper", precision="fp32")),
+                ("paper, 500 steps", preset("paper", precision="bf16")),
                 ("fast, 50 steps", GenerationSettings(steps=50, precision="fp32")),
                 ("fast, 50 steps", GenerationSettings(steps=50, precision="bf16")),
                 ("fast, 25 steps", GenerationSettings(steps=25, precision="bf16"))]

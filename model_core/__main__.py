@@ -7,6 +7,9 @@ import sys
 import time
 from pathlib import Path
 
+from .settings import (BN_MODES, DEFAULT_FAST_STEPS, DEFAULT_GUIDANCE, PRECISIONS, PRESETS, GenerationSettings, preset,
+                       resolve_checkpoint)
+
 
 def _progress_printer():
     """A one-line progress bar on a terminal, silent otherwise."""
@@ -23,15 +26,17 @@ def _progress_printer():
     return show
 
 
+def generation_settings(args: argparse.Namespace) -> GenerationSettings:
+    """The --sampler preset with the options given on the command line (an option left out keeps the preset's)."""
+    return preset(args.sampler, steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed,
+                  variations=args.variations, bn_mode=args.bn_mode, precision=args.precision,
+                  stabilizer=False if args.no_stabilizer else None, fade_out=True if args.fade_out else None)
+
+
 def cmd_generate(args) -> int:
     from .checkpoint import load_checkpoint
-    from .pipeline import GenerationSettings, generate_file, resolve_device
-    from .protocol import resolve_checkpoint
-    settings = GenerationSettings(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                                  stabilizer=not args.no_stabilizer, eta=args.eta, seed=args.seed,
-                                  variations=args.variations, bn_mode=args.bn_mode, fade_out=args.fade_out,
-                                  precision=args.precision)
-    settings.validate()
+    from .pipeline import generate_file, resolve_device
+    settings = generation_settings(args)
     device, note = resolve_device(args.device)
     if note:
         print(f"note: {note}", file=sys.stderr)
@@ -47,7 +52,6 @@ def cmd_generate(args) -> int:
 
 def cmd_info(args) -> int:
     from .checkpoint import load_checkpoint
-    from .protocol import resolve_checkpoint
     path = resolve_checkpoint(args.checkpoint)
     ckpt = load_checkpoint(path)
     n_params = sum(p.numel() for p in ckpt.model.parameters())
@@ -66,8 +70,7 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .protocol import DEFAULT_FAST_STEPS
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m model_core", description="DiffGesture: speech to gestures.")
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate gestures for a speech file")
@@ -75,21 +78,24 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("-o", "--output", type=Path, required=True, help="output .npz (poses, directions, meta)")
     g.add_argument("--checkpoint", default="default", help="native or official checkpoint (default: bundled demo)")
     g.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    g.add_argument("--sampler", default="fast", choices=["fast", "paper"])
-    g.add_argument("--steps", type=int, default=DEFAULT_FAST_STEPS, help="fast sampler steps")
-    g.add_argument("--eta", type=float, default=1.0,
+    g.add_argument("--sampler", default="fast", choices=list(PRESETS),
+                   help="settings preset: fast (default), or paper = the official sampling (500 steps, BatchNorm "
+                        "batch statistics, whole windows, --precision exact); the options below change it")
+    g.add_argument("--steps", type=int, help=f"fast sampler steps (default {DEFAULT_FAST_STEPS})")
+    g.add_argument("--eta", type=float,
                    help="fast sampler noise: 1 = ancestral steps (default), 0 = deterministic DDIM")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--guidance", type=float, default=1.15, help="classifier-free guidance scale")
-    g.add_argument("--variations", type=int, default=1)
+    g.add_argument("--seed", type=int, help="default 0")
+    g.add_argument("--guidance", type=float, help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE})")
+    g.add_argument("--variations", type=int, help="default 1")
     g.add_argument("--no-stabilizer", action="store_true", help="disable the gesture stabilizer")
-    g.add_argument("--bn-mode", default="eval", choices=["eval", "official"],
-                   help="BatchNorm: running statistics, or batch statistics as the official scripts")
+    g.add_argument("--bn-mode", choices=BN_MODES,
+                   help="BatchNorm: running statistics (fast's default), or batch statistics as the official "
+                        "scripts (paper's)")
     g.add_argument("--fade-out", action="store_true", help="ease into the mean pose at the end")
-    g.add_argument("--precision", default="auto", choices=["auto", "exact", "fp32", "bf16"],
-                   help="exact = bit-identical to the official code; fp32 = prepacked CPU weights (~1e-6 from "
-                        "exact, faster); bf16; auto (default) = bf16 for the fast sampler on a CPU with native bf16, "
-                        "else fp32")
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help="exact = bit-identical to the official code (paper's default); fp32 = prepacked CPU "
+                        "weights (~1e-6 from exact, faster); bf16; auto (fast's default) = bf16 for the fast "
+                        "sampler on a CPU with native bf16, else fp32")
     g.set_defaults(fn=cmd_generate)
     i = sub.add_parser("info", help="describe a checkpoint")
     i.add_argument("checkpoint")
@@ -98,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("official", type=Path)
     c.add_argument("native", type=Path)
     c.set_defaults(fn=cmd_convert)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from .audio import AudioError
     from .checkpoint import CheckpointError
     try:

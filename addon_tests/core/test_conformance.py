@@ -1,11 +1,13 @@
-"""Conformance with the official implementation: every array of both fixtures (FACTS.md, fixtures/README.txt)."""
+"""Conformance with the official implementation: every array of both fixtures (addon_tests/FIXTURES.md says what each
+is and which FACTS.md section it checks; the files are in ../shared/reference)."""
 import numpy as np
 import pytest
 import torch
 
 from model_core.network import linear_schedule
-from model_core.pipeline import GenerationSettings, sample_window
+from model_core.pipeline import sample_window
 from model_core.samplers import PaperSampler
+from model_core.settings import preset
 
 
 def t(a):
@@ -89,7 +91,7 @@ def test_stabilizer_draw_order_matches_official_stream(official):
 @pytest.mark.parametrize("bn_mode,key", [("eval", "sample_x0"), ("official", "sample_x0_trainbn")])
 def test_full_seeded_sample_reproduces_official(official, bn_mode, key):
     ckpt, ref = official
-    settings = GenerationSettings.paper(bn_mode=bn_mode, seed=int(ref["sample_seed"]))
+    settings = preset("paper", bn_mode=bn_mode, seed=int(ref["sample_seed"]))
     gen = torch.Generator().manual_seed(settings.seed)
     x0 = sample_window(ckpt.model, t(ref["audio"]), t(ref["pre_seq"]), settings, gen, gen)
     np.testing.assert_allclose(x0.numpy(), ref[key], rtol=1e-4, atol=1e-4)
@@ -101,7 +103,7 @@ def test_stabilizer_switch_changes_the_sample(ted_small):
     pre = torch.zeros(1, 34, 28)
     outs = []
     for stab in (True, False):
-        s = GenerationSettings.paper(stabilizer=stab, seed=1)
+        s = preset("paper", stabilizer=stab, seed=1)
         g = torch.Generator().manual_seed(1)
         outs.append(sample_window(ted_small.model, ref_audio, pre, s, g, g).numpy())
     assert not np.allclose(outs[0], outs[1])
@@ -112,7 +114,7 @@ def test_prepacked_fp32_stays_within_rounding_of_exact(official):
     ckpt, ref = official
     out = {}
     for precision in ("exact", "fp32"):
-        settings = GenerationSettings.paper(bn_mode="eval", seed=int(ref["sample_seed"]), precision=precision)
+        settings = preset("paper", bn_mode="eval", seed=int(ref["sample_seed"]), precision=precision)
         gen = torch.Generator().manual_seed(settings.seed)
         out[precision] = sample_window(ckpt.model, t(ref["audio"]), t(ref["pre_seq"]), settings, gen, gen).numpy()
     np.testing.assert_array_equal(out["exact"], ref["sample_x0"])
