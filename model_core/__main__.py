@@ -27,16 +27,22 @@ def _progress_printer():
 
 
 def generation_settings(args: argparse.Namespace) -> GenerationSettings:
-    """The --sampler preset with the options given on the command line (an option left out keeps the preset's)."""
-    return preset(args.sampler, steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed,
-                  variations=args.variations, bn_mode=args.bn_mode, precision=args.precision,
-                  stabilizer=False if args.no_stabilizer else None, fade_out=True if args.fade_out else None)
+    """The --sampler preset with the options given on the command line (an option left out keeps the preset's);
+    --reproduce is the paper preset whatever the other options say about the sampler, BatchNorm, precision, trim."""
+    choices = dict(steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed, variations=args.variations,
+                   bn_mode=args.bn_mode, precision=args.precision, trim=False if args.no_trim else None,
+                   stabilizer=False if args.no_stabilizer else None, fade_out=True if args.fade_out else None)
+    if args.reproduce:  # the official test script's sampling
+        return preset("paper", **{**choices, **PRESETS["paper"]})
+    return preset(args.sampler, **choices)
 
 
 def cmd_generate(args) -> int:
     from .checkpoint import load_checkpoint
     from .pipeline import generate_file, resolve_device
+    from .precision import configure_threads
     settings = generation_settings(args)
+    configure_threads()
     device, note = resolve_device(args.device)
     if note:
         print(f"note: {note}", file=sys.stderr)
@@ -91,11 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bn-mode", choices=BN_MODES,
                    help="BatchNorm: running statistics (fast's default), or batch statistics as the official "
                         "scripts (paper's)")
-    g.add_argument("--fade-out", action="store_true", help="ease into the mean pose at the end")
+    g.add_argument("--fade-out", action="store_true",
+                   help="the official fade_out: ease into the mean pose over 8 frames from where the audio ends")
+    g.add_argument("--no-trim", action="store_true",
+                   help="keep whole windows (34 + 30 (K-1) frames) as the official code does (paper's default), "
+                        "instead of cutting the output to the audio's duration")
     g.add_argument("--precision", choices=PRECISIONS,
-                   help="exact = bit-identical to the official code (paper's default); fp32 = prepacked CPU "
-                        "weights (~1e-6 from exact, faster); bf16; auto (fast's default) = bf16 for the fast "
-                        "sampler on a CPU with native bf16, else fp32")
+                   help="exact = bit-identical to the official code on the same CPU (paper's default); fp32 = "
+                        "prepacked CPU weights (~1e-6 from exact); bf16; auto (fast's default) = the fastest on "
+                        "this CPU, measured once and cached (fp32 on GPUs)")
+    g.add_argument("--reproduce", action="store_true",
+                   help="the official sampling exactly, whatever else is given: --sampler paper --bn-mode official "
+                        "--precision exact --no-trim")
     g.set_defaults(fn=cmd_generate)
     i = sub.add_parser("info", help="describe a checkpoint")
     i.add_argument("checkpoint")

@@ -66,5 +66,8 @@ def test_cli_sampler_is_the_preset_and_options_change_it():
     assert cli("--sampler", "paper", "--precision", "fp32", "--seed", "3") == preset("paper", precision="fp32", seed=3)
     assert cli("--no-stabilizer", "--fade-out", "--steps", "7") == preset("fast", stabilizer=False, fade_out=True,
                                                                           steps=7)
+    assert cli("--no-trim") == preset("fast", trim=False)
+    assert cli("--reproduce", "--precision", "fp32", "--seed", "2") == preset("paper", seed=2), \
+        "--reproduce is the paper preset whatever precision is asked for"
     with pytest.raises(ValueError, match="guidance must be within"):
         cli("--guidance", "nan")
