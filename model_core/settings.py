@@ -41,9 +41,9 @@ class GenerationSettings:
     bn_mode: str = "eval"  # "eval": running statistics; "official": batch statistics as the official scripts
     fade_out: bool = False
     trim: bool = True  # cut the output to the audio's duration (the official code keeps whole windows)
-    # "exact": eager float32, bit-identical to the official code; "fp32": float32 with prepacked oneDNN weights on
-    # the CPU (~1e-6 from exact, about 2x faster); "bf16": bf16 autocast; "auto": bf16 for the fast sampler on a
-    # CPU that computes bf16 natively, fp32 otherwise (GPUs included: see pipeline.resolve_precision).
+    # "exact": eager float32, bit-identical to the official code on the same CPU; "fp32": float32 with prepacked
+    # oneDNN weights on the CPU (~1e-6 from exact); "bf16": bf16 autocast; "auto": the fastest of these on this
+    # CPU, measured once and cached (precision.py); fp32 on GPUs.
     precision: str = "auto"
 
     def validate(self) -> None:
