@@ -71,9 +71,9 @@ def requests(args: argparse.Namespace) -> list[Request]:
     settings = sampling(args.sampler, steps=args.steps, seed=args.seed, variations=args.variations,
                         guidance=args.guidance, stabilizer=False if args.no_stabilizer else None)
     reqs = [Request(audio=f, armature=args.armature, python=args.torch_python or prefs.python,
-                            checkpoint=args.checkpoint or prefs.checkpoint, device=args.device or prefs.device,
-                            settings=settings, start_frame=args.start_frame, add_sound=not args.no_sound,
-                            parts=parts, nla_strip=len(files) > 1, allow_partial=args.allow_partial)
+                    checkpoint=args.checkpoint or prefs.checkpoint, device=args.device or prefs.device,
+                    settings=settings, start_frame=args.start_frame, add_sound=not args.no_sound, parts=parts,
+                    nla_strip=len(files) > 1, allow_partial=args.allow_partial)
             for f in files]
     for r in reqs:
         validate(r)

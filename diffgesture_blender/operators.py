@@ -33,8 +33,8 @@ def gather(context: bpy.types.Context) -> Request:
                              ("fingers", props.drive_fingers)) if on}
     checkpoint = props.checkpoint_path if props.checkpoint_source == "FILE" else prefs.checkpoint
     return Request(audio=audio, armature=props.armature.name, python=prefs.python, checkpoint=checkpoint,
-                           device=prefs.device, settings=settings, start_frame=start, add_sound=add_sound,
-                           parts=frozenset(parts), allow_partial=props.allow_partial)
+                   device=prefs.device, settings=settings, start_frame=start, add_sound=add_sound,
+                   parts=frozenset(parts), allow_partial=props.allow_partial)
 
 
 def finish(op: bpy.types.Operator, context: bpy.types.Context, gen: generation.Generation) -> set[str]:
