@@ -24,9 +24,10 @@ import torch
 
 from .audio import AUDIO_SUFFIXES, SAMPLE_RATE, AudioError, load_audio
 from .network import PoseDiffusion
-from .pipeline import ClipRun, GenerationSettings, resolved, sample_window, save_result
+from .pipeline import ClipRun, resolved, sample_window, save_result
 from .protocol import read_result
 from .samplers import RowGenerators
+from .settings import GenerationSettings, resolve_checkpoint
 
 GROUP_BATCHES = 4  # a group holds this many batches' worth of clips
 
@@ -195,17 +196,13 @@ def total_windows(clips: list[Clip]) -> int | None:
     return total
 
 
-def main(args) -> int:
-    """The generate-batch command (arguments parsed in __main__)."""
+def main(args, settings: GenerationSettings) -> int:
+    """The generate-batch command (arguments parsed and settings built in __main__)."""
     from tqdm import tqdm
     from .checkpoint import load_checkpoint
     from .pipeline import resolve_device
     from .precision import configure_threads
-    from .protocol import resolve_checkpoint
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    settings = GenerationSettings(sampler=args.sampler, steps=args.steps, guidance=args.guidance, eta=args.eta,
-                                  variations=args.variations, precision=args.precision, trim=not args.no_trim)
-    settings.validate()
     if not 1 <= args.batch <= 256:
         raise ValueError(f"--batch must be 1..256, not {args.batch}")
     device_name = args.device
@@ -216,7 +213,7 @@ def main(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     if device.type == "cpu":
         configure_threads()
-    clips = read_manifest(args.manifest, args.outdir, args.seed)
+    clips = read_manifest(args.manifest, args.outdir, settings.seed)
     mine = shard(clips, GROUP_BATCHES * args.batch, rank, world)
     ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
     ckpt.model.to(device)

@@ -8,16 +8,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from .network import FPS, SAMPLE_RATE, PoseDiffusion
-from .precision import PRECISIONS, choose_precision, guided_step
-from .protocol import DEFAULT_FAST_STEPS
+from .precision import choose_precision, guided_step
 from .samplers import RowGenerators, ddim_timesteps, make_sampler, randn
+from .settings import GenerationSettings
 
 WINDOW_SAMPLES = int(34 / 15 * SAMPLE_RATE)  # 36,266: the official long-audio window
 STRIDE_SECONDS = 2.0
@@ -26,47 +26,6 @@ UNIT_SECONDS = 34 / 15
 
 class Cancelled(Exception):
     """Raised when the caller's cancel check returns True; nothing partial is returned."""
-
-
-@dataclass
-class GenerationSettings:
-    """How to sample. The defaults are the product's (fast sampler); `paper()` gives the paper's settings."""
-
-    sampler: str = "fast"  # "paper" (500 steps, official) or "fast" (DDIM)
-    steps: int = DEFAULT_FAST_STEPS  # fast sampler only
-    guidance: float = 1.15
-    stabilizer: bool = True
-    eta: float = 1.0  # fast sampler noise: 1 = ancestral (DDPM-like) steps, 0 = deterministic DDIM
-    seed: int = 0
-    variations: int = 1
-    bn_mode: str = "eval"  # "eval": running statistics; "official": batch statistics as the official scripts
-    fade_out: bool = False
-    trim: bool = True  # cut the output to the audio's duration (the official code keeps whole windows)
-    # "exact": eager float32, bit-identical to the official code on the same CPU; "fp32": float32 with prepacked
-    # oneDNN weights on the CPU (~1e-6 from exact); "bf16": bf16 autocast; "auto": the fastest of these on this
-    # CPU, measured once and cached (precision.py); fp32 on GPUs.
-    precision: str = "auto"
-
-    @classmethod
-    def paper(cls, **kw) -> "GenerationSettings":
-        return cls(**{"sampler": "paper", "bn_mode": "official", "trim": False, "precision": "exact", **kw})
-
-    def validate(self) -> None:
-        if self.sampler not in ("paper", "fast"):
-            raise ValueError(f"sampler must be 'paper' or 'fast', not {self.sampler!r}")
-        if self.bn_mode not in ("eval", "official"):
-            raise ValueError(f"bn_mode must be 'eval' or 'official', not {self.bn_mode!r}")
-        if not 1 <= self.variations <= 64:
-            raise ValueError(f"variations must be 1..64, not {self.variations}")
-        if self.sampler == "fast" and not 1 <= self.steps <= 500:
-            raise ValueError(f"steps must be 1..500, not {self.steps}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be auto, exact, fp32 or bf16, not {self.precision!r}")
-        if not (math.isfinite(self.guidance) and 0 <= self.guidance <= 20):
-            raise ValueError(f"guidance scale must be within 0..20, not {self.guidance}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

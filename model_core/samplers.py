@@ -1,7 +1,8 @@
 """Reverse-diffusion samplers over the model's variance schedule; they never call the network.
 
 Each sampler exposes `timesteps` (schedule indices, high to low) and `step(eps, i, x, gen)` that maps x at
-`timesteps[i]` to the next state given the guided noise prediction. The denoising loop lives in pipeline.py.
+`timesteps[i]` to the next state given the guided noise prediction. The denoising loop lives in pipeline.py;
+`add_noise` is the forward process they invert, for training and tests.
 
 * PaperSampler: the official 500-step ancestral sampler with the Diffusion Gesture Stabilizer (FACTS §5). Its
   noise is drawn in the official order, so with the same seed it reproduces the official sample bit for bit.
@@ -11,11 +12,13 @@ Each sampler exposes `timesteps` (schedule indices, high to low) and `step(eps, 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .network import VarianceSchedule
+if TYPE_CHECKING:  # the schedule's buffers are all a sampler reads; it never imports the network
+    from .network import VarianceSchedule
 
 STABILIZER_T0 = 25
 
@@ -34,6 +37,13 @@ def randn(shape: tuple[int, ...], gen: torch.Generator | RowGenerators, device: 
     if isinstance(gen, RowGenerators):
         return torch.cat([torch.randn((n, *shape[1:]), generator=g, device=device, dtype=dtype) for g, n in gen.blocks])
     return torch.randn(shape, generator=gen, device=device, dtype=dtype)
+
+
+def add_noise(schedule: VarianceSchedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+    """The forward process q(x_t | x_0) that the samplers invert: sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise (Ho et al.
+    2020, eq. 4); t is one step for the whole batch or one per row (B,)."""
+    abar = schedule.alpha_bars[t].reshape(-1, *([1] * (x0.dim() - 1)))
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
 
 def stabilized_noise(shape: torch.Size, t: int, t0: int, like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -91,9 +101,13 @@ class DDIMSampler:
         t = self.timesteps[i]
         t_prev = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else 0
         ab, ab_prev = self.s.alpha_bars[t], self.s.alpha_bars[t_prev]  # alpha_bars[0] == 1
+        # 1. the "predicted x_0" of DDIM eq. 12: (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
         x0 = (x - torch.sqrt(1 - ab) * eps) / torch.sqrt(ab)
+        # 2. sigma_t(eta) of DDIM eq. 16: eta = 1 is the DDPM posterior's spread, eta = 0 deterministic
         s = self.eta * torch.sqrt((1 - ab_prev) / (1 - ab)) * torch.sqrt(1 - ab / ab_prev)
+        # 3. eq. 12 without its noise: sqrt(abar_prev) x0 + "direction pointing to x_t" sqrt(1 - abar_prev - s^2) eps
         x_prev = torch.sqrt(ab_prev) * x0 + torch.sqrt((1 - ab_prev - s ** 2).clamp(min=0)) * eps
+        # 4. eq. 12's random noise s z, none on the last step; below t0 z is the stabilizer's (paper eq. 9)
         if self.eta > 0 and t_prev > 0:
             if self.stabilizer and t < self.t0:
                 z = stabilized_noise(x.shape, t, self.t0, x, gen)

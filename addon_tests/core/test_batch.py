@@ -11,7 +11,8 @@ import soundfile as sf
 from addon_tests.paths import ROOT
 from model_core.batch import read_manifest, run_batch, shard
 from model_core.checkpoint import load_checkpoint
-from model_core.pipeline import GenerationSettings, generate
+from model_core.pipeline import generate
+from model_core.settings import GenerationSettings
 from model_core.protocol import read_result
 
 SECONDS = [2.0, 5.5, 3.1, 7.4, 1.2]
