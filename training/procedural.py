@@ -209,7 +209,7 @@ def _stroke_times(speech: Speech, unit: list[tuple[float, float]]) -> list[tuple
             lo, hi = (s - 0.05, s + 0.8) if t_prev is None else (t_prev + 0.7, t_prev + 1.4)
             if lo > e - 0.35:
                 break
-            cand = np.flatnonzero((speech.onsets >= lo) & (speech.onsets < min(hi, e)))
+            cand = np.flatnonzero((speech.onsets >= lo) & (speech.onsets < min(hi, e - 0.25)))
             if len(cand):
                 k = cand[np.argmax(speech.accent[cand])]
                 t_prev = float(speech.onsets[k])
@@ -257,12 +257,12 @@ class _Hand:
         return True
 
     def retract(self, start: float, drift: np.ndarray) -> None:
-        """Hold (relaxing by `drift`) until `start`, then return to rest at RETRACT_SPEED (0.3-0.6 s)."""
+        """Hold (relaxing by `drift`) until `start`, then return to rest at RETRACT_SPEED (0.3-0.45 s)."""
         start = max(start, self.free)
         if self.holds and self.holds[-1][1] is None:
             self.holds[-1][1] = start
         here = self.keys[-1][1] + drift
-        duration = float(np.clip(np.linalg.norm(self.rest - here) / RETRACT_SPEED, 0.3, 0.6))
+        duration = float(np.clip(np.linalg.norm(self.rest - here) / RETRACT_SPEED, 0.3, 0.45))
         self.keys += [(start, here), (start + duration, self.rest)]
         self.free, self.at_rest = start + duration, True
 
