@@ -8,4 +8,6 @@ SHARED = ROOT.parent / "shared"
 FIXTURES = SHARED / "reference" / "fixtures"
 TORCH_PYTHON = Path(os.environ.get("DIFFGESTURE_TORCH_PYTHON", ROOT / ".envs" / "torch" / "bin" / "python"))
 BLENDER_PYTHON = Path(os.environ.get("DIFFGESTURE_BLENDER_PYTHON", ROOT / ".envs" / "blender" / "bin" / "python"))
+# pyarrow 11 for the official TED LMDB files (requirements/ted_lmdb.txt; build.py test makes it when it can)
+LMDB_PYTHON = Path(os.environ.get("DIFFGESTURE_LMDB_PYTHON", ROOT / ".envs" / "ted_lmdb" / "bin" / "python"))
 PYTHON = Path(sys.executable)
