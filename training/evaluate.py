@@ -72,9 +72,9 @@ def score(gen: list[np.ndarray], real: list[np.ndarray], audio: list[np.ndarray]
 
 def evaluate(checkpoint: str, data: str, samplers: list[str], extractor_path: str | None = None,
              baselines: bool = False, batch_size: int = 128, max_batches: int = 0, device: str = "auto",
-             seed: int = 0, motion_clips: int = 4) -> dict:
+             seed: int = 0, motion_clips: int = 4, motion_only: bool = False) -> dict:
     """Metrics per sampler (and baseline) on the dataset's windows, as a dict of rows; with motion_clips, also
-    the speech/silence arm-speed ratio on that many whole clips."""
+    the speech/silence arm-speed ratio and the gesture measure on that many whole clips (motion_only: just those)."""
     ckpt = load_checkpoint(checkpoint)
     dev, _ = resolve_device(device)
     model = ckpt.model.to(dev)
@@ -83,8 +83,11 @@ def evaluate(checkpoint: str, data: str, samplers: list[str], extractor_path: st
         raise ValueError(f"{data} holds {ds.skeleton.name} data, the checkpoint is for {ckpt.skeleton.name}")
     batch_size = min(batch_size, len(ds))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, drop_last=True)
-    batches = [b for i, b in zip(range(max_batches or len(loader)), loader)]
-    extractor = load_extractor(extractor_path) if extractor_path else train_extractor(ds, ds.skeleton, steps=1500)
+    batches = [] if motion_only else [b for i, b in zip(range(max_batches or len(loader)), loader)]
+    extractor = (None if motion_only else load_extractor(extractor_path) if extractor_path
+                 else train_extractor(ds, ds.skeleton, steps=1500))
+    def scored(gen: list[np.ndarray]) -> dict:
+        return score(gen, real, audio, extractor, ds.skeleton) if batches else {}
     real = [p.numpy() for p, _ in batches]
     audio = [a.numpy() for _, a in batches]
     rows: dict[str, dict] = {}
@@ -98,14 +101,13 @@ def evaluate(checkpoint: str, data: str, samplers: list[str], extractor_path: st
             if shuffle:  # a derangement: every clip gets another clip's audio
                 a = a.roll(1, dims=0)
             gen.append(generate_batch(model, p.to(dev), a.to(dev), settings, seed + i))
-        rows[label] = {**score(gen, real, audio, extractor, ds.skeleton),
-                       "seconds_per_window": (time.perf_counter() - t0) / (len(batches) * batch_size)}
+        rows[label] = {**scored(gen), "seconds_per_window":
+                       (time.perf_counter() - t0) / (len(batches) * batch_size) if batches else None}
         if motion_clips:
             rows[label].update(motion_rows(clip_motion(model, ds, settings, motion_clips, shuffle), ds.skeleton))
     if baselines:
-        rows["mean pose"] = {**score([np.zeros_like(r) for r in real], real, audio, extractor, ds.skeleton),
-                             "seconds_per_window": 0.0}
-    rows["real (reference)"] = {**score(real, real, audio, extractor, ds.skeleton), "seconds_per_window": 0.0}
+        rows["mean pose"] = {**scored([np.zeros_like(r) for r in real]), "seconds_per_window": 0.0}
+    rows["real (reference)"] = {**scored(real), "seconds_per_window": 0.0}
     if motion_clips:
         real_clips = clip_motion(None, ds, None, motion_clips)
         rows["real (reference)"].update(motion_rows(real_clips, ds.skeleton))
@@ -113,7 +115,8 @@ def evaluate(checkpoint: str, data: str, samplers: list[str], extractor_path: st
             still = [(np.zeros_like(p), a) for p, a in real_clips]
             rows["mean pose"]["gesture"] = gesture_measure(still, ds.skeleton)
     return {"checkpoint": checkpoint, "checkpoint_sha256": ckpt.sha256, "data": data, "data_sha256": ds.sha256,
-            "windows": len(batches) * batch_size, "extractor": extractor_path or "trained on the evaluation data",
+            "windows": len(batches) * batch_size,
+            "extractor": None if motion_only else extractor_path or "trained on the evaluation data",
             "rows": rows}
 
 
@@ -229,9 +232,9 @@ def markdown_table(result: dict) -> str:
     lines = ["| method | FGD | BC | Diversity | joint MAE | speech/silence | " + GESTURE_HEADER + " s / window |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["rows"].items():
-        lines.append(f"| {name} | {f(r['fgd'], 3)} | {f(r['bc'], 3)} | {f(r['diversity'], 3)} | "
-                     f"{f(r['joint_mae'], 4)} | {f(r.get('speech_silence'), 2)} | {gesture_cells(r.get('gesture'))}"
-                     f" {f(r['seconds_per_window'], 3)} |")
+        lines.append(f"| {name} | {f(r.get('fgd'), 3)} | {f(r.get('bc'), 3)} | {f(r.get('diversity'), 3)} | "
+                     f"{f(r.get('joint_mae'), 4)} | {f(r.get('speech_silence'), 2)} | "
+                     f"{gesture_cells(r.get('gesture'))} {f(r['seconds_per_window'], 3)} |")
     return "\n".join(lines)
 
 
@@ -274,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--motion-clips", type=int, default=4,
                    help="whole clips for speech/silence and the gesture measure (0: skip)")
+    p.add_argument("--motion-only", action="store_true",
+                   help="only speech/silence and the gesture measure on whole clips (no FGD, BC, Diversity)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     if a.speech:
@@ -293,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {GESTURE_HEADER}\n| {gesture_cells(result['gesture'])}")
     else:
         result = evaluate(a.checkpoint, a.data, (a.samplers or "paper").split(","), a.extractor, a.baselines, a.batch_size,
-                          a.max_batches, a.device, a.seed, a.motion_clips)
+                          a.max_batches, a.device, a.seed, a.motion_clips, a.motion_only)
         print(markdown_table(result))
     if a.json:
         with open(a.json, "w") as f:

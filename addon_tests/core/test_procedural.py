@@ -7,8 +7,8 @@ import pytest
 from model_core.network import FPS
 from model_core.skeleton import TED_GESTURE, from_directions
 from training import data, procedural
-from training.evaluate import (GESTURE_TARGETS, clip_motion, forearm_directions, gesture_measure, meets_targets,
-                               pause_frames)
+from training.evaluate import (GESTURE_TARGETS, clip_motion, evaluate, forearm_directions, gesture_measure,
+                               markdown_table, meets_targets, pause_frames)
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +80,17 @@ def test_gesture_measure_catches_a_tremor_at_rest(fresh):
     dirs[:, TED_GESTURE.bone_index("left_forearm")] = np.stack([np.sin(turn), 0 * turn, np.cos(turn)], axis=-1)
     m = gesture_measure([(from_directions(dirs, TED_GESTURE), audio)], TED_GESTURE)
     assert m["pause_speed"] == pytest.approx(15.0, rel=1e-3)  # mean of the two forearms: 30 and 0
+
+
+def test_evaluate_reports_the_measure_for_samplers_and_baselines(fresh, ckpt):
+    """A real (small, official-layout) checkpoint on whole clips: every row carries the gesture measure."""
+    result = evaluate(str(ckpt), str(fresh.root), ["fast:2"], baselines=True, motion_clips=2, motion_only=True)
+    rows = result["rows"]
+    assert set(rows) == {"fast:2", "shuffled audio (fast:2)", "mean pose", "real (reference)"}
+    assert all(set(GESTURE_TARGETS) <= set(r["gesture"]) for r in rows.values())
+    assert all(meets_targets(rows["real (reference)"]["gesture"]).values())
+    still = rows["mean pose"]["gesture"]
+    assert still["speech_spread"] == pytest.approx(0, abs=1e-3) and still["speech_pause_ratio"] == 0
+    assert rows["fast:2"]["gesture"] != rows["shuffled audio (fast:2)"]["gesture"]
+    table = markdown_table(result)
+    assert "spread ° (≥ 18)" in table and "✗" in table  # a target missed is marked (the mean pose's spread)
