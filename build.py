@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -193,13 +192,9 @@ def cmd_train_demo(args) -> None:
     """Train the bundled demo checkpoint on the procedural dataset (made first when missing; resumable)."""
     envs = setup()
     env = test_environ(envs)
-    for split, (clips, seed) in DEMO_DATA.items():
-        folder = ROOT / "runs" / "data" / "procedural_ted_gesture" / split
-        index = folder / "index.json"
-        source = json.loads(index.read_text())["source"] if index.exists() else {}
-        if (source.get("n_clips"), source.get("seed")) != (clips, seed):  # missing, or made for another recipe
-            run([envs["torch"], "-m", "training.procedural", folder, "--clips", clips, "--seed", seed,
-                 "--jobs", os.cpu_count() or 1], cwd=ROOT, env=env)
+    for split, (clips, seed) in DEMO_DATA.items():  # --keep: made again only when missing or another recipe
+        run([envs["torch"], "-m", "training.procedural", ROOT / "runs" / "data" / "procedural_ted_gesture" / split,
+             "--clips", clips, "--seed", seed, "--jobs", os.cpu_count() or 1, "--keep"], cwd=ROOT, env=env)
     run([envs["torch"], "-m", "training.train", "--config", "training/configs/demo.toml", *args.train_args],
         cwd=ROOT, env=env)
 

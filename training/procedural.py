@@ -19,6 +19,7 @@ Everything is deterministic given the seed (espeak-ng and librosa are determinis
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import subprocess
 import tempfile
@@ -412,13 +413,21 @@ def _clip_job(args: tuple[str, int, int, float]) -> Clip:
         return make_clip(get_skeleton(skeleton), seed, index, duration, Path(tmp))
 
 
+RULES = "gesture-phases-2"  # names the motion rules: data made by other rules is remade, not reused
+
+
+def recipe(n_clips: int, seed: int, duration: float) -> dict:
+    """The index's source entry: everything the data depends on besides the skeleton."""
+    return {"kind": "procedural", "rules": RULES, "seed": seed, "n_clips": n_clips, "duration": duration,
+            "note": "synthetic speech, rule-based gesture; not human motion"}
+
+
 def build(out: str | Path, skeleton: str, n_clips: int, seed: int = 0, duration: float = 20.0, jobs: int = 1) -> dict:
     """Write n_clips procedural clips for `skeleton` to `out` in the project's clip format.
 
     jobs > 1 makes clips in that many processes; the result is the same, clip for clip, as with one."""
     skel = get_skeleton(skeleton)
-    source = {"kind": "procedural", "seed": seed, "n_clips": n_clips, "duration": duration,
-              "note": "synthetic speech, rule-based motion; not human motion"}
+    source = recipe(n_clips, seed, duration)
     work = [(skeleton, seed, i, duration) for i in range(n_clips)]
     if jobs <= 1:
         return write_dataset(out, map(_clip_job, work), skel, source)
@@ -434,7 +443,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--duration", type=float, default=20.0, help="approximate seconds per clip")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (the data does not depend on it)")
+    p.add_argument("--keep", action="store_true",
+                   help="leave OUT alone when it already holds this recipe (same rules, skeleton, clips, seed)")
     a = p.parse_args(argv)
+    index_path = Path(a.out) / "index.json"
+    if a.keep and index_path.exists():
+        index = json.loads(index_path.read_text())
+        if index.get("skeleton") == a.skeleton and index.get("source") == recipe(a.clips, a.seed, a.duration):
+            print(f"{a.out}: up to date (sha256 {index['sha256'][:12]})")
+            return
     index = build(a.out, a.skeleton, a.clips, a.seed, a.duration, a.jobs)
     print(f"{len(index['clips'])} clips, {index['n_frames']} frames ({index['n_frames'] / FPS / 60:.1f} min), "
           f"sha256 {index['sha256'][:12]}")
