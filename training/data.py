@@ -249,7 +249,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="interpreter with pyarrow 11 and lmdb (requirements/ted_lmdb.txt) to read the official "
                         "pyarrow.serialize records; without it the values must be pickles (re-exported copies)")
     a = p.parse_args(argv)
-    index = convert_lmdb(a.src, a.out, a.skeleton, legacy_python=a.legacy_python)
+    try:
+        index = convert_lmdb(a.src, a.out, a.skeleton, legacy_python=a.legacy_python)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"{len(index['clips'])} clips, {index['n_frames']} frames, sha256 {index['sha256'][:12]}")
 
 
