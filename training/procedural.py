@@ -185,7 +185,7 @@ class Style:
 
 def _gesture_target(rng: np.random.Generator, side: float, accent: float, style: Style) -> np.ndarray:
     """A stroke's end position in McNeill's gesture space in front of the torso (torso frame, metres)."""
-    lateral = rng.choice([rng.uniform(0.06, 0.14), rng.uniform(0.14, 0.30), rng.uniform(0.30, 0.48)],
+    lateral = rng.choice([rng.uniform(0.06, 0.14), rng.uniform(0.14, 0.28), rng.uniform(0.28, 0.42)],
                          p=[0.3, 0.45, 0.25]) * (0.75 + 0.35 * accent) * style.expansive
     height = rng.choice([rng.uniform(-0.12, 0.02), rng.uniform(0.02, 0.22), rng.uniform(0.28, 0.42)],
                         p=[0.3, 0.5, 0.2]) + 0.08 * accent
@@ -354,7 +354,7 @@ def gesture_motion(speech: Speech, n_frames: int, skel: Skeleton, rng: np.random
     side_name = {1.0: "left", -1.0: "right"}
     bone = {name: i for i, name in enumerate(skel.bones)}
     wrist = {h: joints[skel.pairs[bone[f"{n}_forearm"]][1]] for h, n in side_name.items()}
-    style = Style(dominant=1.0 if rng.random() < 0.3 else -1.0, expansive=rng.uniform(0.7, 1.1),
+    style = Style(dominant=1.0 if rng.random() < 0.3 else -1.0, expansive=rng.uniform(0.75, 1.0),
                   rest={h: wrist[h] + [h * rng.uniform(-0.08, 0.02), rng.uniform(0.0, 0.08), rng.uniform(-0.1, 0.02)]
                         for h in wrist},
                   beat_rate=rng.uniform(0.5, 0.9))
