@@ -108,7 +108,7 @@ def _align(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 X, Y, Z = np.eye(3)  # canonical frame: X the character's left, Y backwards, Z up (it faces -Y)
-REST_PAUSE = 0.5  # seconds of silence (speech end to the next stroke's start) after which the hands go to rest
+REST_PAUSE = 0.5  # seconds of silence between speech phrases that end a gesture unit: the hands retract to rest
 PHRASE_GAP = 0.25  # seconds: voiced runs closer than this are one speech phrase
 PREP_SPEED, STROKE_SPEED, RETRACT_SPEED = 0.9, 1.6, 1.1  # mean hand speeds of the phases, m/s (peaks ~1.9x)
 
