@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="default 0")
     g.add_argument("--variations", type=int, help="default 1")
     g.add_argument("--guidance", type=float, help=f"default {core.settings.DEFAULT_GUIDANCE}")
+    g.add_argument("--intensity", type=float,
+                   help="gesture amplitude about the rest pose: 0 = rest, 1 = as sampled (default), 2 = twice as wide")
     g.add_argument("--no-stabilizer", action="store_true")
     g.add_argument("--start-frame", type=int, default=1)
     g.add_argument("--no-sound", action="store_true", help="do not add sound strips")
@@ -69,7 +71,8 @@ def requests(args: argparse.Namespace) -> list[Request]:
         raise UsageError(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     files = audio_files(Path(args.audio))
     settings = sampling(args.sampler, steps=args.steps, seed=args.seed, variations=args.variations,
-                        guidance=args.guidance, stabilizer=False if args.no_stabilizer else None)
+                        guidance=args.guidance, intensity=args.intensity,
+                        stabilizer=False if args.no_stabilizer else None)
     reqs = [Request(audio=f, armature=args.armature, python=args.torch_python or prefs.python,
                     checkpoint=args.checkpoint or prefs.checkpoint, device=args.device or prefs.device,
                     settings=settings, start_frame=args.start_frame, add_sound=not args.no_sound, parts=parts,

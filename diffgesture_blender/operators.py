@@ -28,7 +28,8 @@ def gather(context: bpy.types.Context) -> Request:
         raise UsageError("choose the armature to animate")
     settings = sampling(props.sampler, steps=props.steps if props.sampler == "fast" else None, seed=props.seed,
                         variations=props.variations, stabilizer=props.stabilizer,
-                        guidance=round(props.guidance, 6))  # a float32 property: 1.15 reads back as 1.1499999761
+                        guidance=round(props.guidance, 6),  # a float32 property: 1.15 reads back as 1.1499999761
+                        intensity=round(props.intensity, 6))
     parts = {p for p, on in (("spine", props.drive_spine), ("arms", props.drive_arms),
                              ("fingers", props.drive_fingers)) if on}
     checkpoint = props.checkpoint_path if props.checkpoint_source == "FILE" else prefs.checkpoint

@@ -44,6 +44,7 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         layout.prop(props, "seed")
         layout.prop(props, "variations")
         layout.prop(props, "guidance")
+        layout.prop(props, "intensity", slider=True)
         layout.prop(props, "stabilizer")
 
         gen = generation.active()

@@ -294,3 +294,36 @@ def test_disabling_the_addon_stops_the_worker(addon):
         assert never_touched_torch(), TorchImportWatch.attempts
     finally:
         bpy.ops.preferences.addon_enable(module=MODULE)
+
+
+def forearm_spread(obj, action, bone: str, frames: range) -> float:
+    """Mean angle (degrees) between the bone's world direction at each frame and its mean direction."""
+    import numpy as np
+    obj.animation_data.action = action
+    dirs = []
+    for f in frames:
+        bpy.context.scene.frame_set(f)
+        pb = obj.pose.bones[bone]
+        d = (obj.matrix_world @ pb.tail) - (obj.matrix_world @ pb.head)
+        dirs.append(np.array(d.normalized()))
+    dirs = np.array(dirs)
+    mean = dirs.mean(axis=0)
+    mean /= np.linalg.norm(mean)
+    return float(np.degrees(np.arccos(np.clip(dirs @ mean, -1, 1))).mean())
+
+
+def test_intensity_widens_the_gesture(addon, scene, speech_wav):
+    """Headless --intensity 2 gives at least 1.5x the forearm spread of --intensity 1 with the same seed (the
+    bundled model, whose motion stays near the mean pose, so doubling its deviation doubles the angles)."""
+    common = ["generate", "--audio", str(speech_wav), "--armature", "Rig", "--no-sound", "--steps", str(STEPS),
+              "--seed", "4", "--torch-python", str(TORCH_PYTHON)]
+    rig = bpy.data.objects["Rig"]
+    spreads = {}
+    for intensity in ("1", "2"):
+        before = set(bpy.data.actions)
+        assert addon.headless.main(common + ["--intensity", intensity]) == 0
+        action, = set(bpy.data.actions) - before
+        start, end = (int(x) for x in action.frame_range)
+        spreads[intensity] = forearm_spread(rig, action, "mixamorig:LeftForeArm", range(start, end + 1, 2))
+    assert spreads["2"] >= 1.5 * spreads["1"] > 0, spreads
+    assert addon.headless.main(common + ["--intensity", "5"]) == 2, "outside 0..3 is refused before generating"
