@@ -14,6 +14,7 @@ from pathlib import Path
 import bpy
 
 from . import core, generation, preferences
+from .export import check_export_path, export_take
 from .request import PARTS, Request, UsageError, sampling, validate
 from .worker_host import HOST
 
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--allow-partial", action="store_true",
                    help="animate only the mapped bones when the rig lacks some required ones")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), help="default: the preferences' device")
+    g.add_argument("--export", help="also export each generated take (the armature, its meshes and the action) "
+                                    "with Blender's exporters: .fbx, .glb/.gltf or .bvh; with a folder of audio each "
+                                    "file's name is added to the stem")
     g.add_argument("--json", help="also write the summary to this file")
     g.add_argument("--torch-python", help="interpreter of the torch environment (default: the preferences')")
     return parser
@@ -121,7 +125,19 @@ def main(argv: list[str]) -> int:
     except UsageError as e:
         summary["errors"].append({"error": str(e)})
         return report(summary, args, EXIT_USAGE)
+    try:
+        export_path = check_export_path(Path(args.export)) if args.export else None
+    except ValueError as e:
+        summary["errors"].append({"error": str(e)})
+        return report(summary, args, EXIT_USAGE)
     summary["results"], summary["errors"] = run(reqs)
+    if export_path is not None:
+        for result in summary["results"]:
+            target = export_path if len(reqs) == 1 else export_path.with_name(
+                f"{export_path.stem}-{Path(result['audio']).stem}{export_path.suffix}")
+            export_take(bpy.context, bpy.data.objects[result["armature"]], bpy.data.actions[result["actions"][0]],
+                        target)
+            result["export"] = str(target)
     if args.output and summary["results"]:
         output = Path(args.output).resolve()
         bpy.ops.wm.save_as_mainfile(filepath=str(output), copy=True)

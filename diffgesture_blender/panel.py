@@ -50,6 +50,7 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         gen = generation.active()
         if gen is None:
             layout.operator(operators.DIFFGESTURE_OT_generate.bl_idname, icon="PLAY")
+            layout.operator(operators.DIFFGESTURE_OT_export.bl_idname, icon="EXPORT")
         else:
             layout.progress(factor=gen.fraction, text=gen.status())
             layout.label(text="Esc cancels", icon="INFO")
