@@ -40,6 +40,10 @@ lr = 1e-3
 out = "{out}"
 export_every_epochs = 0
 save_every_minutes = 0
+compile = {compile}
+adam = "{adam}"
+amp = {amp}
+log_every = {log_every}
 """
 
 
@@ -50,9 +54,12 @@ def tiny_data(tmp_path_factory) -> str:
     return str(root)
 
 
-def _config(tmp_path, train: str, name: str) -> str:
+def _config(tmp_path, train: str, name: str, compile: str = "false", adam: str = "auto", amp: str = "true",
+            log_every: int = 0) -> str:
+    """A tiny run's config. Compiling costs a minute on a 2-core CPU, so only the tests of the speed options do."""
     path = tmp_path / f"{name}.toml"
-    path.write_text(TINY_CONFIG.format(train=train, out=tmp_path / name))
+    path.write_text(TINY_CONFIG.format(train=train, out=tmp_path / name, compile=compile, adam=adam, amp=amp,
+                                       log_every=log_every))
     return str(path)
 
 
