@@ -21,6 +21,8 @@ from training.train import (LossModule, Speed, compile_model, load_config, make_
                             resolve_speed)
 
 CONFIGS = ("ted_gesture", "ted_expressive")
+HEADER = ["config", "device", "variant", "batch", "samples/s (median)", "range", "vs eager fp32", "samples/CPU-s",
+          "vs eager (CPU-s)", "warm-up s"]
 
 
 def variants(device: torch.device, t: dict) -> dict[str, Speed]:
@@ -58,13 +60,15 @@ class Run:
         self.steps(2)  # the first compiles (forward and backward); the second runs what was compiled
         self.warmup_s = time.perf_counter() - start
 
-    def steps(self, n: int) -> float:
-        """Samples per second over n steps (the loss is read once, at the end, as the trainer does)."""
-        start = time.perf_counter()
+    def steps(self, n: int) -> tuple[float, float]:
+        """Samples per wall-clock second and per CPU second of this process over n steps (the loss is read once, at
+        the end, as the trainer does). With --threads 1 the CPU-second rate barely moves when other programs
+        share the cores (no threads spin-waiting for each other), so it compares variants on a busy machine."""
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(n):
             loss = optimizer_step(self.loss_fn, self.opt, self.x0, self.audio, self.gen, self.clip, self.speed.amp)
         float(loss)
-        return self.batch * n / (time.perf_counter() - start)
+        return self.batch * n / (time.perf_counter() - start), self.batch * n / (time.process_time() - cpu)
 
 
 def main() -> None:
@@ -89,23 +93,24 @@ def main() -> None:
             cfg = load_config(f"training/configs/{name}.toml")
             batch = a.batch or cfg["train"]["batch_size"]
             runs = {label: Run(cfg, speed, device, batch) for label, speed in variants(device, cfg["train"]).items()}
-            rates: dict[str, list[float]] = {label: [] for label in runs}
+            rates: dict[str, list[tuple[float, float]]] = {label: [] for label in runs}
             for r in range(a.rounds):  # rotate the order so no variant always follows the same one
                 labels = list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]
                 for label in labels:
                     rates[label].append(runs[label].steps(a.steps))
-            base = statistics.median(rates["eager fp32"])
+            base = [statistics.median(r[i] for r in rates["eager fp32"]) for i in (0, 1)]
             for label, rs in rates.items():
-                med = statistics.median(rs)
-                rows.append([name, dev, label, batch, f"{med:.1f}", f"{min(rs):.1f}-{max(rs):.1f}",
-                             f"{med / base:.2f}x", f"{runs[label].warmup_s:.0f}"])
-            print(markdown_table(["config", "device", "variant", "batch", "samples/s", "range", "vs eager",
-                                  "warm-up s"], rows[-len(rates):]), flush=True)
-    table = markdown_table(["config", "device", "variant", "batch", "samples/s (median)", "range", "vs eager fp32",
-                            "warm-up s"], rows)
+                wall, cpu = (statistics.median(r[i] for r in rs) for i in (0, 1))
+                rows.append([name, dev, label, batch, f"{wall:.1f}", f"{min(r[0] for r in rs):.1f}-"
+                             f"{max(r[0] for r in rs):.1f}", f"{wall / base[0]:.2f}x", f"{cpu:.1f}",
+                             f"{cpu / base[1]:.2f}x", f"{runs[label].warmup_s:.0f}"])
+            print(markdown_table(HEADER, rows[-len(rates):]), flush=True)
+    table = markdown_table(HEADER, rows)
     notes = (f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {a.rounds} interleaved rounds of "
              f"{a.steps} steps per variant after two warm-up steps (which include compiling); synthetic batches, "
-             "data loading not included. Eager fp32 with the for-loop Adam is the official code's step.")
+             "data loading not included. Eager fp32 with the for-loop Adam is the official code's step. samples/CPU-s: "
+             "per CPU second of this process (the wall-clock columns are the result on an idle machine; CPU seconds "
+             "with --threads 1 compare variants on a busy one; meaningless for cuda rows).")
     if a.no_record:
         print(table + "\n\n" + notes)
     else:
