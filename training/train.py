@@ -94,7 +94,7 @@ class Speed:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether the device computes bf16 matrix products in hardware: CUDA from Ampere on, CPUs with AVX512-BF16
-    or AMX. Elsewhere bf16 is emulated and slower than fp32."""
+    or AMX. Elsewhere bf16 is emulated (on one Intel CPU here, slower than fp32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":  # torch.cpu's probes are private; absent ones count as no
@@ -342,7 +342,7 @@ class Trainer:
         try:
             return optimizer_step(*args)
         except Exception as e:  # noqa: BLE001 - any failure of the compiler stack; a real error recurs eagerly
-            self.compile_note = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+            self.compile_note = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
             print(f"torch.compile failed, training without it: {self.compile_note}", file=sys.stderr, flush=True)
             compile_model(self.model, on=False)
             self.speed = Speed(**{**self.speed.to_dict(), "compile": False})
