@@ -25,16 +25,18 @@ HEADER = ["config", "device", "variant", "batch", "samples/s (median)", "range",
           "vs eager (CPU-s)", "warm-up s"]
 
 
-def variants(device: torch.device, t: dict) -> dict[str, Speed]:
+def variants(device: torch.device, t: dict, keys: list[str]) -> dict[str, Speed]:
     """Eager fp32 with the for-loop Adam (the official step), each option alone, and the trainer's auto choice."""
-    base = Speed(compile=False, amp=False, adam="for-loop", log_every=1)
-    out = {"eager fp32": base, "fused Adam": Speed(False, False, "fused", 1),
-           "foreach Adam": Speed(False, False, "foreach", 1), "torch.compile": Speed(True, False, "for-loop", 1)}
-    if native_bf16(device):
-        out["bf16 autocast"] = Speed(False, True, "for-loop", 1)
     auto = resolve_speed({**t, "compile": "auto", "adam": "auto", "amp": True}, device)
-    out[f"trainer auto ({describe(auto)})"] = auto
-    return out
+    every = {"eager": ("eager fp32", Speed(False, False, "for-loop", 1)),
+             "fused": ("fused Adam", Speed(False, False, "fused", 1)),
+             "foreach": ("foreach Adam", Speed(False, False, "foreach", 1)),
+             "compile": ("torch.compile", Speed(True, False, "for-loop", 1)),
+             "bf16": ("bf16 autocast", Speed(False, True, "for-loop", 1)),
+             "auto": (f"trainer auto ({describe(auto)})", auto)}
+    if not native_bf16(device):
+        keys = [k for k in keys if k != "bf16"]
+    return dict(every[k] for k in ["eager", *(k for k in keys if k != "eager")])
 
 
 def describe(s: Speed) -> str:
@@ -79,6 +81,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--devices", default="cpu,cuda")
     p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--variants", default="eager,fused,foreach,compile,bf16,auto",
+                   help="of eager, fused, foreach, compile, bf16 (where native), auto; eager is always timed")
     p.add_argument("--no-record", action="store_true", help="print only, do not append to RESULTS.md")
     a = p.parse_args()
     if a.threads:
@@ -92,7 +96,8 @@ def main() -> None:
         for name in a.configs.split(","):
             cfg = load_config(f"training/configs/{name}.toml")
             batch = a.batch or cfg["train"]["batch_size"]
-            runs = {label: Run(cfg, speed, device, batch) for label, speed in variants(device, cfg["train"]).items()}
+            chosen = variants(device, cfg["train"], a.variants.split(","))
+            runs = {label: Run(cfg, speed, device, batch) for label, speed in chosen.items()}
             rates: dict[str, list[tuple[float, float]]] = {label: [] for label in runs}
             for r in range(a.rounds):  # rotate the order so no variant always follows the same one
                 labels = list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]
