@@ -22,7 +22,7 @@ from training.train import Trainer, load_config, native_bf16
 
 # label -> ([train] overrides, seed); the first is the reference, the second the noise reference
 VARIANTS = {"eager fp32": ({"compile": False, "amp": False, "adam": "for-loop"}, 0),
-            "eager fp32, seed 1 (noise)": ({"compile": False, "amp": False, "adam": "for-loop"}, 1),
+            "eager fp32 seed 1 (noise)": ({"compile": False, "amp": False, "adam": "for-loop"}, 1),
             "fused Adam": ({"compile": False, "amp": False, "adam": "fused"}, 0),
             "bf16 autocast": ({"compile": False, "amp": True, "adam": "for-loop"}, 0),
             "torch.compile": ({"compile": True, "amp": False, "adam": "for-loop"}, 0),
