@@ -33,6 +33,7 @@ def variants(device: torch.device, t: dict, keys: list[str]) -> dict[str, Speed]
              "foreach": ("foreach Adam", Speed(False, False, "foreach", 1)),
              "compile": ("torch.compile", Speed(True, False, "for-loop", 1)),
              "bf16": ("bf16 autocast", Speed(False, True, "for-loop", 1)),
+             "math": ("math attention", Speed(False, False, "for-loop", 1, math_attention=True)),
              "auto": (f"trainer auto ({describe(auto)})", auto)}
     if not native_bf16(device):
         keys = [k for k in keys if k != "bf16"]
@@ -40,7 +41,8 @@ def variants(device: torch.device, t: dict, keys: list[str]) -> dict[str, Speed]
 
 
 def describe(s: Speed) -> str:
-    return " + ".join(["compile"] * s.compile + ["bf16"] * s.amp + [f"{s.adam} Adam"])
+    return " + ".join(["compile"] * s.compile + ["bf16"] * s.amp + ["math attention"] * s.math_attention
+                      + [f"{s.adam} Adam"])
 
 
 class Run:
@@ -68,7 +70,8 @@ class Run:
         share the cores (no threads spin-waiting for each other), so it compares variants on a busy machine."""
         start, cpu = time.perf_counter(), time.process_time()
         for _ in range(n):
-            loss = optimizer_step(self.loss_fn, self.opt, self.x0, self.audio, self.gen, self.clip, self.speed.amp)
+            loss = optimizer_step(self.loss_fn, self.opt, self.x0, self.audio, self.gen, self.clip, self.speed.amp,
+                                  self.speed.math_attention)
         float(loss)
         return self.batch * n / (time.perf_counter() - start), self.batch * n / (time.process_time() - cpu)
 
@@ -81,8 +84,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--devices", default="cpu,cuda")
     p.add_argument("--configs", default=",".join(CONFIGS))
-    p.add_argument("--variants", default="eager,fused,foreach,compile,bf16,auto",
-                   help="of eager, fused, foreach, compile, bf16 (where native), auto; eager is always timed")
+    p.add_argument("--variants", default="eager,fused,foreach,compile,bf16,math,auto",
+                   help="of eager, fused, foreach, compile, bf16 (where native), math, auto; eager is always timed")
     p.add_argument("--no-record", action="store_true", help="print only, do not append to RESULTS.md")
     a = p.parse_args()
     if a.threads:

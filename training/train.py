@@ -13,6 +13,7 @@ computes beyond float rounding; the choice made is recorded in resume.pt and in 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from model_core.checkpoint import save_native
@@ -65,12 +67,14 @@ class LossModule(nn.Module):
 
 
 def optimizer_step(loss_fn: nn.Module, opt: torch.optim.Optimizer, x0: torch.Tensor, audio: torch.Tensor,
-                   gen: torch.Generator, grad_clip: float, amp: bool) -> torch.Tensor:
+                   gen: torch.Generator, grad_clip: float, amp: bool, math_attention: bool = False) -> torch.Tensor:
     """One paper training step: loss (bf16 autocast on x0's device when amp), backward, norm clipping, Adam.
 
+    math_attention: scaled_dot_product_attention by its math backend (the same formula as the fused ones).
     Returns the loss as a detached tensor, so that the caller decides when to wait for it (a host sync)."""
     loss_fn.train()
-    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=amp):
+    backend = sdpa_kernel([SDPBackend.MATH]) if math_attention else contextlib.nullcontext()
+    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=amp), backend:
         loss = loss_fn(x0, audio, gen)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -87,6 +91,7 @@ class Speed:
     amp: bool  # bf16 autocast
     adam: str  # one of ADAM_KINDS
     log_every: int  # steps between reads of the loss (each read waits for the device)
+    math_attention: bool = False  # attention by SDPA's math backend (CPU bf16: faster than its flash kernel)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,10 +111,11 @@ def native_bf16(device: torch.device) -> bool:
 def resolve_speed(t: dict, device: torch.device) -> Speed:
     """Turn the config's speed keys ("auto" or explicit) into the choices for this device.
 
-    auto keeps what measurably pays (benchmarks/training.py). On a CPU: bf16 autocast where native_bf16 (1.3x on
-    an AVX512-BF16 EPYC), no compile (+4 %, within noise, for minutes of compiling), the for-loop Adam (fused: no
-    gain), the loss read every step (free there). On a GPU, where a step of this small model is bound by kernel
-    launches and host syncs: compile, bf16 where native, fused Adam, the loss read every 50 steps."""
+    auto keeps what measurably pays (benchmarks/training.py). On a CPU: bf16 autocast where native_bf16 (1.5x on
+    an AVX512-BF16 EPYC) with attention by SDPA's math backend (its bf16 flash kernel is slower for 34 frames),
+    no compile (+4 %, within noise, for minutes of compiling), the for-loop Adam (fused: no gain), the loss read
+    every step (free there). On a GPU, where a step of this small model is bound by kernel launches and host
+    syncs: compile, bf16 where native, fused Adam, torch's attention backend, the loss read every 50 steps."""
     compile_ = t["compile"]
     if compile_ not in ("auto", True, False):
         raise ValueError(f"[train] compile must be \"auto\", true or false, not {compile_!r}")
@@ -126,8 +132,9 @@ def resolve_speed(t: dict, device: torch.device) -> Speed:
     log_every = int(t["log_every"]) or (1 if cpu else 50)
     if log_every < 0:
         raise ValueError(f"[train] log_every must be >= 0 (0: auto), not {log_every}")
-    return Speed(compile=not cpu if compile_ == "auto" else compile_, amp=bool(t["amp"]) and native_bf16(device),
-                 adam=adam, log_every=log_every)
+    amp = bool(t["amp"]) and native_bf16(device)
+    return Speed(compile=not cpu if compile_ == "auto" else compile_, amp=amp, adam=adam, log_every=log_every,
+                 math_attention=cpu and amp)
 
 
 def make_adam(params, lr: float, betas: tuple[float, float], kind: str) -> torch.optim.Adam:
@@ -337,7 +344,8 @@ class Trainer:
     def train_step(self, x0: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """One optimiser step; the first compiled one falls back to eager, state restored, if compilation fails."""
         x0, audio = x0.to(self.device, non_blocking=True), audio.to(self.device, non_blocking=True)
-        args = (self.loss_fn, self.opt, x0, audio, self.gen, self.t["grad_clip"], self.speed.amp)
+        args = (self.loss_fn, self.opt, x0, audio, self.gen, self.t["grad_clip"], self.speed.amp,
+                self.speed.math_attention)
         if not (self.first_step and self.speed.compile):
             return optimizer_step(*args)
         self.first_step = False

@@ -355,19 +355,20 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path, adam, amp, 
     with open(tmp_path / "part" / "epochs.csv") as f, open(tmp_path / "full" / "epochs.csv") as g:
         assert list(csv.DictReader(f))[-1]["loss"] == list(csv.DictReader(g))[-1]["loss"]
     speed = load_checkpoint(tmp_path / "part" / "last.pt").provenance["speed"]
-    assert speed == {"compile": False, "amp": amp == "true" and native_bf16(torch.device("cpu")), "adam": adam,
-                     "log_every": log_every}
+    bf16 = amp == "true" and native_bf16(torch.device("cpu"))
+    assert speed == {"compile": False, "amp": bf16, "adam": adam, "log_every": log_every, "math_attention": bf16}
     assert torch.load(tmp_path / "part" / "resume.pt", weights_only=True)["speed"] == speed
 
 
 def test_speed_options_resolve_for_the_device():
     cpu = torch.device("cpu")
     auto = resolve_speed(TRAIN_DEFAULTS, cpu)
-    assert auto == Speed(compile=False, amp=native_bf16(cpu), adam="for-loop", log_every=1)  # what pays on a CPU
-    assert resolve_speed({**TRAIN_DEFAULTS, "compile": True, "adam": "fused"}, cpu) == Speed(True, auto.amp, "fused", 1)
+    bf16 = native_bf16(cpu)  # what pays on a CPU: bf16 with math attention where native, nothing else
+    assert auto == Speed(compile=False, amp=bf16, adam="for-loop", log_every=1, math_attention=bf16)
+    assert resolve_speed({**TRAIN_DEFAULTS, "compile": True, "adam": "fused"}, cpu) == Speed(True, bf16, "fused", 1, bf16)
     assert not resolve_speed({**TRAIN_DEFAULTS, "amp": False}, cpu).amp
     explicit = resolve_speed({**TRAIN_DEFAULTS, "compile": False, "adam": "foreach", "log_every": 20}, cpu)
-    assert explicit == Speed(compile=False, amp=native_bf16(cpu), adam="foreach", log_every=20)
+    assert explicit == Speed(compile=False, amp=bf16, adam="foreach", log_every=20, math_attention=bf16)
     for key, bad in [("compile", "yes"), ("adam", "lion"), ("log_every", -1)]:
         with pytest.raises(ValueError, match=key):
             resolve_speed({**TRAIN_DEFAULTS, key: bad}, cpu)
@@ -388,7 +389,8 @@ def _one_step(speed: Speed, compiled: bool = False) -> tuple[PoseDiffusion, torc
     gen = torch.Generator().manual_seed(1)
     x0 = 0.3 * torch.randn(8, 34, 27, generator=gen)
     audio = 0.1 * torch.randn(8, 36267, generator=gen)
-    loss = optimizer_step(LossModule(model, 0.1), opt, x0, audio, gen, 1e9, speed.amp)  # no clipping: raw grads
+    loss = optimizer_step(LossModule(model, 0.1), opt, x0, audio, gen, 1e9, speed.amp,  # no clipping: raw grads
+                          speed.math_attention)
     return model, loss
 
 
@@ -428,14 +430,25 @@ def test_fused_and_foreach_adam_take_the_eager_step(adam):
         torch.testing.assert_close(p.detach(), r.detach(), rtol=0, atol=1e-6, msg=name)
 
 
-def test_bf16_autocast_step_stays_close_to_fp32():
+def test_math_attention_takes_the_eager_step():
+    """SDPA's math backend evaluates the same softmax(q k^T / sqrt(d)) v as its flash kernel, in another order:
+    float32 rounding (measured: 3e-7 overall, 2e-6 per tensor), bounded at 1e-5 overall and 1e-4 per tensor."""
+    ref, ref_loss = _one_step(EAGER)
+    model, loss = _one_step(Speed(False, False, "for-loop", 1, math_attention=True))
+    assert abs(float(loss) - float(ref_loss)) < 1e-6 * float(ref_loss)
+    total, per = _grad_errors(model, ref)
+    assert total < 1e-5 and max(per.values()) < 1e-4, (total, max(per.items(), key=lambda kv: kv[1]))
+
+
+@pytest.mark.parametrize("math_attention", [False, True], ids=["flash", "math"])
+def test_bf16_autocast_step_stays_close_to_fp32(math_attention):
     """bf16 keeps 8 significant bits (unit roundoff 2^-9 = 0.2 %). Under autocast the matmuls and convolutions round
     their inputs to bf16 and accumulate in fp32. Measured on an AMD EPYC (avx512_bf16): loss 0.03 %, all gradients
-    1.4 %, each denoiser tensor <= 0.9 %, each audio-encoder tensor <= 10 % (its first convolution sums over 15-tap
+    1.4 %, each denoiser tensor <= 1.0 %, each audio-encoder tensor <= 10 % (its first convolution sums over 15-tap
     windows of a raw waveform rounded to 8 bits, and BatchNorm divides by small batch deviations). The bounds are
     about 3x those, room for another CPU's kernels, far below what a wrong step gives (errors of order 100 %)."""
     ref, ref_loss = _one_step(EAGER)
-    model, loss = _one_step(Speed(False, True, "for-loop", 1))
+    model, loss = _one_step(Speed(False, True, "for-loop", 1, math_attention))
     assert loss.dtype == torch.float32  # mse_loss runs in fp32 under autocast
     assert abs(float(loss) - float(ref_loss)) < 0.002 * float(ref_loss)
     total, per = _grad_errors(model, ref)
