@@ -1,7 +1,7 @@
 """The sidebar panel "Generate gestures from audio" (3D Viewport > Sidebar > DiffGesture)."""
 import bpy
 
-from . import bone_maps, operators, session
+from . import bone_maps, generation, operators
 
 
 class DIFFGESTURE_PT_generate(bpy.types.Panel):
@@ -44,9 +44,10 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         layout.prop(props, "seed")
         layout.prop(props, "variations")
         layout.prop(props, "guidance")
+        layout.prop(props, "intensity", slider=True)
         layout.prop(props, "stabilizer")
 
-        gen = session.active()
+        gen = generation.active()
         if gen is None:
             layout.operator(operators.DIFFGESTURE_OT_generate.bl_idname, icon="PLAY")
         else:
