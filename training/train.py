@@ -111,8 +111,8 @@ def native_bf16(device: torch.device) -> bool:
 def resolve_speed(t: dict, device: torch.device) -> Speed:
     """Turn the config's speed keys ("auto" or explicit) into the choices for this device.
 
-    auto keeps what measurably pays (benchmarks/training.py). On a CPU: bf16 autocast where native_bf16 (1.5x on
-    an AVX512-BF16 EPYC) with attention by SDPA's math backend (its bf16 flash kernel is slower for 34 frames),
+    auto keeps what measurably pays (benchmarks/training.py). On a CPU: bf16 autocast where native_bf16 with
+    attention by SDPA's math backend (its bf16 flash kernel is slower for 34 frames): 1.8x on an AVX512-BF16 EPYC,
     no compile (+4 %, within noise, for minutes of compiling), the for-loop Adam (fused: no gain), the loss read
     every step (free there). On a GPU, where a step of this small model is bound by kernel launches and host
     syncs: compile, bf16 where native, fused Adam, torch's attention backend, the loss read every 50 steps."""
