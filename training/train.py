@@ -6,21 +6,27 @@
 The objective is model_core's PoseDiffusion.training_loss. A run folder holds resume.pt (model, optimiser,
 random-generator states and position, so a resumed run continues bit for bit), steps.csv / epochs.csv logs, and
 native checkpoints (model_core.checkpoint.save_native) with provenance: config, data hash, epoch, step, metrics.
+
+Speed options ([train] compile, amp, adam, log_every; see resolve_speed) change how fast a step runs, not what it
+computes beyond float rounding; the choice made is recorded in resume.pt and in every checkpoint's provenance.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import os
 import sys
 import time
 import tomllib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from model_core.checkpoint import save_native
@@ -32,8 +38,9 @@ from .data import WindowDataset
 TRAIN_DEFAULTS = {"epochs": 500, "batch_size": 128, "lr": 5e-4, "betas": [0.5, 0.999], "grad_clip": 10.0,
                   "null_cond_prob": 0.1, "seed": 0, "amp": True, "out": "runs/train", "export_every_epochs": 50,
                   "save_every_minutes": 10.0, "export_path": "", "export_dtype": "float32", "max_steps": 0,
-                  "max_minutes": 0.0}
-DATA_DEFAULTS = {"motion_filters": True, "min_words": 2, "workers": 4}
+                  "max_minutes": 0.0, "compile": "auto", "adam": "auto", "log_every": 0}
+DATA_DEFAULTS = {"motion_filters": True, "min_words": 2, "workers": "auto"}
+ADAM_KINDS = ("fused", "foreach", "for-loop")
 
 
 def load_config(path: str | Path) -> dict:
@@ -60,16 +67,92 @@ class LossModule(nn.Module):
 
 
 def optimizer_step(loss_fn: nn.Module, opt: torch.optim.Optimizer, x0: torch.Tensor, audio: torch.Tensor,
-                   gen: torch.Generator, grad_clip: float, amp: bool) -> float:
-    """One paper training step: loss (bf16 autocast on CUDA when amp), backward, norm clipping, Adam."""
+                   gen: torch.Generator, grad_clip: float, amp: bool, math_attention: bool = False) -> torch.Tensor:
+    """One paper training step: loss (bf16 autocast on x0's device when amp), backward, norm clipping, Adam.
+
+    math_attention: scaled_dot_product_attention by its math backend (the same formula as the fused ones).
+    Returns the loss as a detached tensor, so that the caller decides when to wait for it (a host sync)."""
     loss_fn.train()
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and x0.device.type == "cuda"):
+    backend = sdpa_kernel([SDPBackend.MATH]) if math_attention else contextlib.nullcontext()
+    with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=amp), backend:
         loss = loss_fn(x0, audio, gen)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(loss_fn.parameters(), grad_clip)
     opt.step()
-    return float(loss.detach())
+    return loss.detach()
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The speed options of a run, resolved for its device; recorded in the checkpoints' provenance."""
+
+    compile: bool  # torch.compile the audio encoder and the denoiser
+    amp: bool  # bf16 autocast
+    adam: str  # one of ADAM_KINDS
+    log_every: int  # steps between reads of the loss (each read waits for the device)
+    math_attention: bool = False  # attention by SDPA's math backend (CPU bf16: faster than its flash kernel)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bf16 matrix products in hardware: CUDA from Ampere on, CPUs with AVX512-BF16
+    or AMX. Elsewhere bf16 is emulated (on one Intel CPU here, slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":  # torch.cpu's probes are private; absent ones count as no
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in
+                   ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return False
+
+
+def resolve_speed(t: dict, device: torch.device) -> Speed:
+    """Turn the config's speed keys ("auto" or explicit) into the choices for this device.
+
+    auto keeps what measurably pays (benchmarks/training.py). On a CPU: bf16 autocast where native_bf16 with
+    attention by SDPA's math backend (its bf16 flash kernel is slower for 34 frames): 1.8x on an AVX512-BF16 EPYC,
+    no compile (+4 %, within noise, for minutes of compiling), the for-loop Adam (fused: no gain), the loss read
+    every step (free there). On a GPU, where a step of this small model is bound by kernel launches and host
+    syncs: compile, bf16 where native, fused Adam, torch's attention backend, the loss read every 50 steps."""
+    compile_ = t["compile"]
+    if compile_ not in ("auto", True, False):
+        raise ValueError(f"[train] compile must be \"auto\", true or false, not {compile_!r}")
+    cpu = device.type == "cpu"
+    adam = t["adam"]
+    if adam == "auto":
+        adam = "for-loop" if cpu else "fused"
+        try:  # torch refuses fused=True at construction for devices without fused kernels
+            torch.optim.Adam([torch.zeros(1, device=device, requires_grad=True)], fused=adam == "fused")
+        except RuntimeError:
+            adam = "foreach"
+    if adam not in ADAM_KINDS:
+        raise ValueError(f"[train] adam must be \"auto\" or one of {ADAM_KINDS}, not {adam!r}")
+    log_every = int(t["log_every"]) or (1 if cpu else 50)
+    if log_every < 0:
+        raise ValueError(f"[train] log_every must be >= 0 (0: auto), not {log_every}")
+    amp = bool(t["amp"]) and native_bf16(device)
+    return Speed(compile=not cpu if compile_ == "auto" else compile_, amp=amp, adam=adam, log_every=log_every,
+                 math_attention=cpu and amp)
+
+
+def make_adam(params, lr: float, betas: tuple[float, float], kind: str) -> torch.optim.Adam:
+    """Adam with the chosen implementation; all three compute the same update up to float rounding."""
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=kind == "fused" or None,
+                            foreach=kind == "foreach" if kind != "fused" else None)
+
+
+def compile_model(model: PoseDiffusion, on: bool = True) -> None:
+    """torch.compile the audio encoder's and the denoiser's forward in place (on=False undoes it).
+
+    The compiled forward is an instance attribute, so parameter names and state dicts stay the official ones
+    (nn.Module.compile would keep them too, but torch 2.13 skips tracing a module's _call_impl)."""
+    for module in (model.audio_encoder, model.diffusion_net.net):
+        if on:
+            module.forward = torch.compile(module.forward)
+        else:
+            module.__dict__.pop("forward", None)
 
 
 def epoch_batches(sampler: DistributedSampler, epoch: int, batch_size: int) -> list[list[int]]:
@@ -93,6 +176,32 @@ def _set_rng_state(state: dict, gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class EpochBatches:
+    """Batch sampler of a run's one DataLoader: the batches left in the current epoch, set before each pass, so that
+    the loading processes persist across epochs."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def loader_workers(setting: int | str, device: torch.device, world: int) -> int:
+    """Data-loading processes per training process. auto: one on the CPU (a step there takes far longer than
+    loading its batch) and, on a GPU, up to 8 per process, leaving each process a core of its own."""
+    if setting != "auto":
+        if not isinstance(setting, int) or setting < 0:
+            raise ValueError(f"[data] workers must be \"auto\" or a count >= 0, not {setting!r}")
+        return setting
+    if device.type == "cpu":
+        return 1
+    return max(1, min(8, (os.cpu_count() or 2) // world - 1))
+
+
 class Trainer:
     """One training run (one process of it under torchrun)."""
 
@@ -111,9 +220,13 @@ class Trainer:
         if self.model.cfg.pose_dim != self.skeleton.pose_dim:
             raise ValueError(f"model pose_dim {self.model.cfg.pose_dim} != {self.skeleton.name}'s "
                              f"{self.skeleton.pose_dim}")
+        self.speed = resolve_speed(self.t, self.device)
+        self.compile_note = ""  # why compilation was given up, when it was
+        if self.speed.compile:
+            compile_model(self.model)
         loss = LossModule(self.model, self.t["null_cond_prob"])
         self.loss_fn = nn.parallel.DistributedDataParallel(loss) if self.world > 1 else loss
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.t["lr"], betas=tuple(self.t["betas"]))
+        self.opt = make_adam(self.model.parameters(), self.t["lr"], tuple(self.t["betas"]), self.speed.adam)
         self.gen = torch.Generator(self.device).manual_seed(self.t["seed"] * 1000 + self.rank)
         d = cfg["data"]
         self.data = WindowDataset(d["train"], d["motion_filters"], d["min_words"])
@@ -125,6 +238,10 @@ class Trainer:
         self.elapsed = 0.0  # training wall time accumulated over resumed sessions
         self.epoch_losses: list[float] = []
         self.losses: list[float] = []  # this epoch's step losses so far
+        self.pending: list[tuple[dict, torch.Tensor]] = []  # steps.csv rows whose loss has not been read yet
+        self.first_step = True
+        self.read_tick = time.monotonic()
+        self.bar = None
         if self.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
         if resume and (out / "resume.pt").exists():
@@ -135,6 +252,8 @@ class Trainer:
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
+        for group in self.opt.param_groups:  # the saved groups carry the saving run's Adam kind; use this run's
+            group["fused"], group["foreach"] = self.opt.defaults["fused"], self.opt.defaults["foreach"]
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
         self.elapsed, self.epoch_losses, self.losses = state["elapsed"], state["epoch_losses"], state["losses"]
         _set_rng_state(state["rng"][self.rank], self.gen)
@@ -167,7 +286,8 @@ class Trainer:
             return
         payload = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "epoch": self.epoch,
                    "batch_in_epoch": self.batch_in_epoch, "step": self.step, "elapsed": self.elapsed,
-                   "epoch_losses": self.epoch_losses, "losses": self.losses, "rng": states}
+                   "epoch_losses": self.epoch_losses, "losses": self.losses, "rng": states,
+                   "speed": self.speed_record()}
         tmp = self.out / "resume.pt.tmp"
         torch.save(payload, tmp)
         tmp.replace(self.out / "resume.pt")
@@ -198,8 +318,8 @@ class Trainer:
         prov = {"config": self.cfg, "data_sha256": self.data.sha256, "data_windows": len(self.data),
                 "epoch": self.epoch, "step": self.step, "train_minutes": round(self.elapsed / 60, 2),
                 "metrics": {"train_loss_last_epoch": self.epoch_losses[-1] if self.epoch_losses else None},
-                "torch": str(torch.__version__), "world_size": self.world,
-                "rank_state_sha256": checksums}
+                "torch": str(torch.__version__), "world_size": self.world, "device": self.device.type,
+                "speed": self.speed_record(), "rank_state_sha256": checksums}
         save_native(self.out / name, self.model, self.skeleton, prov)
         if self.t["export_path"]:
             Path(self.t["export_path"]).parent.mkdir(parents=True, exist_ok=True)
@@ -217,46 +337,90 @@ class Trainer:
                 w.writeheader()
             w.writerow(row)
 
-    def train_step(self, x0: torch.Tensor, audio: torch.Tensor) -> float:
-        return optimizer_step(self.loss_fn, self.opt, x0.to(self.device, non_blocking=True),
-                              audio.to(self.device, non_blocking=True), self.gen, self.t["grad_clip"], self.t["amp"])
+    def speed_record(self) -> dict:
+        """The speed options in effect, with the reason when compilation was given up."""
+        return {**self.speed.to_dict(), **({"compile_fallback": self.compile_note} if self.compile_note else {})}
+
+    def train_step(self, x0: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """One optimiser step; the first compiled one falls back to eager, state restored, if compilation fails."""
+        x0, audio = x0.to(self.device, non_blocking=True), audio.to(self.device, non_blocking=True)
+        args = (self.loss_fn, self.opt, x0, audio, self.gen, self.t["grad_clip"], self.speed.amp,
+                self.speed.math_attention)
+        if not (self.first_step and self.speed.compile):
+            return optimizer_step(*args)
+        self.first_step = False
+        rng, buffers = _rng_state(self.gen), {k: v.clone() for k, v in self.model.named_buffers()}
+        try:
+            return optimizer_step(*args)
+        except Exception as e:  # noqa: BLE001 - any failure of the compiler stack; a real error recurs eagerly
+            self.compile_note = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+            print(f"torch.compile failed, training without it: {self.compile_note}", file=sys.stderr, flush=True)
+            compile_model(self.model, on=False)
+            self.speed = Speed(**{**self.speed.to_dict(), "compile": False})
+            _set_rng_state(rng, self.gen)
+            with torch.no_grad():
+                for k, v in self.model.named_buffers():
+                    v.copy_(buffers[k])
+            return optimizer_step(*args)
+
+    def _read_losses(self) -> None:
+        """Wait for the pending steps' losses (one host sync) and write their steps.csv rows."""
+        if not self.pending:
+            return
+        values = torch.stack([loss for _, loss in self.pending]).float().tolist()
+        now = time.monotonic()
+        rate = self.t["batch_size"] * len(values) / max(now - self.read_tick, 1e-9)
+        self.read_tick = now
+        for (row, _), v in zip(self.pending, values):
+            self.losses.append(v)
+            self._log("steps.csv", {"step": row["step"], "epoch": row["epoch"], "loss": f"{v:.6f}",
+                                    "samples_per_s": f"{rate:.2f}", "elapsed_s": row["elapsed_s"]})
+        self.pending = []
+        if self.bar is not None:
+            self.bar.set_postfix(epoch=self.epoch, loss=f"{values[-1]:.4f}")
 
     def run(self, max_steps: int = 0, max_minutes: float = 0.0) -> None:
-        """Train until the configured epochs, max_steps (total) or max_minutes (this session) are reached."""
+        """Train until the configured epochs, max_steps (total) or max_minutes (this session) are reached.
+
+        The loss is read every speed.log_every steps, at epoch ends and at the last step; time limits and
+        periodic saves are checked at those reads, which fall on the same steps in every process."""
         t = self.t
-        start, last_save = time.monotonic(), time.monotonic()
-        workers = self.cfg["data"]["workers"]
-        bar = None
-        if self.rank == 0 and sys.stderr.isatty():
-            from tqdm import tqdm
-            bar = tqdm(initial=self.step, unit="step", dynamic_ncols=True)
-        stop = False
         if t["batch_size"] % self.world:
             raise ValueError(f"batch_size {t['batch_size']} (global) is not divisible by {self.world} processes")
+        start = last_save = self.read_tick = time.monotonic()
+        self.bar = None
+        if self.rank == 0 and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(initial=self.step, unit="step", dynamic_ncols=True)
+        cuda = self.device.type == "cuda"
+        workers = loader_workers(self.cfg["data"]["workers"], self.device, self.world)
+        sampler = EpochBatches()
+        loader = DataLoader(self.data, batch_sampler=sampler, num_workers=workers, pin_memory=cuda,
+                            persistent_workers=workers > 0, prefetch_factor=(4 if cuda else 2) if workers else None)
+        stop = False
         while self.epoch < t["epochs"] and not stop:
             batches = epoch_batches(self.sampler, self.epoch, t["batch_size"] // self.world)
             if not batches:
                 raise ValueError(f"{len(self.data)} windows over {self.world} ranks give no full batch of "
                                  f"{t['batch_size'] // self.world} per rank")
-            loader = DataLoader(self.data, batch_sampler=batches[self.batch_in_epoch:], num_workers=workers,
-                                pin_memory=self.device.type == "cuda")
+            sampler.batches = batches[self.batch_in_epoch:]
             tick = time.monotonic()
             for x0, audio in loader:
                 loss = self.train_step(x0, audio)
-                self.losses.append(loss)
                 self.step += 1
                 self.batch_in_epoch += 1
                 now = time.monotonic()
                 self.elapsed += now - tick
-                rate = t["batch_size"] / max(now - tick, 1e-9)
                 tick = now
-                self._log("steps.csv", {"step": self.step, "epoch": self.epoch, "loss": f"{loss:.6f}",
-                                        "samples_per_s": f"{rate:.2f}", "elapsed_s": f"{self.elapsed:.1f}"})
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(epoch=self.epoch, loss=f"{loss:.4f}")
-                stop = bool(max_steps and self.step >= max_steps) or bool(
-                    max_minutes and now - start >= 60 * max_minutes)
+                self.pending.append(({"step": self.step, "epoch": self.epoch, "elapsed_s": f"{self.elapsed:.1f}"},
+                                     loss))
+                if self.bar is not None:
+                    self.bar.update(1)
+                stop = bool(max_steps and self.step >= max_steps)
+                if not (stop or self.step % self.speed.log_every == 0 or self.batch_in_epoch == len(batches)):
+                    continue
+                self._read_losses()
+                stop = stop or bool(max_minutes and now - start >= 60 * max_minutes)
                 save = bool(t["save_every_minutes"] and now - last_save >= 60 * t["save_every_minutes"])
                 if self.world > 1:  # every rank must stop and save at the same step
                     flags = torch.tensor([float(stop), float(save)], device=self.device)
@@ -282,8 +446,8 @@ class Trainer:
                 self.losses = []
                 if t["export_every_epochs"] and self.epoch % t["export_every_epochs"] == 0:
                     self.export(f"checkpoint_{self.epoch:03d}.pt")
-        if bar is not None:
-            bar.close()
+        if self.bar is not None:
+            self.bar.close()
         self.save_resume()
         self.export("last.pt")
         if self.world > 1:
@@ -298,7 +462,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="stop at this total optimiser step")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes of this session")
     p.add_argument("--out", default=None, help="run folder (default: the config's train.out)")
-    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: the config's)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes per process (default: the "
+                   "config's; auto: 1 on the CPU, up to 8 on a GPU)")
     a = p.parse_args(argv)
     cfg = load_config(a.config)
     if a.out:
