@@ -27,8 +27,10 @@ _memo: dict[str, tuple[str, str]] = {}
 
 
 def cpu_native_bf16() -> bool:
-    """Whether this CPU computes bf16 matrix products natively (else bf16 autocast is emulated and slow)."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    """Whether this CPU computes bf16 matrix products in hardware (AVX512-BF16 or AMX); elsewhere bf16 autocast is
+    emulated and slow. torch.cpu's probes are private: an absent one counts as no."""
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in
+               ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 def cpu_name() -> str:

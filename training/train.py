@@ -30,6 +30,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from model_core.checkpoint import save_native
+from model_core.precision import cpu_native_bf16
 from model_core.network import ModelConfig, PoseDiffusion
 from model_core.skeleton import get_skeleton
 
@@ -102,10 +103,7 @@ def native_bf16(device: torch.device) -> bool:
     or AMX. Elsewhere bf16 is emulated (on one Intel CPU here, slower than fp32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":  # torch.cpu's probes are private; absent ones count as no
-        return any(getattr(torch.cpu, probe, lambda: False)() for probe in
-                   ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return False
+    return device.type == "cpu" and cpu_native_bf16()
 
 
 def resolve_speed(t: dict, device: torch.device) -> Speed:
