@@ -264,6 +264,8 @@ def generate_file(ckpt, audio_path: str, output: str, settings: GenerationSettin
     from .audio import load_audio
     settings.validate()
     audio = load_audio(audio_path)
+    if progress is not None:  # a sign of life before auto precision's first measurement (under a second when idle)
+        progress(Progress(0, window_count(len(audio)), 0, steps_run(settings, ckpt.model.schedule.num_steps)))
     settings, how = resolved(settings, ckpt.model)
     t0 = time.perf_counter()
     poses = generate(ckpt.model, audio, settings, progress=progress, cancel=cancel)
