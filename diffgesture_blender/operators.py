@@ -6,7 +6,8 @@ from pathlib import Path
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from . import bone_maps, environment, preferences, session
+from . import environment, preferences, session
+from .retarget import bone_maps
 
 TIMER_INTERVAL = 0.1
 

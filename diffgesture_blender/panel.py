@@ -1,7 +1,8 @@
 """The sidebar panel "Generate gestures from audio" (3D Viewport > Sidebar > DiffGesture)."""
 import bpy
 
-from . import bone_maps, operators, session
+from . import operators, session
+from .retarget import ROLES, bone_maps
 
 
 class DIFFGESTURE_PT_generate(bpy.types.Panel):
@@ -67,7 +68,7 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
             box.label(text=problem, icon="ERROR")
         missing = set(bone_maps.missing_required(mapping))
         col = box.column(align=True)
-        for role in bone_maps.ROLES:
+        for role in ROLES:
             row = col.row(align=True)
             row.alert = role in missing
             row.label(text=role)

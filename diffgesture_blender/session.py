@@ -16,10 +16,11 @@ from pathlib import Path
 
 import bpy
 
-from . import bone_maps, core, retarget
+from . import core, retarget
+from .retarget import bone_maps
 
 DEFAULT_CHECKPOINT = core.protocol.DEFAULT_CHECKPOINT
-PARTS = ("spine", "arms", "fingers")
+PARTS = tuple(retarget.PARTS)
 
 _client: core.protocol.WorkerClient | None = None
 _restarts_seen = 0

@@ -1,0 +1,72 @@
+"""Bone maps on armature objects: detect, validate, store with the .blend, save to and load from a file.
+
+A bone map is plain data, {role: bone name} (roles: roles.ROLES). These are the only functions that read the
+armature for maps; detection and matching themselves are pure (detect.py, presets.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import presets
+from .detect import Detection, detect_from_names, hierarchy_problems
+from .roles import TABLE, missing_required  # noqa: F401  (missing_required: part of the maps API)
+
+BONE_MAP_PROPERTY = "diffgesture_bone_map"
+
+
+def _parents(armature_obj) -> dict[str, str | None]:
+    return {b.name: (b.parent.name if b.parent else None) for b in armature_obj.data.bones}
+
+
+def detect(armature_obj) -> Detection:
+    """Auto-detect the rig family of an armature object and its bone map."""
+    return detect_from_names(_parents(armature_obj))
+
+
+def get_bone_map(armature_obj) -> dict[str, str]:
+    """The user-editable bone map stored on the object (saved with the .blend), {} if none."""
+    stored = armature_obj.get(BONE_MAP_PROPERTY)
+    return {str(k): str(v) for k, v in stored.items()} if stored else {}
+
+
+def set_bone_map(armature_obj, mapping: dict[str, str]) -> None:
+    """Store a bone map on the object as an ID property."""
+    armature_obj[BONE_MAP_PROPERTY] = {k: v for k, v in mapping.items() if v}
+
+
+def current_map(armature_obj) -> dict[str, str]:
+    """The map a generation uses: the stored one, else the detected one."""
+    return get_bone_map(armature_obj) or detect(armature_obj).mapping
+
+
+def validate(armature_obj, mapping: dict[str, str], partial: bool = False) -> list[str]:
+    """Problems that make a bone map unusable on this armature; empty when it can be used.
+
+    partial: the user allows driving only the mapped bones, so missing required roles are not problems (an empty
+    map still is)."""
+    parents = _parents(armature_obj)
+    problems = [f"unknown role {r!r}" for r in mapping if r not in TABLE]
+    problems += [f"{r}: no bone named {b!r}" for r, b in mapping.items() if b not in parents]
+    if not partial:
+        problems += [f"missing required bone for {r}" for r in missing_required(mapping)]
+    elif not mapping:
+        problems.append("no bone is mapped to any role")
+    used = list(mapping.values())
+    problems += [f"bone {b!r} is mapped to several roles" for b in sorted(set(used)) if used.count(b) > 1]
+    known = {r: b for r, b in mapping.items() if b in parents and r in TABLE}
+    return problems + [msg for _, msg in hierarchy_problems(parents, known)]
+
+
+def load_file(armature_obj, path: str | Path) -> dict[str, str]:
+    """The map a bone-map file gives on this armature (names matched exactly, else by key); raises ValueError."""
+    family, aliases, mirror = presets.read_file(path)
+    mapping = presets.match(list(_parents(armature_obj)), aliases, mirror)
+    if not mapping:
+        raise presets.BoneMapFileError(f"no bone of {armature_obj.name!r} matches the bone map {path}")
+    return mapping
+
+
+def save_file(armature_obj, path: str | Path, mapping: dict[str, str] | None = None) -> None:
+    """Write the armature's map (given, stored or detected) to a bone-map file."""
+    detection = detect(armature_obj)
+    presets.write_file(path, mapping or get_bone_map(armature_obj) or detection.mapping, detection.preset)
