@@ -231,7 +231,7 @@ def _bvh_text(tree: str, joint_of: dict[str, str], scale: float = 100.0) -> str:
             write(child, pos, depth + 1)
         if not children.get(name):
             end = p[ends[name]] if name in ends else pos + Vector((0, 0, 0.05))
-            lines += [f"{ind}  End Site", f"{ind}  {{", f"{ind}    OFFSET {y_up(end - pos)}", f"{ind}  }}"]
+            lines.extend([f"{ind}  End Site", f"{ind}  {{", f"{ind}    OFFSET {y_up(end - pos)}", f"{ind}  }}"])
         lines.append(f"{ind}}}")
 
     write("Hips", Vector((0, 0, 0)), 0)

@@ -196,6 +196,64 @@ def test_demo_character_round_tripped_through_blenders_exporters(empty_scene, fm
     assert check_directions(scene, obj, detection.mapping, dirs, skel, np.eye(3), ARMS, tol_deg=2.0) >= 4 * 16
 
 
+def _anonymous(obj):
+    """The same rig with every bone renamed Bone000, Bone001, ... (no name says anything)."""
+    for i, b in enumerate(obj.data.bones):
+        b.name = f"Bone{i:03d}"
+    return obj
+
+
+DETECTED = {  # rig -> (family it must be detected as, bone that must be the left upper arm)
+    "cmu-bvh": (lambda: rigs.import_bvh("cmu", "cmu-bvh"), "mixamo", "LeftArm"),
+    "cmu-bvh-3ds-max-names": (lambda: rigs.import_bvh("max", "cmu-bvh-3ds-max-names"), "bvh-max", "LeftShoulder"),
+    "vroid": (lambda: rigs.build_family("vrm", "vroid", a_pose=True), "vrm", "J_Bip_L_UpperArm"),
+    "anonymous-ue4": (lambda: _anonymous(rigs.build_family("ue4", "anonymous-ue4", fingers=False)), "structure", None),
+    "anonymous-mixamo-y-up": (lambda: _anonymous(rigs.build_family("mixamo", "anonymous-mixamo-y-up", y_up_cm=True)),
+                              "structure", None),
+}
+
+
+@pytest.mark.parametrize("case", list(DETECTED))
+def test_detected_without_help_and_arms_follow(empty_scene, case):
+    """BVH files through Blender's importer, a VRoid export, rigs with meaningless names: detected, not refused, and
+    the upper arms and forearms point where the generated vectors say, within 2 degrees, at every 15 fps sample."""
+    make, family, upper_arm = DETECTED[case]
+    obj = make()
+    detection = bone_maps.detect(obj)
+    assert detection.preset == family and not detection.missing_required, detection.message
+    assert bone_maps.validate(obj, detection.mapping) == []
+    if upper_arm is not None:
+        assert detection.mapping["left_upper_arm"] == upper_arm
+    for role in ARMS:  # the character's left arm is at +X (each rig faces -Y)
+        bone = obj.data.bones[detection.mapping[role]]
+        assert ((obj.matrix_world @ bone.head_local).x > 0) == role.startswith("left"), role
+    skel = sk.get_skeleton("ted_gesture")
+    empty_scene.render.fps = 30
+    dirs = motion(skel, seed=11)
+    retarget.apply_motion(obj, dirs, skel.name, detection.mapping, action_name=case)
+    assert check_directions(empty_scene, obj, detection.mapping, dirs, skel, np.eye(3), ARMS, tol_deg=2.0) == 4 * 16
+
+
+def test_a_name_match_in_the_wrong_place_is_vetoed_by_the_structure(empty_scene, monkeypatch):
+    """3ds Max BVH names read by the Mixamo names alone would make 'LeftShoulder' the clavicle; its place (an upper
+    arm with an elbow child) says otherwise, and the message names what was not used."""
+    from diffgesture_blender.retarget import detect, structure
+    obj = rigs.import_bvh("max", "max")
+    parents = {b.name: b.parent.name if b.parent else None for b in obj.data.bones}
+    heads = {b.name: np.array(obj.matrix_world @ b.head_local) for b in obj.data.bones}
+    tails = {b.name: np.array(obj.matrix_world @ b.tail_local) for b in obj.data.bones}
+    by_mixamo, _ = detect.by_names(parents, "mixamo")
+    assert by_mixamo["left_clavicle"] == "LeftShoulder"  # what names alone would do
+    found = structure.find_humanoid(parents, heads, tails)
+    assert found["left_upper_arm"] == "LeftShoulder" and found["left_clavicle"] == "LeftCollar"
+    assert found["left_forearm"] == "LeftElbow" and found["left_hand"] == "LeftWrist"
+    mixamo_only = {"mixamo": detect.presets.presets()["mixamo"]}
+    monkeypatch.setattr(detect.presets, "presets", lambda: mixamo_only)  # as if no 3ds Max preset existed
+    d = detect.detect_rig(parents, heads, tails)
+    assert d.mapping["left_upper_arm"] == "LeftShoulder" and d.mapping["left_clavicle"] == "LeftCollar"
+    assert any("LeftShoulder is the upper arm" in v for v in d.vetoed) and "not used" in d.message
+
+
 def test_previous_action_is_kept_and_unmapped_bones_untouched(empty_scene):
     obj = rigs.build_family("mixamo")
     thigh, forearm = obj.pose.bones["mixamorig:LeftUpLeg"], obj.pose.bones["mixamorig:LeftForeArm"]

@@ -61,9 +61,9 @@ def test_detects_renamed_rig(empty_scene):
 
 
 def test_unknown_rig_lists_missing_bones(empty_scene):
-    obj = rigs.build_family("ue5")
-    for i, b in enumerate(obj.data.bones):
-        b.name = f"Bone{i:03d}"
+    """A tentacle (one chain of bones) has neither known names nor a humanoid shape."""
+    obj = rigs.build([(f"Bone{i:03d}", f"Bone{i - 1:03d}" if i else None, f"spine{i}", f"spine{i + 1}") for i in range(8)],
+                     "Tentacle", spine=8)
     det = bone_maps.detect(obj)
     assert det.preset is None and det.mapping == {} and det.missing_required == REQUIRED_ROLES
     assert all(r in det.message for r in REQUIRED_ROLES)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from . import presets
-from .detect import Detection, detect_from_names, hierarchy_problems
+from .detect import Detection, detect_rig, hierarchy_problems
+from .frame import world_matrix
 from .roles import TABLE, missing_required  # noqa: F401  (missing_required: part of the maps API)
 
 BONE_MAP_PROPERTY = "diffgesture_bone_map"
@@ -19,8 +22,12 @@ def _parents(armature_obj) -> dict[str, str | None]:
 
 
 def detect(armature_obj) -> Detection:
-    """Auto-detect the rig family of an armature object and its bone map."""
-    return detect_from_names(_parents(armature_obj))
+    """Auto-detect the rig family of an armature object and its bone map (names, then structure in world space)."""
+    m = np.array(world_matrix(armature_obj))
+    bones = armature_obj.data.bones
+    heads = {b.name: m[:3, :3] @ np.array(b.head_local) + m[:3, 3] for b in bones}
+    tails = {b.name: m[:3, :3] @ np.array(b.tail_local) + m[:3, 3] for b in bones}
+    return detect_rig(_parents(armature_obj), heads, tails)
 
 
 def get_bone_map(armature_obj) -> dict[str, str]:

@@ -1,14 +1,17 @@
-"""Auto-detection of a rig's bone map (pure): by the presets' names, checked against the hierarchy.
+"""Auto-detection of a rig's bone map (pure): by the presets' names, checked against the hierarchy and the structure.
 
 Each preset is matched by name key (names.parse); mapped bones that do not descend from each other the way the role
-table says are dropped; the preset covering the most roles wins.
+table says are dropped; the preset covering the most roles wins. The structure (structure.find_humanoid) then vetoes
+a name match that puts a bone in another arm role than its place says (a 3ds Max BVH's 'LeftShoulder' is the upper
+arm, not the clavicle), and fills the roles the names left empty; with no preset at all it maps the rig alone.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from . import presets
-from .roles import REQUIRED_ROLES, TABLE, mapped_above, missing_required
+from .roles import ARM_ROLES, REQUIRED_ROLES, TABLE, mapped_above, missing_required
+from .structure import find_humanoid
 
 
 def ancestors(parents: dict[str, str | None], bone: str) -> set[str]:
@@ -63,6 +66,37 @@ def detect_from_names(parents: dict[str, str | None]) -> Detection:
             best = Detection(family, mapping, len(mapping), len(presets.role_keys(aliases, mirror)),
                              missing_required(mapping), vetoed)
     return describe(best)
+
+
+def detect_rig(parents: dict[str, str | None], heads: dict, tails: dict) -> Detection:
+    """Names first, then the structure (world-space rest heads and tails) to veto and to fill."""
+    d = detect_from_names(parents)
+    found = find_humanoid(parents, heads, tails)
+    if not found:
+        return d
+    mapping, vetoed = dict(d.mapping), list(d.vetoed)
+    arm_roles = {f"{s}_{r}" for s in ("left", "right") for r in ARM_ROLES}
+    role_of = {b: r for r, b in mapping.items()}
+    for role, bone in found.items():
+        old = role_of.get(bone)
+        if old is not None and old != role and {old, role} <= arm_roles:
+            trial = {r: b for r, b in mapping.items() if r != old}
+            trial[role] = bone
+            if not hierarchy_problems(parents, trial):
+                vetoed.append(f"{old}: {bone} is the {role.split('_', 1)[1].replace('_', ' ')} by its place in the rig")
+                mapping = trial
+                role_of = {b: r for r, b in mapping.items()}
+    for role, bone in found.items():
+        if role not in mapping and bone not in role_of:
+            trial = {**mapping, role: bone}
+            if not hierarchy_problems(parents, trial):
+                mapping, role_of[bone] = trial, role
+    if mapping == d.mapping:
+        return d
+    preset = d.preset if d.mapping else "structure"
+    total = d.total if d.mapping else len(found)
+    return describe(Detection(preset, mapping, len(mapping), max(total, len(mapping)), missing_required(mapping),
+                              vetoed))
 
 
 def describe(d: Detection) -> Detection:

@@ -1,7 +1,7 @@
 """From generated directions to what the solver aims at: target vectors per role and the character's own frame.
 
 The canonical frame of the generated motion is right-handed with +Z up, facing -Y, the character's left at +X. The
-rig's frame is read from the rig itself, in world space: up from the hips to the neck (or head), left from the
+rig's frame is read from the rig itself, in world space: up from the hips to the head (or neck), left from the
 right to the left shoulder (made perpendicular to up), forward = left x up. So a rig stored Y-up under an object
 turned 90 degrees (glTF/FBX imports), facing any way, at any scale, gets the same motion in the world.
 """
@@ -39,11 +39,11 @@ def targets(dirs: np.ndarray, skel: sk.Skeleton) -> dict[str, np.ndarray]:
 
 
 def rig_axes(heads: dict[str, np.ndarray], mapping: dict[str, str]) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The rig's up (hips -> neck) and left (right -> left arm joint) from mapped bone heads; None where unmapped."""
+    """The rig's up (hips -> head) and left (right -> left arm joint) from mapped bone heads; None where unmapped."""
     def first(roles: tuple[str, ...]) -> np.ndarray | None:
         return next((heads[mapping[r]] for r in roles if r in mapping), None)
 
-    bottom, top = first(("hips", "spine", "spine1", "spine2")), first(("neck", "neck1", "head"))
+    bottom, top = first(("hips", "spine", "spine1", "spine2")), first(("head", "neck1", "neck"))
     up = top - bottom if bottom is not None and top is not None and np.linalg.norm(top - bottom) > 1e-9 else None
     left = None
     for role in ("upper_arm", "clavicle", "forearm", "hand"):
@@ -54,6 +54,14 @@ def rig_axes(heads: dict[str, np.ndarray], mapping: dict[str, str]) -> tuple[np.
     return up, left
 
 
+def snap(v: np.ndarray, axes: np.ndarray, degrees: float = 10.0) -> np.ndarray:
+    """v, or the nearest of the +-columns of axes (3x3, orthonormal) when it is within `degrees` of v."""
+    v = unit(np.asarray(v, dtype=np.float64))
+    cos = axes.T @ v
+    k = int(np.argmax(np.abs(cos)))
+    return np.sign(cos[k]) * axes[:, k] if abs(cos[k]) >= np.cos(np.radians(degrees)) else v
+
+
 def character_frame(up: np.ndarray, left: np.ndarray) -> np.ndarray:
     """Rotation (3x3) taking canonical vectors to the rig's: columns left, back, up; left is made perpendicular."""
     z = unit(np.asarray(up, dtype=np.float64))
@@ -62,3 +70,9 @@ def character_frame(up: np.ndarray, left: np.ndarray) -> np.ndarray:
         raise ValueError("the rig's left-right line runs along its spine: cannot tell which way it faces")
     x = unit(x)
     return np.stack([x, np.cross(z, x), z], axis=1)
+
+
+def world_matrix(obj):
+    """The object's world matrix from its own and its parents' properties (matrix_world may not be updated yet)."""
+    m = obj.matrix_basis
+    return world_matrix(obj.parent) @ obj.matrix_parent_inverse @ m if obj.parent is not None else m

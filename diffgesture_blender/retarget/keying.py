@@ -9,7 +9,7 @@ import numpy as np
 
 from ..core import skeleton as sk
 from . import bone_maps
-from .frame import character_frame, rig_axes, targets
+from .frame import character_frame, rig_axes, snap, targets, world_matrix
 from .quat import Y, slerp_resample
 from .solve import RigRest, driven_roles, solve
 
@@ -28,24 +28,20 @@ def _rig_rest(obj) -> RigRest:
                    basis={p.name: np.array(p.matrix_basis.to_quaternion()) for p in obj.pose.bones})
 
 
-def world_matrix(obj):
-    """The object's world matrix from its own and its parents' properties (matrix_world may not be updated yet)."""
-    m = obj.matrix_basis
-    return world_matrix(obj.parent) @ obj.matrix_parent_inverse @ m if obj.parent is not None else m
-
-
 def armature_frame(obj, heads: dict[str, np.ndarray], mapping: dict[str, str]) -> np.ndarray:
     """Armature-from-canonical rotation: the character frame read from the mapped bones in world space.
 
-    Without a spine or a pair of arm bones the armature's own +Z / +X stand in for up / left. Only the object's
+    Without a spine or a pair of arm bones the armature's own +Z / +X stand in for up / left; measured axes within
+    10 degrees of one of the armature's axes are taken as that axis (a rest pose's lean or a head set forward
+    should not tilt the motion). Only the object's
     rotation is undone (a non-uniform scale is warned about in rig_notes), so motion is keyed in the rig's space.
     """
     world = world_matrix(obj)
     m, rot = np.array(world), np.array(world.to_quaternion().to_matrix())
     heads_w = {mapping[r]: m[:3, :3] @ heads[mapping[r]] + m[:3, 3] for r in mapping if mapping[r] in heads}
     up, left = rig_axes(heads_w, mapping)
-    up = rot[:, 2] if up is None else up
-    left = rot[:, 0] if left is None else left
+    up = rot[:, 2] if up is None else snap(up, rot)
+    left = rot[:, 0] if left is None else snap(left, rot)
     return rot.T @ character_frame(up, left)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core import skeleton as sk
-from .keying import world_matrix
+from .frame import world_matrix
 from .roles import PARTS, missing_required
 
 
