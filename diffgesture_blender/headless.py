@@ -2,18 +2,22 @@
 
 Also callable from Python with the bpy module: `headless.main(argv) -> exit code`. It blocks on the worker (timers
 do not run in background mode). Exit codes: 0 ok, 1 a generation failed, 2 usage error (nothing was generated).
-A JSON summary goes to stdout (and to --json); progress and errors go to stderr.
+A JSON summary goes to stdout (and to --json FILE; `--json -` is stdout alone) and nothing else does: Blender's
+own messages while saving are sent to stderr with the progress and the errors.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
 import bpy
 
 from . import core, preferences, session
+from .retarget import bone_maps, presets
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -41,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--allow-partial", action="store_true",
                    help="animate only the mapped bones when the rig lacks some required ones")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), help="default: the preferences' device")
-    g.add_argument("--json", help="also write the summary to this file")
+    g.add_argument("--bone-map", help="bone-map JSON file to use (as saved by --save-bone-map or the panel)")
+    g.add_argument("--save-bone-map", help="write the bone map used for the armature to this JSON file")
+    g.add_argument("--json", help="also write the summary to this file ('-': stdout only)")
     g.add_argument("--torch-python", help="interpreter of the torch environment (default: the preferences')")
     return parser
 
@@ -64,16 +70,48 @@ def requests(args: argparse.Namespace) -> list[session.Request]:
     if unknown:
         raise session.UsageError(f"unknown parts {sorted(unknown)}; choose from {', '.join(session.PARTS)}")
     files = audio_files(Path(args.audio))
+    mapping = bone_map(args)
     settings = session.sampling_settings(args.sampler, args.steps, args.seed, args.variations, args.guidance,
                                          not args.no_stabilizer)
     reqs = [session.Request(audio=f, armature=args.armature, python=args.torch_python or prefs.python,
                             checkpoint=args.checkpoint or prefs.checkpoint, device=args.device or prefs.device,
                             settings=settings, start_frame=args.start_frame, add_sound=not args.no_sound,
-                            parts=parts, nla_strip=len(files) > 1, allow_partial=args.allow_partial)
+                            parts=parts, nla_strip=len(files) > 1, allow_partial=args.allow_partial,
+                            bone_map=mapping)
             for f in files]
     for r in reqs:
         session.validate(r)
+    if args.save_bone_map:
+        obj = bpy.data.objects[args.armature]
+        bone_maps.save_file(obj, args.save_bone_map, mapping)
     return reqs
+
+
+def bone_map(args: argparse.Namespace) -> dict[str, str] | None:
+    """The map read from --bone-map for the armature, or None; a bad file is a usage error."""
+    if not args.bone_map:
+        return None
+    obj = bpy.data.objects.get(args.armature)
+    if obj is None or obj.type != "ARMATURE":
+        return None  # session.validate says what is wrong with the armature
+    try:
+        return bone_maps.load_file(obj, args.bone_map)
+    except (OSError, presets.BoneMapFileError) as e:
+        raise session.UsageError(f"cannot use the bone map: {e}") from None
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send whatever is written to the process's stdout (Blender's C-level 'Info: Saved ...') to stderr meanwhile."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def run(reqs: list[session.Request]) -> tuple[list[dict], list[dict]]:
@@ -114,10 +152,12 @@ def main(argv: list[str]) -> int:
     except session.UsageError as e:
         summary["errors"].append({"error": str(e)})
         return report(summary, args, EXIT_USAGE)
-    summary["results"], summary["errors"] = run(reqs)
+    with stdout_to_stderr():
+        summary["results"], summary["errors"] = run(reqs)
     if args.output and summary["results"]:
         output = Path(args.output).resolve()
-        bpy.ops.wm.save_as_mainfile(filepath=str(output), copy=True)
+        with stdout_to_stderr():
+            bpy.ops.wm.save_as_mainfile(filepath=str(output), copy=True)
         summary["output"] = str(output)
     summary["ok"] = not summary["errors"]
     summary["worker_pid"] = session.worker_pid()
@@ -129,7 +169,7 @@ def report(summary: dict, args: argparse.Namespace, code: int) -> int:
     summary["exit_code"] = code
     text = json.dumps(summary, indent=2)
     print(text, flush=True)
-    if args.json:
+    if args.json and args.json != "-":
         Path(args.json).write_text(text + "\n", encoding="utf-8")
     for result in summary["results"]:
         for note in result["notes"]:

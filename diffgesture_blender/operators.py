@@ -5,6 +5,7 @@ from pathlib import Path
 
 import bpy
 from bpy.props import EnumProperty, StringProperty
+from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from . import environment, preferences, session
 from .retarget import bone_maps
@@ -173,6 +174,50 @@ class DIFFGESTURE_OT_detect_bones(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class DIFFGESTURE_OT_save_bone_map(bpy.types.Operator, ExportHelper):
+    """Save the rig's bone map (stored or detected) to a JSON file, to reuse on other characters and in headless runs"""
+    bl_idname = "diffgesture.save_bone_map"
+    bl_label = "Save Bone Map"
+    filename_ext = ".json"
+    filter_glob: StringProperty(default="*.json", options={"HIDDEN"})
+
+    @classmethod
+    def poll(cls, context):
+        return context.scene.diffgesture.armature is not None
+
+    def execute(self, context):
+        try:
+            bone_maps.save_file(context.scene.diffgesture.armature, self.filepath)
+        except OSError as e:
+            self.report({"ERROR"}, f"Could not save the bone map: {e}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Bone map saved to {self.filepath}")
+        return {"FINISHED"}
+
+
+class DIFFGESTURE_OT_load_bone_map(bpy.types.Operator, ImportHelper):
+    """Load a bone map from a JSON file (saved here or with --save-bone-map) and store it on the rig"""
+    bl_idname = "diffgesture.load_bone_map"
+    bl_label = "Load Bone Map"
+    bl_options = {"REGISTER", "UNDO"}
+    filter_glob: StringProperty(default="*.json", options={"HIDDEN"})
+
+    @classmethod
+    def poll(cls, context):
+        return context.scene.diffgesture.armature is not None
+
+    def execute(self, context):
+        obj = context.scene.diffgesture.armature
+        try:
+            mapping = bone_maps.load_file(obj, self.filepath)
+        except (OSError, ValueError) as e:
+            self.report({"ERROR"}, f"Could not load the bone map: {e}")
+            return {"CANCELLED"}
+        bone_maps.set_bone_map(obj, mapping)
+        self.report({"INFO"}, f"Bone map loaded: {len(mapping)} roles mapped")
+        return {"FINISHED"}
+
+
 class DIFFGESTURE_OT_create_environment(bpy.types.Operator):
     """Create a Python environment with PyTorch for the worker (downloads about 0.2-3 GB; runs in the background)"""
     bl_idname = "diffgesture.create_environment"
@@ -216,4 +261,4 @@ class DIFFGESTURE_OT_check_environment(bpy.types.Operator):
 
 
 CLASSES = (DIFFGESTURE_OT_generate, DIFFGESTURE_OT_set_bone, DIFFGESTURE_OT_detect_bones,
-           DIFFGESTURE_OT_create_environment, DIFFGESTURE_OT_check_environment)
+           DIFFGESTURE_OT_save_bone_map, DIFFGESTURE_OT_load_bone_map, DIFFGESTURE_OT_create_environment, DIFFGESTURE_OT_check_environment)

@@ -64,8 +64,12 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         header.label(text=f"Bones: {detection.preset or 'custom'} ({len(mapping)}/{detection.total} mapped)",
                      icon="ARMATURE_DATA")
         header.operator(operators.DIFFGESTURE_OT_detect_bones.bl_idname, text="", icon="VIEWZOOM")
+        header.operator(operators.DIFFGESTURE_OT_load_bone_map.bl_idname, text="", icon="IMPORT")
+        header.operator(operators.DIFFGESTURE_OT_save_bone_map.bl_idname, text="", icon="EXPORT")
         for problem in bone_maps.validate(obj, mapping):
             box.label(text=problem, icon="ERROR")
+        for vetoed in detection.vetoed:
+            box.label(text=f"not used: {vetoed}", icon="INFO")
         missing = set(bone_maps.missing_required(mapping))
         col = box.column(align=True)
         for role in ROLES:

@@ -300,3 +300,36 @@ def test_missing_required_bones_raise_before_any_change(empty_scene):
         retarget.apply_motion(obj, np.zeros((5, 3, 3)), "ted_gesture", bone_maps.detect(obj).mapping,
                               action_name="x")
     assert len(bpy.data.actions) == n_actions
+
+
+def test_rigify_rig_generated_by_rigify_moves_its_deform_bones(empty_scene):
+    """Rigify generates the rig from its Human metarig; detection maps the ORG bones, the FK controls are keyed, the
+    arms are switched to FK inside the generated action only, and the deform bones follow the generated vectors."""
+    obj = rigs.rigify_rig("rig")
+    detection = bone_maps.detect(obj)
+    assert detection.preset == "rigify" and not detection.missing_required, detection.message
+    assert detection.mapping["left_upper_arm"] == "ORG-upper_arm.L"
+    switch = obj.pose.bones["upper_arm_parent.L"]
+    assert switch["IK_FK"] == 0.0  # Rigify's default: the arms follow IK
+    skel = sk.get_skeleton("ted_expressive")
+    empty_scene.render.fps = 30
+    dirs = motion(skel, seed=5)
+    ev = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    rest = {b: (ev.pose.bones[b].head.copy(), ev.pose.bones[b].tail.copy()) for b in ("DEF-upper_arm.L", "DEF-forearm.L",
+                                                                                       "DEF-hand.R", "DEF-spine.006")}
+    action = retarget.apply_motion(obj, dirs, skel.name, detection.mapping, action_name="rigify")
+    keyed = {fc.data_path for fc in _fcurves(action)}
+    assert any(p.startswith('pose.bones["upper_arm_fk.L"].rotation') for p in keyed)
+    assert 'pose.bones["upper_arm_parent.L"]["IK_FK"]' in keyed and not any(p.startswith('pose.bones["ORG-') for p in keyed)
+    notes = retarget.rig_notes(obj, detection.mapping, skel.name, {"spine", "arms", "fingers"})
+    assert any("FK controls were keyed" in n for n in notes), notes
+    empty_scene.frame_set(10)
+    assert switch["IK_FK"] == 1.0  # FK while the generated action plays
+    ev = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    for bone, (head, tail) in rest.items():
+        assert (ev.pose.bones[bone].tail - tail).length > 0.01, f"{bone} did not move"
+    # the deform chain of the arms follows the generated directions (DEF upper arm + its segment = the ORG one)
+    mapping = {"left_upper_arm": "ORG-upper_arm.L", "left_forearm": "ORG-forearm.L", "left_hand": "ORG-hand.L",
+               "right_upper_arm": "ORG-upper_arm.R", "right_forearm": "ORG-forearm.R", "right_hand": "ORG-hand.R",
+               "spine": "ORG-spine.001", "head": "ORG-spine.006"}
+    assert check_directions(empty_scene, obj, mapping, dirs, skel, np.eye(3), ARMS, tol_deg=2.0) == 4 * 16

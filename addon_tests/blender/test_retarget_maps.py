@@ -125,3 +125,29 @@ def test_slerp_resample_keeps_source_frames_and_unit_length():
     assert np.allclose(out[::8], dirs[::5]) and np.allclose(np.linalg.norm(out, axis=-1), 1)
     mid = quat.slerp_resample(dirs[:2], 15, 30)[1]  # halfway: equal angles to both ends
     assert np.allclose(np.sum(mid * dirs[0], -1), np.sum(mid * dirs[1], -1))
+
+
+def test_drivers_on_driven_channels_are_named_like_constraints(empty_scene):
+    from diffgesture_blender import retarget
+    obj = rigs.build_family("mixamo", "Driven")
+    fcurve = obj.pose.bones["mixamorig:LeftForeArm"].driver_add("rotation_quaternion", 1)
+    fcurve.driver.expression = "0.3"
+    obj.pose.bones["mixamorig:LeftUpLeg"].driver_add("rotation_quaternion", 1)  # not a driven bone: not named
+    mapping = bone_maps.detect(obj).mapping
+    notes = retarget.rig_notes(obj, mapping, "ted_gesture", {"spine", "arms"})
+    assert any(n.startswith("drivers on the rotation of these driven bones") and "mixamorig:LeftForeArm" in n
+               and "UpLeg" not in n for n in notes), notes
+
+
+def test_bone_map_file_round_trip_fits_another_character_of_the_family(empty_scene, tmp_path):
+    first = rigs.build_family("mixamo", "First")
+    path = tmp_path / "mixamo.json"
+    bone_maps.save_file(first, path)
+    other = rigs.build_family("mixamo", "Other")
+    for b in other.data.bones:
+        b.name = b.name.replace("mixamorig:", "mixamorig1:")
+    mapping = bone_maps.load_file(other, path)
+    assert mapping == {r: b.replace("mixamorig:", "mixamorig1:") for r, b in bone_maps.detect(first).mapping.items()}
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        bone_maps.load_file(other, path)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import presets
+from . import presets, rigify
 from .detect import Detection, detect_rig, hierarchy_problems
 from .frame import world_matrix
 from .roles import TABLE, missing_required  # noqa: F401  (missing_required: part of the maps API)
@@ -17,7 +17,10 @@ from .roles import TABLE, missing_required  # noqa: F401  (missing_required: par
 BONE_MAP_PROPERTY = "diffgesture_bone_map"
 
 
-def _parents(armature_obj) -> dict[str, str | None]:
+def parents(armature_obj) -> dict[str, str | None]:
+    """Bone -> parent name as roles see it (a Rigify rig's ORG bones under their metarig parents)."""
+    if rigify.is_rigify(armature_obj):
+        return rigify.parents(armature_obj)
     return {b.name: (b.parent.name if b.parent else None) for b in armature_obj.data.bones}
 
 
@@ -27,7 +30,7 @@ def detect(armature_obj) -> Detection:
     bones = armature_obj.data.bones
     heads = {b.name: m[:3, :3] @ np.array(b.head_local) + m[:3, 3] for b in bones}
     tails = {b.name: m[:3, :3] @ np.array(b.tail_local) + m[:3, 3] for b in bones}
-    return detect_rig(_parents(armature_obj), heads, tails)
+    return detect_rig(parents(armature_obj), heads, tails)
 
 
 def get_bone_map(armature_obj) -> dict[str, str]:
@@ -51,23 +54,23 @@ def validate(armature_obj, mapping: dict[str, str], partial: bool = False) -> li
 
     partial: the user allows driving only the mapped bones, so missing required roles are not problems (an empty
     map still is)."""
-    parents = _parents(armature_obj)
+    tree = parents(armature_obj)
     problems = [f"unknown role {r!r}" for r in mapping if r not in TABLE]
-    problems += [f"{r}: no bone named {b!r}" for r, b in mapping.items() if b not in parents]
+    problems += [f"{r}: no bone named {b!r}" for r, b in mapping.items() if b not in tree]
     if not partial:
         problems += [f"missing required bone for {r}" for r in missing_required(mapping)]
     elif not mapping:
         problems.append("no bone is mapped to any role")
     used = list(mapping.values())
     problems += [f"bone {b!r} is mapped to several roles" for b in sorted(set(used)) if used.count(b) > 1]
-    known = {r: b for r, b in mapping.items() if b in parents and r in TABLE}
-    return problems + [msg for _, msg in hierarchy_problems(parents, known)]
+    known = {r: b for r, b in mapping.items() if b in tree and r in TABLE}
+    return problems + [msg for _, msg in hierarchy_problems(tree, known)]
 
 
 def load_file(armature_obj, path: str | Path) -> dict[str, str]:
     """The map a bone-map file gives on this armature (names matched exactly, else by key); raises ValueError."""
     family, aliases, mirror = presets.read_file(path)
-    mapping = presets.match(list(_parents(armature_obj)), aliases, mirror)
+    mapping = presets.match(list(parents(armature_obj)), aliases, mirror)
     if not mapping:
         raise presets.BoneMapFileError(f"no bone of {armature_obj.name!r} matches the bone map {path}")
     return mapping

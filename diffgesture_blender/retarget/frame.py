@@ -38,6 +38,11 @@ def targets(dirs: np.ndarray, skel: sk.Skeleton) -> dict[str, np.ndarray]:
     return {k: unit(v.astype(np.float64)) for k, v in out.items()}
 
 
+def target_keys(skel: sk.Skeleton) -> set[str]:
+    """The target keys a skeleton provides (so, with roles.TABLE, which roles it can drive)."""
+    return set(targets(sk.poses_to_canonical(np.zeros((1, skel.pose_dim)), skel), skel))
+
+
 def rig_axes(heads: dict[str, np.ndarray], mapping: dict[str, str]) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The rig's up (hips -> head) and left (right -> left arm joint) from mapped bone heads; None where unmapped."""
     def first(roles: tuple[str, ...]) -> np.ndarray | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core import skeleton as sk
-from . import bone_maps
+from . import bone_maps, rigify
 from .frame import character_frame, rig_axes, snap, targets, world_matrix
 from .quat import Y, slerp_resample
 from .solve import RigRest, driven_roles, solve
@@ -17,12 +17,16 @@ from .solve import RigRest, driven_roles, solve
 def _rig_rest(obj) -> RigRest:
     """Read rest orientations, heads, lengths and current local rotations from an armature object."""
     bones = obj.data.bones
-    order, todo = [], [b for b in bones if b.parent is None]
+    parent = bone_maps.parents(obj)
+    children: dict[str | None, list[str]] = {}
+    for b, p in parent.items():
+        children.setdefault(p, []).append(b)
+    order, todo = [], list(children.get(None, []))
     while todo:
         b = todo.pop(0)
-        order.append(b.name)
-        todo.extend(b.children)
-    return RigRest(order=order, parent={b.name: b.parent.name if b.parent else None for b in bones},
+        order.append(b)
+        todo.extend(children.get(b, []))
+    return RigRest(order=order, parent=parent,
                    rest={b.name: np.array(b.matrix_local.to_quaternion()) for b in bones},
                    head={b.name: np.array(b.head_local) for b in bones}, length={b.name: b.length for b in bones},
                    basis={p.name: np.array(p.matrix_basis.to_quaternion()) for p in obj.pose.bones})
@@ -111,7 +115,14 @@ def apply_motion(armature_obj, directions, skeleton_name: str, mapping: dict[str
     if not driven:
         raise ValueError(f"nothing to drive on {armature_obj.name!r}: the {skel.name} skeleton and the rig's mapped "
                          f"bones share no role in the chosen parts ({', '.join(sorted(parts))})")
+    constants, controls = [], None
+    if rigify.is_rigify(armature_obj):  # solve on the ORG bones that have an FK control, key the controls
+        controls = rigify.keyable(armature_obj, [mapping[r] for r in driven])
+        driven = {r for r in driven if mapping[r] in controls}
+        constants = rigify.switches(armature_obj)
     local = solve(rig, mapping, driven, tg, frame @ np.array([0.0, -1.0, 0.0]))
+    if controls is not None:
+        local = {controls[b]: q for b, q in local.items()}
 
     action, channelbag = _new_action(armature_obj, action_name, nla_strip, start_frame)
     frames = start_frame + np.arange(len(dirs), dtype=np.float64)
@@ -128,4 +139,9 @@ def apply_motion(armature_obj, directions, skeleton_name: str, mapping: dict[str
             co[1::2] = values[:, i]
             fcurve.keyframe_points.foreach_set("co", co)
             fcurve.update()
+    for path, value in constants:  # held for the whole clip, inside this action only
+        fcurve = channelbag.fcurves.new(path)
+        fcurve.keyframe_points.add(2)
+        fcurve.keyframe_points.foreach_set("co", [frames[0], value, frames[-1], value])
+        fcurve.update()
     return action

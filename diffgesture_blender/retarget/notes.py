@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..core import skeleton as sk
-from .frame import world_matrix
-from .roles import PARTS, missing_required
+from . import rigify
+from .frame import target_keys, world_matrix
+from .roles import PARTS, TABLE, missing_required
 
 
 def rig_notes(armature_obj, mapping: dict[str, str], skeleton_name: str, parts: set[str]) -> list[str]:
@@ -13,7 +14,8 @@ def rig_notes(armature_obj, mapping: dict[str, str], skeleton_name: str, parts: 
     skel = sk.get_skeleton(skeleton_name)
     notes = []
     rig_fingers = any(r in mapping for r in PARTS["fingers"])
-    skel_fingers = any(b.endswith("_middle_base") for b in skel.bones)
+    keys = target_keys(skel)
+    skel_fingers = any(TABLE[r].target in keys for r in PARTS["fingers"])
     if "fingers" in parts and not skel_fingers and rig_fingers:
         notes.append(f"fingers were not driven: the {skel.name} skeleton has no fingers (use a TED Expressive "
                      "checkpoint for finger motion)")
@@ -23,6 +25,13 @@ def rig_notes(armature_obj, mapping: dict[str, str], skeleton_name: str, parts: 
     if missing:
         notes.append(f"partial rig: not driven (no bone mapped): {', '.join(missing)}")
     bones = [mapping[r] for r in sorted({r for p in parts for r in PARTS[p] if r in mapping})]
+    if rigify.is_rigify(armature_obj):
+        controls = rigify.keyable(armature_obj, bones)
+        unkeyed = [b for b in bones if b not in controls]
+        notes.append("Rigify rig: the FK controls were keyed and the arms' IK/FK switch set to FK inside the "
+                     "generated action" + (f"; no FK control matches {', '.join(unkeyed)}, left to follow"
+                                           if unkeyed else ""))
+        bones = list(controls.values())
     constrained = [f"{b} ({', '.join(c.name for c in pb.constraints)})" for b in bones
                    if (pb := armature_obj.pose.bones.get(b)) is not None
                    and any(c.enabled and c.influence > 0 for c in pb.constraints)]
