@@ -1,7 +1,7 @@
 """The sidebar panel "Generate gestures from audio" (3D Viewport > Sidebar > DiffGesture)."""
 import bpy
 
-from . import operators, session
+from . import generation, operators
 from .retarget import ROLES, bone_maps
 
 
@@ -47,7 +47,7 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         layout.prop(props, "guidance")
         layout.prop(props, "stabilizer")
 
-        gen = session.active()
+        gen = generation.active()
         if gen is None:
             layout.operator(operators.DIFFGESTURE_OT_generate.bl_idname, icon="PLAY")
         else:

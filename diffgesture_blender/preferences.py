@@ -40,7 +40,8 @@ class DiffGesturePreferences(bpy.types.AddonPreferences):
                                                ("cuda", "CUDA", "NVIDIA GPU"), ("cpu", "CPU", "Processor")])
 
     def draw(self, context) -> None:
-        from . import operators, session
+        from . import operators
+        from .worker_host import HOST
         layout = self.layout
         settings = get(context)
         layout.prop(self, "torch_python")
@@ -61,7 +62,7 @@ class DiffGesturePreferences(bpy.types.AddonPreferences):
             else:
                 box.progress(factor=builder.fraction, text=builder.stage)
             box.label(text=f"Log: {builder.log_path}")
-        for line in session.check_report():
+        for line in HOST.check_report():
             layout.label(text=line)
 
 
