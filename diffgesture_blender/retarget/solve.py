@@ -99,51 +99,48 @@ def solve(rig: RigRest, mapping: dict[str, str], driven: set[str], tg: dict[str,
             world[b] = qmul(rot, under[b])
             local[b] = qmul(qconj(under[b]), world[b])
 
-    def vector(seg: Segment) -> np.ndarray:
-        """Posed vector from the head of the segment's first bone to its end joint."""
-        path = seg.path
+    def vector(path: list[str], end: str | None) -> np.ndarray:
+        """Posed vector from the head of path[0], through the bones of the path, to the end joint (or last tail)."""
         v = sum((qrot(world[a], offset(a, b)) for a, b in zip(path, path[1:])), np.zeros((n, 3)))
         last = path[-1]
-        return v + qrot(world[last], offset(last, seg.end) if seg.end else Y * rig.length[last])
+        return v + qrot(world[last], offset(last, end) if end else Y * rig.length[last])
 
-    def turn(seg: Segment, q: np.ndarray, bones: list[str]) -> None:
-        """Rotate posed bones (the first one and everything below it on the path) by world rotation q."""
+    def turn(q: np.ndarray, bones: list[str]) -> None:
+        """Rotate bones[0] and the posed bones below it on its path (bones[1:]) by the world rotation q."""
         for b in bones:
             world[b] = qmul(q, world[b])
             if b != bones[0]:
                 under[b] = qmul(q, under[b])
-        if bones[0] in seg.driven:
-            local[bones[0]] = qmul(qconj(under[bones[0]]), world[bones[0]])
+        local[bones[0]] = qmul(qconj(under[bones[0]]), world[bones[0]])
+
+    def twist_reference(b: str, kind: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(vector in b's rest frame, its target) that turns b about its segment, if the data are there."""
+        side = next(r for r in driven if mapping[r] == b).split("_", 1)[0]
+        if kind == "face" and "head_forward" in tg:
+            return qrot(qconj(rig.rest[b]), forward), tg["head_forward"]
+        fingers = {f"{side}_index1", f"{side}_pinky1"}
+        if kind == "palm" and f"{side}_palm" in tg and fingers <= set(mapping):
+            across = rig.head[mapping[f"{side}_index1"]] - rig.head[mapping[f"{side}_pinky1"]]
+            return qrot(qconj(rig.rest[b]), across), tg[f"{side}_palm"]
+        return None
 
     def pose(seg: Segment) -> None:
+        """Aim the segment (a chain shares the swing first), then apply its twist."""
         for b in seg.path:
             place(b, identity if b in seg.driven else None)
         if len(seg.driven) > 1:
-            share = qpow(qbetween(vector(seg), tg[seg.target]), 1.0 / len(seg.driven))
+            share = qpow(qbetween(vector(seg.path, seg.end), tg[seg.target]), 1.0 / len(seg.driven))
             for b in seg.path:
                 place(b, share if b in seg.driven else None)
-        turn(seg, qbetween(vector(seg), tg[seg.target]), seg.path)
-        if seg.twist is None:
+        turn(qbetween(vector(seg.path, seg.end), tg[seg.target]), seg.path)
+        reference = twist_reference(*seg.twist) if seg.twist else None
+        if reference is None:
             return
-        b, kind = seg.twist
-        rest_b = qconj(rig.rest[b])
-        if kind == "face" and "head_forward" in tg:
-            have, want = qrot(rest_b, forward), tg["head_forward"]
-        elif kind == "palm" and f"{side(b)}_palm" in tg and {f"{side(b)}_index1", f"{side(b)}_pinky1"} <= set(mapping):
-            s = side(b)
-            have = qrot(rest_b, rig.head[mapping[f"{s}_index1"]] - rig.head[mapping[f"{s}_pinky1"]])
-            want = tg[f"{s}_palm"]
-        else:
-            return
-        tail = seg.path[seg.path.index(b):]
-        axis = vector(Segment(tail, seg.driven, seg.end, seg.target)) if b == seg.path[0] else qrot(world[b], Y)
+        b = seg.twist[0]
+        below = seg.path[seg.path.index(b):]  # the twist turns b about its own segment, the bones below it along
+        axis = vector(below, seg.end) if b == seg.path[0] else qrot(world[b], Y)
         axis = axis / np.linalg.norm(axis, axis=-1, keepdims=True)
-        turn(Segment(tail, {b}, seg.end, seg.target), twist_onto(axis, qrot(world[b], have), want), tail)
-
-    role_of = {mapping[r]: r for r in driven}
-
-    def side(bone: str) -> str:
-        return role_of[bone].split("_", 1)[0]
+        turn(twist_onto(axis, qrot(world[b], reference[0]), reference[1]), below)
 
     for b in rig.order:
         if b not in needed or b in world:
