@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import sys
@@ -104,14 +105,19 @@ def bone_map(args: argparse.Namespace) -> dict[str, str] | None:
 
 @contextlib.contextmanager
 def stdout_to_stderr():
-    """Send whatever is written to the process's stdout (Blender's C-level 'Info: Saved ...') to stderr meanwhile."""
+    """Send whatever is written to the process's stdout (Blender's C-level 'Info: Saved ...') to stderr meanwhile;
+    C's stdio buffer is flushed before fd 1 is given back, or Blender's lines would land on stdout after all."""
+    libc = ctypes.CDLL(None)
     sys.stdout.flush()
+    libc.fflush(None)
     saved = os.dup(1)
     os.dup2(2, 1)
     try:
-        yield
+        with contextlib.redirect_stdout(sys.stderr):  # and what Blender writes through Python's sys.stdout
+            yield
     finally:
         sys.stdout.flush()
+        libc.fflush(None)
         os.dup2(saved, 1)
         os.close(saved)
 

@@ -3,8 +3,8 @@
 The hips are the first bone (from the root) where three long branches part: two legs going down and the spine going
 up. The spine climbs to the chest, where the two arms branch off sideways from the neck; the neck chain goes up to
 the head (the last bone with a good part of the neck-to-top height still above its head). Along an arm, the upper arm
-and forearm are the two longest consecutive segments (joint to joint), the bone before them the clavicle, the one
-after them the hand. Left and right come from the feet (toes point forward) or, without feet, from the world's -Y
+and forearm are the two longest consecutive segments (joint to joint), which must be of comparable length (else the
+arm is left to the names), the bone before them the clavicle, the one after them the hand. Left and right come from the feet (toes point forward) or, without feet, from the world's -Y
 as forward (Blender's convention). Fingers are not looked for: the name presets map them.
 """
 from __future__ import annotations
@@ -133,6 +133,8 @@ def _arm_roles(s: Structure, line: list[str], side: str) -> dict[str, str]:
     if len(line) < 3:
         return {}
     i = max(range(len(line) - 2), key=lambda k: lengths[k] + lengths[k + 1])
+    if not 0.5 <= lengths[i] / max(lengths[i + 1], 1e-9) <= 2.0:
+        return {}  # not an upper arm and a forearm of comparable length: say nothing about this arm
     out = {f"{side}_upper_arm": line[i], f"{side}_forearm": line[i + 1], f"{side}_hand": line[i + 2]}
     if i >= 1:
         out[f"{side}_clavicle"] = line[i - 1]
