@@ -5,7 +5,6 @@ paper's TED Gesture architecture)."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import statistics
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="dg-bench-blender-"))
 import bpy  # noqa: E402
 
+from addon_tests.blender import rigs  # noqa: E402
 from benchmarks.record import markdown_table, record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ def generate_seconds(addon, audio: Path, ckpt: Path, steps: int) -> tuple[float,
     the keyframes exist, and the worker's own sampling seconds within them."""
     bpy.ops.wm.read_homefile(use_empty=True)
     props = bpy.context.scene.diffgesture
-    props.armature = importlib.import_module(f"{MODULE}.rigs").build_rig("mixamo", name="Rig")
+    props.armature = rigs.build_family("mixamo", "Rig")
     props.audio_path, props.checkpoint_source, props.checkpoint_path = str(audio), "FILE", str(ckpt)
     props.steps = steps
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Registration only. The add-on never imports torch: generation runs in `model_core.worker` in a separate
 environment (worker_host.py starts it; generation.py runs one request; scene_writer.py alone writes the result
-into the .blend); retargeting and bone maps live in retarget.py and bone_maps.py.
+into the .blend); retargeting and bone maps live in the retarget package.
 """
 import atexit
 

@@ -2,12 +2,16 @@
 
 Also callable from Python with the bpy module: `headless.main(argv) -> exit code`. It blocks on the worker (timers
 do not run in background mode). Exit codes: 0 ok, 1 a generation failed, 2 usage error (nothing was generated).
-A JSON summary goes to stdout (and to --json); progress and errors go to stderr.
+A JSON summary goes to stdout (and to --json FILE; `--json -` is stdout alone) and nothing else does: Blender's
+own messages while saving are sent to stderr with the progress and the errors.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +19,7 @@ import bpy
 
 from . import core, generation, preferences
 from .export import check_export_path, export_take
+from .retarget import bone_maps, presets
 from .request import PARTS, Request, UsageError, sampling, validate
 from .worker_host import HOST
 
@@ -51,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--export", help="also export each generated take (the armature, its meshes and the action) "
                                     "with Blender's exporters: .fbx, .glb/.gltf or .bvh; with a folder of audio each "
                                     "file's name is added to the stem")
-    g.add_argument("--json", help="also write the summary to this file")
+    g.add_argument("--bone-map", help="bone-map JSON file to use (as saved by --save-bone-map or the panel)")
+    g.add_argument("--save-bone-map", help="write the bone map used for the armature to this JSON file")
+    g.add_argument("--json", help="also write the summary to this file ('-': stdout only)")
     g.add_argument("--torch-python", help="interpreter of the torch environment (default: the preferences')")
     return parser
 
@@ -74,17 +81,52 @@ def requests(args: argparse.Namespace) -> list[Request]:
     if unknown:
         raise UsageError(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     files = audio_files(Path(args.audio))
+    mapping = bone_map(args)
     settings = sampling(args.sampler, steps=args.steps, seed=args.seed, variations=args.variations,
                         guidance=args.guidance, intensity=args.intensity,
                         stabilizer=False if args.no_stabilizer else None)
     reqs = [Request(audio=f, armature=args.armature, python=args.torch_python or prefs.python,
                     checkpoint=args.checkpoint or prefs.checkpoint, device=args.device or prefs.device,
                     settings=settings, start_frame=args.start_frame, add_sound=not args.no_sound, parts=parts,
-                    nla_strip=len(files) > 1, allow_partial=args.allow_partial)
+                    nla_strip=len(files) > 1, allow_partial=args.allow_partial, bone_map=mapping)
             for f in files]
     for r in reqs:
         validate(r)
+    if args.save_bone_map:
+        bone_maps.save_file(bpy.data.objects[args.armature], args.save_bone_map, mapping)
     return reqs
+
+
+def bone_map(args: argparse.Namespace) -> dict[str, str] | None:
+    """The map read from --bone-map for the armature, or None; a bad file is a usage error."""
+    if not args.bone_map:
+        return None
+    obj = bpy.data.objects.get(args.armature)
+    if obj is None or obj.type != "ARMATURE":
+        return None  # validate says what is wrong with the armature
+    try:
+        return bone_maps.load_file(obj, args.bone_map)
+    except (OSError, presets.BoneMapFileError) as e:
+        raise UsageError(f"cannot use the bone map: {e}") from None
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send whatever is written to the process's stdout (Blender's C-level 'Info: Saved ...') to stderr meanwhile;
+    C's stdio buffer is flushed before fd 1 is given back, or Blender's lines would land on stdout after all."""
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    libc.fflush(None)
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # and what Blender writes through Python's sys.stdout
+            yield
+    finally:
+        sys.stdout.flush()
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def run(reqs: list[Request]) -> tuple[list[dict], list[dict]]:
@@ -130,17 +172,19 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         summary["errors"].append({"error": str(e)})
         return report(summary, args, EXIT_USAGE)
-    summary["results"], summary["errors"] = run(reqs)
-    if export_path is not None:
-        for result in summary["results"]:
-            target = export_path if len(reqs) == 1 else export_path.with_name(
-                f"{export_path.stem}-{Path(result['audio']).stem}{export_path.suffix}")
-            export_take(bpy.context, bpy.data.objects[result["armature"]], bpy.data.actions[result["actions"][0]],
-                        target)
-            result["export"] = str(target)
+    with stdout_to_stderr():
+        summary["results"], summary["errors"] = run(reqs)
+        if export_path is not None:
+            for result in summary["results"]:
+                target = export_path if len(reqs) == 1 else export_path.with_name(
+                    f"{export_path.stem}-{Path(result['audio']).stem}{export_path.suffix}")
+                export_take(bpy.context, bpy.data.objects[result["armature"]],
+                            bpy.data.actions[result["actions"][0]], target)
+                result["export"] = str(target)
     if args.output and summary["results"]:
         output = Path(args.output).resolve()
-        bpy.ops.wm.save_as_mainfile(filepath=str(output), copy=True)
+        with stdout_to_stderr():
+            bpy.ops.wm.save_as_mainfile(filepath=str(output), copy=True)
         summary["output"] = str(output)
     summary["ok"] = not summary["errors"]
     summary["worker_pid"] = HOST.pid()
@@ -152,7 +196,7 @@ def report(summary: dict, args: argparse.Namespace, code: int) -> int:
     summary["exit_code"] = code
     text = json.dumps(summary, indent=2)
     print(text, flush=True)
-    if args.json:
+    if args.json and args.json != "-":
         Path(args.json).write_text(text + "\n", encoding="utf-8")
     for result in summary["results"]:
         for note in result["notes"]:

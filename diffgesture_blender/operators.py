@@ -5,9 +5,11 @@ from pathlib import Path
 
 import bpy
 from bpy.props import EnumProperty, StringProperty
+from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from . import bone_maps, environment, generation, preferences
+from . import environment, generation, preferences
 from .request import Request, UsageError, audio_from_strip, sampling
+from .retarget import bone_maps
 from .worker_host import HOST
 
 TIMER_INTERVAL = 0.1
@@ -175,6 +177,49 @@ class DIFFGESTURE_OT_detect_bones(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class DIFFGESTURE_OT_save_bone_map(bpy.types.Operator, ExportHelper):
+    """Save the rig's bone map (stored or detected) to a JSON file, to reuse on other characters and in headless runs"""
+    bl_idname = "diffgesture.save_bone_map"
+    bl_label = "Save Bone Map"
+    filename_ext = ".json"
+    filter_glob: StringProperty(default="*.json", options={"HIDDEN"})
+
+    @classmethod
+    def poll(cls, context):
+        return context.scene.diffgesture.armature is not None
+
+    def execute(self, context):
+        try:
+            bone_maps.save_file(context.scene.diffgesture.armature, self.filepath)
+        except OSError as e:
+            self.report({"ERROR"}, f"Could not save the bone map: {e}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Bone map saved to {self.filepath}")
+        return {"FINISHED"}
+
+
+class DIFFGESTURE_OT_load_bone_map(bpy.types.Operator, ImportHelper):
+    """Load a bone map from a JSON file (saved here or with --save-bone-map) and store it on the rig"""
+    bl_idname = "diffgesture.load_bone_map"
+    bl_label = "Load Bone Map"
+    bl_options = {"REGISTER", "UNDO"}
+    filter_glob: StringProperty(default="*.json", options={"HIDDEN"})
+
+    @classmethod
+    def poll(cls, context):
+        return context.scene.diffgesture.armature is not None
+
+    def execute(self, context):
+        obj = context.scene.diffgesture.armature
+        try:
+            mapping = bone_maps.load_file(obj, self.filepath)
+        except (OSError, ValueError) as e:
+            self.report({"ERROR"}, f"Could not load the bone map: {e}")
+            return {"CANCELLED"}
+        bone_maps.set_bone_map(obj, mapping)
+        self.report({"INFO"}, f"Bone map loaded: {len(mapping)} roles mapped")
+
+
 class DIFFGESTURE_OT_export(bpy.types.Operator):
     """Export the armature's current action (with the armature and its meshes) through Blender's own exporter:
     FBX, glTF (.glb/.gltf) or BVH, by the file's ending"""
@@ -249,4 +294,5 @@ class DIFFGESTURE_OT_check_environment(bpy.types.Operator):
 
 
 CLASSES = (DIFFGESTURE_OT_generate, DIFFGESTURE_OT_set_bone, DIFFGESTURE_OT_detect_bones, DIFFGESTURE_OT_export,
-           DIFFGESTURE_OT_create_environment, DIFFGESTURE_OT_check_environment)
+           DIFFGESTURE_OT_save_bone_map, DIFFGESTURE_OT_load_bone_map, DIFFGESTURE_OT_create_environment,
+           DIFFGESTURE_OT_check_environment)

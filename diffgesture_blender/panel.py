@@ -1,7 +1,8 @@
 """The sidebar panel "Generate gestures from audio" (3D Viewport > Sidebar > DiffGesture)."""
 import bpy
 
-from . import bone_maps, generation, operators
+from . import generation, operators
+from .retarget import ROLES, bone_maps
 
 
 class DIFFGESTURE_PT_generate(bpy.types.Panel):
@@ -65,11 +66,15 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         header.label(text=f"Bones: {detection.preset or 'custom'} ({len(mapping)}/{detection.total} mapped)",
                      icon="ARMATURE_DATA")
         header.operator(operators.DIFFGESTURE_OT_detect_bones.bl_idname, text="", icon="VIEWZOOM")
+        header.operator(operators.DIFFGESTURE_OT_load_bone_map.bl_idname, text="", icon="IMPORT")
+        header.operator(operators.DIFFGESTURE_OT_save_bone_map.bl_idname, text="", icon="EXPORT")
         for problem in bone_maps.validate(obj, mapping):
             box.label(text=problem, icon="ERROR")
+        for vetoed in detection.vetoed:
+            box.label(text=f"not used: {vetoed}", icon="INFO")
         missing = set(bone_maps.missing_required(mapping))
         col = box.column(align=True)
-        for role in bone_maps.ROLES:
+        for role in ROLES:
             row = col.row(align=True)
             row.alert = role in missing
             row.label(text=role)

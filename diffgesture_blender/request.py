@@ -9,10 +9,11 @@ from pathlib import Path
 
 import bpy
 
-from . import bone_maps, core
+from . import core, retarget
+from .retarget import bone_maps
 
 GenerationSettings = core.settings.GenerationSettings
-PARTS = ("spine", "arms", "fingers")
+PARTS = tuple(retarget.PARTS)
 
 
 class UsageError(ValueError):
@@ -33,6 +34,7 @@ class Request:
     parts: frozenset[str] = frozenset(PARTS)
     nla_strip: bool = False
     allow_partial: bool = False  # drive the mapped bones even when required roles are unmapped
+    bone_map: dict[str, str] | None = None  # from a bone-map file; None: the stored map, else the detected one
 
 
 def sampling(preset: str, **choices) -> GenerationSettings:
@@ -91,7 +93,7 @@ def validate(request: Request) -> tuple[bpy.types.Object, dict[str, str]]:
         raise UsageError(f"{obj.name!r} is in edit mode: leave edit mode first")
     if not request.parts:
         raise UsageError("choose at least one part to drive (spine/head, arms, fingers)")
-    mapping = bone_maps.get_bone_map(obj) or bone_maps.detect(obj).mapping
+    mapping = request.bone_map or bone_maps.current_map(obj)
     problems = bone_maps.validate(obj, mapping, request.allow_partial)
     if problems:
         missing = bone_maps.missing_required(mapping)

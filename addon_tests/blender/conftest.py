@@ -87,3 +87,20 @@ def scene(addon, small_checkpoint, speech_wav):
     props.checkpoint_source, props.checkpoint_path = "FILE", str(small_checkpoint)
     props.steps, props.start_frame = STEPS, 11
     return sc
+
+
+_exit_status = 0
+
+
+def pytest_sessionfinish(session, exitstatus):
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Leave at once when everything is reported: once the glTF add-on has run, Blender 4.5's own teardown can
+    deadlock at exit (shared/reference/BLENDER_NOTES.md, 'Known trap'), and the retargeting tests import glTF."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_exit_status)

@@ -1,5 +1,4 @@
 """Helpers shared by the add-on suites: rigs, a snapshot of what a generation may change, the modal loop."""
-import importlib
 import os
 import signal
 import sys
@@ -7,6 +6,8 @@ import time
 
 import bpy
 from bpy_extras import anim_utils
+
+from addon_tests.blender import rigs
 
 MODULE = "bl_ext.user_default.diffgesture"
 STEPS = 8  # few denoising steps: the tests check plumbing, not quality
@@ -35,9 +36,9 @@ def never_touched_torch() -> bool:
 
 
 def make_rig(name: str, addon, family: str | None = "mixamo", **options) -> bpy.types.Object:
-    """A code-built rig of a known family (auto-detected mapping), or a lone bone nothing can be mapped to."""
+    """A rig of a known family as its files arrive (auto-detected mapping), or a lone bone nothing maps to."""
     if family is not None:
-        return importlib.import_module(f"{MODULE}.rigs").build_rig(family, name=name, **options)
+        return rigs.build_family(family, name, **options)
     arm = bpy.data.armatures.new(name)
     obj = bpy.data.objects.new(name, arm)
     bpy.context.scene.collection.objects.link(obj)

@@ -17,8 +17,8 @@ from pathlib import Path
 import bpy
 import pytest
 
-from addon_tests.blender.helpers import (MODULE, STEPS, TorchImportWatch, drive_modal, keyframe_span, make_rig,
-                                         never_touched_torch, snapshot)
+from addon_tests.blender.helpers import (MODULE, STEPS, TorchImportWatch, action_keys, drive_modal, keyframe_span,
+                                         make_rig, never_touched_torch, snapshot)
 from addon_tests.paths import TORCH_PYTHON
 
 
@@ -84,6 +84,34 @@ def test_headless_command_file_and_folder(addon, scene, speech_wav, small_checkp
     bpy.ops.wm.open_mainfile(filepath=str(out))  # the saved file holds the motion and its sound
     assert bpy.data.objects[rig].animation_data.action.name == speech_wav.stem
     assert [s.frame_start for s in bpy.context.scene.sequence_editor.strips_all] == [5]
+
+
+def test_headless_bone_map_files_and_clean_json_on_stdout(addon, scene, speech_wav, small_checkpoint, tmp_path,
+                                                         capfd):
+    """--save-bone-map writes the map in use, --bone-map applies one (a bad file is a usage error that changes
+    nothing), and with --json - stdout holds the JSON summary alone even though the .blend is saved."""
+    rig = scene.diffgesture.armature
+    saved, out = tmp_path / "map.json", tmp_path / "out.blend"
+    common = ["generate", "--audio", str(speech_wav), "--armature", rig.name, "--checkpoint", str(small_checkpoint),
+              "--steps", str(STEPS), "--torch-python", str(TORCH_PYTHON), "--no-sound"]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "diffgesture-bone-map", "version": 1, "bones": {"tail": "x"}}')
+    before = snapshot()
+    capfd.readouterr()
+    assert addon.headless.main([*common, "--bone-map", str(bad)]) == 2
+    assert "unknown roles ['tail']" in capfd.readouterr().err and snapshot() == before
+
+    assert addon.headless.main([*common, "--save-bone-map", str(saved), "--output", str(out), "--json", "-"]) == 0
+    captured = capfd.readouterr()
+    summary = json.loads(captured.out)  # nothing but the summary on stdout
+    assert summary["ok"] and summary["output"] == str(out.resolve()) and "Saved" not in captured.out
+    doc = json.loads(saved.read_text())
+    assert doc["format"] == "diffgesture-bone-map" and doc["bones"]["left_forearm"] == "mixamorig:LeftForeArm"
+    del doc["bones"]["head"], doc["bones"]["neck"]  # a map unlike the detected one: the file is what is used
+    saved.write_text(json.dumps(doc))
+    assert addon.headless.main([*common, "--bone-map", str(saved), "--allow-partial"]) == 0
+    keyed = {p.split('"')[1] for p, _, _ in action_keys(rig.animation_data.action)}
+    assert "mixamorig:LeftForeArm" in keyed and "mixamorig:Head" not in keyed and "mixamorig:Neck" not in keyed
 
 
 def test_audio_from_an_existing_sound_strip(addon, scene, speech_wav):

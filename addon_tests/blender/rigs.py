@@ -1,0 +1,330 @@
+"""Rigs as real files and tools leave them, for the retargeting tests; written down here, not taken from the presets.
+
+Each family lists its bones as the real file names and parents them (a Mixamo download, the UE4 and UE5
+mannequins, a VRoid Studio export read by the VRM add-on, CMU BVH files in their MotionBuilder- and 3ds-Max-friendly
+namings, including their helper, twist, end and IK bones). Rest positions are one adult figure in metres, T-pose
+(or A-pose), the head of each bone at the joint the family puts it at (so zero-length BVH joints stay zero-length
+until Blender's BVH importer nudges them). How the importers leave them is reproduced too: Mixamo's FBX/glTF import
+is stored Y-up in centimetres under an object turned +90 degrees about X with scale 0.01; BVH files go through
+Blender's own BVH importer; Blender's Human metarig and the Rigify rig are made by Rigify itself (see rigify_rig).
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import bpy
+from mathutils import Matrix, Vector
+
+FINGERS = ("thumb", "index", "middle", "ring", "pinky")
+_FINGER_ROOT = {"thumb": (0.02, -0.035, -0.01), "index": (0.085, -0.025, 0.0), "middle": (0.09, -0.005, 0.0),
+                "ring": (0.085, 0.015, 0.0), "pinky": (0.075, 0.032, -0.005)}
+_FINGER_DIR = {"thumb": (0.55, -0.75, -0.35), "index": (1, -0.05, 0), "middle": (1, 0, 0), "ring": (1, 0.05, 0),
+               "pinky": (1, 0.12, -0.05)}
+
+
+def joints(a_pose: bool = False, spine: int = 3, neck: int = 1) -> dict[str, Vector]:
+    """Joint positions of the figure (metres, +Z up, facing -Y), left side as 'l_*' and right side as 'r_*'.
+
+    spine: joints between the hips and the neck; neck: joints between the neck base and the head."""
+    p = {"root": Vector((0, 0, 0)), "hips": Vector((0, 0, 0.95)), "neck": Vector((0, 0, 1.45)),
+         "head": Vector((0, -0.01, 1.6)), "head_top": Vector((0, -0.01, 1.78))}
+    for k in range(spine + 1):
+        p[f"spine{k}"] = Vector((0, 0.03 * math.sin(math.pi * k / spine), 1.05 + 0.4 * k / spine))
+    p["neck"] = p[f"spine{spine}"]
+    for k in range(1, neck):
+        p[f"neck{k}"] = p["neck"].lerp(p["head"], k / neck)
+    shoulder = Vector((0.17, 0.02, 1.42))
+    rot = Matrix.Rotation(math.radians(45.0 if a_pose else 0.0), 3, "Y")
+
+    def arm(v: Vector) -> Vector:
+        return shoulder + rot @ (v - shoulder)
+
+    left = {"collar": Vector((0.03, 0.0, 1.43)), "shoulder": shoulder, "elbow": arm(Vector((0.45, 0.03, 1.42))),
+            "wrist": arm(Vector((0.71, 0.01, 1.42))), "knuckles": arm(Vector((0.79, 0.01, 1.42))),
+            "hip": Vector((0.1, 0.0, 0.93)), "knee": Vector((0.1, -0.01, 0.52)), "ankle": Vector((0.1, 0.02, 0.09)),
+            "ball": Vector((0.1, -0.1, 0.02)), "toe": Vector((0.1, -0.16, 0.02))}
+    left["upper_mid"] = left["shoulder"].lerp(left["elbow"], 0.5)
+    left["fore_mid"] = left["elbow"].lerp(left["wrist"], 0.5)
+    wrist = Vector((0.71, 0.01, 1.42))
+    for f in FINGERS:
+        q, d = wrist + Vector(_FINGER_ROOT[f]), Vector(_FINGER_DIR[f]).normalized()
+        left[f"{f}0"] = arm(wrist.lerp(q, 0.3))  # metacarpal base (UE5)
+        for i, length in enumerate((0.035, 0.025, 0.02, 0.0), start=1):
+            left[f"{f}{i}"] = arm(q)
+            q = q + length * d
+            d = (Matrix.Rotation(math.radians(-12), 3, "Y") @ d).normalized()  # a slight natural curl
+        left[f"{f}4"] = left[f"{f}3"] + (left[f"{f}3"] - left[f"{f}2"]) * 0.8
+    for k, v in left.items():
+        p[f"l_{k}"], p[f"r_{k}"] = v.copy(), Vector((-v.x, v.y, v.z))
+    return p
+
+
+# --- hierarchies: (bone, parent, head joint, tail joint); 'S' is the side: 'l'/'r' in joints, names below -------
+def _sided(rows: list[tuple], sides: dict[str, str]) -> list[tuple]:
+    """Rows with {S} in names expanded for both sides, the joints' 'S_' prefix becoming l_/r_."""
+    out = []
+    for row in rows:
+        if "{S}" not in "".join(str(c) for c in row):
+            out.append(row)
+            continue
+        for s, name in sides.items():
+            out.append(tuple(c.replace("{S}", name) if isinstance(c, str) and c and not c.startswith("S_")
+                             else c.replace("S_", f"{s}_") if isinstance(c, str) else c for c in row))
+    return out
+
+
+def mixamo(fingers: bool = True) -> list[tuple]:
+    """A Mixamo download (FBX or glTF), names without their 'mixamorig:' namespace."""
+    rows = [("Hips", None, "hips", "spine0"), ("Spine", "Hips", "spine0", "spine1"), ("Spine1", "Spine", "spine1", "spine2"),
+            ("Spine2", "Spine1", "spine2", "neck"), ("Neck", "Spine2", "neck", "head"), ("Head", "Neck", "head", "head_top"),
+            ("HeadTop_End", "Head", "head_top", None),
+            ("{S}Shoulder", "Spine2", "S_collar", "S_shoulder"), ("{S}Arm", "{S}Shoulder", "S_shoulder", "S_elbow"),
+            ("{S}ForeArm", "{S}Arm", "S_elbow", "S_wrist"), ("{S}Hand", "{S}ForeArm", "S_wrist", "S_middle1"),
+            ("{S}UpLeg", "Hips", "S_hip", "S_knee"), ("{S}Leg", "{S}UpLeg", "S_knee", "S_ankle"),
+            ("{S}Foot", "{S}Leg", "S_ankle", "S_ball"), ("{S}ToeBase", "{S}Foot", "S_ball", "S_toe"),
+            ("{S}Toe_End", "{S}ToeBase", "S_toe", None)]
+    if fingers:
+        for f in FINGERS:
+            name = f.capitalize()
+            rows += [(f"{{S}}Hand{name}{i}", f"{{S}}Hand{name}{i - 1}" if i > 1 else "{S}Hand", f"S_{f}{i}",
+                      f"S_{f}{i + 1}" if i < 4 else None) for i in (1, 2, 3, 4)]
+    return _sided(rows, {"l": "Left", "r": "Right"})
+
+
+def ue4(fingers: bool = True, twist: bool = True) -> list[tuple]:
+    """The Unreal Engine 4 mannequin (SK_Mannequin), with its IK and twist bones."""
+    rows = [("root", None, "root", "hips"), ("pelvis", "root", "hips", "spine0"),
+            ("spine_01", "pelvis", "spine0", "spine1"), ("spine_02", "spine_01", "spine1", "spine2"),
+            ("spine_03", "spine_02", "spine2", "neck"), ("neck_01", "spine_03", "neck", "head"),
+            ("head", "neck_01", "head", "head_top"),
+            ("clavicle_{S}", "spine_03", "S_collar", "S_shoulder"), ("upperarm_{S}", "clavicle_{S}", "S_shoulder", "S_elbow"),
+            ("lowerarm_{S}", "upperarm_{S}", "S_elbow", "S_wrist"), ("hand_{S}", "lowerarm_{S}", "S_wrist", "S_knuckles"),
+            ("thigh_{S}", "pelvis", "S_hip", "S_knee"), ("calf_{S}", "thigh_{S}", "S_knee", "S_ankle"),
+            ("foot_{S}", "calf_{S}", "S_ankle", "S_ball"), ("ball_{S}", "foot_{S}", "S_ball", "S_toe"),
+            ("ik_foot_root", "root", "root", None), ("ik_foot_{S}", "ik_foot_root", "S_ankle", None),
+            ("ik_hand_root", "root", "root", None), ("ik_hand_gun", "ik_hand_root", "r_wrist", None),
+            ("ik_hand_{S}", "ik_hand_gun", "S_wrist", None)]
+    if twist:
+        rows += [("upperarm_twist_01_{S}", "upperarm_{S}", "S_upper_mid", "S_elbow"),
+                 ("lowerarm_twist_01_{S}", "lowerarm_{S}", "S_fore_mid", "S_wrist"),
+                 ("thigh_twist_01_{S}", "thigh_{S}", "S_hip", "S_knee"), ("calf_twist_01_{S}", "calf_{S}", "S_knee", "S_ankle")]
+    if fingers:
+        for f in FINGERS:
+            rows += [(f"{f}_0{i}_{{S}}", f"{f}_0{i - 1}_{{S}}" if i > 1 else "hand_{S}", f"S_{f}{i}", f"S_{f}{i + 1}")
+                     for i in (1, 2, 3)]
+    return _sided(rows, {"l": "l", "r": "r"})
+
+
+def ue5(fingers: bool = True) -> list[tuple]:
+    """The Unreal Engine 5 mannequin (Manny): five spine and two neck bones, finger metacarpals, two twists a limb."""
+    rows = [("root", None, "root", "hips"), ("pelvis", "root", "hips", "spine0")]
+    rows += [(f"spine_0{k + 1}", "pelvis" if k == 0 else f"spine_0{k}", f"spine{k}", f"spine{k + 1}" if k < 4 else "neck")
+             for k in range(5)]
+    rows += [("neck_01", "spine_05", "neck", "neck1"), ("neck_02", "neck_01", "neck1", "head"),
+             ("head", "neck_02", "head", "head_top"),
+             ("clavicle_{S}", "spine_05", "S_collar", "S_shoulder"), ("upperarm_{S}", "clavicle_{S}", "S_shoulder", "S_elbow"),
+             ("lowerarm_{S}", "upperarm_{S}", "S_elbow", "S_wrist"), ("hand_{S}", "lowerarm_{S}", "S_wrist", "S_knuckles"),
+             ("upperarm_twist_01_{S}", "upperarm_{S}", "S_shoulder", "S_upper_mid"),
+             ("upperarm_twist_02_{S}", "upperarm_{S}", "S_upper_mid", "S_elbow"),
+             ("lowerarm_twist_01_{S}", "lowerarm_{S}", "S_fore_mid", "S_wrist"),
+             ("lowerarm_twist_02_{S}", "lowerarm_{S}", "S_elbow", "S_fore_mid"),
+             ("thigh_{S}", "pelvis", "S_hip", "S_knee"), ("calf_{S}", "thigh_{S}", "S_knee", "S_ankle"),
+             ("foot_{S}", "calf_{S}", "S_ankle", "S_ball"), ("ball_{S}", "foot_{S}", "S_ball", "S_toe"),
+             ("ik_hand_root", "root", "root", None), ("ik_hand_gun", "ik_hand_root", "r_wrist", None),
+             ("ik_hand_{S}", "ik_hand_gun", "S_wrist", None)]
+    if fingers:
+        for f in FINGERS:
+            first = "hand_{S}"
+            if f != "thumb":
+                rows.append((f"{f}_metacarpal_{{S}}", "hand_{S}", f"S_{f}0", f"S_{f}1"))
+                first = f"{f}_metacarpal_{{S}}"
+            rows += [(f"{f}_0{i}_{{S}}", f"{f}_0{i - 1}_{{S}}" if i > 1 else first, f"S_{f}{i}", f"S_{f}{i + 1}")
+                     for i in (1, 2, 3)]
+    return _sided(rows, {"l": "l", "r": "r"})
+
+
+def vroid(fingers: bool = True) -> list[tuple]:
+    """A VRoid Studio export as the VRM add-on imports it: J_Bip_* body bones, J_Sec_* secondary and J_Adj_* face."""
+    rows = [("Root", None, "root", "hips"), ("J_Bip_C_Hips", "Root", "hips", "spine0"),
+            ("J_Bip_C_Spine", "J_Bip_C_Hips", "spine0", "spine1"), ("J_Bip_C_Chest", "J_Bip_C_Spine", "spine1", "spine2"),
+            ("J_Bip_C_UpperChest", "J_Bip_C_Chest", "spine2", "neck"), ("J_Bip_C_Neck", "J_Bip_C_UpperChest", "neck", "head"),
+            ("J_Bip_C_Head", "J_Bip_C_Neck", "head", "head_top"), ("J_Adj_{S}_FaceEye", "J_Bip_C_Head", "head", None),
+            ("J_Sec_{S}_Bust1", "J_Bip_C_UpperChest", "spine2", None),
+            ("J_Bip_{S}_Shoulder", "J_Bip_C_UpperChest", "S_collar", "S_shoulder"),
+            ("J_Bip_{S}_UpperArm", "J_Bip_{S}_Shoulder", "S_shoulder", "S_elbow"),
+            ("J_Bip_{S}_LowerArm", "J_Bip_{S}_UpperArm", "S_elbow", "S_wrist"),
+            ("J_Bip_{S}_Hand", "J_Bip_{S}_LowerArm", "S_wrist", "S_knuckles"),
+            ("J_Bip_{S}_UpperLeg", "J_Bip_C_Hips", "S_hip", "S_knee"), ("J_Bip_{S}_LowerLeg", "J_Bip_{S}_UpperLeg", "S_knee", "S_ankle"),
+            ("J_Bip_{S}_Foot", "J_Bip_{S}_LowerLeg", "S_ankle", "S_ball"), ("J_Bip_{S}_ToeBase", "J_Bip_{S}_Foot", "S_ball", "S_toe")]
+    if fingers:
+        for f in FINGERS:
+            name = "Little" if f == "pinky" else f.capitalize()
+            rows += [(f"J_Bip_{{S}}_{name}{i}", f"J_Bip_{{S}}_{name}{i - 1}" if i > 1 else "J_Bip_{S}_Hand",
+                      f"S_{f}{i}", f"S_{f}{i + 1}") for i in (1, 2, 3)]
+    return _sided(rows, {"l": "L", "r": "R"})
+
+
+BVH_CMU = """\
+Hips > LHipJoint > LeftUpLeg > LeftLeg > LeftFoot > LeftToeBase
+Hips > RHipJoint > RightUpLeg > RightLeg > RightFoot > RightToeBase
+Hips > LowerBack > Spine > Spine1 > Neck > Neck1 > Head
+Spine1 > LeftShoulder > LeftArm > LeftForeArm > LeftHand > LeftFingerBase > LeftHandIndex1
+LeftHand > LThumb
+Spine1 > RightShoulder > RightArm > RightForeArm > RightHand > RightFingerBase > RightHandIndex1
+RightHand > RThumb
+"""  # CMU mocap as converted for MotionBuilder (cgspeed): zero-length hip, back, neck, collar and finger-base joints
+BVH_CMU_JOINTS = {"Hips": "hips", "LHipJoint": "hips", "LeftUpLeg": "l_hip", "LeftLeg": "l_knee", "LeftFoot": "l_ankle",
+                  "LeftToeBase": "l_ball", "LowerBack": "hips", "Spine": "spine1", "Spine1": "spine2", "Neck": "spine2",
+                  "Neck1": "neck", "Head": "head", "LeftShoulder": "spine2", "LeftArm": "l_shoulder",
+                  "LeftForeArm": "l_elbow", "LeftHand": "l_wrist", "LeftFingerBase": "l_wrist",
+                  "LeftHandIndex1": "l_index1", "LThumb": "l_wrist"}
+BVH_MAX = """\
+Hips > LeftHip > LeftKnee > LeftAnkle
+Hips > RightHip > RightKnee > RightAnkle
+Hips > Chest > Chest2 > Neck > Head
+Chest2 > LeftCollar > LeftShoulder > LeftElbow > LeftWrist
+Chest2 > RightCollar > RightShoulder > RightElbow > RightWrist
+"""  # CMU mocap as converted for 3ds Max: LeftShoulder is the upper arm, LeftCollar the clavicle
+BVH_MAX_JOINTS = {"Hips": "hips", "LeftHip": "l_hip", "LeftKnee": "l_knee", "LeftAnkle": "l_ankle", "Chest": "spine1",
+                  "Chest2": "spine2", "Neck": "neck", "Head": "head", "LeftCollar": "l_collar",
+                  "LeftShoulder": "l_shoulder", "LeftElbow": "l_elbow", "LeftWrist": "l_wrist"}
+BVH_ENDS = {"Head": "head_top", "LeftToeBase": "l_toe", "LeftHandIndex1": "l_index3", "LThumb": "l_thumb2",
+            "LeftAnkle": "l_ball", "LeftWrist": "l_knuckles"}
+
+
+def _both_sides(table: dict[str, str]) -> dict[str, str]:
+    """A left-side BVH name -> joint table completed with the right side."""
+    out = dict(table)
+    for name, joint in table.items():
+        right = name.replace("Left", "Right").replace("LHip", "RHip").replace("LThumb", "RThumb")
+        out[right] = "r_" + joint[2:] if joint.startswith("l_") else joint
+    return out
+
+
+def _bvh_text(tree: str, joint_of: dict[str, str], scale: float = 100.0) -> str:
+    """A BVH file (Y-up, centimetres, as mocap files are) with one frame of rest pose."""
+    p = joints(spine=3)
+    joint_of, ends = _both_sides(joint_of), _both_sides(BVH_ENDS)
+    children: dict[str, list[str]] = {}
+    for line in tree.strip().splitlines():
+        chain = [n.strip() for n in line.split(">")]
+        for parent, child in zip(chain, chain[1:]):
+            if child not in children.setdefault(parent, []):
+                children[parent].append(child)
+    channels, lines = 0, ["HIERARCHY"]
+
+    def y_up(v: Vector) -> str:
+        return " ".join(f"{c * scale:.4f}" for c in (v.x, v.z, -v.y))
+
+    def write(name: str, parent_pos: Vector, depth: int) -> None:
+        nonlocal channels
+        pos, ind = p[joint_of[name]], "  " * depth
+        n = 6 if depth == 0 else 3
+        channels += n
+        lines.extend([f"{ind}{'ROOT' if depth == 0 else 'JOINT'} {name}", f"{ind}{{",
+                      f"{ind}  OFFSET {y_up(pos - parent_pos)}",
+                      f"{ind}  CHANNELS {n} " + ("Xposition Yposition Zposition " if n == 6 else "")
+                      + "Zrotation Xrotation Yrotation"])
+        for child in children.get(name, []):
+            write(child, pos, depth + 1)
+        if not children.get(name):
+            end = p[ends[name]] if name in ends else pos + Vector((0, 0, 0.05))
+            lines.extend([f"{ind}  End Site", f"{ind}  {{", f"{ind}    OFFSET {y_up(end - pos)}", f"{ind}  }}"])
+        lines.append(f"{ind}}}")
+
+    write("Hips", Vector((0, 0, 0)), 0)
+    lines += ["MOTION", "Frames: 1", "Frame Time: 0.0333333",
+              y_up(p["hips"]) + " 0.0000" * (channels - 3)]
+    return "\n".join(lines) + "\n"
+
+
+def import_bvh(kind: str, name: str) -> bpy.types.Object:
+    """A CMU BVH ('cmu': MotionBuilder names, 'max': 3ds Max names) read by Blender's own BVH importer."""
+    tree, table = (BVH_CMU, BVH_CMU_JOINTS) if kind == "cmu" else (BVH_MAX, BVH_MAX_JOINTS)
+    path = Path(tempfile.mkdtemp(prefix="dg-bvh-")) / f"{name}.bvh"
+    path.write_text(_bvh_text(tree, table))
+    bpy.ops.import_anim.bvh(filepath=str(path), global_scale=0.01)
+    obj = bpy.context.active_object
+    obj.name = name
+    obj.animation_data_clear()
+    for pb in obj.pose.bones:
+        pb.location, pb.rotation_mode = (0, 0, 0), "QUATERNION"
+        pb.rotation_quaternion = (1, 0, 0, 0)
+    return obj
+
+
+def _cross_axis(head: Vector, tail: Vector) -> Vector:
+    """A tail across the limb: what FBX bones look like without Automatic Bone Orientation."""
+    d = tail - head
+    across = d.cross(Vector((0, 0, 1)))
+    if across.length < 1e-6 * d.length:
+        across = d.cross(Vector((1, 0, 0)))
+    return head + across.normalized() * d.length
+
+
+def build(rows: list[tuple], name: str, *, a_pose: bool = False, spine: int = 3, neck: int = 1, prefix: str = "",
+          roll_degrees: float = 0.0, y_up_cm: bool = False, cross_axis: bool = False) -> bpy.types.Object:
+    """Build an armature from hierarchy rows in the current scene.
+
+    y_up_cm: store it as glTF/FBX imports do (data Y-up in centimetres, object turned +90 about X, scale 0.01);
+    cross_axis: every bone's tail points across its limb (FBX without Automatic Bone Orientation)."""
+    p = joints(a_pose, spine, neck)
+    data = bpy.data.armatures.new(name)
+    obj = bpy.data.objects.new(name, data)
+    bpy.context.scene.collection.objects.link(obj)
+    bpy.context.view_layer.objects.active = obj
+    to_data = Matrix.Diagonal((100, 100, 100, 1)) @ Matrix.Rotation(-math.pi / 2, 4, "X") if y_up_cm else Matrix()
+    bpy.ops.object.mode_set(mode="EDIT")
+    for bone, parent, head, tail in rows:
+        h = p[head]
+        t = p[tail] if tail else h + (h - p[next(r[2] for r in rows if r[0] == parent)]).normalized() * 0.05 \
+            if parent else h + Vector((0, 0, 0.1))
+        if (t - h).length < 1e-4:
+            t = h + Vector((0, 0, 0.05))
+        if cross_axis:
+            t = _cross_axis(h, t)
+        eb = data.edit_bones.new(prefix + bone)
+        eb.head, eb.tail, eb.roll = to_data @ h, to_data @ t, math.radians(roll_degrees)
+        if parent:
+            eb.parent = data.edit_bones[prefix + parent]
+            eb.use_connect = (eb.parent.tail - eb.head).length < 1e-6
+    bpy.ops.object.mode_set(mode="OBJECT")
+    if y_up_cm:
+        obj.rotation_euler, obj.scale = (math.pi / 2, 0, 0), (0.01, 0.01, 0.01)
+    for pb in obj.pose.bones:
+        pb.rotation_mode = "QUATERNION"
+    return obj
+
+
+FAMILIES = {"mixamo": dict(rows=mixamo, prefix="mixamorig:"), "ue4": dict(rows=ue4), "ue5": dict(rows=ue5, spine=5, neck=2),
+            "vrm": dict(rows=vroid)}
+
+
+def build_family(family: str, name: str | None = None, *, fingers: bool = True, **options) -> bpy.types.Object:
+    """A rig of a family as its files arrive (see FAMILIES), with the build options of `build`."""
+    spec = dict(FAMILIES[family])
+    rows = spec.pop("rows")(fingers=fingers)
+    return build(rows, name or family, **{**spec, **options})
+
+
+def metarig(name: str = "metarig") -> bpy.types.Object:
+    """Blender's Human metarig, added by Rigify's own operator."""
+    import addon_utils
+    addon_utils.enable("rigify", default_set=True)
+    bpy.ops.object.armature_human_metarig_add()
+    obj = bpy.context.active_object
+    obj.name = name
+    return obj
+
+
+def rigify_rig(name: str = "rig") -> bpy.types.Object:
+    """A rig generated by Rigify from the Human metarig (its generate function: the operator can hang headless)."""
+    import rigify.generate
+    meta = metarig("metarig")
+    rigify.generate.generate_rig(bpy.context, meta)
+    obj = next(o for o in bpy.data.objects if o.type == "ARMATURE" and o is not meta and "ORG-spine" in o.data.bones)
+    obj.name = name
+    bpy.data.objects.remove(meta)
+    return obj

@@ -1,0 +1,147 @@
+"""Blender side of retargeting: read an armature, solve, and key the result into a new action (fast foreach_set).
+
+apply_motion checks everything before it changes anything; it creates one action with its own slot, assigns it
+(the user's previous action is kept with a fake user), and keys only the driven bones in their own rotation modes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..core import skeleton as sk
+from . import bone_maps, rigify
+from .frame import character_frame, rig_axes, snap, targets, world_matrix
+from .quat import Y, slerp_resample
+from .solve import RigRest, driven_roles, solve
+
+
+def _rig_rest(obj) -> RigRest:
+    """Read rest orientations, heads, lengths and current local rotations from an armature object."""
+    bones = obj.data.bones
+    parent = bone_maps.parents(obj)
+    children: dict[str | None, list[str]] = {}
+    for b, p in parent.items():
+        children.setdefault(p, []).append(b)
+    order, todo = [], list(children.get(None, []))
+    while todo:
+        b = todo.pop(0)
+        order.append(b)
+        todo.extend(children.get(b, []))
+    return RigRest(order=order, parent=parent,
+                   rest={b.name: np.array(b.matrix_local.to_quaternion()) for b in bones},
+                   head={b.name: np.array(b.head_local) for b in bones}, length={b.name: b.length for b in bones},
+                   basis={p.name: np.array(p.matrix_basis.to_quaternion()) for p in obj.pose.bones})
+
+
+def armature_frame(obj, heads: dict[str, np.ndarray], mapping: dict[str, str]) -> np.ndarray:
+    """Armature-from-canonical rotation: the character frame read from the mapped bones in world space.
+
+    Without a spine or a pair of arm bones the armature's own +Z / +X stand in for up / left; measured axes within
+    10 degrees of one of the armature's axes are taken as that axis (a rest pose's lean or a head set forward
+    should not tilt the motion). Only the object's
+    rotation is undone (a non-uniform scale is warned about in rig_notes), so motion is keyed in the rig's space.
+    """
+    world = world_matrix(obj)
+    m, rot = np.array(world), np.array(world.to_quaternion().to_matrix())
+    heads_w = {mapping[r]: m[:3, :3] @ heads[mapping[r]] + m[:3, 3] for r in mapping if mapping[r] in heads}
+    up, left = rig_axes(heads_w, mapping)
+    up = rot[:, 2] if up is None else snap(up, rot)
+    left = rot[:, 0] if left is None else snap(left, rot)
+    return rot.T @ character_frame(up, left)
+
+
+def _channels(pose_bone, q: np.ndarray) -> tuple[str, np.ndarray]:
+    """The data path and per-frame values for quaternions q in the pose bone's own rotation mode."""
+    from mathutils import Quaternion
+
+    q = q * np.cumprod(np.r_[1.0, np.sign(np.sum(q[1:] * q[:-1], -1) + 1e-12)])[:, None]  # no sign flips
+    mode = pose_bone.rotation_mode
+    if mode == "QUATERNION":
+        return "rotation_quaternion", q
+    if mode == "AXIS_ANGLE":
+        s = np.linalg.norm(q[:, 1:], axis=-1, keepdims=True)
+        axis = np.where(s > 1e-9, q[:, 1:] / np.maximum(s, 1e-12), Y)
+        return "rotation_axis_angle", np.concatenate([2.0 * np.arctan2(s, q[:, :1]), axis], -1)
+    eulers, prev = [], None
+    for row in q:
+        prev = Quaternion(row).to_euler(mode, prev) if prev else Quaternion(row).to_euler(mode)
+        eulers.append(prev)
+    return "rotation_euler", np.array(eulers)
+
+
+def _new_action(obj, action_name: str, nla_strip: bool, start_frame: int):
+    """A new action with its own slot, assigned to obj; the user's previous action is kept (fake user)."""
+    import bpy
+
+    action = bpy.data.actions.new(action_name)
+    slot = action.slots.new(id_type="OBJECT", name=obj.name)
+    anim = obj.animation_data or obj.animation_data_create()
+    if anim.action is not None and not anim.action.use_fake_user and anim.action.users <= 1:
+        anim.action.use_fake_user = True  # so that it survives saving once unassigned
+    anim.action = action
+    anim.action_slot = slot
+    layer = action.layers.new("Layer")
+    channelbag = layer.strips.new(type="KEYFRAME").channelbag(slot, ensure=True)
+    if nla_strip:
+        track = anim.nla_tracks.new()
+        track.name = action.name
+        strip = track.strips.new(action.name, start_frame, action)
+        strip.action_slot = slot
+    return action, channelbag
+
+
+def apply_motion(armature_obj, directions, skeleton_name: str, mapping: dict[str, str], *, src_fps: float = 15.0,
+                 start_frame: int = 1, action_name: str, parts: set[str] = frozenset({"spine", "arms", "fingers"}),
+                 nla_strip: bool = False, partial: bool = False):
+    """Key canonical directions (frames, n_bones, 3) onto the armature as a new action; returns the action.
+
+    Everything is checked before anything is changed: a bad map or input, or nothing to drive, raises ValueError
+    listing the problems. partial: drive the mapped bones even when required roles are unmapped.
+    """
+    import bpy
+
+    skel = sk.get_skeleton(skeleton_name)
+    dirs = np.asarray(directions, dtype=np.float64)
+    if dirs.ndim != 3 or dirs.shape[1:] != (skel.n_bones, 3) or len(dirs) < 1:
+        raise ValueError(f"{skel.name} motion must have shape (frames, {skel.n_bones}, 3), got {dirs.shape}")
+    problems = bone_maps.validate(armature_obj, mapping, partial)
+    if problems:
+        raise ValueError(f"cannot retarget onto {armature_obj.name!r}: " + "; ".join(problems))
+    scene = bpy.context.scene
+    dirs = slerp_resample(dirs, src_fps, scene.render.fps / scene.render.fps_base)
+    rig = _rig_rest(armature_obj)
+    frame = armature_frame(armature_obj, rig.head, mapping)
+    tg = {k: v @ frame.T for k, v in targets(dirs, skel).items()}
+    driven = driven_roles(mapping, tg, set(parts))
+    if not driven:
+        raise ValueError(f"nothing to drive on {armature_obj.name!r}: the {skel.name} skeleton and the rig's mapped "
+                         f"bones share no role in the chosen parts ({', '.join(sorted(parts))})")
+    constants, controls = [], None
+    if rigify.is_rigify(armature_obj):  # solve on the ORG bones that have an FK control, key the controls
+        controls = rigify.keyable(armature_obj, [mapping[r] for r in driven])
+        driven = {r for r in driven if mapping[r] in controls}
+        constants = rigify.switches(armature_obj)
+    local = solve(rig, mapping, driven, tg, frame @ np.array([0.0, -1.0, 0.0]))
+    if controls is not None:
+        local = {controls[b]: q for b, q in local.items()}
+
+    action, channelbag = _new_action(armature_obj, action_name, nla_strip, start_frame)
+    frames = start_frame + np.arange(len(dirs), dtype=np.float64)
+    co = np.empty(2 * len(frames))
+    co[0::2] = frames
+    for bone, q in local.items():
+        pose_bone = armature_obj.pose.bones[bone]
+        path, values = _channels(pose_bone, q)
+        group = channelbag.groups.new(bone)
+        for i in range(values.shape[1]):
+            fcurve = channelbag.fcurves.new(f'pose.bones["{bone}"].{path}', index=i)
+            fcurve.group = group
+            fcurve.keyframe_points.add(len(frames))
+            co[1::2] = values[:, i]
+            fcurve.keyframe_points.foreach_set("co", co)
+            fcurve.update()
+    for path, value in constants:  # held for the whole clip, inside this action only
+        fcurve = channelbag.fcurves.new(path)
+        fcurve.keyframe_points.add(2)
+        fcurve.keyframe_points.foreach_set("co", [frames[0], value, frames[-1], value])
+        fcurve.update()
+    return action

@@ -1,0 +1,54 @@
+"""Warnings about what a generation will not do as the user may expect: skipped parts, constraints, drivers, scale."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..core import skeleton as sk
+from . import rigify
+from .frame import target_keys, world_matrix
+from .roles import PARTS, TABLE, missing_required
+
+
+def rig_notes(armature_obj, mapping: dict[str, str], skeleton_name: str, parts: set[str]) -> list[str]:
+    """Lines for the panel and the summary; empty when the motion will show as generated."""
+    skel = sk.get_skeleton(skeleton_name)
+    notes = []
+    rig_fingers = any(r in mapping for r in PARTS["fingers"])
+    keys = target_keys(skel)
+    skel_fingers = any(TABLE[r].target in keys for r in PARTS["fingers"])
+    if "fingers" in parts and not skel_fingers and rig_fingers:
+        notes.append(f"fingers were not driven: the {skel.name} skeleton has no fingers (use a TED Expressive "
+                     "checkpoint for finger motion)")
+    elif "fingers" in parts and skel_fingers and not rig_fingers:
+        notes.append(f"fingers were skipped: {armature_obj.name!r} has no finger bones mapped")
+    missing = missing_required(mapping)
+    if missing:
+        notes.append(f"partial rig: not driven (no bone mapped): {', '.join(missing)}")
+    bones = [mapping[r] for r in sorted({r for p in parts for r in PARTS[p] if r in mapping})]
+    if rigify.is_rigify(armature_obj):
+        controls = rigify.keyable(armature_obj, bones)
+        unkeyed = [b for b in bones if b not in controls]
+        notes.append("Rigify rig: the FK controls were keyed and the arms' IK/FK switch set to FK inside the "
+                     "generated action" + (f"; no FK control matches {', '.join(unkeyed)}, left to follow"
+                                           if unkeyed else ""))
+        bones = list(controls.values())
+    constrained = [f"{b} ({', '.join(c.name for c in pb.constraints)})" for b in bones
+                   if (pb := armature_obj.pose.bones.get(b)) is not None
+                   and any(c.enabled and c.influence > 0 for c in pb.constraints)]
+    if constrained:
+        notes.append("constraints on these driven bones were kept and may override the generated motion: "
+                     + "; ".join(constrained))
+    driven_paths = {f'pose.bones["{b}"].{p}': b for b in bones
+                    for p in ("rotation_quaternion", "rotation_euler", "rotation_axis_angle")}
+    anim = armature_obj.animation_data
+    with_drivers = sorted({driven_paths[d.data_path] for d in (anim.drivers if anim else ())
+                           if d.data_path in driven_paths and not d.mute})
+    if with_drivers:
+        notes.append("drivers on the rotation of these driven bones override the generated keys (remove or mute "
+                     "them to see the motion): " + ", ".join(with_drivers))
+    scale = np.array(world_matrix(armature_obj).to_scale())
+    if np.ptp(scale) > 1e-4 * np.abs(scale).max():
+        notes.append(f"{armature_obj.name!r} has non-uniform scale ({', '.join(f'{v:g}' for v in scale)}): the "
+                     "motion is keyed in the rig's own space and shows stretched like the rig; apply the scale "
+                     "(Object > Apply > Scale) for undistorted directions")
+    return notes
