@@ -23,8 +23,10 @@ from diffgesture_blender.environment import Gpu, pip_plan
 def test_pip_plan_by_gpu_generation(gpus, variant):
     plan = pip_plan(gpus)
     assert plan.variant == variant and plan.reason
-    args = plan.pip_args()
-    assert args[args.index("--index-url") + 1] == f"https://download.pytorch.org/whl/{variant}"
+    args = plan.pip_args(["https://studio.example/extra"])
+    assert "--index-url" not in args  # the user's own index (pip.conf, PIP_INDEX_URL) stays the main one
+    extras = [args[i + 1] for i, a in enumerate(args) if a == "--extra-index-url"]
+    assert extras == ["https://studio.example/extra", f"https://download.pytorch.org/whl/{variant}"]
     assert f"torch=={env.TORCH_VERSION}" in args and any(a.startswith("soundfile") for a in args)
 
 
