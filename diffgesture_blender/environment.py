@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 TORCH_VERSION = "2.13.0"  # the version model_core is tested with (requirements/torch.txt)
 CORE_REQUIREMENTS = ["numpy>=1.26", "scipy>=1.11", "soundfile>=0.12"]
@@ -206,11 +207,12 @@ _running: dict[Path, "EnvironmentBuilder"] = {}  # lock file -> the builder of t
 
 class EnvironmentBuilder:
     """Creates a venv and installs a Plan in a background thread; `fraction`, `stage`, `status()` and `log_path`
-    report on it. The lock file beside the folder names this process and its running step, so a second Create (this
+    report on it; `on_done` is called (in its thread) when it ends. The lock file beside the folder names this process and its running step, so a second Create (this
     Blender or another) is refused while it runs and can take over from one whose Blender is gone."""
 
-    def __init__(self, env_dir: str | Path, plan: Plan, python: str | None = None):
-        self.env_dir, self.plan = Path(env_dir), plan
+    def __init__(self, env_dir: str | Path, plan: Plan, python: str | None = None,
+                 on_done: Callable[[], None] | None = None):
+        self.env_dir, self.plan, self.on_done = Path(env_dir), plan, on_done
         self.python = python or base_python()
         self.log_path = self.env_dir.parent / "torch-env-install.log"
         self.lock_path = self.env_dir.parent / "torch-env.lock"
@@ -237,10 +239,10 @@ class EnvironmentBuilder:
         """Take the folder's lock (or raise InstallerBusy) and run the steps in a thread."""
         self.env_dir.parent.mkdir(parents=True, exist_ok=True)
         if self.lock_path in _running:
-            raise InstallerBusy(f"the environment in {self.env_dir} is already being created")
+            raise InstallerBusy(f"The environment in {self.env_dir} is already being created")
         self._take_lock()
         _running[self.lock_path] = self
-        atexit.register(self.cancel)  # quitting Blender stops pip instead of leaving it installing
+        atexit.register(self._at_exit)  # quitting Blender stops pip instead of leaving it installing
         self._thread.start()
 
     def wait(self, timeout: float | None = None) -> None:
@@ -251,6 +253,11 @@ class EnvironmentBuilder:
         self._cancelled = True
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
+
+    def _at_exit(self) -> None:
+        """Blender quits: stop pip and free the folder (the thread that would do it is not resumed)."""
+        self.cancel()
+        self.lock_path.unlink(missing_ok=True)
 
     def status(self) -> str:
         """The stage and how long it has run, e.g. 'installing PyTorch (cpu) ... (2:05)'."""
@@ -268,7 +275,7 @@ class EnvironmentBuilder:
             with os.fdopen(fd, "w") as f:
                 json.dump({"owner": os.getpid(), "step": None, "env": str(self.env_dir)}, f)
             return
-        raise InstallerBusy(f"could not take {self.lock_path}")
+        raise InstallerBusy(f"Could not take {self.lock_path}")
 
     def _clear_stale_lock(self) -> None:
         """Remove a lock left by a Blender that is gone, first stopping the pip it left running; refuse otherwise."""
@@ -278,11 +285,11 @@ class EnvironmentBuilder:
             held = {}
         owner, step = held.get("owner"), held.get("step")
         if owner and owner != os.getpid() and pid_alive(owner):
-            raise InstallerBusy(f"another Blender (PID {owner}) is already creating the environment in "
+            raise InstallerBusy(f"Another Blender (PID {owner}) is already creating the environment in "
                                 f"{self.env_dir}: wait for it to finish, or cancel it there")
         if step and pid_alive(step):
             if installs_into(step, self.env_dir) is None:
-                raise InstallerBusy(f"an installer (PID {step}) left by an earlier Blender may still be writing "
+                raise InstallerBusy(f"An installer (PID {step}) left by an earlier Blender may still be writing "
                                     f"{self.env_dir}: end it, then delete {self.lock_path}")
             if installs_into(step, self.env_dir):
                 os.kill(step, 9)
@@ -302,8 +309,10 @@ class EnvironmentBuilder:
         finally:
             self.lock_path.unlink(missing_ok=True)
             _running.pop(self.lock_path, None)
-            atexit.unregister(self.cancel)
+            atexit.unregister(self._at_exit)
             self.done = True
+            if self.on_done is not None:
+                self.on_done()
 
     def _write_log(self, log) -> None:
         steps = self.steps()

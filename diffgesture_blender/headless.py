@@ -17,6 +17,8 @@ from . import core, preferences, session
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+TORCH_PYTHON_HINT = ("pass --torch-python with the interpreter of an environment that has torch, or press Create "
+                     "Environment in the add-on's preferences")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +75,9 @@ def requests(args: argparse.Namespace) -> list[session.Request]:
             for f in files]
     for r in reqs:
         session.validate(r)
+    problem = session.environment_problem(reqs[0].python, remedy=TORCH_PYTHON_HINT)
+    if problem:
+        raise session.UsageError(problem)
     return reqs
 
 

@@ -181,21 +181,57 @@ class DIFFGESTURE_OT_create_environment(bpy.types.Operator):
     def execute(self, context):
         cls = type(self)
         if cls.builder is not None and not cls.builder.done:
-            self.report({"ERROR"}, "The environment is already being created")
+            self.report({"ERROR"}, "The environment is already being created: wait for it, or press Cancel")
             return {"CANCELLED"}
         if session.active() is not None:
             self.report({"ERROR"}, "Wait for the running generation to end")
             return {"CANCELLED"}
-        session.shutdown_worker()  # it may run from the environment being replaced
         plan = environment.pip_plan(environment.gpu_info())
-        cls.builder = environment.EnvironmentBuilder(preferences.env_dir(), plan)
-        cls.builder.start()
-        self.report({"INFO"}, f"{plan.reason}; log: {cls.builder.log_path}")
+        # what Check said before describes the old environment: forgotten now and when the new one is done
+        builder = environment.EnvironmentBuilder(preferences.env_dir(), plan, on_done=session.forget_check)
+        try:
+            builder.start()
+        except environment.InstallerBusy as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        session.shutdown_worker()  # it may run from the environment being replaced
+        session.forget_check()
+        cls.builder = builder
+        custom = preferences.get(context).python != str(environment.venv_python(preferences.env_dir()))
+        self.report({"INFO"}, f"{plan.reason}; log: {builder.log_path}" + (
+            "; Torch Python is set and stays in use until you clear it" if custom else ""))
 
         def tick() -> float | None:
             redraw(bpy.context)
-            return None if cls.builder.done else 0.5
+            return None if builder.done else 0.5
         bpy.app.timers.register(tick, first_interval=0.5)
+        return {"FINISHED"}
+
+
+class DIFFGESTURE_OT_cancel_environment(bpy.types.Operator):
+    """Stop creating the environment (pip is stopped; Create Environment starts again)"""
+    bl_idname = "diffgesture.cancel_environment"
+    bl_label = "Cancel"
+
+    @classmethod
+    def poll(cls, context):
+        builder = DIFFGESTURE_OT_create_environment.builder
+        return builder is not None and not builder.done
+
+    def execute(self, context):
+        DIFFGESTURE_OT_create_environment.builder.cancel()
+        self.report({"INFO"}, "Creating the environment was cancelled")
+        return {"FINISHED"}
+
+
+class DIFFGESTURE_OT_use_extension_environment(bpy.types.Operator):
+    """Clear Torch Python, so that Check and Generate use the extension's own environment"""
+    bl_idname = "diffgesture.use_extension_environment"
+    bl_label = "Use the Extension's Environment"
+
+    def execute(self, context):
+        context.preferences.addons[preferences.__package__].preferences.torch_python = ""
+        self.report({"INFO"}, f"Using the extension's environment: {preferences.get(context).python}")
         return {"FINISHED"}
 
 
@@ -215,4 +251,5 @@ class DIFFGESTURE_OT_check_environment(bpy.types.Operator):
 
 
 CLASSES = (DIFFGESTURE_OT_generate, DIFFGESTURE_OT_set_bone, DIFFGESTURE_OT_detect_bones,
-           DIFFGESTURE_OT_create_environment, DIFFGESTURE_OT_check_environment)
+           DIFFGESTURE_OT_create_environment, DIFFGESTURE_OT_cancel_environment,
+           DIFFGESTURE_OT_use_extension_environment, DIFFGESTURE_OT_check_environment)

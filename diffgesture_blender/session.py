@@ -16,7 +16,7 @@ from pathlib import Path
 
 import bpy
 
-from . import bone_maps, core, retarget
+from . import bone_maps, core, environment, retarget
 
 DEFAULT_CHECKPOINT = core.protocol.DEFAULT_CHECKPOINT
 PARTS = ("spine", "arms", "fingers")
@@ -79,12 +79,25 @@ def start_worker(python: str) -> tuple[dict, list[str]]:
     global _restarts_seen
     with _start_lock:
         c = client(python)
-        info = c.start()
+        try:
+            info = c.start()
+        except core.protocol.WorkerError as e:
+            problem = environment_problem(python) if e.kind == "environment" else None
+            if problem:
+                raise core.protocol.WorkerError(problem, "environment") from None
+            raise
         notes = []
         if c.restarts > _restarts_seen:
             notes.append("the previous worker had stopped; a new one was started")
             _restarts_seen = c.restarts
         return info, notes
+
+
+def environment_problem(python: str, remedy: str = "") -> str | None:
+    """What is missing for the worker (no environment yet, no numpy, no torch) and what to press; None if nothing."""
+    from . import preferences
+    own = Path(python) == environment.venv_python(preferences.env_dir())
+    return environment.diagnose(python, own, remedy)
 
 
 def worker_pid() -> int | None:
@@ -113,6 +126,11 @@ def check_worker(python: str) -> None:
     threading.Thread(target=run, daemon=True).start()
 
 
+def forget_check() -> None:
+    """Drop the last check's result: the environment or the interpreter it described has changed."""
+    _check.clear()
+
+
 def check_running() -> bool:
     return _check.get("state") == "running"
 
@@ -122,8 +140,8 @@ def check_report() -> list[str]:
     state = _check.get("state")
     if state == "running":
         return ["Checking: starting the worker..."]
-    if state == "error":
-        return [f"Check failed: {_check['message']}"]
+    if state == "error":  # the last line: a traceback's own is the exception, the rest is in the console
+        return [f"Check failed: {_check['message'].strip().splitlines()[-1]}"]
     if state == "ok":
         info = _check["info"]
         cuda = f"CUDA {info.get('cuda_version')} available" if info.get("cuda") else "CUDA not available"

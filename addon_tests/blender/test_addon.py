@@ -15,8 +15,8 @@ from pathlib import Path
 import bpy
 import pytest
 
-from addon_tests.blender.helpers import (MODULE, STEPS, TorchImportWatch, drive_modal, keyframe_span, make_rig,
-                                         never_touched_torch, snapshot)
+from addon_tests.blender.helpers import (MODULE, STEPS, Layout, TorchImportWatch, draw_preferences, drive_modal,
+                                         keyframe_span, make_rig, never_touched_torch, snapshot)
 from addon_tests.paths import TORCH_PYTHON
 
 
@@ -93,21 +93,6 @@ def test_audio_from_an_existing_sound_strip(addon, scene, speech_wav):
     assert [s.name for s in scene.sequence_editor.strips_all] == ["line"]  # no second copy of the audio
 
 
-class Layout:
-    """Accepts whatever a draw function calls, so panels can be drawn in background mode; records label texts
-    (of this layout and of every row, box and column made from it)."""
-
-    def __init__(self, texts: list[str] | None = None):
-        self.texts = [] if texts is None else texts
-
-    def label(self, text: str = "", **kw) -> "Layout":
-        self.texts.append(text)
-        return self
-
-    def __getattr__(self, name):
-        return lambda *args, **kw: Layout(self.texts)
-
-
 def test_panel_and_preferences_draw(addon, scene):
     ctx = bpy.context
     panel_class = addon.panel.DIFFGESTURE_PT_generate
@@ -122,12 +107,8 @@ def test_panel_and_preferences_draw(addon, scene):
     assert any(t.startswith("Bones: custom (0/") for t in drawn["Prop"]), drawn["Prop"]
     assert "missing required bone for spine" in drawn["Prop"] and "left_forearm" in drawn["Prop"]
     prefs = ctx.preferences.addons[MODULE].preferences
-    layout = Layout()
-    addon.preferences.DiffGesturePreferences.draw(type("P", (), {"layout": layout, "torch_python": "",
-                                                                 **{k: getattr(prefs, k) for k in
-                                                                    ("checkpoint", "device")}})(), ctx)
-    assert f"Using {TORCH_PYTHON}" in layout.texts, layout.texts
-    assert addon.preferences.get(ctx).python == str(TORCH_PYTHON)
+    assert "No environment yet: press Create Environment" in draw_preferences(addon, "")  # none was created here
+    assert addon.preferences.get(ctx).python == prefs.torch_python == str(TORCH_PYTHON)
 
 
 # -- failures leave the .blend unchanged -------------------------------------------------------------------------
@@ -191,8 +172,8 @@ def test_opening_a_file_drops_the_running_generation(addon, scene):
     assert addon.session.active() is None
 
 
-@pytest.mark.parametrize("python, message", [("/nonexistent/bin/python", "was not found"),
-                                             (sys.executable, "torch is not installed")])
+@pytest.mark.parametrize("python, message", [("/nonexistent/bin/python", "/nonexistent/bin/python does not exist"),
+                                             (sys.executable, "lacks torch")])
 def test_unusable_interpreter_leaves_blend_unchanged(addon, scene, python, message):
     prefs = bpy.context.preferences.addons[MODULE].preferences
     prefs.torch_python = python
