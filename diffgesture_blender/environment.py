@@ -207,8 +207,9 @@ _running: dict[Path, "EnvironmentBuilder"] = {}  # lock file -> the builder of t
 
 class EnvironmentBuilder:
     """Creates a venv and installs a Plan in a background thread; `fraction`, `stage`, `status()` and `log_path`
-    report on it; `on_done` is called (in its thread) when it ends. The lock file beside the folder names this process and its running step, so a second Create (this
-    Blender or another) is refused while it runs and can take over from one whose Blender is gone."""
+    report on it; `on_done` is called (in its thread) when it ends. The lock file beside the folder names this
+    process and its running step, so a second Create (this Blender or another) is refused while it runs and can
+    take over from one whose Blender is gone."""
 
     def __init__(self, env_dir: str | Path, plan: Plan, python: str | None = None,
                  on_done: Callable[[], None] | None = None):
@@ -323,7 +324,7 @@ class EnvironmentBuilder:
             if self._cancelled:
                 break
             self.stage, self.fraction, self.stage_started = stage, i / len(steps), time.monotonic()
-            if cmd[1:] == ["-m", "pip"]:  # the install step (arguments added here): the user's index stays, PyTorch's is added
+            if cmd[1:] == ["-m", "pip"]:  # the install step: the user's index stays, PyTorch's is added
                 index, extras = user_indexes(cmd[0])
                 cmd = [*cmd, *self.plan.pip_args(extras)]
                 log.write(f"Index: {index or 'PyPI (pip default)'} (your pip configuration is kept)"
