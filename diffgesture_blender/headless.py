@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-stabilizer", action="store_true")
     g.add_argument("--start-frame", type=int, default=1)
     g.add_argument("--no-sound", action="store_true", help="do not add sound strips")
-    g.add_argument("--parts", default="spine,arms,fingers", help="comma-separated parts to drive")
+    g.add_argument("--parts", help="comma-separated parts to drive (default: spine,arms and fingers where the "
+                                   "checkpoint and the rig have them; naming fingers warns when they cannot be)")
     g.add_argument("--allow-partial", action="store_true",
                    help="animate only the mapped bones when the rig lacks some required ones")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), help="default: the preferences' device")
@@ -61,7 +62,7 @@ def audio_files(path: Path) -> list[Path]:
 def requests(args: argparse.Namespace) -> list[session.Request]:
     """One request per audio file, validated before anything runs."""
     prefs = preferences.get()
-    parts = frozenset(p.strip() for p in args.parts.split(",") if p.strip())
+    parts = frozenset(p.strip() for p in (args.parts or ",".join(session.PARTS)).split(",") if p.strip())
     unknown = parts - set(session.PARTS)
     if unknown:
         raise session.UsageError(f"unknown parts {sorted(unknown)}; choose from {', '.join(session.PARTS)}")
@@ -71,7 +72,8 @@ def requests(args: argparse.Namespace) -> list[session.Request]:
     reqs = [session.Request(audio=f, armature=args.armature, python=args.torch_python or prefs.python,
                             checkpoint=args.checkpoint or prefs.checkpoint, device=args.device or prefs.device,
                             settings=settings, start_frame=args.start_frame, add_sound=not args.no_sound,
-                            parts=parts, nla_strip=len(files) > 1, allow_partial=args.allow_partial)
+                            parts=parts, nla_strip=len(files) > 1, allow_partial=args.allow_partial,
+                            insist_fingers=args.parts is not None and "fingers" in parts)
             for f in files]
     for r in reqs:
         session.validate(r)

@@ -28,21 +28,40 @@ def gather(context: bpy.types.Context) -> session.Request:
                                          props.stabilizer)
     parts = {p for p, on in (("spine", props.drive_spine), ("arms", props.drive_arms),
                              ("fingers", props.drive_fingers)) if on}
-    checkpoint = props.checkpoint_path if props.checkpoint_source == "FILE" else prefs.checkpoint
+    checkpoint = chosen_checkpoint(context)
     return session.Request(audio=audio, armature=props.armature.name, python=prefs.python, checkpoint=checkpoint,
                            device=prefs.device, settings=settings, start_frame=start, add_sound=add_sound,
                            parts=frozenset(parts), allow_partial=props.allow_partial)
 
 
+# How the last Generate of this session ended, when it did not write anything: (report kind, message) for the panel.
+last_failure: tuple[str, str] | None = None
+
+
+def fail(op: bpy.types.Operator, kind: str, message: str) -> set[str]:
+    """Report a Generate that changed nothing, and keep the message for the panel."""
+    global last_failure
+    last_failure = (kind, message)
+    op.report({kind}, message)
+    return {"CANCELLED"}
+
+
+def chosen_checkpoint(context: bpy.types.Context) -> str:
+    """The panel's checkpoint: its own file, or the preferences' default."""
+    props = context.scene.diffgesture
+    return props.checkpoint_path if props.checkpoint_source == "FILE" else preferences.get(context).checkpoint
+
+
 def finish(op: bpy.types.Operator, context: bpy.types.Context, gen: session.Generation) -> set[str]:
     """Report how a generation ended and, when it produced a result, write it into the scene."""
+    global last_failure
     try:
         summary = gen.conclude(context.scene)
     except session.GenerationFailed as e:
-        op.report({"ERROR"}, str(e))
-        return {"CANCELLED"}
+        return fail(op, "INFO" if gen.was_cancelled() else "ERROR", str(e))
     finally:
         gen.close()
+    last_failure = None
     for note in summary["notes"]:
         op.report({"WARNING"}, note)
     op.report({"INFO"}, f"{', '.join(summary['actions'])}: frames {summary['frame_start']}-"
@@ -68,7 +87,7 @@ class DIFFGESTURE_OT_generate(bpy.types.Operator):
         try:
             return session.Generation.create(gather(context))
         except session.UsageError as e:
-            self.report({"ERROR"}, str(e))
+            fail(self, "ERROR", str(e))
             return None
 
     def execute(self, context):

@@ -33,7 +33,9 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         col = layout.column(heading="Drive")
         col.prop(props, "drive_spine")
         col.prop(props, "drive_arms")
-        col.prop(props, "drive_fingers")
+        fingers = col.row()
+        fingers.active = session.checkpoint_has_fingers(operators.chosen_checkpoint(context)) is not False
+        fingers.prop(props, "drive_fingers", text="Fingers" if fingers.active else "Fingers (none in this checkpoint)")
 
         layout.prop(props, "checkpoint_source")
         if props.checkpoint_source == "FILE":
@@ -49,6 +51,9 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         gen = session.active()
         if gen is None:
             layout.operator(operators.DIFFGESTURE_OT_generate.bl_idname, icon="PLAY")
+            if operators.last_failure is not None:  # the report fades; the panel keeps saying why
+                kind, message = operators.last_failure
+                layout.label(text=message, icon="ERROR" if kind == "ERROR" else "INFO")
         else:
             layout.progress(factor=gen.fraction, text=gen.status())
             layout.label(text="Esc cancels", icon="INFO")
@@ -63,7 +68,7 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         header.label(text=f"Bones: {detection.preset or 'custom'} ({len(mapping)}/{detection.total} mapped)",
                      icon="ARMATURE_DATA")
         header.operator(operators.DIFFGESTURE_OT_detect_bones.bl_idname, text="", icon="VIEWZOOM")
-        for problem in bone_maps.validate(obj, mapping):
+        for problem in session.mapping_problems(obj, mapping):
             box.label(text=problem, icon="ERROR")
         missing = set(bone_maps.missing_required(mapping))
         col = box.column(align=True)

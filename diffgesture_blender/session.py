@@ -26,6 +26,7 @@ _restarts_seen = 0
 _start_lock = threading.Lock()
 _active: "Generation | None" = None
 _check: dict = {}
+_skeletons: dict[str, str] = {}  # checkpoint path -> the skeleton its results had (this session)
 
 
 class UsageError(ValueError):
@@ -50,6 +51,7 @@ class Request:
     parts: frozenset[str] = frozenset(PARTS)
     nla_strip: bool = False
     allow_partial: bool = False  # drive the mapped bones even when required roles are unmapped
+    insist_fingers: bool = False  # fingers were named explicitly: warn when they cannot be driven (else: if possible)
 
 
 def sampling_settings(sampler: str, steps: int, seed: int, variations: int, guidance: float,
@@ -163,6 +165,16 @@ def active() -> "Generation | None":
     return _active
 
 
+def has_fingers(skeleton: str) -> bool:
+    return "left_middle_base" in core.skeleton.get_skeleton(skeleton).bones
+
+
+def checkpoint_has_fingers(checkpoint: str) -> bool | None:
+    """Whether a checkpoint's motion has fingers, once a generation in this session has used it; else None."""
+    skeleton = _skeletons.get(str(resolve_checkpoint(checkpoint)))
+    return None if skeleton is None else has_fingers(skeleton)
+
+
 # -- inputs ------------------------------------------------------------------------------------------------------
 def resolve_checkpoint(name: str) -> Path:
     """The protocol's resolution ('default' or empty: the bundled checkpoint), with Blender's // paths made absolute."""
@@ -172,7 +184,10 @@ def resolve_checkpoint(name: str) -> Path:
 def audio_from_strip(scene: bpy.types.Scene, strip_name: str) -> tuple[Path, int]:
     """The file behind a sound strip (written out when packed) and the frame it starts at."""
     seq = scene.sequence_editor
-    strip = seq.strips_all.get(strip_name) if seq is not None else None
+    if seq is None or not any(s.type == "SOUND" for s in seq.strips_all):
+        raise UsageError("the sequencer has no sound strip: add one (Video Sequencer > Add > Sound) or choose the "
+                         "audio File instead")
+    strip = seq.strips_all.get(strip_name)
     if strip is None or strip.type != "SOUND" or strip.sound is None:
         raise UsageError(f"no sound strip named {strip_name!r} in the sequencer")
     sound = strip.sound
@@ -208,14 +223,25 @@ def validate(request: Request) -> tuple[bpy.types.Object, dict[str, str]]:
     if not request.parts:
         raise UsageError("choose at least one part to drive (spine/head, arms, fingers)")
     mapping = bone_maps.get_bone_map(obj) or bone_maps.detect(obj).mapping
-    problems = bone_maps.validate(obj, mapping, request.allow_partial)
+    problems = mapping_problems(obj, mapping, request.allow_partial)
     if problems:
-        missing = bone_maps.missing_required(mapping)
-        partial = (f", or allow a partial rig to animate only the mapped bones (unmapped: {', '.join(missing)})"
-                   if missing and mapping and not request.allow_partial else "")
+        partial = (", or allow a partial rig to animate only the mapped bones"
+                   if mapping and bone_maps.missing_required(mapping) and not request.allow_partial else "")
         raise UsageError(f"the bones of {obj.name!r} cannot be driven: {'; '.join(problems)}. Map them in the "
                          f"panel's Bones box{partial}")
     return obj, mapping
+
+
+def mapping_problems(obj: bpy.types.Object, mapping: dict[str, str], allow_partial: bool = False) -> list[str]:
+    """Why a bone map cannot drive `obj`, the unmapped required roles named in one item (none: usable)."""
+    if not mapping:
+        return [f"no bone is mapped to any role (none was recognised as a humanoid bone; needed at least: "
+                f"{', '.join(bone_maps.missing_required({}))})"]
+    problems = bone_maps.validate(obj, mapping, partial=True)
+    missing = bone_maps.missing_required(mapping)
+    if missing and not allow_partial:
+        problems.insert(0, f"no bone is mapped for the required role{'s' * (len(missing) > 1)} {', '.join(missing)}")
+    return problems
 
 
 # -- one generation ----------------------------------------------------------------------------------------------
@@ -305,10 +331,15 @@ class Generation:
             return "Loading the checkpoint..."
         return f"Generating: window {min(p['window'] + 1, p['windows'])}/{p['windows']} ({100 * p['fraction']:.0f}%)"
 
+    def was_cancelled(self) -> bool:
+        """The user cancelled (Esc, or a file was opened): information, not an error."""
+        err = self.error or (self.job.error if self.job is not None else None)
+        return self.cancelled or (err is not None and getattr(err, "kind", "") == "cancelled")
+
     def failure(self) -> str | None:
         """Why the generation did not produce a result (None when it did); says that nothing was changed."""
         err = self.error or (self.job.error if self.job is not None else None)
-        if self.cancelled or (err is not None and getattr(err, "kind", "") == "cancelled"):
+        if self.was_cancelled():
             return "Generation cancelled; nothing was changed"
         if err is None:
             return None
@@ -343,6 +374,11 @@ class Generation:
                                            partial=r.allow_partial)
             action.use_fake_user = len(directions) > 1
             actions.insert(0, action.name)
+        _skeletons[str(resolve_checkpoint(r.checkpoint))] = meta["skeleton"]
+        noted = set(r.parts)
+        if not r.insist_fingers and not (has_fingers(meta["skeleton"]) and any(b in self.mapping for b in
+                                                                               retarget.PARTS["fingers"])):
+            noted.discard("fingers")  # "fingers when possible": no warning that they were not possible
         fps = scene.render.fps / scene.render.fps_base
         end = r.start_frame + math.ceil(meta["duration"] * fps)
         strip = add_sound_strip(scene, r.audio, r.start_frame, end) if r.add_sound else None
@@ -352,7 +388,7 @@ class Generation:
                 "frame_end": end, "duration": meta["duration"], "skeleton": meta["skeleton"],
                 "sound_strip": strip, "seconds": meta["seconds"], "device": meta["device"],
                 "notes": self.notes + list(self.job.result.get("notes", []))
-                + retarget.rig_notes(obj, self.mapping, meta["skeleton"], set(r.parts))}
+                + retarget.rig_notes(obj, self.mapping, meta["skeleton"], noted)}
 
     def close(self) -> None:
         """Forget this generation (it is no longer active) and delete its temporary files."""

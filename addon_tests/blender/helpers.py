@@ -81,7 +81,8 @@ def keyframe_span(obj: bpy.types.Object) -> tuple[float, float]:
 
 class Layout:
     """Accepts whatever a draw function calls, so panels can be drawn in background mode; records label and
-    progress texts and, as "<idname>", the operators' buttons (of this layout and of every row, box and column)."""
+    progress texts, properties' given texts and, as "<idname>", the operators' buttons (of this layout and of every
+    row, box and column)."""
 
     def __init__(self, texts: list[str] | None = None):
         self.texts = [] if texts is None else texts
@@ -93,12 +94,24 @@ class Layout:
     def progress(self, text: str = "", **kw) -> None:
         self.texts.append(text)
 
+    def prop(self, data, name: str, text: str | None = None, **kw) -> None:
+        if text is not None:  # a property drawn under its own name is not recorded
+            self.texts.append(text)
+
     def operator(self, idname: str, **kw) -> "Layout":
         self.texts.append(f"<{idname}>")
         return Layout([])
 
     def __getattr__(self, name):
         return lambda *args, **kw: Layout(self.texts)
+
+
+def draw_panel(addon) -> list[str]:
+    """The texts the sidebar panel draws for the current scene."""
+    cls = addon.panel.DIFFGESTURE_PT_generate
+    panel = type("P", (), {"layout": Layout(), "draw_mapping": cls.draw_mapping})()
+    cls.draw(panel, bpy.context)
+    return panel.layout.texts
 
 
 def draw_preferences(addon, torch_python: str | None = None) -> list[str]:

@@ -7,6 +7,7 @@ operators.finish) driven by the test. Failures must leave the .blend unchanged: 
 """
 import json
 import os
+import re
 import sys
 import time
 import wave
@@ -15,8 +16,8 @@ from pathlib import Path
 import bpy
 import pytest
 
-from addon_tests.blender.helpers import (MODULE, STEPS, Layout, TorchImportWatch, draw_preferences, drive_modal,
-                                         keyframe_span, make_rig, never_touched_torch, snapshot)
+from addon_tests.blender.helpers import (MODULE, STEPS, Layout, TorchImportWatch, draw_panel, draw_preferences,
+                                         drive_modal, keyframe_span, make_rig, never_touched_torch, snapshot)
 from addon_tests.paths import TORCH_PYTHON
 
 
@@ -103,9 +104,10 @@ def test_panel_and_preferences_draw(addon, scene):
         panel_class.draw(panel, ctx)
         drawn[obj.name] = panel.layout.texts
     assert any(t.startswith("Bones: mixamo (") for t in drawn[rig.name]), drawn[rig.name]
-    assert not any(t.startswith("missing required bone") for t in drawn[rig.name])
+    assert not any(t.startswith("no bone is mapped") for t in drawn[rig.name])
     assert any(t.startswith("Bones: custom (0/") for t in drawn["Prop"]), drawn["Prop"]
-    assert "missing required bone for spine" in drawn["Prop"] and "left_forearm" in drawn["Prop"]
+    problems = [t for t in drawn["Prop"] if t.startswith("no bone is mapped")]  # one line, not one per role
+    assert len(problems) == 1 and "needed at least: spine" in problems[0] and "left_forearm" in drawn["Prop"]
     prefs = ctx.preferences.addons[MODULE].preferences
     assert "No environment yet: press Create Environment" in draw_preferences(addon, "")  # none was created here
     assert addon.preferences.get(ctx).python == prefs.torch_python == str(TORCH_PYTHON)
@@ -116,7 +118,24 @@ def test_cancel_leaves_blend_unchanged(addon, scene):
     scene.diffgesture.steps = 400  # long enough to be cancelled mid-run
     before = snapshot()
     result, reports = drive_modal(addon, cancel_after_progress=True)
-    assert result == {"CANCELLED"} and "cancelled" in reports[0][1] and snapshot() == before
+    assert result == {"CANCELLED"} and snapshot() == before
+    assert reports == [("INFO", "Generation cancelled; nothing was changed")]  # Esc is information, not an error
+    assert "Generation cancelled; nothing was changed" in draw_panel(addon)
+
+
+def test_sound_strip_source_without_strips_is_one_clear_line(addon, scene, capfd):
+    scene.diffgesture.audio_source = "STRIP"
+    before = snapshot()
+    message = ("the sequencer has no sound strip: add one (Video Sequencer > Add > Sound) or choose the audio File "
+               "instead")
+    with pytest.raises(RuntimeError, match=rf"^Error: {re.escape(message)}\n$"):
+        bpy.ops.diffgesture.generate()
+    texts = draw_panel(addon)
+    assert message in texts and snapshot() == before  # the panel keeps saying why after the report faded
+    assert "matches no enum" not in "".join(capfd.readouterr())  # no RNA warning about an empty menu
+    scene.diffgesture.audio_source = "FILE"
+    assert bpy.ops.diffgesture.generate() == {"FINISHED"}
+    assert message not in draw_panel(addon)
 
 
 def test_bad_audio_file_leaves_blend_unchanged(addon, scene, tmp_path):
@@ -135,7 +154,9 @@ def test_bad_audio_file_leaves_blend_unchanged(addon, scene, tmp_path):
 def test_rig_without_usable_bones_is_refused_before_the_worker(addon, scene):
     scene.diffgesture.armature = make_rig("Prop", addon, family=None)
     before = snapshot()
-    with pytest.raises(RuntimeError, match="missing required bone for spine"):
+    with pytest.raises(RuntimeError, match=r"^Error: the bones of 'Prop' cannot be driven: no bone is mapped to any "
+                                           r"role \(none was recognised as a humanoid bone; needed at least: spine, "
+                                           r"[a-z_, ]+\)\. Map them in the panel's Bones box\n$"):
         bpy.ops.diffgesture.generate()
     assert snapshot() == before
 
