@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-stabilizer", action="store_true")
     g.add_argument("--start-frame", type=int, default=1)
     g.add_argument("--no-sound", action="store_true", help="do not add sound strips")
+    g.add_argument("--pack-sound", action="store_true",
+                   help="store the audio inside the .blend (default: the strip points at the file, by an absolute "
+                        "path unless it lies in the .blend's folder)")
     g.add_argument("--parts", help="comma-separated parts to drive (default: spine,arms and fingers where the "
                                    "checkpoint and the rig have them; naming fingers warns when they cannot be)")
     g.add_argument("--allow-partial", action="store_true",
@@ -72,6 +75,7 @@ def requests(args: argparse.Namespace) -> list[session.Request]:
     reqs = [session.Request(audio=f, armature=args.armature, python=args.torch_python or prefs.python,
                             checkpoint=args.checkpoint or prefs.checkpoint, device=args.device or prefs.device,
                             settings=settings, start_frame=args.start_frame, add_sound=not args.no_sound,
+                            pack_sound=args.pack_sound,
                             parts=parts, nla_strip=len(files) > 1, allow_partial=args.allow_partial,
                             insist_fingers=args.parts is not None and "fingers" in parts)
             for f in files]
@@ -83,10 +87,22 @@ def requests(args: argparse.Namespace) -> list[session.Request]:
     return reqs
 
 
+def after_sound_strips(scene: bpy.types.Scene, frame: int) -> int:
+    """The first frame from `frame` on that no sound strip of the sequencer reaches (two voices must not overlap)."""
+    seq = scene.sequence_editor
+    return max([frame, *(s.frame_final_end for s in seq.strips_all if s.type == "SOUND")] if seq else [frame])
+
+
 def run(reqs: list[session.Request]) -> tuple[list[dict], list[dict]]:
-    """Generate each request in turn, blocking; a folder's clips follow each other on the timeline."""
+    """Generate each request in turn, blocking; a folder's clips follow each other on the timeline, after the sound
+    strips already there (and the first result's notes say so)."""
     results, errors = [], []
     frame = reqs[0].start_frame
+    placed = ""
+    if len(reqs) > 1 and reqs[0].add_sound and after_sound_strips(bpy.context.scene, frame) > frame:
+        frame = after_sound_strips(bpy.context.scene, frame)
+        placed = (f"the clips were placed after the sound strips already in the sequencer: the first starts at frame "
+                  f"{frame}, not {reqs[0].start_frame}")
     for r in reqs:
         r.start_frame = frame
         try:
@@ -96,17 +112,31 @@ def run(reqs: list[session.Request]) -> tuple[list[dict], list[dict]]:
             continue
         try:
             gen.begin(blocking=True)
-            gen.wait(on_progress=lambda p, name=r.audio.name: print(
-                f"{name}: {100 * p['fraction']:.0f}%", file=sys.stderr, flush=True))
+            gen.wait(on_progress=progress_printer(r.audio.name))
             summary = gen.conclude(bpy.context.scene)
         except session.GenerationFailed as e:
             errors.append({"audio": str(r.audio), "error": str(e)})
             continue
         finally:
             gen.close()
+        if placed:
+            summary["notes"].insert(0, placed)
+            placed = ""
         results.append(summary)
         frame = summary["frame_end"] + 1
     return results, errors
+
+
+def progress_printer(name: str):
+    """A progress callback that prints 'NAME: N%' to stderr whenever the whole percentage changes."""
+    last = [None]
+
+    def show(p: dict) -> None:
+        percent = int(100 * p["fraction"])
+        if percent != last[0]:
+            last[0] = percent
+            print(f"{name}: {percent}%", file=sys.stderr, flush=True)
+    return show
 
 
 def main(argv: list[str]) -> int:
@@ -124,7 +154,8 @@ def main(argv: list[str]) -> int:
     summary["results"], summary["errors"] = run(reqs)
     if args.output and summary["results"]:
         output = Path(args.output).resolve()
-        bpy.ops.wm.save_as_mainfile(filepath=str(output), copy=True)
+        # an unsaved file has only absolute paths: keep them (Blender would make them all relative to the output)
+        bpy.ops.wm.save_as_mainfile(filepath=str(output), copy=True, relative_remap=bool(bpy.data.filepath))
         summary["output"] = str(output)
     summary["ok"] = not summary["errors"]
     summary["worker_pid"] = session.worker_pid()

@@ -31,7 +31,8 @@ def gather(context: bpy.types.Context) -> session.Request:
     checkpoint = chosen_checkpoint(context)
     return session.Request(audio=audio, armature=props.armature.name, python=prefs.python, checkpoint=checkpoint,
                            device=prefs.device, settings=settings, start_frame=start, add_sound=add_sound,
-                           parts=frozenset(parts), allow_partial=props.allow_partial)
+                           parts=frozenset(parts), allow_partial=props.allow_partial,
+                           pack_sound=props.pack_sound)
 
 
 # How the last Generate of this session ended, when it did not write anything: (report kind, message) for the panel.

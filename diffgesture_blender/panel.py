@@ -23,6 +23,8 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
             layout.prop(props, "audio_path")
             layout.prop(props, "start_frame")
             layout.prop(props, "add_sound")
+            if props.add_sound:
+                layout.prop(props, "pack_sound")
         else:
             layout.prop(props, "audio_strip")
         layout.prop(props, "armature")

@@ -43,6 +43,10 @@ class DiffGestureSettings(bpy.types.PropertyGroup):
                                          "steps, for smoother motion (the paper's; keep it on)")
     start_frame: IntProperty(name="Start Frame", default=1, description="Frame where the speech starts")
     add_sound: BoolProperty(name="Add Sound Strip", default=True, description="Put the audio in the sequencer")
+    pack_sound: BoolProperty(name="Pack Sound", default=False,
+                             description="Store the audio inside the .blend, so the file carries it (bigger file). "
+                                         "Off: the strip points at the audio file, by an absolute path unless it "
+                                         "lies in the .blend's folder")
     drive_spine: BoolProperty(name="Spine/Head", default=True)
     drive_arms: BoolProperty(name="Arms", default=True)
     drive_fingers: BoolProperty(name="Fingers", default=True,

@@ -48,6 +48,7 @@ class Request:
     settings: dict = field(default_factory=dict)
     start_frame: int = 1
     add_sound: bool = True
+    pack_sound: bool = False  # store the audio inside the .blend (else the strip points at the file)
     parts: frozenset[str] = frozenset(PARTS)
     nla_strip: bool = False
     allow_partial: bool = False  # drive the mapped bones even when required roles are unmapped
@@ -381,7 +382,7 @@ class Generation:
             noted.discard("fingers")  # "fingers when possible": no warning that they were not possible
         fps = scene.render.fps / scene.render.fps_base
         end = r.start_frame + math.ceil(meta["duration"] * fps)
-        strip = add_sound_strip(scene, r.audio, r.start_frame, end) if r.add_sound else None
+        strip = add_sound_strip(scene, r.audio, r.start_frame, end, r.pack_sound) if r.add_sound else None
         scene.frame_start = min(scene.frame_start, r.start_frame)
         scene.frame_end = max(scene.frame_end, end)
         return {"audio": str(r.audio), "armature": obj.name, "actions": actions, "frame_start": r.start_frame,
@@ -398,10 +399,22 @@ class Generation:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def add_sound_strip(scene: bpy.types.Scene, audio: Path, start: int, end: int) -> str:
-    """Put the audio in the sequencer at `start`, on the lowest channel free over [start, end]."""
+def add_sound_strip(scene: bpy.types.Scene, audio: Path, start: int, end: int, pack: bool = False) -> str:
+    """Put the audio in the sequencer at `start`, on the lowest channel free over [start, end]; packed into the
+    .blend, or by a path that survives moving the .blend (see sound_path)."""
     seq = scene.sequence_editor_create()
     busy = {s.channel for s in seq.strips if s.frame_final_start < end and s.frame_final_end > start}
     channel = next(c for c in range(1, 129) if c not in busy)
-    strip = seq.strips.new_sound(Path(audio).stem, str(audio), channel, start)
+    strip = seq.strips.new_sound(Path(audio).stem, sound_path(audio), channel, start)
+    if pack:
+        strip.sound.pack()
     return strip.name
+
+
+def sound_path(audio: Path) -> str:
+    """Relative (//...) when the audio lies in the saved .blend's folder, else absolute: a relative path that climbs
+    out of the project (//../../x.wav) breaks as soon as the .blend moves."""
+    audio = Path(audio).resolve()
+    if bpy.data.filepath and audio.is_relative_to(Path(bpy.data.filepath).resolve().parent):
+        return bpy.path.relpath(str(audio))
+    return str(audio)

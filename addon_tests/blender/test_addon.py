@@ -227,3 +227,57 @@ def test_disabling_the_addon_stops_the_worker(addon):
         assert never_touched_torch(), TorchImportWatch.attempts
     finally:
         bpy.ops.preferences.addon_enable(module=MODULE)
+
+
+def test_sound_strip_survives_moving_the_blend_or_is_packed(addon, scene, speech_wav, small_checkpoint, tmp_path):
+    scene.diffgesture.pack_sound = True  # the panel's option
+    assert bpy.ops.diffgesture.generate() == {"FINISHED"}
+    assert scene.sequence_editor.strips_all[0].sound.packed_file.size == speech_wav.stat().st_size
+    rig = scene.diffgesture.armature.name
+    common = ["--armature", rig, "--checkpoint", str(small_checkpoint), "--steps", str(STEPS),
+              "--torch-python", str(TORCH_PYTHON)]
+    project = tmp_path / "project"
+    project.mkdir()
+    for pack in ([], ["--pack-sound"]):
+        bpy.ops.wm.read_homefile(use_empty=True)
+        make_rig(rig, addon)
+        out = project / f"shot{len(pack)}.blend"
+        assert addon.headless.main(["generate", "--audio", str(speech_wav), "--output", str(out), *pack,
+                                    *common]) == 0
+        moved = tmp_path / "elsewhere" / out.name  # the .blend travels; the audio stays where it was
+        moved.parent.mkdir(exist_ok=True)
+        out.rename(moved)
+        bpy.ops.wm.open_mainfile(filepath=str(moved))
+        sound = bpy.context.scene.sequence_editor.strips_all[0].sound
+        if pack:
+            assert sound.packed_file.size == speech_wav.stat().st_size
+        else:  # absolute: a relative path would have climbed out of the project (//../speech0/speech.wav)
+            assert sound.packed_file is None and sound.filepath == str(speech_wav.resolve())
+    (project / "audio").mkdir()
+    line = project / "audio" / "line.wav"
+    line.write_bytes(speech_wav.read_bytes())
+    bpy.ops.wm.save_as_mainfile(filepath=str(project / "scene.blend"))  # the audio lies inside this project
+    assert addon.headless.main(["generate", "--audio", str(line), *common]) == 0
+    assert bpy.context.scene.sequence_editor.strips_all["line"].sound.filepath == "//audio/line.wav"
+
+
+def test_folder_clips_follow_the_existing_sound_and_progress_lines_do_not_repeat(addon, scene, speech_wav,
+                                                                                  small_checkpoint, tmp_path, capsys):
+    existing = scene.sequence_editor_create().strips.new_sound("voice", str(speech_wav), 1, 1)
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("a.wav", "b.wav"):
+        (folder / name).write_bytes(speech_wav.read_bytes())
+    summary = tmp_path / "summary.json"
+    assert addon.headless.main(["generate", "--audio", str(folder), "--armature", scene.diffgesture.armature.name,
+                                "--checkpoint", str(small_checkpoint), "--steps", str(STEPS), "--json", str(summary),
+                                "--torch-python", str(TORCH_PYTHON)]) == 0
+    err = capsys.readouterr().err
+    first, second = json.loads(summary.read_text())["results"]
+    assert first["frame_start"] == existing.frame_final_end and second["frame_start"] == first["frame_end"] + 1
+    assert (f"a.wav: the clips were placed after the sound strips already in the sequencer: the first starts at "
+            f"frame {existing.frame_final_end}, not 1") in err
+    sounds = sorted((s.frame_final_start, s.frame_final_end) for s in scene.sequence_editor.strips_all)
+    assert all(end <= start for (_, end), (start, _) in zip(sounds, sounds[1:])), sounds  # never two voices at once
+    progress = [line for line in err.splitlines() if re.fullmatch(r"[ab]\.wav: \d+%", line)]
+    assert len(progress) >= 2 and all(x != y for x, y in zip(progress, progress[1:])), progress
