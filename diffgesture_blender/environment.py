@@ -139,6 +139,9 @@ def diagnose(python: str | Path, own: bool, remedy: str = "") -> str | None:
     own: the interpreter is the extension's environment (not one the user chose). remedy: replaces the advice
     (the headless command names --torch-python instead of the preferences)."""
     python = Path(python)
+    if own and any(venv_python(b.env_dir) == python for b in _running.values()):
+        return f"the torch environment is still being created: wait for Create Environment to finish (its " \
+               f"progress is in {PREFERENCES_PATH})"
     if not python.exists():
         problem = ("there is no torch environment yet" if own else f"the Torch Python {python} does not exist")
         advice = CREATE_HINT if own else f"correct or clear Torch Python in {PREFERENCES_PATH} (cleared, the " \

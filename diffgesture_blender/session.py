@@ -377,7 +377,7 @@ class Generation:
             actions.insert(0, action.name)
         _skeletons[str(resolve_checkpoint(r.checkpoint))] = meta["skeleton"]
         noted = set(r.parts)
-        if not r.insist_fingers and not (has_fingers(meta["skeleton"]) and any(b in self.mapping for b in
+        if not r.insist_fingers and not (has_fingers(meta["skeleton"]) and any(role in self.mapping for role in
                                                                                retarget.PARTS["fingers"])):
             noted.discard("fingers")  # "fingers when possible": no warning that they were not possible
         fps = scene.render.fps / scene.render.fps_base

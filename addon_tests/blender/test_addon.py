@@ -281,3 +281,4 @@ def test_folder_clips_follow_the_existing_sound_and_progress_lines_do_not_repeat
     assert all(end <= start for (_, end), (start, _) in zip(sounds, sounds[1:])), sounds  # never two voices at once
     progress = [line for line in err.splitlines() if re.fullmatch(r"[ab]\.wav: \d+%", line)]
     assert len(progress) >= 2 and all(x != y for x, y in zip(progress, progress[1:])), progress
+    assert all(int(line.split()[-1][:-1]) % 10 == 0 for line in progress), progress

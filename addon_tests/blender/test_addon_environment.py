@@ -204,7 +204,7 @@ def test_unreachable_index_fails_with_pips_reason_and_keeps_the_users_index(addo
     assert not builder.lock_path.exists()
 
 
-def test_cancel_stops_pip_and_a_second_create_is_refused(addon, clean_env, silent_index):
+def test_cancel_stops_pip_and_a_second_create_is_refused(addon, scene, clean_env, silent_index):
     clean_env.torch_python = ""
     ops = addon.operators.DIFFGESTURE_OT_create_environment
     assert bpy.ops.diffgesture.create_environment() == {"FINISHED"}
@@ -215,6 +215,9 @@ def test_cancel_stops_pip_and_a_second_create_is_refused(addon, clean_env, silen
                                                          "env": str(own_env(addon))}
     with pytest.raises(RuntimeError, match="already being created: wait for it, or press Cancel"):
         bpy.ops.diffgesture.create_environment()
+    with pytest.raises(RuntimeError, match=r"^Error: the torch environment is still being created: wait for Create "
+                                           r"Environment to finish \(its progress is in Edit > Preferences"):
+        bpy.ops.diffgesture.generate()
     assert "<diffgesture.cancel_environment>" in draw_preferences(addon)
     assert bpy.ops.diffgesture.cancel_environment() == {"FINISHED"}
     builder.wait(30)
