@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -185,6 +186,17 @@ class InstallerBusy(RuntimeError):
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether a process exists (on Windows os.kill(pid, 0) would end it, so the kernel is asked instead)."""
+    if os.name == "nt":
+        import ctypes
+        kernel = ctypes.windll.kernel32
+        handle = kernel.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        ok = kernel.GetExitCodeProcess(handle, ctypes.byref(code))
+        kernel.CloseHandle(handle)
+        return bool(ok) and code.value == 259  # STILL_ACTIVE
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -296,7 +308,7 @@ class EnvironmentBuilder:
                 raise InstallerBusy(f"An installer (PID {step}) left by an earlier Blender may still be writing "
                                     f"{self.env_dir}: end it, then delete {self.lock_path}")
             if installs_into(step, self.env_dir):
-                os.kill(step, 9)
+                os.kill(step, signal.SIGKILL)  # only where /proc proved it is ours
                 self.notes.append(f"stopped the installer (PID {step}) left running by an earlier Blender "
                                   f"(PID {owner}); starting again")
         self.lock_path.unlink(missing_ok=True)

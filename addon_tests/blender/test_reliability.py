@@ -127,8 +127,11 @@ def test_expressive_checkpoint_on_a_rig_without_fingers_drives_the_rest(addon, s
     assert "fingers were skipped: 'Handless' has no finger bones mapped" in headless_fingers(addon, scene, capsys)
 
 
-def test_ted_checkpoint_warns_of_fingers_only_when_asked_and_the_panel_greys_them(addon, scene, capsys):
+def test_ted_checkpoint_warns_of_fingers_only_when_asked_and_the_panel_greys_them(addon, scene, capsys, tmp_path):
     props = scene.diffgesture
+    fresh = tmp_path / "fresh.pt"  # a checkpoint no generation of this session has used yet
+    fresh.write_bytes(Path(props.checkpoint_path).read_bytes())
+    props.checkpoint_path = str(fresh)
     assert "Fingers" in draw_panel(addon)  # not known yet
     result, reports = drive_modal(addon)
     assert result == {"FINISHED"}, reports
