@@ -314,6 +314,8 @@ class EnvironmentBuilder:
         self.lock_path.unlink(missing_ok=True)
 
     def _record_step(self, pid: int | None) -> None:
+        if self._cancelled:  # the lock may already be gone (Blender quitting): do not write it back
+            return
         self.lock_path.write_text(json.dumps({"owner": os.getpid(), "step": pid, "env": str(self.env_dir)}))
 
     def _run(self) -> None:
