@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import importlib
 import io
 import pickle
 import sys
@@ -79,8 +80,9 @@ def _allowed_global(module: str, name: str):
     if (module, name) in {("argparse", "Namespace"), ("model.vocab", "Vocab")}:
         return _Record
     if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
-        core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
-        return core.multiarray._reconstruct
+        # numpy 2 renamed numpy.core to numpy._core; numpy 1.26 ships numpy._core as a package of shims whose
+        # submodules exist but are not imported with it, so import the module rather than read an attribute.
+        return importlib.import_module("numpy._core.multiarray")._reconstruct
     if module == "numpy" and name in ("ndarray", "dtype"):
         return getattr(np, name)
     if (module, name) == ("_codecs", "encode"):
