@@ -316,7 +316,9 @@ class EnvironmentBuilder:
     def _record_step(self, pid: int | None) -> None:
         if self._cancelled:  # the lock may already be gone (Blender quitting): do not write it back
             return
-        self.lock_path.write_text(json.dumps({"owner": os.getpid(), "step": pid, "env": str(self.env_dir)}))
+        tmp = self.lock_path.with_name(self.lock_path.name + ".tmp")  # replaced whole: a reader never sees it half
+        tmp.write_text(json.dumps({"owner": os.getpid(), "step": pid, "env": str(self.env_dir)}))
+        tmp.replace(self.lock_path)
 
     def _run(self) -> None:
         try:

@@ -148,6 +148,11 @@ def wait_for(predicate, timeout: float = 120.0, what: str = "") -> None:
         time.sleep(0.1)
 
 
+def running_pip(builder) -> bool:
+    """The builder's current process is pip (the venv step before it has ended)."""
+    return builder._proc is not None and builder._proc.args[2] == "pip" and builder._proc.poll() is None
+
+
 def test_generate_before_any_environment_says_what_to_press(addon, scene, clean_env):
     clean_env.torch_python = ""
     assert "No environment yet: press Create Environment" in draw_preferences(addon)
@@ -209,10 +214,10 @@ def test_cancel_stops_pip_and_a_second_create_is_refused(addon, scene, clean_env
     ops = addon.operators.DIFFGESTURE_OT_create_environment
     assert bpy.ops.diffgesture.create_environment() == {"FINISHED"}
     builder = ops.builder
-    wait_for(lambda: builder.stage == "updating pip" and builder._proc is not None, what="pip to start")
+    wait_for(lambda: running_pip(builder), what="pip to start")  # (stage is set before its process starts)
     pip = builder._proc.pid
-    assert json.loads(builder.lock_path.read_text()) == {"owner": os.getpid(), "step": pip,
-                                                         "env": str(own_env(addon))}
+    lock = {"owner": os.getpid(), "step": pip, "env": str(own_env(addon))}
+    wait_for(lambda: json.loads(builder.lock_path.read_text()) == lock, 10, "the lock to name pip")
     with pytest.raises(RuntimeError, match="already being created: wait for it, or press Cancel"):
         bpy.ops.diffgesture.create_environment()
     with pytest.raises(RuntimeError, match=r"^Error: the torch environment is still being created: wait for Create "
@@ -228,12 +233,14 @@ def test_cancel_stops_pip_and_a_second_create_is_refused(addon, scene, clean_env
 
 
 BUILDER_SCRIPT = """
-import sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[1])
 import environment as env
 builder = env.EnvironmentBuilder(sys.argv[2], env.pip_plan([]))
 builder.start()
-while builder._proc is None or builder.stage != "updating pip":
+while builder._proc is None or builder._proc.args[2] != "pip":  # the venv's step has ended, pip's has begun
+    time.sleep(0.1)
+while json.loads(builder.lock_path.read_text())["step"] != builder._proc.pid:  # and the lock names it
     time.sleep(0.1)
 print(builder._proc.pid, flush=True)
 sys.stdin.readline()  # then leave: the normal exit of the interpreter (Blender quitting) runs atexit
