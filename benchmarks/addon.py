@@ -59,14 +59,14 @@ def generate_seconds(addon, audio: Path, ckpt: Path, steps: int) -> tuple[float,
     props.audio_path, props.checkpoint_source, props.checkpoint_path = str(audio), "FILE", str(ckpt)
     props.steps = steps
     t0 = time.perf_counter()
-    gen = addon.session.Generation.create(addon.operators.gather(bpy.context))
+    gen = addon.generation.Generation.create(addon.operators.gather(bpy.context))
     try:
-        gen.begin(blocking=True)
+        gen.begin()
         gen.wait()
         summary = gen.conclude(bpy.context.scene)
     finally:
         gen.close()
-    return time.perf_counter() - t0, summary["seconds"]
+    return time.perf_counter() - t0, summary.seconds
 
 
 def main() -> None:
@@ -77,13 +77,13 @@ def main() -> None:
     addon = install()
     folder = Path(tempfile.mkdtemp(prefix="dg-bench-"))
     audio = speech_10s(folder)
-    ckpt = addon.session.DEFAULT_CHECKPOINT
+    ckpt = addon.core.settings.DEFAULT_CHECKPOINT
 
     cold, _ = generate_seconds(addon, audio, ckpt, args.steps)  # includes starting the worker, loading the model
     warm, sampling = generate_seconds(addon, audio, ckpt, args.steps)
-    c = addon.session.client(TORCH_PYTHON)
+    c = addon.worker_host.HOST.client(TORCH_PYTHON)
     pings = sorted(c.ping() * 1000 for _ in range(args.pings))
-    addon.session.shutdown_worker()
+    addon.worker_host.HOST.shutdown()
     label = f"10 s speech, fast {args.steps} steps"
     table = markdown_table(["measure", "value", "target"], [
         ["warm worker request round trip (ping), median", f"{statistics.median(pings):.2f} ms", "<= 100 ms"],

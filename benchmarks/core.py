@@ -22,9 +22,9 @@ import torch
 from benchmarks.record import isa, markdown_table, record
 from model_core.checkpoint import load_checkpoint
 from model_core.network import ModelConfig, PoseDiffusion
-from model_core.pipeline import GenerationSettings, generate, sample_window
+from model_core.pipeline import generate, sample_window
 from model_core.precision import choose_precision, configure_threads, physical_cores
-from model_core.protocol import resolve_checkpoint
+from model_core.settings import GenerationSettings, preset, resolve_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = {"ted_gesture": ModelConfig(), "ted_expressive": ModelConfig(pose_dim=126, hidden_dim=512)}
@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     threads = configure_threads() if args.device == "cpu" else torch.get_num_threads()
     device = torch.device(args.device)
-    variants = [("paper, 500 steps", GenerationSettings.paper(precision=p)) for p in ("exact", "fp32")] + \
+    variants = [("paper, 500 steps", preset("paper", precision=p)) for p in ("exact", "fp32")] + \
                [("fast, 25 steps (default)", GenerationSettings(steps=25, precision=p)) for p in ("exact", "fp32", "bf16")]
     rows = []
     for name, cfg in SIZES.items():

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import bpy
 
-from . import core, preferences, session
+from . import core, generation, preferences
+from .request import PARTS, Request, UsageError, sampling, validate
+from .worker_host import HOST, environment_problem
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -30,12 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--armature", required=True, help="name of the armature object")
     g.add_argument("--output", help="save the .blend here (without it nothing is saved)")
     g.add_argument("--checkpoint", help="native or official checkpoint (default: the preferences' / bundled one)")
-    g.add_argument("--sampler", choices=("fast", "paper"), default="fast")
-    g.add_argument("--steps", type=int, default=core.protocol.DEFAULT_FAST_STEPS,
-                   help="denoising steps of the fast sampler")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--variations", type=int, default=1)
-    g.add_argument("--guidance", type=float, default=1.15)
+    g.add_argument("--sampler", choices=tuple(core.settings.PRESETS), default="fast",
+                   help="settings preset: fast (default), or paper = the official sampling (500 steps, BatchNorm "
+                        "batch statistics, whole windows, exact float32); the options below change it")
+    g.add_argument("--steps", type=int,
+                   help=f"denoising steps of the fast sampler (default {core.settings.DEFAULT_FAST_STEPS})")
+    g.add_argument("--seed", type=int, help="default 0")
+    g.add_argument("--variations", type=int, help="default 1")
+    g.add_argument("--guidance", type=float, help=f"default {core.settings.DEFAULT_GUIDANCE}")
     g.add_argument("--no-stabilizer", action="store_true")
     g.add_argument("--start-frame", type=int, default=1)
     g.add_argument("--no-sound", action="store_true", help="do not add sound strips")
@@ -57,33 +61,32 @@ def audio_files(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
         if not files:
-            raise session.UsageError(f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in {path}")
+            raise UsageError(f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in {path}")
         return files
     return [path]
 
 
-def requests(args: argparse.Namespace) -> list[session.Request]:
+def requests(args: argparse.Namespace) -> list[Request]:
     """One request per audio file, validated before anything runs."""
     prefs = preferences.get()
-    parts = frozenset(p.strip() for p in (args.parts or ",".join(session.PARTS)).split(",") if p.strip())
-    unknown = parts - set(session.PARTS)
+    parts = frozenset(p.strip() for p in (args.parts or ",".join(PARTS)).split(",") if p.strip())
+    unknown = parts - set(PARTS)
     if unknown:
-        raise session.UsageError(f"unknown parts {sorted(unknown)}; choose from {', '.join(session.PARTS)}")
+        raise UsageError(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     files = audio_files(Path(args.audio))
-    settings = session.sampling_settings(args.sampler, args.steps, args.seed, args.variations, args.guidance,
-                                         not args.no_stabilizer)
-    reqs = [session.Request(audio=f, armature=args.armature, python=args.torch_python or prefs.python,
-                            checkpoint=args.checkpoint or prefs.checkpoint, device=args.device or prefs.device,
-                            settings=settings, start_frame=args.start_frame, add_sound=not args.no_sound,
-                            pack_sound=args.pack_sound,
-                            parts=parts, nla_strip=len(files) > 1, allow_partial=args.allow_partial,
-                            insist_fingers=args.parts is not None and "fingers" in parts)
+    settings = sampling(args.sampler, steps=args.steps, seed=args.seed, variations=args.variations,
+                        guidance=args.guidance, stabilizer=False if args.no_stabilizer else None)
+    reqs = [Request(audio=f, armature=args.armature, python=args.torch_python or prefs.python,
+                    checkpoint=args.checkpoint or prefs.checkpoint, device=args.device or prefs.device,
+                    settings=settings, start_frame=args.start_frame, add_sound=not args.no_sound,
+                    pack_sound=args.pack_sound, parts=parts, nla_strip=len(files) > 1,
+                    allow_partial=args.allow_partial, insist_fingers=args.parts is not None and "fingers" in parts)
             for f in files]
     for r in reqs:
-        session.validate(r)
-    problem = session.environment_problem(reqs[0].python, remedy=TORCH_PYTHON_HINT)
+        validate(r)
+    problem = environment_problem(reqs[0].python, remedy=TORCH_PYTHON_HINT)
     if problem:
-        raise session.UsageError(problem)
+        raise UsageError(problem)
     return reqs
 
 
@@ -93,7 +96,7 @@ def after_sound_strips(scene: bpy.types.Scene, frame: int) -> int:
     return max([frame, *(s.frame_final_end for s in seq.strips_all if s.type == "SOUND")] if seq else [frame])
 
 
-def run(reqs: list[session.Request]) -> tuple[list[dict], list[dict]]:
+def run(reqs: list[Request]) -> tuple[list[dict], list[dict]]:
     """Generate each request in turn, blocking; a folder's clips follow each other on the timeline, after the sound
     strips already there (and the first result's notes say so)."""
     results, errors = [], []
@@ -106,24 +109,24 @@ def run(reqs: list[session.Request]) -> tuple[list[dict], list[dict]]:
     for r in reqs:
         r.start_frame = frame
         try:
-            gen = session.Generation.create(r)
-        except session.UsageError as e:
+            gen = generation.Generation.create(r)
+        except UsageError as e:
             errors.append({"audio": str(r.audio), "error": str(e)})
             continue
         try:
-            gen.begin(blocking=True)
+            gen.begin()
             gen.wait(on_progress=progress_printer(r.audio.name))
             summary = gen.conclude(bpy.context.scene)
-        except session.GenerationFailed as e:
+        except generation.GenerationFailed as e:
             errors.append({"audio": str(r.audio), "error": str(e)})
             continue
         finally:
             gen.close()
         if placed:
-            summary["notes"].insert(0, placed)
+            summary.notes.insert(0, placed)
             placed = ""
-        results.append(summary)
-        frame = summary["frame_end"] + 1
+        results.append(summary.to_dict())
+        frame = summary.frame_end + 1
     return results, errors
 
 
@@ -148,7 +151,7 @@ def main(argv: list[str]) -> int:
     summary: dict = {"ok": False, "results": [], "errors": []}
     try:
         reqs = requests(args)
-    except session.UsageError as e:
+    except UsageError as e:
         summary["errors"].append({"error": str(e)})
         return report(summary, args, EXIT_USAGE)
     summary["results"], summary["errors"] = run(reqs)
@@ -158,7 +161,7 @@ def main(argv: list[str]) -> int:
         bpy.ops.wm.save_as_mainfile(filepath=str(output), copy=True, relative_remap=bool(bpy.data.filepath))
         summary["output"] = str(output)
     summary["ok"] = not summary["errors"]
-    summary["worker_pid"] = session.worker_pid()
+    summary["worker_pid"] = HOST.pid()
     return report(summary, args, EXIT_OK if summary["ok"] else EXIT_FAILED)
 
 

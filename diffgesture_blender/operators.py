@@ -6,33 +6,35 @@ from pathlib import Path
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from . import bone_maps, environment, preferences, session
+from . import bone_maps, environment, generation, preferences
+from .request import Request, UsageError, audio_from_strip, sampling
+from .worker_host import HOST
 
 TIMER_INTERVAL = 0.1
 
 
-def gather(context: bpy.types.Context) -> session.Request:
+def gather(context: bpy.types.Context) -> Request:
     """The panel's settings and the preferences as a plain request."""
     props = context.scene.diffgesture
     prefs = preferences.get(context)
     if props.audio_source == "STRIP":
-        audio, start = session.audio_from_strip(context.scene, props.audio_strip)
+        audio, start = audio_from_strip(context.scene, props.audio_strip)
         add_sound = False  # the audio is already in the sequencer
     else:
         if not props.audio_path:
-            raise session.UsageError("choose a speech audio file")
+            raise UsageError("choose a speech audio file")
         audio, start, add_sound = Path(bpy.path.abspath(props.audio_path)), props.start_frame, props.add_sound
     if props.armature is None:
-        raise session.UsageError("choose the armature to animate")
-    settings = session.sampling_settings(props.sampler, props.steps, props.seed, props.variations, props.guidance,
-                                         props.stabilizer)
+        raise UsageError("choose the armature to animate")
+    settings = sampling(props.sampler, steps=props.steps if props.sampler == "fast" else None, seed=props.seed,
+                        variations=props.variations, stabilizer=props.stabilizer,
+                        guidance=round(props.guidance, 6))  # a float32 property: 1.15 reads back as 1.1499999761
     parts = {p for p, on in (("spine", props.drive_spine), ("arms", props.drive_arms),
                              ("fingers", props.drive_fingers)) if on}
     checkpoint = chosen_checkpoint(context)
-    return session.Request(audio=audio, armature=props.armature.name, python=prefs.python, checkpoint=checkpoint,
-                           device=prefs.device, settings=settings, start_frame=start, add_sound=add_sound,
-                           parts=frozenset(parts), allow_partial=props.allow_partial,
-                           pack_sound=props.pack_sound)
+    return Request(audio=audio, armature=props.armature.name, python=prefs.python, checkpoint=checkpoint,
+                   device=prefs.device, settings=settings, start_frame=start, add_sound=add_sound,
+                   parts=frozenset(parts), allow_partial=props.allow_partial, pack_sound=props.pack_sound)
 
 
 # How the last Generate of this session ended, when it did not write anything: (report kind, message) for the panel.
@@ -53,21 +55,20 @@ def chosen_checkpoint(context: bpy.types.Context) -> str:
     return props.checkpoint_path if props.checkpoint_source == "FILE" else preferences.get(context).checkpoint
 
 
-def finish(op: bpy.types.Operator, context: bpy.types.Context, gen: session.Generation) -> set[str]:
+def finish(op: bpy.types.Operator, context: bpy.types.Context, gen: generation.Generation) -> set[str]:
     """Report how a generation ended and, when it produced a result, write it into the scene."""
     global last_failure
     try:
         summary = gen.conclude(context.scene)
-    except session.GenerationFailed as e:
+    except generation.GenerationFailed as e:
         return fail(op, "INFO" if gen.was_cancelled() else "ERROR", str(e))
     finally:
         gen.close()
     last_failure = None
-    for note in summary["notes"]:
+    for note in summary.notes:
         op.report({"WARNING"}, note)
-    op.report({"INFO"}, f"{', '.join(summary['actions'])}: frames {summary['frame_start']}-"
-                        f"{summary['frame_end']} on {summary['armature']} ({summary['seconds']:.1f} s, "
-                        f"{summary['device']})")
+    op.report({"INFO"}, f"{', '.join(summary.actions)}: frames {summary.frame_start}-{summary.frame_end} on "
+                        f"{summary.armature} ({summary.seconds:.1f} s, {summary.device})")
     return {"FINISHED"}
 
 
@@ -84,10 +85,10 @@ class DIFFGESTURE_OT_generate(bpy.types.Operator):
     bl_label = "Generate"
     bl_options = {"REGISTER", "UNDO"}
 
-    def start(self, context: bpy.types.Context) -> session.Generation | None:
+    def start(self, context: bpy.types.Context) -> generation.Generation | None:
         try:
-            return session.Generation.create(gather(context))
-        except session.UsageError as e:
+            return generation.Generation.create(gather(context))
+        except UsageError as e:
             fail(self, "ERROR", str(e))
             return None
 
@@ -96,7 +97,7 @@ class DIFFGESTURE_OT_generate(bpy.types.Operator):
         gen = self.start(context)
         if gen is None:
             return {"CANCELLED"}
-        gen.begin(blocking=True)
+        gen.begin()
         gen.wait()
         return finish(self, context, gen)
 
@@ -112,7 +113,7 @@ class DIFFGESTURE_OT_generate(bpy.types.Operator):
         return {"RUNNING_MODAL"}
 
     def modal(self, context, event):
-        gen = session.active()
+        gen = generation.active()
         if gen is None:  # dropped because another file was opened
             self.cancel(context)
             return {"CANCELLED"}
@@ -203,19 +204,19 @@ class DIFFGESTURE_OT_create_environment(bpy.types.Operator):
         if cls.builder is not None and not cls.builder.done:
             self.report({"ERROR"}, "The environment is already being created: wait for it, or press Cancel")
             return {"CANCELLED"}
-        if session.active() is not None:
+        if generation.active() is not None:
             self.report({"ERROR"}, "Wait for the running generation to end")
             return {"CANCELLED"}
         plan = environment.pip_plan(environment.gpu_info())
         # what Check said before describes the old environment: forgotten now and when the new one is done
-        builder = environment.EnvironmentBuilder(preferences.env_dir(), plan, on_done=session.forget_check)
+        builder = environment.EnvironmentBuilder(preferences.env_dir(), plan, on_done=HOST.forget_check)
         try:
             builder.start()
         except environment.InstallerBusy as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
-        session.shutdown_worker()  # it may run from the environment being replaced
-        session.forget_check()
+        HOST.shutdown()  # it may run from the environment being replaced
+        HOST.forget_check()
         cls.builder = builder
         custom = preferences.get(context).python != str(environment.venv_python(preferences.env_dir()))
         self.report({"INFO"}, f"{plan.reason}; log: {builder.log_path}" + (
@@ -261,11 +262,11 @@ class DIFFGESTURE_OT_check_environment(bpy.types.Operator):
     bl_label = "Check"
 
     def execute(self, context):
-        session.check_worker(preferences.get(context).python)
+        HOST.check(preferences.get(context).python)
 
         def tick() -> float | None:
             redraw(bpy.context)
-            return 0.5 if session.check_running() else None
+            return 0.5 if HOST.check_running() else None
         bpy.app.timers.register(tick, first_interval=0.5)
         return {"FINISHED"}
 

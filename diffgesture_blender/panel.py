@@ -1,7 +1,8 @@
 """The sidebar panel "Generate gestures from audio" (3D Viewport > Sidebar > DiffGesture)."""
 import bpy
 
-from . import bone_maps, operators, session
+from . import bone_maps, generation, operators, scene_writer
+from .request import mapping_problems
 
 
 class DIFFGESTURE_PT_generate(bpy.types.Panel):
@@ -36,7 +37,7 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         col.prop(props, "drive_spine")
         col.prop(props, "drive_arms")
         fingers = col.row()
-        fingers.active = session.checkpoint_has_fingers(operators.chosen_checkpoint(context)) is not False
+        fingers.active = scene_writer.checkpoint_has_fingers(operators.chosen_checkpoint(context)) is not False
         fingers.prop(props, "drive_fingers", text="Fingers" if fingers.active else "Fingers (none in this checkpoint)")
 
         layout.prop(props, "checkpoint_source")
@@ -50,7 +51,7 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         layout.prop(props, "guidance")
         layout.prop(props, "stabilizer")
 
-        gen = session.active()
+        gen = generation.active()
         if gen is None:
             layout.operator(operators.DIFFGESTURE_OT_generate.bl_idname, icon="PLAY")
             if operators.last_failure is not None:  # the report fades; the panel keeps saying why
@@ -70,7 +71,7 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         header.label(text=f"Bones: {detection.preset or 'custom'} ({len(mapping)}/{detection.total} mapped)",
                      icon="ARMATURE_DATA")
         header.operator(operators.DIFFGESTURE_OT_detect_bones.bl_idname, text="", icon="VIEWZOOM")
-        for problem in session.mapping_problems(obj, mapping):
+        for problem in mapping_problems(obj, mapping):
             box.label(text=problem, icon="ERROR")
         missing = set(bone_maps.missing_required(mapping))
         col = box.column(align=True)

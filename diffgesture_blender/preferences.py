@@ -28,8 +28,8 @@ class Settings:
 
 def _python_changed(self, context) -> None:
     """Another interpreter: the last Check described the old one."""
-    from . import session
-    session.forget_check()
+    from .worker_host import HOST
+    HOST.forget_check()
 
 
 class DiffGesturePreferences(bpy.types.AddonPreferences):
@@ -46,7 +46,8 @@ class DiffGesturePreferences(bpy.types.AddonPreferences):
                                                ("cuda", "CUDA", "NVIDIA GPU"), ("cpu", "CPU", "Processor")])
 
     def draw(self, context) -> None:
-        from . import operators, session
+        from . import operators
+        from .worker_host import HOST
         layout = self.layout
         layout.prop(self, "torch_python")
         own = environment.venv_python(env_dir())
@@ -65,7 +66,7 @@ class DiffGesturePreferences(bpy.types.AddonPreferences):
         builder = operators.DIFFGESTURE_OT_create_environment.builder
         if builder is not None:
             self.draw_builder(layout.box(), builder)
-        for line in session.check_report():
+        for line in HOST.check_report():
             layout.label(text=line)
 
     def draw_builder(self, box: bpy.types.UILayout, builder: environment.EnvironmentBuilder) -> None:

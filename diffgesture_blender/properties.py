@@ -4,6 +4,8 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, Po
 
 from . import core
 
+DEFAULTS, RANGES = core.settings.GenerationSettings(), core.settings.RANGES
+
 
 NO_STRIP = "NONE"  # the menu's only item while the sequencer has no sound strip (an empty name would be a heading)
 
@@ -30,15 +32,19 @@ class DiffGestureSettings(bpy.types.PropertyGroup):
     checkpoint_path: StringProperty(name="Checkpoint File", subtype="FILE_PATH")
     sampler: EnumProperty(name="Quality", items=[
         ("fast", "Fast", "DDIM sampler with a few dozen steps (seconds)"),
-        ("paper", "Paper", "The paper's 500-step sampler and settings (slow, exact)")])
-    steps: IntProperty(name="Steps", default=core.protocol.DEFAULT_FAST_STEPS, min=1, max=500,
-                         description="Denoising steps of the fast sampler")
-    seed: IntProperty(name="Seed", default=0, min=0, description="Same seed, same audio: same motion")
-    variations: IntProperty(name="Variations", default=1, min=1, max=16,
+        ("paper", "Paper", "The paper's sampling: its 500-step sampler, BatchNorm batch statistics, whole windows, "
+                           "exact float32 (slow; the same as --sampler paper)")])
+    steps: IntProperty(name="Steps", default=DEFAULTS.steps, min=RANGES["steps"][0], max=RANGES["steps"][1],
+                       description="Denoising steps of the fast sampler")
+    seed: IntProperty(name="Seed", default=DEFAULTS.seed, min=RANGES["seed"][0],
+                      description="Same seed, same audio: same motion")
+    variations: IntProperty(name="Variations", default=DEFAULTS.variations, min=RANGES["variations"][0],
+                            max=RANGES["variations"][1], soft_max=16,
                             description="Motions to generate; each becomes an action, the first is assigned")
-    guidance: FloatProperty(name="Guidance", default=1.15, min=0.0, max=20.0,
+    guidance: FloatProperty(name="Guidance", default=DEFAULTS.guidance, min=RANGES["guidance"][0],
+                            max=RANGES["guidance"][1],
                             description="Classifier-free guidance scale: higher follows the audio more closely")
-    stabilizer: BoolProperty(name="Stabilizer", default=True,
+    stabilizer: BoolProperty(name="Stabilizer", default=DEFAULTS.stabilizer,
                              description="Gesture stabilizer: noise shared across frames in the last denoising "
                                          "steps, for smoother motion (the paper's; keep it on)")
     start_frame: IntProperty(name="Start Frame", default=1, description="Frame where the speech starts")

@@ -1,4 +1,4 @@
-"""Command line: `python -m model_core generate | info | convert` (see --help of each)."""
+"""Command line: `python -m model_core generate | generate-batch | info | convert` (see --help of each)."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,9 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from .settings import (BN_MODES, DEFAULT_FAST_STEPS, DEFAULT_GUIDANCE, PRECISIONS, PRESETS, GenerationSettings, preset,
+                       resolve_checkpoint)
 
 
 def _progress_printer():
@@ -23,18 +26,22 @@ def _progress_printer():
     return show
 
 
+def generation_settings(args: argparse.Namespace) -> GenerationSettings:
+    """The --sampler preset with the options given on the command line (an option left out keeps the preset's);
+    --reproduce is the paper preset whatever the other options say about the sampler, BatchNorm, precision, trim."""
+    choices = dict(steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed, variations=args.variations,
+                   bn_mode=args.bn_mode, precision=args.precision, trim=False if args.no_trim else None,
+                   stabilizer=False if args.no_stabilizer else None, fade_out=True if args.fade_out else None)
+    if args.reproduce:  # the official test script's sampling
+        return preset("paper", **{**choices, **PRESETS["paper"]})
+    return preset(args.sampler, **choices)
+
+
 def cmd_generate(args) -> int:
     from .checkpoint import load_checkpoint
-    from .pipeline import GenerationSettings, generate_file, resolve_device
+    from .pipeline import generate_file, resolve_device
     from .precision import configure_threads
-    from .protocol import resolve_checkpoint
-    if args.reproduce:  # the official test script's sampling: whole windows, batch-statistics BatchNorm, eager fp32
-        args.sampler, args.bn_mode, args.precision, args.no_trim = "paper", "official", "exact", True
-    settings = GenerationSettings(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-                                  stabilizer=not args.no_stabilizer, eta=args.eta, seed=args.seed,
-                                  variations=args.variations, bn_mode=args.bn_mode, fade_out=args.fade_out,
-                                  trim=not args.no_trim, precision=args.precision)
-    settings.validate()
+    settings = generation_settings(args)
     configure_threads()
     device, note = resolve_device(args.device)
     if note:
@@ -49,9 +56,13 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_generate_batch(args) -> int:
+    from .batch import main as batch_main
+    return batch_main(args, generation_settings(args))
+
+
 def cmd_info(args) -> int:
     from .checkpoint import load_checkpoint
-    from .protocol import resolve_checkpoint
     path = resolve_checkpoint(args.checkpoint)
     ckpt = load_checkpoint(path)
     n_params = sum(p.numel() for p in ckpt.model.parameters())
@@ -70,38 +81,54 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .protocol import DEFAULT_FAST_STEPS
+def _sampling_options(g: argparse.ArgumentParser) -> None:
+    """The checkpoint, device and sampling options shared by generate and generate-batch."""
+    g.add_argument("--checkpoint", default="default", help="native or official checkpoint (default: bundled demo)")
+    g.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    g.add_argument("--sampler", default="fast", choices=list(PRESETS),
+                   help="settings preset: fast (default), or paper = the official sampling (500 steps, BatchNorm "
+                        "batch statistics, whole windows, --precision exact); the options below change it")
+    g.add_argument("--steps", type=int, help=f"fast sampler steps (default {DEFAULT_FAST_STEPS})")
+    g.add_argument("--eta", type=float,
+                   help="fast sampler noise: 1 = ancestral steps (default), 0 = deterministic DDIM")
+    g.add_argument("--seed", type=int, help="default 0 (generate-batch: for clips whose manifest line names none)")
+    g.add_argument("--guidance", type=float, help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE})")
+    g.add_argument("--variations", type=int, help="default 1")
+    g.add_argument("--no-stabilizer", action="store_true", help="disable the gesture stabilizer")
+    g.add_argument("--bn-mode", choices=BN_MODES,
+                   help="BatchNorm: running statistics (fast's default), or batch statistics as the official "
+                        "scripts (paper's)")
+    g.add_argument("--fade-out", action="store_true",
+                   help="the official fade_out: ease into the mean pose over 8 frames from where the audio ends")
+    g.add_argument("--no-trim", action="store_true",
+                   help="keep whole windows (34 + 30 (K-1) frames) as the official code does (paper's default), "
+                        "instead of cutting the output to the audio's duration")
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help="exact = bit-identical to the official code on the same CPU (paper's default); fp32 = "
+                        "prepacked CPU weights (~1e-6 from exact); bf16; auto (fast's default) = the fastest on "
+                        "this CPU, measured once and cached (fp32 on GPUs)")
+    g.add_argument("--reproduce", action="store_true",
+                   help="the official sampling exactly, whatever else is given: --sampler paper --bn-mode official "
+                        "--precision exact --no-trim")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m model_core", description="DiffGesture: speech to gestures.")
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate gestures for a speech file")
     g.add_argument("speech", type=Path)
     g.add_argument("-o", "--output", type=Path, required=True, help="output .npz (poses, directions, meta)")
-    g.add_argument("--checkpoint", default="default", help="native or official checkpoint (default: bundled demo)")
-    g.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    g.add_argument("--sampler", default="fast", choices=["fast", "paper"])
-    g.add_argument("--steps", type=int, default=DEFAULT_FAST_STEPS, help="fast sampler steps")
-    g.add_argument("--eta", type=float, default=1.0,
-                   help="fast sampler noise: 1 = ancestral steps (default), 0 = deterministic DDIM")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--guidance", type=float, default=1.15, help="classifier-free guidance scale")
-    g.add_argument("--variations", type=int, default=1)
-    g.add_argument("--no-stabilizer", action="store_true", help="disable the gesture stabilizer")
-    g.add_argument("--bn-mode", default="eval", choices=["eval", "official"],
-                   help="BatchNorm: running statistics, or batch statistics as the official scripts")
-    g.add_argument("--fade-out", action="store_true",
-                   help="the official fade_out: ease into the mean pose over 8 frames from where the audio ends")
-    g.add_argument("--no-trim", action="store_true",
-                   help="keep whole windows (34 + 30 (K-1) frames) as the official code does, instead of cutting the "
-                        "output to the audio's duration")
-    g.add_argument("--precision", default="auto", choices=["auto", "exact", "fp32", "bf16"],
-                   help="exact = bit-identical to the official code on the same CPU; fp32 = prepacked CPU weights "
-                        "(~1e-6 from exact); bf16; auto (default) = the fastest on this CPU, measured once and "
-                        "cached (fp32 on GPUs)")
-    g.add_argument("--reproduce", action="store_true",
-                   help="the official sampling exactly: --sampler paper --bn-mode official --precision exact "
-                        "--no-trim")
+    _sampling_options(g)
     g.set_defaults(fn=cmd_generate)
+    b = sub.add_parser("generate-batch", help="generate for many clips at once (resumable; torchrun shards it)",
+                       description="Clips of different lengths share batches window by window; outputs that exist "
+                                   "are skipped; a file that cannot be read is reported and skipped. Under torchrun "
+                                   "each rank takes its share of the manifest and its own GPU.")
+    b.add_argument("manifest", type=Path, help="a folder of audio files, or a .csv/.jsonl with audio[, seed, output]")
+    b.add_argument("outdir", type=Path, help="folder for the .npz results")
+    b.add_argument("--batch", type=int, default=8, help="clips sampled side by side (default 8)")
+    _sampling_options(b)
+    b.set_defaults(fn=cmd_generate_batch)
     i = sub.add_parser("info", help="describe a checkpoint")
     i.add_argument("checkpoint")
     i.set_defaults(fn=cmd_info)
@@ -109,12 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("official", type=Path)
     c.add_argument("native", type=Path)
     c.set_defaults(fn=cmd_convert)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from .audio import AudioError
     from .checkpoint import CheckpointError
     try:
         return args.fn(args)
-    except (AudioError, CheckpointError, ValueError) as e:
+    except (AudioError, CheckpointError, ValueError) as e:  # ManifestError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -2,7 +2,8 @@
 
 Module and parameter names follow the official implementation exactly, so that official state dicts load with
 strict=True (FACTS.md §1-§3, state_dict_*.txt). The noise schedule buffers live here only because the official
-state dict carries them (diffusion_net.var_sched.*); the samplers that use them are in samplers.py.
+state dict carries them (diffusion_net.var_sched.*); the samplers that use them, and the forward noising that
+training uses, are in samplers.py.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .samplers import add_noise
 
 AUDIO_FEAT_DIM = 32
 SAMPLE_RATE = 16000
@@ -226,7 +229,6 @@ class PoseDiffusion(nn.Module):
             context = torch.where(drop.view(b, 1, 1), self.null_context(b), context)
         if t is None:
             t = torch.randint(1, sched.num_steps + 1, (b,), device=x0.device, generator=generator)
-        abar = sched.alpha_bars[t].view(b, 1, 1)
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)
-        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+        x_t = add_noise(sched, x0, noise, t)
         return F.mse_loss(self.denoise(x_t, sched.betas[t], context), noise)

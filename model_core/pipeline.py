@@ -8,16 +8,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from .network import FPS, SAMPLE_RATE, PoseDiffusion
-from .precision import PRECISIONS, choose_precision, guided_step
-from .protocol import DEFAULT_FAST_STEPS
-from .samplers import ddim_timesteps, make_sampler
+from .precision import choose_precision, guided_step
+from .samplers import RowGenerators, ddim_timesteps, make_sampler, randn
+from .settings import GenerationSettings
 
 WINDOW_SAMPLES = int(34 / 15 * SAMPLE_RATE)  # 36,266: the official long-audio window
 STRIDE_SECONDS = 2.0
@@ -26,47 +26,6 @@ UNIT_SECONDS = 34 / 15
 
 class Cancelled(Exception):
     """Raised when the caller's cancel check returns True; nothing partial is returned."""
-
-
-@dataclass
-class GenerationSettings:
-    """How to sample. The defaults are the product's (fast sampler); `paper()` gives the paper's settings."""
-
-    sampler: str = "fast"  # "paper" (500 steps, official) or "fast" (DDIM)
-    steps: int = DEFAULT_FAST_STEPS  # fast sampler only
-    guidance: float = 1.15
-    stabilizer: bool = True
-    eta: float = 1.0  # fast sampler noise: 1 = ancestral (DDPM-like) steps, 0 = deterministic DDIM
-    seed: int = 0
-    variations: int = 1
-    bn_mode: str = "eval"  # "eval": running statistics; "official": batch statistics as the official scripts
-    fade_out: bool = False
-    trim: bool = True  # cut the output to the audio's duration (the official code keeps whole windows)
-    # "exact": eager float32, bit-identical to the official code on the same CPU; "fp32": float32 with prepacked
-    # oneDNN weights on the CPU (~1e-6 from exact); "bf16": bf16 autocast; "auto": the fastest of these on this
-    # CPU, measured once and cached (precision.py); fp32 on GPUs.
-    precision: str = "auto"
-
-    @classmethod
-    def paper(cls, **kw) -> "GenerationSettings":
-        return cls(**{"sampler": "paper", "bn_mode": "official", "trim": False, "precision": "exact", **kw})
-
-    def validate(self) -> None:
-        if self.sampler not in ("paper", "fast"):
-            raise ValueError(f"sampler must be 'paper' or 'fast', not {self.sampler!r}")
-        if self.bn_mode not in ("eval", "official"):
-            raise ValueError(f"bn_mode must be 'eval' or 'official', not {self.bn_mode!r}")
-        if not 1 <= self.variations <= 64:
-            raise ValueError(f"variations must be 1..64, not {self.variations}")
-        if self.sampler == "fast" and not 1 <= self.steps <= 500:
-            raise ValueError(f"steps must be 1..500, not {self.steps}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be auto, exact, fp32 or bf16, not {self.precision!r}")
-        if not (math.isfinite(self.guidance) and 0 <= self.guidance <= 20):
-            raise ValueError(f"guidance scale must be within 0..20, not {self.guidance}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -144,20 +103,21 @@ def fade_out(poses: np.ndarray, end_padding: int, n: int = 4) -> tuple[np.ndarra
     return poses, end
 
 
-def denoise(model: PoseDiffusion, audio: torch.Tensor, pre_seq: torch.Tensor, settings: GenerationSettings,
-            gen_cpu: torch.Generator, gen_dev: torch.Generator) -> Iterator[tuple[int, torch.Tensor]]:
-    """The reverse process for one 34-frame window: yields (schedule index t, x_{t-1}) after every step.
+def denoise(model: PoseDiffusion, context: torch.Tensor, settings: GenerationSettings,
+            gen_cpu: torch.Generator | RowGenerators, gen_dev: torch.Generator | RowGenerators
+            ) -> Iterator[tuple[int, torch.Tensor]]:
+    """The reverse process for one 34-frame window given its context (B, 34, in_size): yields (schedule index t,
+    x_{t-1}) after every step.
 
     x_T is drawn on the CPU generator and later noise on the device generator, as the official code does. Call it
     under torch.inference_mode() (sample_window does)."""
     cfg = model.cfg
     sched = model.schedule
     sampler = make_sampler(settings.sampler, sched, settings.steps, settings.stabilizer, settings.eta)
-    b = audio.shape[0]
-    context = model.context(audio, pre_seq, batch_stats=settings.bn_mode == "official")
+    b, device = context.shape[0], context.device
     null = model.null_context(b)
-    x = torch.randn((b, cfg.n_poses, cfg.pose_dim), generator=gen_cpu).to(audio.device)
-    precision, _ = choose_precision(model, settings.precision, settings.sampler, b, settings.guidance, audio.device)
+    x = randn((b, cfg.n_poses, cfg.pose_dim), gen_cpu).to(device)
+    precision, _ = choose_precision(model, settings.precision, settings.sampler, b, settings.guidance, device)
     for i, t in enumerate(sampler.timesteps):
         eps = guided_step(model, precision, x, sched.betas[t].view(1), context, null, settings.guidance)
         x = sampler.step(eps, i, x, gen_dev)
@@ -166,14 +126,83 @@ def denoise(model: PoseDiffusion, audio: torch.Tensor, pre_seq: torch.Tensor, se
 
 @torch.inference_mode()
 def sample_window(model: PoseDiffusion, audio: torch.Tensor, pre_seq: torch.Tensor, settings: GenerationSettings,
-                  gen_cpu: torch.Generator, gen_dev: torch.Generator,
-                  on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Denoise one 34-frame window for a batch: audio (B, L), pre_seq (B, 34, D+1) -> x_0 (B, 34, D)."""
+                  gen_cpu: torch.Generator | RowGenerators, gen_dev: torch.Generator | RowGenerators,
+                  on_step: Callable[[int, int], None] | None = None, context: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """Denoise one 34-frame window for a batch: audio (B, L), pre_seq (B, 34, D+1) -> x_0 (B, 34, D).
+
+    context: the window's context when the caller built it (clips side by side each encode their own audio)."""
+    if context is None:
+        context = model.context(audio, pre_seq, batch_stats=settings.bn_mode == "official")
     n = steps_run(settings, model.schedule.num_steps)
-    for i, (_, x) in enumerate(denoise(model, audio, pre_seq, settings, gen_cpu, gen_dev)):
+    for i, (_, x) in enumerate(denoise(model, context, settings, gen_cpu, gen_dev)):
         if on_step is not None:
             on_step(i + 1, n)
     return x
+
+
+class ClipRun:
+    """One clip's long-audio generation as a sequence of windows, each seeded with the previous window's last 4
+    raw frames and blended over them (FACTS §8). generate() runs one clip; generate-batch runs several side by side,
+    each with its own random streams, so a clip's windows are the same whichever clips share its batches."""
+
+    def __init__(self, model: PoseDiffusion, audio: np.ndarray, settings: GenerationSettings,
+                 seed_poses: np.ndarray | None = None):
+        cfg = model.cfg
+        self.model, self.audio, self.settings = model, audio, settings
+        self.device = next(model.parameters()).device
+        self.n_win, self.w = window_count(len(audio)), 0
+        self.gen_cpu = torch.Generator().manual_seed(settings.seed)
+        self.gen_dev = self.gen_cpu if self.device.type == "cpu" else \
+            torch.Generator(self.device).manual_seed(settings.seed)
+        v, d, p = settings.variations, cfg.pose_dim, cfg.n_pre_poses
+        self.pre_seq = torch.zeros(v, cfg.n_poses, d + 1, device=self.device)
+        if seed_poses is not None:
+            self.pre_seq[:, :p, :d] = torch.as_tensor(np.asarray(seed_poses, np.float32).reshape(p, d),
+                                                      device=self.device)
+            self.pre_seq[:, :p, d] = 1
+        self.chunks: list[np.ndarray] = []
+        self.prev_tail: np.ndarray | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.w >= self.n_win
+
+    def window(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next window's audio (V, L) and seed sequence (V, 34, D+1)."""
+        clip = torch.from_numpy(np.ascontiguousarray(_window_audio(self.audio, self.w))).to(self.device)
+        return clip.unsqueeze(0).expand(self.settings.variations, -1), self.pre_seq
+
+    @torch.inference_mode()
+    def context(self) -> torch.Tensor:
+        audio, pre_seq = self.window()
+        return self.model.context(audio, pre_seq, batch_stats=self.settings.bn_mode == "official")
+
+    def take(self, out: torch.Tensor) -> None:
+        """Accept the sampled window (V, 34, D): seed the next window with its last frames, blend over the previous."""
+        p, d = self.model.cfg.n_pre_poses, self.model.cfg.pose_dim
+        out_np = out.float().cpu().numpy()
+        self.pre_seq = torch.zeros_like(self.pre_seq)
+        self.pre_seq[:, :p, :d] = out[:, -p:]
+        self.pre_seq[:, :p, d] = 1
+        if self.prev_tail is not None:
+            j = np.arange(p, dtype=np.float32).reshape(1, p, 1)
+            out_np[:, :p] = self.prev_tail * (p - j) / (p + 1) + out_np[:, :p] * (j + 1) / (p + 1)
+        if self.w < self.n_win - 1:
+            self.prev_tail = out_np[:, -p:].copy()
+            out_np = out_np[:, :-p]
+        self.chunks.append(out_np)
+        self.w += 1
+
+    def poses(self) -> np.ndarray:
+        """The finished clip: the windows joined, faded and trimmed as the settings say."""
+        poses = np.concatenate(self.chunks, axis=1)
+        keep = output_frames(len(self.audio), trim=True)
+        if self.settings.fade_out:
+            last = len(self.audio) - _window_start(len(self.audio), self.n_win - 1)  # samples before padding
+            poses, fade_end = fade_out(poses, max(0, WINDOW_SAMPLES - last))
+            keep = max(keep, fade_end)  # trimming keeps the whole fade
+        return poses[:, :keep] if self.settings.trim else poses
 
 
 def generate(model: PoseDiffusion, audio: np.ndarray, settings: GenerationSettings | None = None,
@@ -184,70 +213,46 @@ def generate(model: PoseDiffusion, audio: np.ndarray, settings: GenerationSettin
     seed_poses: optional (4, pose_dim) normalised poses to continue from; without it window 0 has no seed."""
     settings = settings or GenerationSettings()
     settings.validate()
-    cfg = model.cfg
-    device = next(model.parameters()).device
-    precision, _ = choose_precision(model, settings.precision, settings.sampler, settings.variations,
-                                    settings.guidance, device)
-    settings = dataclasses.replace(settings, precision=precision)  # measured once, not per window
-    n_win = window_count(len(audio))
-    gen_cpu = torch.Generator().manual_seed(settings.seed)
-    gen_dev = gen_cpu if device.type == "cpu" else torch.Generator(device).manual_seed(settings.seed)
-    v, d, p = settings.variations, cfg.pose_dim, cfg.n_pre_poses
-    pre_seq = torch.zeros(v, cfg.n_poses, d + 1, device=device)
-    if seed_poses is not None:
-        pre_seq[:, :p, :d] = torch.as_tensor(np.asarray(seed_poses, np.float32).reshape(p, d), device=device)
-        pre_seq[:, :p, d] = 1
-    chunks: list[np.ndarray] = []
-    prev_tail: np.ndarray | None = None
-    for w in range(n_win):
-        def on_step(step: int, steps: int, w=w) -> None:
+    run = ClipRun(model, audio, resolved(settings, model)[0], seed_poses)  # auto precision chosen once, not per window
+    while not run.done:
+        def on_step(step: int, steps: int, w=run.w) -> None:
             if cancel is not None and cancel():
                 raise Cancelled("generation cancelled")
             if progress is not None:
-                progress(Progress(w, n_win, step, steps))
-        clip = torch.from_numpy(np.ascontiguousarray(_window_audio(audio, w))).to(device)
-        out = sample_window(model, clip.unsqueeze(0).expand(v, -1), pre_seq, settings, gen_cpu, gen_dev, on_step)
-        out_np = out.float().cpu().numpy()
-        pre_seq = torch.zeros_like(pre_seq)
-        pre_seq[:, :p, :d] = out[:, -p:]
-        pre_seq[:, :p, d] = 1
-        if prev_tail is not None:
-            j = np.arange(p, dtype=np.float32).reshape(1, p, 1)
-            out_np[:, :p] = prev_tail * (p - j) / (p + 1) + out_np[:, :p] * (j + 1) / (p + 1)
-        if w < n_win - 1:
-            prev_tail = out_np[:, -p:].copy()
-            out_np = out_np[:, :-p]
-        chunks.append(out_np)
-    poses = np.concatenate(chunks, axis=1)
-    keep = output_frames(len(audio), trim=True)
-    if settings.fade_out:
-        last = len(audio) - _window_start(len(audio), n_win - 1)  # samples in the last window, before padding
-        poses, fade_end = fade_out(poses, max(0, WINDOW_SAMPLES - last))
-        keep = max(keep, fade_end)  # trimming keeps the whole fade
-    if settings.trim:
-        poses = poses[:, :keep]
-    return poses
+                progress(Progress(w, run.n_win, step, steps))
+        run.take(sample_window(model, *run.window(), run.settings, run.gen_cpu, run.gen_dev, on_step))
+    return run.poses()
+
+
+def save_result(ckpt, output: str | Path, poses: np.ndarray, settings: GenerationSettings, audio_path: str | Path,
+                n_samples: int, precision_choice: str, seconds: float) -> dict:
+    """Write one generation's result file (poses, canonical directions, metadata); return its summary."""
+    from .protocol import write_result
+    from .skeleton import poses_to_canonical
+    meta = {"skeleton": ckpt.skeleton.name, "fps": FPS, "seed": settings.seed, "checkpoint_sha256": ckpt.sha256,
+            "settings": settings.to_dict(), "precision": settings.precision, "precision_choice": precision_choice,
+            "steps": settings.steps, "audio": str(audio_path), "duration": n_samples / SAMPLE_RATE,
+            "device": str(next(ckpt.model.parameters()).device), "seconds": round(seconds, 3)}
+    write_result(output, poses, poses_to_canonical(poses, ckpt.skeleton), meta)
+    return {"frames": int(poses.shape[1]), "variations": int(poses.shape[0]), **meta}
+
+
+def resolved(settings: GenerationSettings, model: PoseDiffusion, batch: int = 1) -> tuple[GenerationSettings, str]:
+    """The settings as they will run (auto precision chosen for this batch of clips, the steps really taken) and how
+    the precision was chosen."""
+    device = next(model.parameters()).device
+    precision, how = choose_precision(model, settings.precision, settings.sampler, batch * settings.variations,
+                                      settings.guidance, device)
+    return dataclasses.replace(settings, precision=precision, steps=steps_run(settings, model.schedule.num_steps)), how
 
 
 def generate_file(ckpt, audio_path: str, output: str, settings: GenerationSettings,
                   progress: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None) -> dict:
     """Load speech, generate on the checkpoint's current device, write the result file; return its metadata."""
     from .audio import load_audio
-    from .protocol import write_result
-    from .skeleton import poses_to_canonical
     settings.validate()
     audio = load_audio(audio_path)
-    model = ckpt.model
-    device = next(model.parameters()).device
-    precision, how = choose_precision(model, settings.precision, settings.sampler, settings.variations,
-                                      settings.guidance, device)
-    settings = dataclasses.replace(settings, precision=precision,
-                                   steps=steps_run(settings, model.schedule.num_steps))  # what really runs
+    settings, how = resolved(settings, ckpt.model)
     t0 = time.perf_counter()
-    poses = generate(model, audio, settings, progress=progress, cancel=cancel)
-    meta = {"skeleton": ckpt.skeleton.name, "fps": FPS, "seed": settings.seed, "checkpoint_sha256": ckpt.sha256,
-            "settings": settings.to_dict(), "precision": precision, "precision_choice": how,
-            "steps": settings.steps, "audio": str(audio_path), "duration": len(audio) / SAMPLE_RATE,
-            "device": str(device), "seconds": round(time.perf_counter() - t0, 3)}
-    write_result(output, poses, poses_to_canonical(poses, ckpt.skeleton), meta)
-    return {"frames": int(poses.shape[1]), "variations": int(poses.shape[0]), **meta}
+    poses = generate(ckpt.model, audio, settings, progress=progress, cancel=cancel)
+    return save_result(ckpt, output, poses, settings, audio_path, len(audio), how, time.perf_counter() - t0)

@@ -22,7 +22,6 @@ import torch
 
 from .network import PoseDiffusion
 
-PRECISIONS = ("auto", "exact", "fp32", "bf16")
 CALIBRATION_ROUNDS = 7  # timed calls per candidate, interleaved; the median is kept
 _memo: dict[str, tuple[str, str]] = {}
 

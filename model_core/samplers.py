@@ -1,7 +1,8 @@
 """Reverse-diffusion samplers over the model's variance schedule; they never call the network.
 
 Each sampler exposes `timesteps` (schedule indices, high to low) and `step(eps, i, x, gen)` that maps x at
-`timesteps[i]` to the next state given the guided noise prediction. The denoising loop lives in pipeline.py.
+`timesteps[i]` to the next state given the guided noise prediction. The denoising loop lives in pipeline.py;
+`add_noise` is the forward process they invert, for training and tests.
 
 * PaperSampler: the official 500-step ancestral sampler with the Diffusion Gesture Stabilizer (FACTS §5). Its
   noise is drawn in the official order, so with the same seed it reproduces the official sample bit for bit.
@@ -11,13 +12,38 @@ Each sampler exposes `timesteps` (schedule indices, high to low) and `step(eps, 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .network import VarianceSchedule
+if TYPE_CHECKING:  # the schedule's buffers are all a sampler reads; it never imports the network
+    from .network import VarianceSchedule
 
 STABILIZER_T0 = 25
+
+
+class RowGenerators:
+    """Independent random streams for consecutive blocks of a batch's rows, so that clips sampled side by side
+    (generate-batch) draw exactly the numbers each would draw alone: every draw is split by block, in order."""
+
+    def __init__(self, blocks: list[tuple[torch.Generator, int]]):
+        self.blocks = blocks
+
+
+def randn(shape: tuple[int, ...], gen: torch.Generator | RowGenerators, device: torch.device | None = None,
+          dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Standard normal draws of `shape` from one generator, or block by block from row generators."""
+    if isinstance(gen, RowGenerators):
+        return torch.cat([torch.randn((n, *shape[1:]), generator=g, device=device, dtype=dtype) for g, n in gen.blocks])
+    return torch.randn(shape, generator=gen, device=device, dtype=dtype)
+
+
+def add_noise(schedule: VarianceSchedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+    """The forward process q(x_t | x_0) that the samplers invert: sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise (Ho et al.
+    2020, eq. 4); t is one step for the whole batch or one per row (B,)."""
+    abar = schedule.alpha_bars[t].reshape(-1, *([1] * (x0.dim() - 1)))
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
 
 def stabilized_noise(shape: torch.Size, t: int, t0: int, like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -26,9 +52,8 @@ def stabilized_noise(shape: torch.Size, t: int, t0: int, like: torch.Tensor, gen
     One shared draw eps_0 (B, 1, D), then one (B, 1, D) draw per frame in frame order (the official order)."""
     b, n, d = shape
     sa = ((t - t0) / t0) ** 2
-    eps0 = torch.randn((b, 1, d), generator=gen, device=like.device, dtype=like.dtype)
-    epsn = torch.cat([torch.randn((b, 1, d), generator=gen, device=like.device, dtype=like.dtype)
-                      for _ in range(n)], dim=1)
+    eps0 = randn((b, 1, d), gen, like.device, like.dtype)
+    epsn = torch.cat([randn((b, 1, d), gen, like.device, like.dtype) for _ in range(n)], dim=1)
     return math.sqrt(1 - sa ** 2) * epsn + sa * eps0
 
 
@@ -44,7 +69,7 @@ class PaperSampler:
     def step(self, eps: torch.Tensor, i: int, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         t = self.timesteps[i]
         # 1. the official code draws a full z first (before the network call, which uses no random numbers)
-        z = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) if t > 1 else torch.zeros_like(x)
+        z = randn(x.shape, gen, x.device, x.dtype) if t > 1 else torch.zeros_like(x)
         # 2. inside the stabilizer range that z is discarded and replaced by frame-shared noise
         if self.stabilizer and 2 <= t < self.t0:
             z = stabilized_noise(x.shape, t, self.t0, x, gen)
@@ -76,14 +101,18 @@ class DDIMSampler:
         t = self.timesteps[i]
         t_prev = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else 0
         ab, ab_prev = self.s.alpha_bars[t], self.s.alpha_bars[t_prev]  # alpha_bars[0] == 1
+        # 1. the "predicted x_0" of DDIM eq. 12: (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
         x0 = (x - torch.sqrt(1 - ab) * eps) / torch.sqrt(ab)
+        # 2. sigma_t(eta) of DDIM eq. 16: eta = 1 is the DDPM posterior's spread, eta = 0 deterministic
         s = self.eta * torch.sqrt((1 - ab_prev) / (1 - ab)) * torch.sqrt(1 - ab / ab_prev)
+        # 3. eq. 12 without its noise: sqrt(abar_prev) x0 + "direction pointing to x_t" sqrt(1 - abar_prev - s^2) eps
         x_prev = torch.sqrt(ab_prev) * x0 + torch.sqrt((1 - ab_prev - s ** 2).clamp(min=0)) * eps
+        # 4. eq. 12's random noise s z, none on the last step; below t0 z is the stabilizer's (paper eq. 9)
         if self.eta > 0 and t_prev > 0:
             if self.stabilizer and t < self.t0:
                 z = stabilized_noise(x.shape, t, self.t0, x, gen)
             else:
-                z = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+                z = randn(x.shape, gen, x.device, x.dtype)
             x_prev = x_prev + s * z
         return x_prev
 

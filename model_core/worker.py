@@ -13,7 +13,8 @@ import threading
 import time
 import traceback
 
-from .protocol import PROTOCOL_VERSION, ProtocolError, decode, encode, resolve_checkpoint
+from .protocol import PROTOCOL_VERSION, REQUESTS, ErrorKind, ProtocolError, decode, encode, error_reply
+from .settings import GenerationSettings, resolve_checkpoint
 
 PROGRESS_INTERVAL = 0.1
 
@@ -25,6 +26,8 @@ class Worker:
         self.requests: queue.Queue = queue.Queue()
         self.cancelled: set[str] = set()
         self.models: dict = {}
+        # one handler per request type of protocol.REQUESTS; each sends that request's reply
+        self.handlers = {"generate": self.generate, "info": self.info, "ping": self.ping}
 
     def send(self, msg: dict) -> None:
         with self.out_lock:
@@ -36,7 +39,7 @@ class Worker:
             try:
                 msg = decode(raw)
             except ProtocolError as e:
-                self.send({"type": "error", "id": None, "kind": "protocol", "message": str(e)})
+                self.send(error_reply(None, ErrorKind.PROTOCOL, str(e)))
                 continue
             if msg["type"] == "cancel":
                 self.cancelled.add(msg.get("id"))
@@ -58,25 +61,26 @@ class Worker:
         return self.models[key], dev, note
 
     def handle(self, msg: dict) -> None:
-        kind = msg["type"]
-        if kind == "ping":
-            self.send({"type": "pong", "id": msg.get("id")})
-        elif kind == "info":
-            ckpt, dev, _ = self.model(msg.get("checkpoint", "default"), "cpu")
-            self.send({"type": "info", "id": msg.get("id"), "skeleton": ckpt.skeleton.name,
-                       "config": ckpt.config.to_dict(), "provenance": ckpt.provenance, "sha256": ckpt.sha256,
-                       "source_format": ckpt.source_format})
-        elif kind == "generate":
-            self.generate(msg)
+        handler = self.handlers.get(msg["type"])
+        if handler is None:
+            self.send(error_reply(msg.get("id"), ErrorKind.PROTOCOL, f"unknown request {msg['type']!r}"))
         else:
-            self.send({"type": "error", "id": msg.get("id"), "kind": "protocol", "message": f"unknown request {kind!r}"})
+            handler(msg)
+
+    def ping(self, msg: dict) -> None:
+        self.send({"type": REQUESTS["ping"], "id": msg.get("id")})
+
+    def info(self, msg: dict) -> None:
+        ckpt, _, _ = self.model(msg.get("checkpoint", "default"), "cpu")
+        self.send({"type": REQUESTS["info"], "id": msg.get("id"), "skeleton": ckpt.skeleton.name,
+                   "config": ckpt.config.to_dict(), "provenance": ckpt.provenance, "sha256": ckpt.sha256,
+                   "source_format": ckpt.source_format})
 
     def generate(self, msg: dict) -> None:
         import torch
-        from .pipeline import GenerationSettings, generate_file
+        from .pipeline import generate_file
         job_id = msg.get("id")
-        settings = GenerationSettings(**msg.get("settings", {}))
-        settings.validate()
+        settings = GenerationSettings.from_dict(msg.get("settings", {}))
         last = [0.0]
 
         def progress(p) -> None:
@@ -99,7 +103,7 @@ class Worker:
             meta, notes = run("cpu")
             notes.append("the GPU ran out of memory; this generation was retried on the CPU")
         checkpoint = str(resolve_checkpoint(msg.get("checkpoint", "default")))
-        self.send({"type": "result", "id": job_id, "output": str(msg["output"]), "notes": notes,
+        self.send({"type": REQUESTS["generate"], "id": job_id, "output": str(msg["output"]), "notes": notes,
                    "checkpoint": checkpoint, **meta})
 
     def serve(self) -> None:
@@ -118,22 +122,25 @@ class Worker:
             try:
                 self.handle(msg)
             except Exception as e:  # every failure becomes a readable message for the client
-                self.send({"type": "error", "id": msg.get("id"), "kind": error_kind(e), "message": str(e)})
-                if error_kind(e) == "internal":
+                kind = error_kind(e)
+                self.send(error_reply(msg.get("id"), kind, str(e)))
+                if kind is ErrorKind.INTERNAL:
                     traceback.print_exc(file=sys.stderr)
             finally:
                 self.cancelled.discard(msg.get("id"))
 
 
-def error_kind(e: Exception) -> str:
+def error_kind(e: Exception) -> ErrorKind:
+    """The kind a failed request is reported with."""
     from .audio import AudioError
     from .checkpoint import CheckpointError
     from .pipeline import Cancelled
-    for cls, kind in ((AudioError, "audio"), (CheckpointError, "checkpoint"), (Cancelled, "cancelled"),
-                      (ValueError, "settings"), (TypeError, "settings")):
+    for cls, kind in ((AudioError, ErrorKind.AUDIO), (CheckpointError, ErrorKind.CHECKPOINT),
+                      (Cancelled, ErrorKind.CANCELLED), (ValueError, ErrorKind.SETTINGS),
+                      (TypeError, ErrorKind.SETTINGS)):
         if isinstance(e, cls):
             return kind
-    return "internal"
+    return ErrorKind.INTERNAL
 
 
 def main() -> None:

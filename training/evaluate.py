@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from model_core.checkpoint import load_checkpoint
-from model_core.pipeline import GenerationSettings, generate, resolve_device, sample_window
+from model_core.pipeline import generate, resolve_device, sample_window
+from model_core.settings import GenerationSettings, preset
 
 from .data import WindowDataset
 from .metrics import BeatConsistency, diversity, fgd, joint_mae, load_extractor, train_extractor
@@ -30,7 +31,7 @@ from .procedural import loudness
 def parse_sampler(spec: str) -> tuple[str, GenerationSettings]:
     """'paper' or 'fast:K' -> (label, settings with the official batch-statistics BatchNorm)."""
     if spec == "paper":
-        return spec, GenerationSettings.paper()
+        return spec, preset("paper")
     name, _, k = spec.partition(":")
     if name != "fast":
         raise ValueError(f"unknown sampler {spec!r}: use paper or fast:K")

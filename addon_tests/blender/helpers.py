@@ -139,7 +139,7 @@ class ReportSink:
 def drive_modal(addon, cancel_after_progress: bool = False, kill_after_progress: bool = False,
                 timeout: float = 120.0):
     """Run Generate the way its modal handler does: create, begin in a thread, poll on a 'timer', finish."""
-    gen = addon.session.Generation.create(addon.operators.gather(bpy.context))
+    gen = addon.generation.Generation.create(addon.operators.gather(bpy.context))
     gen.begin()
     deadline = time.monotonic() + timeout
     while not gen.poll():
@@ -148,7 +148,7 @@ def drive_modal(addon, cancel_after_progress: bool = False, kill_after_progress:
             if cancel_after_progress:
                 gen.cancel()
             if kill_after_progress:
-                os.kill(addon.session.worker_pid(), signal.SIGKILL)
+                os.kill(addon.worker_host.HOST.pid(), signal.SIGKILL)
         time.sleep(addon.operators.TIMER_INTERVAL)
     sink = ReportSink()
     return addon.operators.finish(sink, bpy.context, gen), sink.reports

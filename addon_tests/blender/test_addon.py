@@ -8,7 +8,9 @@ operators.finish) driven by the test. Failures must leave the .blend unchanged: 
 import json
 import os
 import re
+import subprocess
 import sys
+import threading
 import time
 import wave
 from pathlib import Path
@@ -23,7 +25,7 @@ from addon_tests.paths import TORCH_PYTHON
 
 def test_package_installs_enables_and_never_imports_torch(addon):
     assert hasattr(bpy.types.Scene, "diffgesture") and hasattr(bpy.ops.diffgesture, "generate")
-    assert addon.session.DEFAULT_CHECKPOINT.parent.name == "weights"
+    assert addon.core.settings.DEFAULT_CHECKPOINT.parent.name == "weights"
     assert never_touched_torch(), TorchImportWatch.attempts
 
 
@@ -46,8 +48,8 @@ def test_generate_operator_keys_audio_span_and_adds_sound(addon, scene, speech_w
 
 def test_modal_loop_keeps_the_worker_warm_and_refuses_a_second_run(addon, scene):
     assert bpy.ops.diffgesture.generate() == {"FINISHED"}
-    pid = addon.session.worker_pid()
-    gen = addon.session.Generation.create(addon.operators.gather(bpy.context))
+    pid = addon.worker_host.HOST.pid()
+    gen = addon.generation.Generation.create(addon.operators.gather(bpy.context))
     try:
         with pytest.raises(RuntimeError, match="already running"):
             bpy.ops.diffgesture.generate()
@@ -55,7 +57,7 @@ def test_modal_loop_keeps_the_worker_warm_and_refuses_a_second_run(addon, scene)
         gen.close()
     result, reports = drive_modal(addon)
     assert result == {"FINISHED"}, reports
-    assert addon.session.worker_pid() == pid  # same process served both requests
+    assert addon.worker_host.HOST.pid() == pid  # same process served both requests
     assert len(bpy.data.actions) == 2
 
 
@@ -111,6 +113,73 @@ def test_panel_and_preferences_draw(addon, scene):
     prefs = ctx.preferences.addons[MODULE].preferences
     assert "No environment yet: press Create Environment" in draw_preferences(addon, "")  # none was created here
     assert addon.preferences.get(ctx).python == prefs.torch_python == str(TORCH_PYTHON)
+
+
+def test_paper_means_the_same_in_the_panel_cli_and_headless(addon, scene, speech_wav, tmp_path):
+    from model_core.__main__ import build_parser, generation_settings
+    settings = addon.core.settings
+    paper = settings.preset("paper")
+    assert (paper.sampler, paper.bn_mode, paper.trim, paper.precision) == ("paper", "official", False, "exact")
+
+    def three_front_ends(*options: str) -> list[dict]:
+        cli = generation_settings(build_parser().parse_args(["generate", str(speech_wav), "-o", str(tmp_path / "x"),
+                                                             "--sampler", "paper", *options]))
+        headless = addon.headless.requests(addon.headless.build_parser().parse_args(
+            ["generate", "--audio", str(speech_wav), "--armature", "Rig", "--sampler", "paper", *options]))[0]
+        return [addon.operators.gather(bpy.context).settings.to_dict(), cli.to_dict(), headless.settings.to_dict()]
+
+    scene.diffgesture.sampler = "paper"
+    assert three_front_ends() == [paper.to_dict()] * 3  # panel, CLI, headless
+    props = scene.diffgesture
+    props.seed, props.variations, props.guidance, props.stabilizer = 7, 2, 2.5, False
+    changed = settings.preset("paper", seed=7, variations=2, guidance=2.5, stabilizer=False).to_dict()
+    assert three_front_ends("--seed", "7", "--variations", "2", "--guidance", "2.5", "--no-stabilizer") == \
+        [changed] * 3
+    assert never_touched_torch(), TorchImportWatch.attempts
+
+
+def test_settings_are_validated_before_a_worker_starts(addon, scene, speech_wav, capsys):
+    addon.worker_host.HOST.shutdown()
+    scene.diffgesture.guidance = 1e30  # past the property's own limit only through Python: clamped to 20
+    assert scene.diffgesture.guidance == 20.0
+    rc = addon.headless.main(["generate", "--audio", str(speech_wav), "--armature", "Rig", "--guidance", "nan",
+                              "--torch-python", str(TORCH_PYTHON)])
+    assert rc == 2 and "guidance must be within 0.0..20.0, not nan" in capsys.readouterr().err
+    rc = addon.headless.main(["generate", "--audio", str(speech_wav), "--armature", "Rig", "--variations", "0",
+                              "--torch-python", str(TORCH_PYTHON)])
+    assert rc == 2 and "variations must be within 1..64, not 0" in capsys.readouterr().err
+    assert addon.worker_host.HOST.pid() is None, "refused before any worker was started"
+
+
+def test_the_worker_is_never_started_on_the_main_thread(addon, scene, speech_wav, monkeypatch):
+    """Every way the add-on starts a worker (Generate, its modal loop, a restart after a crash, headless, Check)
+    spawns the process from another thread, so Blender's UI never waits for torch to import."""
+    starts, real_popen = [], subprocess.Popen
+
+    def spy(args, *rest, **kw):
+        if "model_core.worker" in args:
+            starts.append(threading.current_thread() is threading.main_thread())
+        return real_popen(args, *rest, **kw)
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    host = addon.worker_host.HOST
+    host.shutdown()
+    assert bpy.ops.diffgesture.generate() == {"FINISHED"}  # the blocking execute
+    host.shutdown()
+    assert drive_modal(addon)[0] == {"FINISHED"}
+    scene.diffgesture.steps = 400
+    assert drive_modal(addon, kill_after_progress=True)[0] == {"CANCELLED"}
+    scene.diffgesture.steps = STEPS
+    result, reports = drive_modal(addon)  # the dead worker is restarted
+    assert result == {"FINISHED"} and any("new one was started" in m for _, m in reports), reports
+    host.shutdown()
+    assert addon.headless.main(["generate", "--audio", str(speech_wav), "--armature", "Rig", "--no-sound",
+                                "--checkpoint", scene.diffgesture.checkpoint_path, "--steps", str(STEPS),
+                                "--torch-python", str(TORCH_PYTHON)]) == 0
+    host.shutdown()
+    host.check(str(TORCH_PYTHON)).join(60)
+    assert starts == [False] * 5, starts
+    with pytest.raises(RuntimeError, match="off Blender's main thread"):
+        host.start(str(TORCH_PYTHON))
 
 
 # -- failures leave the .blend unchanged -------------------------------------------------------------------------
@@ -188,9 +257,9 @@ def test_no_armature_or_edit_mode_is_refused_before_the_worker(addon, scene):
 
 
 def test_opening_a_file_drops_the_running_generation(addon, scene):
-    addon.session.Generation.create(addon.operators.gather(bpy.context))
+    addon.generation.Generation.create(addon.operators.gather(bpy.context))
     bpy.ops.wm.read_homefile(use_empty=True)
-    assert addon.session.active() is None
+    assert addon.generation.active() is None
 
 
 @pytest.mark.parametrize("python, message", [("/nonexistent/bin/python", "/nonexistent/bin/python does not exist"),
@@ -210,16 +279,16 @@ def test_unusable_interpreter_leaves_blend_unchanged(addon, scene, python, messa
 def test_check_reports_torch_cuda_and_device(addon):
     assert bpy.ops.diffgesture.check_environment() == {"FINISHED"}
     deadline = time.monotonic() + 60
-    while addon.session.check_running():
+    while addon.worker_host.HOST.check_running():
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    first = addon.session.check_report()[0]
+    first = addon.worker_host.HOST.check_report()[0]
     assert first.startswith("torch 2.") and "CUDA not available" in first and "device: CPU" in first, first
 
 
 def test_disabling_the_addon_stops_the_worker(addon):
-    addon.session.start_worker(str(TORCH_PYTHON))
-    pid = addon.session.worker_pid()
+    addon.worker_host.HOST.check(str(TORCH_PYTHON)).join(60)
+    pid = addon.worker_host.HOST.pid()
     bpy.ops.preferences.addon_disable(module=MODULE)
     try:
         with pytest.raises(ProcessLookupError):

@@ -113,7 +113,7 @@ def clean_env(addon):
             ops.builder.wait(60)
             ops.builder = None
         shutil.rmtree(own_env(addon), ignore_errors=True)
-        addon.session.forget_check()
+        addon.worker_host.HOST.forget_check()
     clean()
     yield prefs
     clean()
@@ -135,10 +135,10 @@ def bare_venv(folder: Path) -> Path:
 def run_check(addon) -> list[str]:
     assert bpy.ops.diffgesture.check_environment() == {"FINISHED"}
     deadline = time.monotonic() + 60
-    while addon.session.check_running():
+    while addon.worker_host.HOST.check_running():
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    return addon.session.check_report()
+    return addon.worker_host.HOST.check_report()
 
 
 def wait_for(predicate, timeout: float = 120.0, what: str = "") -> None:
@@ -190,7 +190,7 @@ def test_unreachable_index_fails_with_pips_reason_and_keeps_the_users_index(addo
     clean_env.torch_python = ""
     assert run_check(addon)[0].startswith("Check failed")
     assert bpy.ops.diffgesture.create_environment() == {"FINISHED"}
-    assert addon.session.check_report() == []  # Check described the environment being replaced
+    assert addon.worker_host.HOST.check_report() == []  # Check described the environment being replaced
     builder = addon.operators.DIFFGESTURE_OT_create_environment.builder
     seen = set()
     while not builder.done:
@@ -294,7 +294,7 @@ def test_custom_python_wins_and_the_preferences_offer_to_switch(addon, clean_env
     assert "<diffgesture.use_extension_environment>" in texts
     assert bpy.ops.diffgesture.use_extension_environment() == {"FINISHED"}
     assert clean_env.torch_python == "" and addon.preferences.get().python == str(own)
-    assert addon.session.check_report() == []  # that Check described the other interpreter
+    assert addon.worker_host.HOST.check_report() == []  # that Check described the other interpreter
     assert f"Using the extension's environment: {own}" in draw_preferences(addon)
 
 

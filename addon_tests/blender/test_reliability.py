@@ -257,11 +257,11 @@ def test_worker_hanging_mid_generation_is_stopped_and_nothing_changes(addon, sce
     scene.diffgesture.steps = 400
     before = snapshot()
     try:
-        addon.session.client(prefs.torch_python).stall_timeout = 2.0
+        addon.worker_host.HOST.client(prefs.torch_python).stall_timeout = 2.0
         result, reports = drive_modal(addon, timeout=60)
     finally:
         prefs.torch_python = str(TORCH_PYTHON)
-        addon.session.shutdown_worker()
+        addon.worker_host.HOST.shutdown()
     error = messages(reports, "ERROR")
     assert result == {"CANCELLED"} and "the worker sent nothing for 2 s and was stopped as hung" in error, reports
     assert "Nothing was changed; the worker will be restarted" in error
@@ -271,14 +271,14 @@ def test_worker_hanging_mid_generation_is_stopped_and_nothing_changes(addon, sce
 def test_cuda_without_a_gpu_falls_back_and_the_summary_says_so(addon, scene, speech_wav, tmp_path, capsys,
                                                                monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # "no GPU" even on a machine with one
-    addon.session.shutdown_worker()  # the next worker starts with that environment
+    addon.worker_host.HOST.shutdown()  # the next worker starts with that environment
     summary = tmp_path / "summary.json"
     try:
         rc = addon.headless.main(["generate", "--audio", str(speech_wav), "--armature", "Rig", "--device", "cuda",
                                   "--checkpoint", scene.diffgesture.checkpoint_path, "--steps", str(STEPS),
                                   "--torch-python", str(TORCH_PYTHON), "--json", str(summary)])
     finally:
-        addon.session.shutdown_worker()
+        addon.worker_host.HOST.shutdown()
     result = json.loads(summary.read_text())["results"][0]
     assert rc == 0 and result["device"] == "cpu"
     assert any("CUDA was requested but is not available" in n for n in result["notes"])

@@ -1,4 +1,5 @@
-"""Conformance with the official implementation: every array of both fixtures (FACTS.md, fixtures/README.txt).
+"""Conformance with the official implementation: every array of both fixtures (addon_tests/FIXTURES.md says
+what each is and which FACTS.md section it checks; the files are in ../shared/reference).
 
 The fixtures were made by the official code on one AMD CPU. Float results of the same code differ in the last bits
 between CPUs (oneDNN and the vectorised math library pick kernels by instruction set, which changes the order of
@@ -12,8 +13,9 @@ import pytest
 import torch
 
 from model_core.network import linear_schedule
-from model_core.pipeline import GenerationSettings, denoise, sample_window
+from model_core.pipeline import denoise, sample_window
 from model_core.samplers import PaperSampler
+from model_core.settings import GenerationSettings, preset
 
 # Bounds, as a fraction of the reference array's largest magnitude (float32 epsilon is 1.2e-7):
 # - one network pass (audio encoder: 4 convolutions, 240-term sums; denoiser: 4 transformer blocks): different
@@ -144,11 +146,12 @@ TRAJECTORY = {400: ("traj_t400", EARLY_TRAJECTORY), 399: ("traj_t399", EARLY_TRA
 
 def run_paper_sample(ckpt, ref, bn_mode: str) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """The seeded paper sample of the fixture: {t: x_t} at the recorded states, and x_0."""
-    settings = GenerationSettings.paper(bn_mode=bn_mode, seed=int(ref["sample_seed"]))
+    settings = preset("paper", bn_mode=bn_mode, seed=int(ref["sample_seed"]))
     gen = torch.Generator().manual_seed(settings.seed)
     states = {}
     with torch.inference_mode():
-        for step_t, x in denoise(ckpt.model, t(ref["audio"]), t(ref["pre_seq"]), settings, gen, gen):
+        context = ckpt.model.context(t(ref["audio"]), t(ref["pre_seq"]), batch_stats=bn_mode == "official")
+        for step_t, x in denoise(ckpt.model, context, settings, gen, gen):
             states[step_t - 1] = x.numpy().copy()  # the step at t yields x_{t-1}
     return states, states[0]
 
@@ -168,7 +171,7 @@ def test_full_seeded_sample_official_batchnorm(official):
     assert_close_to_scale(x0, ref["sample_x0_trainbn"], FULL_TRAJECTORY, "sample_x0_trainbn")
 
 
-@pytest.mark.parametrize("settings", [GenerationSettings.paper(seed=5),
+@pytest.mark.parametrize("settings", [preset("paper", seed=5),
                                       GenerationSettings(sampler="fast", steps=10, seed=5, precision="fp32"),
                                       GenerationSettings(sampler="fast", steps=10, seed=5, precision="bf16")],
                          ids=["paper-exact", "fast-fp32", "fast-bf16"])
@@ -187,7 +190,7 @@ def test_stabilizer_switch_changes_the_sample(ted_small):
     pre = torch.zeros(1, 34, 28)
     outs = []
     for stab in (True, False):
-        s = GenerationSettings.paper(stabilizer=stab, seed=1)
+        s = preset("paper", stabilizer=stab, seed=1)
         g = torch.Generator().manual_seed(1)
         outs.append(sample_window(ted_small.model, ref_audio, pre, s, g, g).numpy())
     assert not np.allclose(outs[0], outs[1])
@@ -198,7 +201,7 @@ def test_prepacked_fp32_stays_within_rounding_of_exact(official):
     ckpt, ref = official
     out = {}
     for precision in ("exact", "fp32"):
-        settings = GenerationSettings.paper(bn_mode="eval", seed=int(ref["sample_seed"]), precision=precision)
+        settings = preset("paper", bn_mode="eval", seed=int(ref["sample_seed"]), precision=precision)
         gen = torch.Generator().manual_seed(settings.seed)
         out[precision] = sample_window(ckpt.model, t(ref["audio"]), t(ref["pre_seq"]), settings, gen, gen).numpy()
     assert_close_to_scale(out["exact"], ref["sample_x0"], FULL_TRAJECTORY, "exact sample")

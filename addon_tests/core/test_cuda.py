@@ -10,7 +10,9 @@ import torch
 from addon_tests.paths import ROOT
 from model_core.checkpoint import load_checkpoint
 from model_core.network import ModelConfig, PoseDiffusion
-from model_core.protocol import WorkerClient, read_result, resolve_checkpoint
+from model_core.client import WorkerClient
+from model_core.protocol import read_result
+from model_core.settings import resolve_checkpoint
 from training.train import LossModule, optimizer_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with a CUDA build of torch")

@@ -18,7 +18,8 @@ import torch
 from addon_tests.crafted import stalling_interpreter
 from addon_tests.paths import ROOT
 from model_core import checkpoint, pipeline
-from model_core.protocol import WorkerClient, WorkerError, decode, read_result
+from model_core.client import WorkerClient, WorkerError
+from model_core.protocol import decode, read_result
 from model_core.worker import Worker
 
 PY = Path(sys.executable)  # the torch environment's interpreter runs these tests

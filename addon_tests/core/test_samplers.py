@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from model_core.network import VarianceSchedule, ModelConfig
-from model_core.samplers import DDIMSampler, PaperSampler, ddim_timesteps
+from model_core.samplers import DDIMSampler, PaperSampler, add_noise, ddim_timesteps
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_deterministic_ddim_inverts_an_exact_noise_prediction(schedule):
     for k in (5, 50):
         s = DDIMSampler(schedule, steps=k, eta=0.0)
         t0 = s.timesteps[0]
-        x = schedule.alpha_bars[t0].sqrt() * x0 + (1 - schedule.alpha_bars[t0]).sqrt() * noise
+        x = add_noise(schedule, x0, noise, t0)
         for i, _ in enumerate(s.timesteps):
             x = s.step(noise, i, x, torch.Generator())
         torch.testing.assert_close(x, x0, atol=1e-4, rtol=1e-4)

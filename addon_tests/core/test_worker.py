@@ -1,4 +1,5 @@
 """The worker as a real subprocess in the torch environment, and the command line."""
+import io
 import json
 import os
 import subprocess
@@ -10,7 +11,9 @@ import pytest
 import soundfile as sf
 
 from addon_tests.paths import FIXTURES, ROOT
-from model_core.protocol import WorkerClient, WorkerError, read_result
+from model_core.client import WorkerClient, WorkerError
+from model_core.protocol import REQUESTS, ErrorKind, read_result
+from model_core.worker import Worker
 
 PY = sys.executable  # the torch environment's interpreter runs these tests
 
@@ -69,6 +72,46 @@ def test_errors_are_reported_as_text(client, ckpt, speech, tmp_path):
     with pytest.raises(WorkerError, match="not a PyTorch checkpoint") as err:
         client.generate(speech, tmp_path / "x.npz", checkpoint=str(tmp_path / "bad.pt")).wait(60)
     assert err.value.kind == "checkpoint"
+
+
+def test_bad_settings_are_refused_with_their_name(client, ckpt, speech, tmp_path):
+    for settings, message in [({"stpes": 3}, "unknown settings 'stpes'"),
+                              ({"guidance": float("nan")}, "guidance must be within 0.0..20.0, not nan"),
+                              ({"variations": 0}, "variations must be within 1..64, not 0")]:
+        with pytest.raises(WorkerError, match=message) as err:
+            client.generate(speech, tmp_path / "s.npz", checkpoint=str(ckpt), settings=settings).wait(60)
+        assert err.value.kind == ErrorKind.SETTINGS and not (tmp_path / "s.npz").exists()
+
+
+def test_every_request_type_has_one_handler():
+    assert Worker(io.BytesIO()).handlers.keys() == REQUESTS.keys()
+
+
+FAKE_WORKER = """import sys
+from model_core.protocol import PROTOCOL_VERSION, decode, encode
+out = sys.stdout.buffer
+out.write(encode({"type": "ready", "protocol": PROTOCOL_VERSION})); out.flush()
+for line in sys.stdin.buffer:
+    msg = decode(line)
+    out.write(encode({"type": "progress", "id": msg["id"], "fraction": 0.5}))
+    out.write(encode({"type": "pong" if msg["type"] == "generate" else "status", "id": msg["id"]})); out.flush()
+"""
+
+
+def test_a_reply_of_the_wrong_type_is_not_a_result(tmp_path, speech):
+    (tmp_path / "fake_worker.py").write_text(FAKE_WORKER)
+    client = WorkerClient(_fake_python(tmp_path, f'exec {PY} {tmp_path / "fake_worker.py"}\n'), core_parent=ROOT)
+    try:
+        job = client.generate(speech, tmp_path / "f.npz")
+        with pytest.raises(WorkerError, match="the worker answered 'pong' where 'result' was expected") as err:
+            job.wait(30)
+        assert err.value.kind == ErrorKind.PROTOCOL and job.result is None and job.progress["fraction"] == 0.5
+        with pytest.raises(WorkerError, match="answered 'status' where 'pong' was expected"):
+            client.ping()
+    finally:
+        client.kill()
+    with pytest.raises(ValueError, match="not a request type: 'status'"):
+        client.submit({"type": "status"})
 
 
 def test_crash_is_reported_and_worker_restarts(client, ckpt, speech, tmp_path):

@@ -1,0 +1,73 @@
+"""The settings module: every field checked with a message that names it, the presets, the CLI's reading of them."""
+import math
+
+import pytest
+
+from model_core.__main__ import build_parser, generation_settings
+from model_core.settings import DEFAULT_GUIDANCE, PRESETS, GenerationSettings, preset
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("sampler", "euler", "sampler must be one of fast, paper, not 'euler'"),
+    ("bn_mode", "train", "bn_mode must be one of eval, official"),
+    ("precision", "int8", "precision must be one of auto, exact, fp32, bf16"),
+    ("steps", 0, r"steps must be within 1\.\.500, not 0"),
+    ("steps", 501, r"steps must be within 1\.\.500"),
+    ("steps", 2.5, "steps must be a whole number, not 2.5"),
+    ("steps", True, "steps must be a whole number, not True"),
+    ("seed", -1, r"seed must be within 0\.\."),
+    ("seed", "7", "seed must be a whole number, not '7'"),
+    ("variations", 0, r"variations must be within 1\.\.64"),
+    ("variations", 65, r"variations must be within 1\.\.64"),
+    ("guidance", math.nan, r"guidance must be within 0\.0\.\.20\.0, not nan"),
+    ("guidance", math.inf, "guidance must be within"),
+    ("guidance", -0.5, "guidance must be within"),
+    ("eta", 1.5, r"eta must be within 0\.0\.\.1\.0"),
+    ("eta", -math.inf, "eta must be within"),
+    ("stabilizer", 1, "stabilizer must be true or false"),
+    ("trim", "no", "trim must be true or false"),
+])
+def test_every_field_is_checked_and_named(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        GenerationSettings(**{field: value}).validate()
+    with pytest.raises(ValueError, match=message):
+        preset("paper", **{field: value})
+
+
+def test_defaults_are_the_fast_preset_and_valid():
+    GenerationSettings().validate()
+    assert preset("fast") == GenerationSettings() and GenerationSettings().guidance == DEFAULT_GUIDANCE == 1.15
+
+
+def test_paper_preset_is_the_official_sampling():
+    paper = preset("paper")
+    assert (paper.sampler, paper.bn_mode, paper.trim, paper.precision) == ("paper", "official", False, "exact")
+    assert preset("paper", seed=4, guidance=None).seed == 4, "None keeps the preset's value"
+    assert preset("paper", seed=4).guidance == DEFAULT_GUIDANCE
+    with pytest.raises(ValueError, match="unknown preset 'slow': choose fast or paper"):
+        preset("slow")
+
+
+def test_from_dict_refuses_unknown_names_and_bad_values():
+    assert GenerationSettings.from_dict(preset("paper").to_dict()) == preset("paper")
+    with pytest.raises(ValueError, match="unknown settings 'stpes'"):
+        GenerationSettings.from_dict({"stpes": 3})
+    with pytest.raises(ValueError, match="variations must be within"):
+        GenerationSettings.from_dict({"variations": 100})
+    with pytest.raises(ValueError, match="settings must be an object"):
+        GenerationSettings.from_dict([1, 2])
+
+
+def test_cli_sampler_is_the_preset_and_options_change_it():
+    def cli(*options):
+        return generation_settings(build_parser().parse_args(["generate", "a.wav", "-o", "b.npz", *options]))
+    assert set(PRESETS) == {"fast", "paper"}
+    assert cli() == preset("fast") and cli("--sampler", "paper") == preset("paper")
+    assert cli("--sampler", "paper", "--precision", "fp32", "--seed", "3") == preset("paper", precision="fp32", seed=3)
+    assert cli("--no-stabilizer", "--fade-out", "--steps", "7") == preset("fast", stabilizer=False, fade_out=True,
+                                                                          steps=7)
+    assert cli("--no-trim") == preset("fast", trim=False)
+    assert cli("--reproduce", "--precision", "fp32", "--seed", "2") == preset("paper", seed=2), \
+        "--reproduce is the paper preset whatever precision is asked for"
+    with pytest.raises(ValueError, match="guidance must be within"):
+        cli("--guidance", "nan")

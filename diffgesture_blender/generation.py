@@ -1,0 +1,165 @@
+"""One generation from a validated request to its summary: the state machine shared by the operator and headless.
+
+STARTING (a thread starts the worker and sends the request) -> RUNNING (the job is polled on the main thread)
+-> ENDED (result, error or cancel). Nothing touches bpy data until `conclude`, which hands a complete result to
+scene_writer; a failed or cancelled generation leaves the .blend exactly as it was. One generation at a time.
+"""
+from __future__ import annotations
+
+import enum
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable
+
+import bpy
+
+from . import core, scene_writer
+from .request import Request, UsageError, resolve_checkpoint, validate
+from .worker_host import HOST, WorkerError
+
+ErrorKind = core.protocol.ErrorKind
+_active: "Generation | None" = None
+
+
+class GenerationFailed(RuntimeError):
+    """A generation that ended without changing the .blend; the message says why and that nothing was changed."""
+
+
+class Stage(enum.Enum):
+    STARTING = "starting"  # the worker is being started and the request sent, in a thread
+    RUNNING = "running"  # the worker has the request; its job is polled
+    ENDED = "ended"  # result, error or cancel: conclude() says which
+
+
+class Generation:
+    """A validated request: `begin`, then `poll` (non-blocking) or `wait`, then `conclude` writes the result."""
+
+    def __init__(self, request: Request):
+        self.request = request
+        armature, self.mapping = validate(request)
+        self.armature_name = armature.name  # a name, not a reference: undo may replace the object meanwhile
+        self.tmp = Path(tempfile.mkdtemp(prefix="diffgesture-"))
+        self.output = self.tmp / "result.npz"
+        self.stage = Stage.STARTING
+        self.notes: list[str] = []
+        self.job: core.client.Job | None = None
+        self.error: Exception | None = None
+        self.cancelled = False
+        self._starter: threading.Thread | None = None
+
+    @classmethod
+    def create(cls, request: Request) -> "Generation":
+        """Validate and register as the active generation; refuse when one is already running."""
+        global _active
+        if _active is not None:
+            raise UsageError("a generation is already running: wait for it or press Esc to cancel it")
+        _active = cls(request)
+        return _active
+
+    def begin(self) -> None:
+        """Start the worker and send the request, always in a thread (importing torch takes seconds)."""
+        self._starter = threading.Thread(target=self._start, daemon=True)
+        self._starter.start()
+
+    def _start(self) -> None:
+        r = self.request
+        try:
+            _, notes = HOST.start(r.python)
+            self.notes += notes
+            if self.cancelled:
+                return
+            self.job = HOST.client(r.python).generate(r.audio, self.output, str(resolve_checkpoint(r.checkpoint)),
+                                                      r.device, r.settings.to_dict())
+            if self.cancelled:  # cancelled while the request was being sent
+                self.job.cancel()
+        except WorkerError as e:
+            self.error = e
+
+    def poll(self) -> bool:
+        """Advance without blocking; True once the generation has ended (result, error or cancel)."""
+        if self.stage is Stage.STARTING:
+            if self._starter is not None and self._starter.is_alive():
+                return False
+            self.stage = Stage.RUNNING if self.job is not None else Stage.ENDED
+        if self.stage is Stage.RUNNING and self.job.poll():
+            self.stage = Stage.ENDED
+        return self.stage is Stage.ENDED
+
+    def wait(self, on_progress: Callable[[dict], None] | None = None) -> None:
+        """Block until the generation ends (headless, scripts); errors are kept for `conclude`."""
+        if self._starter is not None:
+            self._starter.join()
+        if self.job is not None:
+            try:
+                self.job.wait(on_progress=on_progress)
+            except WorkerError:
+                pass
+        self.stage = Stage.ENDED
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.job is not None:
+            self.job.cancel()
+
+    @property
+    def fraction(self) -> float:
+        return float(self.job.progress["fraction"]) if self.job is not None and self.job.progress else 0.0
+
+    def status(self) -> str:
+        if self.job is None:
+            return "Starting the torch worker..."
+        p = self.job.progress
+        if not p:
+            return "Loading the checkpoint..."
+        return f"Generating: window {min(p['window'] + 1, p['windows'])}/{p['windows']} ({100 * p['fraction']:.0f}%)"
+
+    def was_cancelled(self) -> bool:
+        """The user cancelled (Esc, or a file was opened): information, not an error."""
+        err = self.error or (self.job.error if self.job is not None else None)
+        return self.cancelled or getattr(err, "kind", None) is ErrorKind.CANCELLED
+
+    def failure(self) -> str | None:
+        """Why the generation did not produce a result (None when it did); says that nothing was changed."""
+        err = self.error or (self.job.error if self.job is not None else None)
+        kind = getattr(err, "kind", None)
+        if self.was_cancelled():
+            return "Generation cancelled; nothing was changed"
+        if err is None:
+            return None
+        if kind in (ErrorKind.CRASHED, ErrorKind.WORKER):
+            return f"{err}. Nothing was changed; the worker will be restarted on the next Generate"
+        return f"{err}. Nothing was changed"
+
+    def conclude(self, scene: bpy.types.Scene) -> scene_writer.Summary:
+        """Once ended: write the result into the scene and return its summary, or raise GenerationFailed."""
+        failure = self.failure()
+        if failure:
+            raise GenerationFailed(failure)
+        try:
+            result = core.protocol.read_result(self.output)
+            return scene_writer.write_motion(scene, self.request, self.armature_name, self.mapping, result,
+                                             self.notes + list(self.job.result.get("notes", [])))
+        except (ValueError, KeyError, OSError) as e:
+            raise GenerationFailed(f"Could not apply the motion: {e}. Nothing was changed") from None
+
+    def close(self) -> None:
+        """Forget this generation (it is no longer active) and delete its temporary files."""
+        global _active
+        if _active is self:
+            _active = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def active() -> Generation | None:
+    """The generation in flight, if any (one at a time)."""
+    return _active
+
+
+@bpy.app.handlers.persistent
+def drop_on_load(*_args) -> None:
+    """A file is being opened: the running generation (if any) is cancelled, its result would have nowhere to go."""
+    if _active is not None:
+        _active.cancel()
+        _active.close()

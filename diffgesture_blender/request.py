@@ -1,0 +1,118 @@
+"""What one generation needs, gathered from the panel or the command line, and its checks against the scene.
+
+Everything here runs before a worker is asked and changes nothing: a request that cannot run raises UsageError.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bpy
+
+from . import bone_maps, core
+
+GenerationSettings = core.settings.GenerationSettings
+PARTS = ("spine", "arms", "fingers")
+
+
+class UsageError(ValueError):
+    """A request that cannot run (missing file, unknown armature, unusable mapping); nothing was started."""
+
+
+@dataclass
+class Request:
+    """Everything a generation needs, as plain values gathered from the panel or the command line."""
+    audio: Path
+    armature: str
+    python: str
+    checkpoint: str = "default"
+    device: str = "auto"
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+    start_frame: int = 1
+    add_sound: bool = True
+    pack_sound: bool = False  # store the audio inside the .blend (else the strip points at the file)
+    parts: frozenset[str] = frozenset(PARTS)
+    nla_strip: bool = False
+    allow_partial: bool = False  # drive the mapped bones even when required roles are unmapped
+    insist_fingers: bool = False  # fingers were named explicitly: warn when they cannot be driven (else: if possible)
+
+
+def sampling(preset: str, **choices) -> GenerationSettings:
+    """The settings of a preset ("fast", "paper") with the user's choices (None: the preset's), or a UsageError."""
+    try:
+        return core.settings.preset(preset, **choices)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def resolve_checkpoint(name: str) -> Path:
+    """The settings' resolution ('default' or empty: the bundled checkpoint), with Blender's // paths made absolute."""
+    return core.settings.resolve_checkpoint(bpy.path.abspath(name))
+
+
+def audio_from_strip(scene: bpy.types.Scene, strip_name: str) -> tuple[Path, int]:
+    """The file behind a sound strip (written out when packed) and the frame it starts at."""
+    seq = scene.sequence_editor
+    if seq is None or not any(s.type == "SOUND" for s in seq.strips_all):
+        raise UsageError("the sequencer has no sound strip: add one (Video Sequencer > Add > Sound) or choose the "
+                         "audio File instead")
+    strip = seq.strips_all.get(strip_name)
+    if strip is None or strip.type != "SOUND" or strip.sound is None:
+        raise UsageError(f"no sound strip named {strip_name!r} in the sequencer")
+    sound = strip.sound
+    if sound.packed_file is not None:
+        path = Path(bpy.app.tempdir) / (Path(sound.filepath).name or "packed.wav")
+        path.write_bytes(sound.packed_file.data)
+    else:
+        path = Path(bpy.path.abspath(sound.filepath))
+    return path, int(strip.frame_start)
+
+
+def validate(request: Request) -> tuple[bpy.types.Object, dict[str, str]]:
+    """Check the request against its settings, the file system and the scene; return the armature and its mapping."""
+    try:
+        request.settings.validate()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    audio = Path(request.audio)
+    if not audio.exists():
+        raise UsageError(f"audio file not found: {audio}")
+    if not audio.is_file():
+        raise UsageError(f"the audio path is not a file: {audio}")
+    ckpt = resolve_checkpoint(request.checkpoint)
+    if not ckpt.is_file():
+        hint = (" (the bundled checkpoint is missing: reinstall the extension)"
+                if ckpt == core.settings.DEFAULT_CHECKPOINT else "")
+        raise UsageError(f"checkpoint not found: {ckpt}{hint}")
+    obj = bpy.data.objects.get(request.armature)
+    if obj is None or obj.type != "ARMATURE":
+        raise UsageError(f"no armature object named {request.armature!r}" if obj is None else
+                         f"{request.armature!r} is a {obj.type.lower()}, not an armature")
+    if obj.library is not None or obj.data.library is not None:
+        lib = (obj.library or obj.data.library).filepath
+        raise UsageError(f"{obj.name!r} is linked from the library {lib} and cannot be animated here: make it local "
+                         "(Object > Relations > Make Local) or add a library override (Object > Library Override)")
+    if obj.mode == "EDIT":
+        raise UsageError(f"{obj.name!r} is in edit mode: leave edit mode first")
+    if not request.parts:
+        raise UsageError("choose at least one part to drive (spine/head, arms, fingers)")
+    mapping = bone_maps.get_bone_map(obj) or bone_maps.detect(obj).mapping
+    problems = mapping_problems(obj, mapping, request.allow_partial)
+    if problems:
+        partial = (", or allow a partial rig to animate only the mapped bones"
+                   if mapping and bone_maps.missing_required(mapping) and not request.allow_partial else "")
+        raise UsageError(f"the bones of {obj.name!r} cannot be driven: {'; '.join(problems)}. Map them in the "
+                         f"panel's Bones box{partial}")
+    return obj, mapping
+
+
+def mapping_problems(obj: bpy.types.Object, mapping: dict[str, str], allow_partial: bool = False) -> list[str]:
+    """Why a bone map cannot drive `obj`, the unmapped required roles named in one item (none: usable)."""
+    if not mapping:
+        return [f"no bone is mapped to any role (none was recognised as a humanoid bone; needed at least: "
+                f"{', '.join(bone_maps.missing_required({}))})"]
+    problems = bone_maps.validate(obj, mapping, partial=True)
+    missing = bone_maps.missing_required(mapping)
+    if missing and not allow_partial:
+        problems.insert(0, f"no bone is mapped for the required role{'s' * (len(missing) > 1)} {', '.join(missing)}")
+    return problems

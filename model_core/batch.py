@@ -1,0 +1,228 @@
+"""Many clips in one run: `python -m model_core generate-batch MANIFEST OUTDIR`.
+
+Start-up and the model load are paid once, and clips of different lengths share batches window by window: each clip
+keeps its own windows in order (ClipRun) and its own random streams (RowGenerators), and a finished clip's slot is
+taken by the next one. Outputs that already exist are skipped, so a stopped batch resumes; a file that cannot be read
+is reported and skipped. Under torchrun every rank takes its own share of the manifest (RANK, WORLD_SIZE) and its own
+GPU (LOCAL_RANK). The manifest is cut into groups of clips, batched only with each other and dealt out to the ranks in
+turn, so a clip's batches, and so its output, are the same whatever the number of processes.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .audio import AUDIO_SUFFIXES, SAMPLE_RATE, AudioError, load_audio
+from .network import PoseDiffusion
+from .pipeline import ClipRun, resolved, sample_window, save_result
+from .protocol import read_result
+from .samplers import RowGenerators
+from .settings import GenerationSettings, resolve_checkpoint
+
+GROUP_BATCHES = 4  # a group holds this many batches' worth of clips
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read; the message names the line."""
+
+
+@dataclass
+class Clip:
+    audio: Path
+    output: Path
+    seed: int
+
+
+def read_manifest(manifest: Path, outdir: Path, seed: int = 0) -> list[Clip]:
+    """Clips from a folder of audio files (sorted by name), a CSV with an `audio` column (optional `seed`,
+    `output`) or a JSONL file of {"audio", "seed"?, "output"?}; relative paths are taken from the manifest's folder.
+    Outputs default to OUTDIR/<audio name>.npz, numbered when two inputs share a name."""
+    if manifest.is_dir():
+        rows = [{"audio": p} for p in sorted(manifest.iterdir()) if p.suffix.lower() in AUDIO_SUFFIXES]
+        base = manifest
+    elif manifest.suffix.lower() in (".csv", ".jsonl"):
+        base = manifest.parent
+        try:
+            text = manifest.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ManifestError(f"cannot read the manifest {manifest}: {e}") from None
+        rows = _csv_rows(text, manifest) if manifest.suffix.lower() == ".csv" else _jsonl_rows(text, manifest)
+    else:
+        raise ManifestError(f"the manifest must be a folder of audio files, a .csv or a .jsonl file: {manifest}")
+    clips, taken = [], set()
+    for row in rows:
+        audio = base / Path(row["audio"])
+        out = row.get("output")
+        if out:
+            output = outdir / Path(out).name
+        else:
+            output, n = outdir / f"{audio.stem}.npz", 2
+            while output in taken:
+                output, n = outdir / f"{audio.stem}-{n}.npz", n + 1
+        taken.add(output)
+        clips.append(Clip(audio, output, int(row["seed"]) if row.get("seed") not in (None, "") else seed))
+    return clips
+
+
+def _csv_rows(text: str, manifest: Path) -> list[dict]:
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames or "audio" not in reader.fieldnames:
+        raise ManifestError(f"{manifest}: the first line must name the columns, one of them 'audio'")
+    rows = list(reader)
+    for i, row in enumerate(rows, 2):
+        _check_row(row, manifest, i)
+    return rows
+
+
+def _jsonl_rows(text: str, manifest: Path) -> list[dict]:
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise ManifestError(f"{manifest} line {i}: not JSON") from None
+            rows.append(_check_row(row, manifest, i))
+    return rows
+
+
+def _check_row(row, manifest: Path, line: int) -> dict:
+    if not isinstance(row, dict) or not isinstance(row.get("audio"), str) or not row["audio"]:
+        raise ManifestError(f"{manifest} line {line}: needs an 'audio' path")
+    seed = row.get("seed")
+    if seed not in (None, "") and not (isinstance(seed, int) or (isinstance(seed, str) and seed.strip().isdigit())):
+        raise ManifestError(f"{manifest} line {line}: seed must be a whole number, not {seed!r}")
+    return row
+
+
+def shard(clips: list[Clip], group: int, rank: int, world: int) -> list[Clip]:
+    """This rank's clips: groups of `group` consecutive clips, dealt out to the ranks in turn."""
+    groups = [clips[i:i + group] for i in range(0, len(clips), group)]
+    return [clip for g in groups[rank::world] for clip in g]
+
+
+def finished(clip: Clip) -> bool:
+    """Whether the clip's output is already a complete result file (resume skips it)."""
+    try:
+        read_result(clip.output)
+        return True
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+@dataclass
+class BatchReport:
+    done: list[dict]
+    skipped: list[str]  # outputs that already existed
+    failed: list[dict]  # {"audio", "error"}
+
+
+def run_batch(ckpt, clips: list[Clip], settings: GenerationSettings, batch: int = 8,
+              on_window: Callable[[int], None] | None = None, log: Callable[[str], None] = print) -> BatchReport:
+    """Generate every clip not yet finished, `batch` clips side by side, groups of GROUP_BATCHES * batch clips."""
+    settings.validate()
+    model: PoseDiffusion = ckpt.model
+    settings, how = resolved(settings, model, batch)
+    report = BatchReport([], [], [])
+    todo = []
+    for clip in clips:
+        (report.skipped.append(str(clip.output)) if finished(clip) else todo.append(clip))
+    group = GROUP_BATCHES * batch
+    for start in range(0, len(todo), group):
+        _run_group(ckpt, todo[start:start + group], settings, how, batch, report, on_window, log)
+    return report
+
+
+def _run_group(ckpt, clips: list[Clip], settings: GenerationSettings, how: str, batch: int, report: BatchReport,
+               on_window: Callable[[int], None] | None, log: Callable[[str], None]) -> None:
+    model = ckpt.model
+    queue = list(clips)
+    slots: list[tuple[Clip, ClipRun, float]] = []
+    v = settings.variations
+    while queue or slots:
+        while queue and len(slots) < batch:
+            clip = queue.pop(0)
+            try:
+                audio = load_audio(clip.audio)
+            except AudioError as e:
+                report.failed.append({"audio": str(clip.audio), "error": str(e)})
+                log(f"skipped {clip.audio}: {e}")
+                continue
+            slots.append((clip, ClipRun(model, audio, dataclasses.replace(settings, seed=clip.seed)),
+                          time.perf_counter()))
+        if not slots:
+            break
+        runs = [run for _, run, _ in slots]
+        context = torch.cat([run.context() for run in runs])
+        out = sample_window(model, None, None, settings, RowGenerators([(r.gen_cpu, v) for r in runs]),
+                            RowGenerators([(r.gen_dev, v) for r in runs]), context=context)
+        for i, run in enumerate(runs):
+            run.take(out[i * v:(i + 1) * v])
+        if on_window is not None:
+            on_window(len(runs))
+        for clip, run, t0 in [s for s in slots if s[1].done]:
+            poses = run.poses()
+            if not np.isfinite(poses).all():
+                report.failed.append({"audio": str(clip.audio), "error": "the model produced non-finite motion"})
+                log(f"failed {clip.audio}: the model produced non-finite motion; nothing was written")
+            else:
+                clip.output.parent.mkdir(parents=True, exist_ok=True)
+                report.done.append(save_result(ckpt, clip.output, poses, run.settings, clip.audio, len(run.audio),
+                                               how, time.perf_counter() - t0))
+        slots = [s for s in slots if not s[1].done]
+
+
+def total_windows(clips: list[Clip]) -> int | None:
+    """Windows the clips will take, from their headers (for the progress bar); None when a header cannot be read."""
+    import soundfile as sf
+    from .pipeline import window_count
+    total = 0
+    for clip in clips:
+        try:
+            info = sf.info(str(clip.audio))
+            total += window_count(int(info.frames / info.samplerate * SAMPLE_RATE))
+        except (RuntimeError, OSError, ValueError, ZeroDivisionError):  # reported when loaded; the bar has no total
+            return None
+    return total
+
+
+def main(args, settings: GenerationSettings) -> int:
+    """The generate-batch command (arguments parsed and settings built in __main__)."""
+    from tqdm import tqdm
+    from .checkpoint import load_checkpoint
+    from .pipeline import resolve_device
+    from .precision import configure_threads
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if not 1 <= args.batch <= 256:
+        raise ValueError(f"--batch must be 1..256, not {args.batch}")
+    device_name = args.device
+    if world > 1 and device_name in ("auto", "cuda") and torch.cuda.is_available():
+        device_name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    device, note = resolve_device(device_name)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    if device.type == "cpu":
+        configure_threads()
+    clips = read_manifest(args.manifest, args.outdir, settings.seed)
+    mine = shard(clips, GROUP_BATCHES * args.batch, rank, world)
+    ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
+    ckpt.model.to(device)
+    args.outdir.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=total_windows(mine), unit="window", desc=f"rank {rank}" if world > 1 else "generate-batch",
+               disable=not sys.stderr.isatty(), file=sys.stderr)
+    report = run_batch(ckpt, mine, settings, args.batch, on_window=bar.update,
+                       log=lambda line: bar.write(line, file=sys.stderr))
+    bar.close()
+    print(json.dumps({"rank": rank, "world_size": world, "done": len(report.done), "skipped_existing":
+                      len(report.skipped), "failed": report.failed, "outputs": [d["audio"] for d in report.done]}))
+    return 1 if report.failed else 0
