@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -30,7 +29,10 @@ APT_PACKAGES = [
     "libegl1", "libegl-mesa0", "libgl1-mesa-dri",
 ]
 ENV_REQUIREMENTS = {"torch": ROOT / "requirements" / "torch.txt", "blender": ROOT / "requirements" / "blender.txt",
-                    "blender5": ROOT / "requirements" / "blender5.txt"}
+                    "blender5": ROOT / "requirements" / "blender5.txt",
+                    # pyarrow 11 (Python <= 3.11, numpy < 2): the reader of the official TED LMDB files only
+                    "ted_lmdb": ROOT / "requirements" / "ted_lmdb.txt"}
+MAIN_ENVS = ("torch", "blender", "blender5")
 NUMPY1_REQUIREMENTS = ROOT / "requirements" / "numpy1.txt"
 # (environment, folder) pairs that make up the test suite: the add-on suite runs on Blender 4.5 LTS and 5.0.
 TEST_SUITES = [("torch", "addon_tests/core"), ("blender", "addon_tests/blender"), ("blender5", "addon_tests/blender")]
@@ -70,13 +72,14 @@ def _fresh(req: Path, folder: Path) -> tuple[bool, Path, str]:
     return stamp.exists() and stamp.read_text() == digest, stamp, digest
 
 
-def setup_env(name: str) -> Path:
-    """Create (or refresh when its requirements changed) one virtual environment; return its interpreter."""
+def setup_env(name: str, base: str = sys.executable) -> Path:
+    """Create (or refresh when its requirements changed) one virtual environment from `base`; return its
+    interpreter."""
     py = env_python(name)
     fresh, stamp, digest = _fresh(ENV_REQUIREMENTS[name], ENVS / name)
     if py.exists() and fresh:
         return py
-    run([sys.executable, "-m", "venv", "--clear", ENVS / name])
+    run([base, "-m", "venv", "--clear", ENVS / name])
     run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", ENV_REQUIREMENTS[name]])
     stamp.write_text(digest)
     return py
@@ -95,10 +98,22 @@ def setup_numpy1(torch_python: Path) -> Path:
     return folder
 
 
-def setup(names: tuple[str, ...] = tuple(ENV_REQUIREMENTS)) -> dict[str, Path]:
+def setup(names: tuple[str, ...] = MAIN_ENVS) -> dict[str, Path]:
     """System packages and the named environments (all by default; the demo needs only torch and blender)."""
     setup_system()
     return {name: setup_env(name) for name in names}
+
+
+def setup_lmdb_env() -> Path | None:
+    """The pinned pyarrow-11 environment for the TED LMDB reader, from a Python <= 3.11 (this one or one on PATH);
+    None, with a note, when there is no such Python."""
+    base = sys.executable if sys.version_info[:2] <= (3, 11) else None
+    for version in ("3.11", "3.10", "3.9"):
+        base = base or shutil.which(f"python{version}")
+    if base is None:
+        print("note: pyarrow 11 (the TED LMDB reader) needs Python 3.9-3.11, and none was found on PATH")
+        return None
+    return setup_env("ted_lmdb", base)
 
 
 def test_environ(envs: dict[str, Path]) -> dict[str, str]:
@@ -119,6 +134,9 @@ def cmd_test(args) -> None:
     if not args.no_extension:
         build_extension()
     env = test_environ(envs)
+    lmdb_python = setup_lmdb_env()  # for addon_tests/core/test_ted_lmdb.py, which skips without it
+    if lmdb_python:
+        env["DIFFGESTURE_LMDB_PYTHON"] = str(lmdb_python)
     reports = OUT / "test-reports"
     reports.mkdir(parents=True, exist_ok=True)
     results, totals = [], {"passed": 0, "failed": 0, "skipped": 0}
@@ -196,15 +214,22 @@ def cmd_train_demo(args) -> None:
     """Train the bundled demo checkpoint on the procedural dataset (made first when missing; resumable)."""
     envs = setup()
     env = test_environ(envs)
-    for split, (clips, seed) in DEMO_DATA.items():
-        folder = ROOT / "runs" / "data" / "procedural_ted_gesture" / split
-        index = folder / "index.json"
-        source = json.loads(index.read_text())["source"] if index.exists() else {}
-        if (source.get("n_clips"), source.get("seed")) != (clips, seed):  # missing, or made for another recipe
-            run([envs["torch"], "-m", "training.procedural", folder, "--clips", clips, "--seed", seed,
-                 "--jobs", os.cpu_count() or 1], cwd=ROOT, env=env)
+    for split, (clips, seed) in DEMO_DATA.items():  # --keep: made again only when missing or another recipe
+        run([envs["torch"], "-m", "training.procedural", ROOT / "runs" / "data" / "procedural_ted_gesture" / split,
+             "--clips", clips, "--seed", seed, "--jobs", os.cpu_count() or 1, "--keep"], cwd=ROOT, env=env)
     run([envs["torch"], "-m", "training.train", "--config", "training/configs/demo.toml", *args.train_args],
         cwd=ROOT, env=env)
+
+
+def cmd_convert_ted(args) -> None:
+    """Convert an official TED LMDB (pyarrow.serialize records) into the project's clip format."""
+    torch_python = setup_env("torch")
+    lmdb_python = setup_lmdb_env()
+    if lmdb_python is None:
+        sys.exit("convert-ted needs a Python 3.9-3.11 interpreter for pyarrow 11 (install python3.11)")
+    run([torch_python, "-m", "training.data", Path(args.src).resolve(), Path(args.out).resolve(),
+         "--skeleton", args.skeleton, "--legacy-python", lmdb_python], cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1"))
 
 
 def main() -> None:
@@ -226,6 +251,11 @@ def main() -> None:
     p = sub.add_parser("train-demo", help="train the demo checkpoint on the procedural dataset")
     p.add_argument("train_args", nargs="*")
     p.set_defaults(fn=cmd_train_demo)
+    p = sub.add_parser("convert-ted", help="convert an official TED LMDB (pyarrow 0.14) to the clip format")
+    p.add_argument("src", help="the LMDB folder, e.g. ted_dataset/lmdb_train")
+    p.add_argument("out", help="output dataset folder, e.g. runs/data/ted_gesture/train")
+    p.add_argument("--skeleton", required=True, choices=["ted_gesture", "ted_expressive"])
+    p.set_defaults(fn=cmd_convert_ted)
     args = parser.parse_args()
     args.fn(args)
 

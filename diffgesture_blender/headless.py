@@ -14,6 +14,7 @@ from pathlib import Path
 import bpy
 
 from . import core, generation, preferences
+from .export import check_export_path, export_take
 from .request import PARTS, Request, UsageError, sampling, validate
 from .worker_host import HOST, environment_problem
 
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="default 0")
     g.add_argument("--variations", type=int, help="default 1")
     g.add_argument("--guidance", type=float, help=f"default {core.settings.DEFAULT_GUIDANCE}")
+    g.add_argument("--intensity", type=float,
+                   help="gesture amplitude about the rest pose: 0 = rest, 1 = as sampled (default), 2 = twice as wide")
     g.add_argument("--no-stabilizer", action="store_true")
     g.add_argument("--start-frame", type=int, default=1)
     g.add_argument("--no-sound", action="store_true", help="do not add sound strips")
@@ -51,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--allow-partial", action="store_true",
                    help="animate only the mapped bones when the rig lacks some required ones")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), help="default: the preferences' device")
+    g.add_argument("--export", help="also export each generated take (the armature, its meshes and the action) "
+                                    "with Blender's exporters: .fbx, .glb/.gltf or .bvh; with a folder of audio each "
+                                    "file's name is added to the stem")
     g.add_argument("--json", help="also write the summary to this file")
     g.add_argument("--torch-python", help="interpreter of the torch environment (default: the preferences')")
     return parser
@@ -75,7 +81,8 @@ def requests(args: argparse.Namespace) -> list[Request]:
         raise UsageError(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     files = audio_files(Path(args.audio))
     settings = sampling(args.sampler, steps=args.steps, seed=args.seed, variations=args.variations,
-                        guidance=args.guidance, stabilizer=False if args.no_stabilizer else None)
+                        guidance=args.guidance, intensity=args.intensity,
+                        stabilizer=False if args.no_stabilizer else None)
     reqs = [Request(audio=f, armature=args.armature, python=args.torch_python or prefs.python,
                     checkpoint=args.checkpoint or prefs.checkpoint, device=args.device or prefs.device,
                     settings=settings, start_frame=args.start_frame, add_sound=not args.no_sound,
@@ -154,7 +161,19 @@ def main(argv: list[str]) -> int:
     except UsageError as e:
         summary["errors"].append({"error": str(e)})
         return report(summary, args, EXIT_USAGE)
+    try:
+        export_path = check_export_path(Path(args.export)) if args.export else None
+    except ValueError as e:
+        summary["errors"].append({"error": str(e)})
+        return report(summary, args, EXIT_USAGE)
     summary["results"], summary["errors"] = run(reqs)
+    if export_path is not None:
+        for result in summary["results"]:
+            target = export_path if len(reqs) == 1 else export_path.with_name(
+                f"{export_path.stem}-{Path(result['audio']).stem}{export_path.suffix}")
+            export_take(bpy.context, bpy.data.objects[result["armature"]], bpy.data.actions[result["actions"][0]],
+                        target)
+            result["export"] = str(target)
     if args.output and summary["results"]:
         output = Path(args.output).resolve()
         # an unsaved file has only absolute paths: keep them (Blender would make them all relative to the output)

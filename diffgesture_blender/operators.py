@@ -28,7 +28,8 @@ def gather(context: bpy.types.Context) -> Request:
         raise UsageError("choose the armature to animate")
     settings = sampling(props.sampler, steps=props.steps if props.sampler == "fast" else None, seed=props.seed,
                         variations=props.variations, stabilizer=props.stabilizer,
-                        guidance=round(props.guidance, 6))  # a float32 property: 1.15 reads back as 1.1499999761
+                        guidance=round(props.guidance, 6),  # a float32 property: 1.15 reads back as 1.1499999761
+                        intensity=round(props.intensity, 6))
     parts = {p for p, on in (("spine", props.drive_spine), ("arms", props.drive_arms),
                              ("fingers", props.drive_fingers)) if on}
     checkpoint = chosen_checkpoint(context)
@@ -193,6 +194,37 @@ class DIFFGESTURE_OT_detect_bones(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class DIFFGESTURE_OT_export(bpy.types.Operator):
+    """Export the armature's current action (with the armature and its meshes) through Blender's own exporter:
+    FBX, glTF (.glb/.gltf) or BVH, by the file's ending"""
+    bl_idname = "diffgesture.export"
+    bl_label = "Export Take"
+    filepath: StringProperty(subtype="FILE_PATH")
+    filter_glob: StringProperty(default="*.fbx;*.glb;*.gltf;*.bvh", options={"HIDDEN"})
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.scene.diffgesture.armature
+        return obj is not None and obj.animation_data is not None and obj.animation_data.action is not None
+
+    def invoke(self, context, event):
+        obj = context.scene.diffgesture.armature
+        self.filepath = bpy.path.ensure_ext(bpy.path.clean_name(obj.animation_data.action.name), ".fbx")
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        from .export import export_take
+        obj = context.scene.diffgesture.armature
+        try:
+            export_take(context, obj, obj.animation_data.action, Path(self.filepath))
+        except (ValueError, RuntimeError) as e:  # a bad path, or the exporter's own error
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"exported {obj.animation_data.action.name} to {self.filepath}")
+        return {"FINISHED"}
+
+
 class DIFFGESTURE_OT_create_environment(bpy.types.Operator):
     """Create a Python environment with PyTorch for the worker (downloads about 0.2-3 GB; runs in the background)"""
     bl_idname = "diffgesture.create_environment"
@@ -271,6 +303,6 @@ class DIFFGESTURE_OT_check_environment(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (DIFFGESTURE_OT_generate, DIFFGESTURE_OT_set_bone, DIFFGESTURE_OT_detect_bones,
+CLASSES = (DIFFGESTURE_OT_generate, DIFFGESTURE_OT_set_bone, DIFFGESTURE_OT_detect_bones, DIFFGESTURE_OT_export,
            DIFFGESTURE_OT_create_environment, DIFFGESTURE_OT_cancel_environment,
            DIFFGESTURE_OT_use_extension_environment, DIFFGESTURE_OT_check_environment)

@@ -49,11 +49,13 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         layout.prop(props, "seed")
         layout.prop(props, "variations")
         layout.prop(props, "guidance")
+        layout.prop(props, "intensity", slider=True)
         layout.prop(props, "stabilizer")
 
         gen = generation.active()
         if gen is None:
             layout.operator(operators.DIFFGESTURE_OT_generate.bl_idname, icon="PLAY")
+            layout.operator(operators.DIFFGESTURE_OT_export.bl_idname, icon="EXPORT")
             if operators.last_failure is not None:  # the report fades; the panel keeps saying why
                 kind, message = operators.last_failure
                 layout.label(text=message, icon="ERROR" if kind == "ERROR" else "INFO")

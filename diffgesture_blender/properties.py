@@ -44,6 +44,10 @@ class DiffGestureSettings(bpy.types.PropertyGroup):
     guidance: FloatProperty(name="Guidance", default=DEFAULTS.guidance, min=RANGES["guidance"][0],
                             max=RANGES["guidance"][1],
                             description="Classifier-free guidance scale: higher follows the audio more closely")
+    intensity: FloatProperty(name="Intensity", default=DEFAULTS.intensity, min=RANGES["intensity"][0],
+                             max=RANGES["intensity"][1], soft_max=2.0, subtype="FACTOR",
+                             description="Gesture amplitude about the rest (mean) pose: 0 = rest pose, 1 = as "
+                                         "sampled, 2 = twice as wide")
     stabilizer: BoolProperty(name="Stabilizer", default=DEFAULTS.stabilizer,
                              description="Gesture stabilizer: noise shared across frames in the last denoising "
                                          "steps, for smoother motion (the paper's; keep it on)")

@@ -30,7 +30,8 @@ def generation_settings(args: argparse.Namespace) -> GenerationSettings:
     """The --sampler preset with the options given on the command line (an option left out keeps the preset's);
     --reproduce is the paper preset whatever the other options say about the sampler, BatchNorm, precision, trim."""
     choices = dict(steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed, variations=args.variations,
-                   bn_mode=args.bn_mode, precision=args.precision, trim=False if args.no_trim else None,
+                   intensity=args.intensity, bn_mode=args.bn_mode, precision=args.precision,
+                   trim=False if args.no_trim else None,
                    stabilizer=False if args.no_stabilizer else None, fade_out=True if args.fade_out else None)
     if args.reproduce:  # the official test script's sampling
         return preset("paper", **{**choices, **PRESETS["paper"]})
@@ -94,6 +95,9 @@ def _sampling_options(g: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="default 0 (generate-batch: for clips whose manifest line names none)")
     g.add_argument("--guidance", type=float, help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE})")
     g.add_argument("--variations", type=int, help="default 1")
+    g.add_argument("--intensity", type=float,
+                   help="gesture amplitude about the mean pose: 0 = rest pose, 1 = as sampled (default), 2 = twice "
+                        "as wide (0..3)")
     g.add_argument("--no-stabilizer", action="store_true", help="disable the gesture stabilizer")
     g.add_argument("--bn-mode", choices=BN_MODES,
                    help="BatchNorm: running statistics (fast's default), or batch statistics as the official "
@@ -117,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate gestures for a speech file")
     g.add_argument("speech", type=Path)
-    g.add_argument("-o", "--output", type=Path, required=True, help="output .npz (poses, directions, meta)")
+    g.add_argument("-o", "--output", type=Path, required=True,
+                   help="output .npz (poses, directions, meta), or .bvh: the model's skeleton (fixed bone lengths, "
+                        "15 fps, +Z up, facing -Y), one file per variation")
     _sampling_options(g)
     g.set_defaults(fn=cmd_generate)
     b = sub.add_parser("generate-batch", help="generate for many clips at once (resumable; torchrun shards it)",

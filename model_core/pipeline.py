@@ -9,6 +9,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -195,14 +196,15 @@ class ClipRun:
         self.w += 1
 
     def poses(self) -> np.ndarray:
-        """The finished clip: the windows joined, faded and trimmed as the settings say."""
+        """The finished clip: the windows joined, faded, trimmed and scaled by intensity as the settings say."""
         poses = np.concatenate(self.chunks, axis=1)
         keep = output_frames(len(self.audio), trim=True)
         if self.settings.fade_out:
             last = len(self.audio) - _window_start(len(self.audio), self.n_win - 1)  # samples before padding
             poses, fade_end = fade_out(poses, max(0, WINDOW_SAMPLES - last))
             keep = max(keep, fade_end)  # trimming keeps the whole fade
-        return poses[:, :keep] if self.settings.trim else poses
+        poses = poses[:, :keep] if self.settings.trim else poses
+        return poses * np.float32(self.settings.intensity) if self.settings.intensity != 1 else poses
 
 
 def generate(model: PoseDiffusion, audio: np.ndarray, settings: GenerationSettings | None = None,
@@ -226,14 +228,24 @@ def generate(model: PoseDiffusion, audio: np.ndarray, settings: GenerationSettin
 
 def save_result(ckpt, output: str | Path, poses: np.ndarray, settings: GenerationSettings, audio_path: str | Path,
                 n_samples: int, precision_choice: str, seconds: float) -> dict:
-    """Write one generation's result file (poses, canonical directions, metadata); return its summary."""
+    """Write one generation's result: the .npz result file (poses, canonical directions, metadata), or for a .bvh
+    path a BVH of the model's skeleton per variation (the first at `output`, the others numbered); return its
+    summary."""
     from .protocol import write_result
     from .skeleton import poses_to_canonical
     meta = {"skeleton": ckpt.skeleton.name, "fps": FPS, "seed": settings.seed, "checkpoint_sha256": ckpt.sha256,
             "settings": settings.to_dict(), "precision": settings.precision, "precision_choice": precision_choice,
             "steps": settings.steps, "audio": str(audio_path), "duration": n_samples / SAMPLE_RATE,
             "device": str(next(ckpt.model.parameters()).device), "seconds": round(seconds, 3)}
-    write_result(output, poses, poses_to_canonical(poses, ckpt.skeleton), meta)
+    directions = poses_to_canonical(poses, ckpt.skeleton)
+    if Path(output).suffix.lower() == ".bvh":
+        from .bvh import write_bvh
+        output = Path(output)
+        for v in range(len(directions)):
+            write_bvh(output if v == 0 else output.with_name(f"{output.stem}_v{v + 1}.bvh"), directions[v],
+                      ckpt.skeleton)
+    else:
+        write_result(output, poses, directions, meta)
     return {"frames": int(poses.shape[1]), "variations": int(poses.shape[0]), **meta}
 
 

@@ -17,6 +17,7 @@ DEFAULT_FAST_STEPS = 25
 DEFAULT_GUIDANCE = 1.15  # the official classifier-free guidance scale
 # Inclusive ranges of the numeric settings; validate() names the field and its range when a value is outside.
 RANGES: dict[str, tuple[float, float]] = {"steps": (1, 500), "guidance": (0.0, 20.0), "eta": (0.0, 1.0),
+                                          "intensity": (0.0, 3.0),
                                           "seed": (0, 2 ** 63 - 1), "variations": (1, 64)}
 # The checkpoint a request names as "default": the demo checkpoint bundled inside model_core.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "demo_ted_gesture.pt"
@@ -45,6 +46,9 @@ class GenerationSettings:
     # oneDNN weights on the CPU (~1e-6 from exact); "bf16": bf16 autocast; "auto": the fastest of these on this
     # CPU, measured once and cached (precision.py); fp32 on GPUs.
     precision: str = "auto"
+    # gesture amplitude about the mean pose, in the normalised direction space (directions renormalised after):
+    # 0 = the mean (rest) pose, 1 = as sampled, 2 = twice as far from it
+    intensity: float = 1.0
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting of the wrong type or outside its range."""

@@ -24,6 +24,8 @@ import torch
 from model_core.network import FPS, SAMPLE_RATE
 from model_core.skeleton import Skeleton, from_directions, get_skeleton, joints_to_directions, to_joints
 
+from .legacy_lmdb import legacy_records
+
 FORMAT = "diffgesture-clips"
 VERSION = 1
 N_POSES = 34
@@ -181,61 +183,76 @@ def resample_poses(poses: np.ndarray, duration: float, fps: int = FPS) -> np.nda
     return (poses[i] * (1 - w) + poses[nxt] * w).astype(poses.dtype)
 
 
-def default_decoder() -> Callable[[bytes], dict]:
-    """pyarrow's legacy deserialize when importable (the official files), else pickle (re-exported copies)."""
-    try:
-        import pyarrow
-        return pyarrow.deserialize  # removed in pyarrow >= 2; only an old pyarrow can read the official files
-    except (ImportError, AttributeError):
-        return pickle.loads
-
-
-def iter_lmdb_clips(path: str | Path, skel: Skeleton, decode: Callable[[bytes], dict] | None = None
-                    ) -> Iterator[Clip]:
-    """Clips of an official TED Gesture / Expressive LMDB (per video: vid, clips) as normalised direction vectors."""
+def lmdb_records(path: str | Path, decode: Callable[[bytes], dict] = pickle.loads) -> Iterator[tuple[str, dict]]:
+    """(key, video) records of an LMDB read in this process: re-exported copies whose values `decode` reads."""
     import lmdb
-    decode = decode or default_decoder()
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no LMDB at {path}")
     env = lmdb.open(str(path), readonly=True, lock=False, subdir=Path(path).is_dir())
     try:
         with env.begin() as txn:
             for key, value in txn.cursor():
-                video = decode(bytes(value))
-                for k, clip in enumerate(video["clips"]):
-                    joints = np.asarray(clip["skeletons_3d"], dtype=np.float32)
-                    if len(joints) == 0:
-                        continue
-                    joints = joints.reshape(len(joints), len(skel.joints), 3)
-                    if "start_time" in clip and "end_time" in clip:
-                        joints = resample_poses(joints, float(clip["end_time"]) - float(clip["start_time"]))
-                    poses = from_directions(joints_to_directions(joints, skel), skel)
-                    meta = {"vid": str(video["vid"]), "key": key.decode(errors="replace"),
-                            **{f: float(clip[f]) for f in ("start_frame_no", "end_frame_no", "start_time", "end_time")
-                               if f in clip}}
-                    t0 = meta.get("start_time", 0.0)  # word times are absolute in the video
-                    words = [(w[0], float(w[1]) - t0, float(w[2]) - t0) for w in clip["words"]]
-                    yield Clip(f"{video['vid']}_{k:03d}", poses, np.asarray(clip["audio_raw"], dtype=np.float32),
-                               words, meta)
+                try:
+                    video = decode(bytes(value))
+                except Exception as e:
+                    raise ValueError(
+                        f"{path}: record {bytes(key)!r} cannot be decoded ({type(e).__name__}). The official TED "
+                        "databases were written by pyarrow.serialize: convert them with `python3 build.py "
+                        "convert-ted SRC OUT --skeleton NAME` (or pass --legacy-python)") from None
+                yield key.decode(errors="replace"), video
     finally:
         env.close()
 
 
-def convert_lmdb(src: str | Path, out: str | Path, skeleton: str,
-                 decode: Callable[[bytes], dict] | None = None) -> dict:
+def iter_lmdb_clips(path: str | Path, skel: Skeleton, decode: Callable[[bytes], dict] | None = None,
+                    legacy_python: str | Path | None = None) -> Iterator[Clip]:
+    """Clips of an official TED Gesture / Expressive LMDB (per video: vid, clips) as normalised direction vectors.
+
+    legacy_python: an interpreter with pyarrow 11 (requirements/ted_lmdb.txt) that decodes the official
+    pyarrow.serialize records (training/legacy_lmdb.py); without it the values are read with `decode` (pickle)."""
+    records = legacy_records(path, legacy_python) if legacy_python else lmdb_records(path, decode or pickle.loads)
+    for key, video in records:
+        for k, clip in enumerate(video["clips"]):
+            joints = np.asarray(clip["skeletons_3d"], dtype=np.float32)
+            if len(joints) == 0:
+                continue
+            joints = joints.reshape(len(joints), len(skel.joints), 3)
+            if "start_time" in clip and "end_time" in clip:
+                joints = resample_poses(joints, float(clip["end_time"]) - float(clip["start_time"]))
+            poses = from_directions(joints_to_directions(joints, skel), skel)
+            meta = {"vid": str(video["vid"]), "key": key,
+                    **{f: float(clip[f]) for f in ("start_frame_no", "end_frame_no", "start_time", "end_time")
+                       if f in clip}}
+            t0 = meta.get("start_time", 0.0)  # word times are absolute in the video
+            words = [(w[0], float(w[1]) - t0, float(w[2]) - t0) for w in clip["words"]]
+            yield Clip(f"{video['vid']}_{k:03d}", poses, np.asarray(clip["audio_raw"], dtype=np.float32),
+                       words, meta)
+
+
+def convert_lmdb(src: str | Path, out: str | Path, skeleton: str, decode: Callable[[bytes], dict] | None = None,
+                 legacy_python: str | Path | None = None) -> dict:
     """Convert an official LMDB into the project format; returns the written index."""
     skel = get_skeleton(skeleton)
-    return write_dataset(out, iter_lmdb_clips(src, skel, decode), skel, {"kind": "ted_lmdb", "path": str(src)})
+    return write_dataset(out, iter_lmdb_clips(src, skel, decode, legacy_python), skel,
+                         {"kind": "ted_lmdb", "path": str(src)})
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m training.data SRC_LMDB OUT --skeleton ted_gesture|ted_expressive"""
+    """python -m training.data SRC_LMDB OUT --skeleton ted_gesture|ted_expressive [--legacy-python PY]"""
     import argparse
-    p = argparse.ArgumentParser(description="Convert an official TED LMDB to the project's clip format.")
+    p = argparse.ArgumentParser(description="Convert an official TED LMDB to the project's clip format "
+                                "(`python3 build.py convert-ted` runs this with the pinned pyarrow reader).")
     p.add_argument("src")
     p.add_argument("out")
     p.add_argument("--skeleton", required=True, choices=["ted_gesture", "ted_expressive"])
-    p.add_argument("--decoder", choices=["auto", "pickle"], default="auto")
+    p.add_argument("--legacy-python", default=None,
+                   help="interpreter with pyarrow 11 and lmdb (requirements/ted_lmdb.txt) to read the official "
+                        "pyarrow.serialize records; without it the values must be pickles (re-exported copies)")
     a = p.parse_args(argv)
-    index = convert_lmdb(a.src, a.out, a.skeleton, pickle.loads if a.decoder == "pickle" else None)
+    try:
+        index = convert_lmdb(a.src, a.out, a.skeleton, legacy_python=a.legacy_python)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"{len(index['clips'])} clips, {index['n_frames']} frames, sha256 {index['sha256'][:12]}")
 
 

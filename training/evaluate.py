@@ -7,6 +7,12 @@ As the official evaluation: seeds are the first 4 ground-truth frames, all 34 ge
 WavEncoder normalises with batch statistics (bn_mode "official"), batches of 128 without shuffling (drop_last).
 Baselines: "shuffled audio" (the same model and first sampler, audio permuted across the clips of each batch)
 and "mean pose" (every frame the dataset mean). Without --extractor, one is trained on the evaluation data.
+
+The gesture measure (gesture_measure) asks whether the motion reads as gesture, on whole clips generated as the
+product runs: forearms still in pauses, spread over the gesture space in speech, faster in speech than in pauses,
+no tremor at rest (GESTURE_TARGETS). Two more uses:
+    python -m training.evaluate --data Y                            # the data's own motion
+    python -m training.evaluate --checkpoint X --speech a.wav [--variations 4] [--samplers fast:25]
 """
 from __future__ import annotations
 
@@ -15,17 +21,20 @@ import json
 import math
 import time
 from dataclasses import replace
+from typing import Iterable
 
 import numpy as np
 import torch
 
 from model_core.checkpoint import load_checkpoint
+from model_core.network import FPS
 from model_core.pipeline import generate, resolve_device, sample_window
 from model_core.settings import GenerationSettings, preset
+from model_core.skeleton import to_directions
 
 from .data import WindowDataset
 from .metrics import BeatConsistency, diversity, fgd, joint_mae, load_extractor, train_extractor
-from .procedural import loudness
+from .procedural import voiced_frames
 
 
 def parse_sampler(spec: str) -> tuple[str, GenerationSettings]:
@@ -64,9 +73,9 @@ def score(gen: list[np.ndarray], real: list[np.ndarray], audio: list[np.ndarray]
 
 def evaluate(checkpoint: str, data: str, samplers: list[str], extractor_path: str | None = None,
              baselines: bool = False, batch_size: int = 128, max_batches: int = 0, device: str = "auto",
-             seed: int = 0, motion_clips: int = 4) -> dict:
+             seed: int = 0, motion_clips: int = 4, motion_only: bool = False) -> dict:
     """Metrics per sampler (and baseline) on the dataset's windows, as a dict of rows; with motion_clips, also
-    the speech/silence arm-speed ratio on that many whole clips."""
+    the speech/silence arm-speed ratio and the gesture measure on that many whole clips (motion_only: just those)."""
     ckpt = load_checkpoint(checkpoint)
     dev, _ = resolve_device(device)
     model = ckpt.model.to(dev)
@@ -75,8 +84,11 @@ def evaluate(checkpoint: str, data: str, samplers: list[str], extractor_path: st
         raise ValueError(f"{data} holds {ds.skeleton.name} data, the checkpoint is for {ckpt.skeleton.name}")
     batch_size = min(batch_size, len(ds))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, drop_last=True)
-    batches = [b for i, b in zip(range(max_batches or len(loader)), loader)]
-    extractor = load_extractor(extractor_path) if extractor_path else train_extractor(ds, ds.skeleton, steps=1500)
+    batches = [] if motion_only else [b for i, b in zip(range(max_batches or len(loader)), loader)]
+    extractor = (None if motion_only else load_extractor(extractor_path) if extractor_path
+                 else train_extractor(ds, ds.skeleton, steps=1500))
+    def scored(gen: list[np.ndarray]) -> dict:
+        return score(gen, real, audio, extractor, ds.skeleton) if batches else {}
     real = [p.numpy() for p, _ in batches]
     audio = [a.numpy() for _, a in batches]
     rows: dict[str, dict] = {}
@@ -90,71 +102,174 @@ def evaluate(checkpoint: str, data: str, samplers: list[str], extractor_path: st
             if shuffle:  # a derangement: every clip gets another clip's audio
                 a = a.roll(1, dims=0)
             gen.append(generate_batch(model, p.to(dev), a.to(dev), settings, seed + i))
-        rows[label] = {**score(gen, real, audio, extractor, ds.skeleton),
-                       "seconds_per_window": (time.perf_counter() - t0) / (len(batches) * batch_size)}
+        rows[label] = {**scored(gen), "seconds_per_window":
+                       (time.perf_counter() - t0) / (len(batches) * batch_size) if batches else None}
         if motion_clips:
-            rows[label]["speech_silence"] = speech_silence_ratio(model, ds, settings, motion_clips, shuffle)
+            rows[label].update(motion_rows(clip_motion(model, ds, settings, motion_clips, shuffle), ds.skeleton))
     if baselines:
-        rows["mean pose"] = {**score([np.zeros_like(r) for r in real], real, audio, extractor, ds.skeleton),
-                             "seconds_per_window": 0.0}
-    rows["real (reference)"] = {**score(real, real, audio, extractor, ds.skeleton), "seconds_per_window": 0.0}
+        rows["mean pose"] = {**scored([np.zeros_like(r) for r in real]), "seconds_per_window": 0.0}
+    rows["real (reference)"] = {**scored(real), "seconds_per_window": 0.0}
     if motion_clips:
-        rows["real (reference)"]["speech_silence"] = speech_silence_ratio(None, ds, None, motion_clips)
+        real_clips = clip_motion(None, ds, None, motion_clips)
+        rows["real (reference)"].update(motion_rows(real_clips, ds.skeleton))
+        if baselines:
+            still = [(np.zeros_like(p), a) for p, a in real_clips]
+            rows["mean pose"]["gesture"] = gesture_measure(still, ds.skeleton)
     return {"checkpoint": checkpoint, "checkpoint_sha256": ckpt.sha256, "data": data, "data_sha256": ds.sha256,
-            "windows": len(batches) * batch_size, "extractor": extractor_path or "trained on the evaluation data",
+            "windows": len(batches) * batch_size,
+            "extractor": None if motion_only else extractor_path or "trained on the evaluation data",
             "rows": rows}
 
 
 def speech_silence_speeds(poses: np.ndarray, audio: np.ndarray, skel) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame arm speed (summed |change| of the arm bones' normalised directions) in voiced and silent frames.
-
-    Voiced frames: 15 fps RMS above 8% of the clip's 95th percentile, widened by 2 frames (as the procedural data)."""
+    """Per-frame arm speed (summed |change| of the arm bones' normalised directions) in voiced and silent frames."""
     arms = [3 * b + k for b, name in enumerate(skel.bones) if "arm" in name for k in range(3)]
     speed = np.r_[np.abs(np.diff(poses[:, arms], axis=0)).sum(axis=1), 0.0]
-    voiced = np.convolve(loudness(audio, len(poses)) > 0.08, np.ones(5), "same") > 0
+    voiced = voiced_frames(audio, len(poses))
     return speed[voiced], speed[~voiced]
 
 
-def speech_silence_ratio(model, ds: WindowDataset, settings: GenerationSettings | None, n_clips: int,
-                         shuffle: bool = False) -> float:
-    """Arm speed in voiced over silent frames of whole held-out clips: how much the motion follows the speech.
+# ---- the gesture measure (issue 14): does the motion read as gesture? --------------------------------------------
 
-    settings None scores the true motion; otherwise each clip is generated with the long-audio pipeline (WavEncoder
-    in eval mode, as the product runs), from its own audio or, with shuffle, from the next clip's audio (scored
-    against its own, so a model that ignores the audio lands near the shuffled value)."""
+PAUSE_MARGIN = 6  # frames (0.4 s) trimmed from each side of a silence: retraction and preparation are gesture phases
+# Targets for data and models: name -> (direction, threshold); units deg/s, deg, ratio, deg/s^2.
+GESTURE_TARGETS = {"pause_speed": ("<=", 12.0), "speech_spread": (">=", 18.0), "speech_pause_ratio": (">=", 2.5),
+                   "rest_jitter": ("<=", 120.0)}
+STILL_SPEED = 1.0  # deg/s: pause speeds below this count as still in the ratio (it would divide by ~0 otherwise)
+
+
+def pause_frames(voiced: np.ndarray, margin: int = PAUSE_MARGIN) -> np.ndarray:
+    """Silent frames at least `margin` frames away from voiced ones: where an animator expects a still rest."""
+    near = np.convolve(voiced.astype(np.int8), np.ones(2 * margin + 1, np.int8), "same") > 0
+    return ~near
+
+
+def forearm_directions(poses: np.ndarray, skel) -> np.ndarray:
+    """Unit directions (frames, 2, 3) of the left and right forearms."""
+    dirs = to_directions(poses, skel)
+    return dirs[:, [skel.bone_index("left_forearm"), skel.bone_index("right_forearm")]].astype(np.float64)
+
+
+def gesture_stats(poses: np.ndarray, audio: np.ndarray, skel, margin: int = PAUSE_MARGIN) -> dict[str, float]:
+    """Sums and counts of one clip for gesture_measure (forearm speeds and accelerations in degrees)."""
+    d = forearm_directions(poses, skel)
+    n = len(d)
+    voiced = voiced_frames(audio, n)
+    pause = pause_frames(voiced, margin)
+    speed = np.degrees(np.arccos(np.clip((d[1:] * d[:-1]).sum(-1), -1, 1))).mean(-1) * FPS  # (n-1,)
+    accel = np.degrees(np.linalg.norm(d[2:] - 2 * d[1:-1] + d[:-2], axis=-1)).mean(-1) * FPS ** 2  # (n-2,)
+    in_pause2 = pause[1:] & pause[:-1]
+    in_pause3 = pause[2:] & pause[1:-1] & pause[:-2]
+    in_speech2 = voiced[1:] & voiced[:-1]
+    spread = 0.0
+    if voiced.sum() > 1:
+        sd = d[voiced]
+        mean = sd.mean(0)
+        mean /= np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-9)
+        ang = np.degrees(np.arccos(np.clip((sd * mean).sum(-1), -1, 1)))
+        spread = float(np.sqrt((ang ** 2).mean(0)).mean())
+    return {"pause_speed": float(speed[in_pause2].sum()), "pause_speed_n": int(in_pause2.sum()),
+            "speech_speed": float(speed[in_speech2].sum()), "speech_speed_n": int(in_speech2.sum()),
+            "jitter": float(accel[in_pause3].sum()), "jitter_n": int(in_pause3.sum()),
+            "spread": spread * int(voiced.sum()), "spread_n": int(voiced.sum())}
+
+
+def gesture_measure(clips: Iterable[tuple[np.ndarray, np.ndarray]], skel, margin: int = PAUSE_MARGIN
+                    ) -> dict[str, float]:
+    """Pooled over clips of (normalised poses at 15 fps, 16 kHz audio): forearm speed in pauses (deg/s), forearm
+    direction spread in speech (RMS angle to the clip's mean speech direction, deg), speech/pause forearm speed
+    ratio, rest jitter (mean forearm angular acceleration in pauses, deg/s^2). NaN where a clip set has no pauses."""
+    tot: dict[str, float] = {}
+    for poses, audio in clips:
+        for k, v in gesture_stats(poses, audio, skel, margin).items():
+            tot[k] = tot.get(k, 0) + v
+    def mean(key: str) -> float:
+        return tot[key] / tot[f"{key}_n"] if tot.get(f"{key}_n") else float("nan")
+    pause, speech = mean("pause_speed"), mean("speech_speed")
+    return {"pause_speed": pause, "speech_spread": mean("spread"),
+            "speech_pause_ratio": speech / max(pause, STILL_SPEED), "rest_jitter": mean("jitter"),
+            "speech_speed": speech, "pause_frames": int(tot.get("pause_speed_n", 0))}
+
+
+def meets_targets(measure: dict[str, float]) -> dict[str, bool]:
+    """Which of GESTURE_TARGETS a gesture_measure result meets."""
+    return {k: bool(measure[k] <= t if op == "<=" else measure[k] >= t) for k, (op, t) in GESTURE_TARGETS.items()}
+
+
+def clip_motion(model, ds: WindowDataset, settings: GenerationSettings | None, n_clips: int,
+                shuffle: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(poses, own audio) of whole held-out clips: the true motion (settings None) or generated ones.
+
+    Generated clips use the long-audio pipeline (WavEncoder in eval mode, as the product runs) on their own audio
+    or, with shuffle, on the next clip's audio; they are scored against their own, so a model that ignores the
+    audio lands near the shuffled value."""
     clips = ds.index["clips"][:n_clips]
     audio = [np.asarray(ds.audio[c["sample_offset"]: c["sample_offset"] + c["n_samples"]], np.float32) / 32767
              for c in clips]
-    speech, silence = [], []
+    out = []
     for i, c in enumerate(clips):
         if settings is None:
             poses = np.asarray(ds.poses[c["frame_offset"]: c["frame_offset"] + c["n_frames"]])
         else:
             source = audio[(i + 1) % len(clips)] if shuffle else audio[i]
             poses = generate(model, source, replace(settings, bn_mode="eval", trim=True))[0]
-        sp, si = speech_silence_speeds(poses[:c["n_frames"]], audio[i], ds.skeleton)
-        speech.append(sp)
-        silence.append(si)
-    return float(np.concatenate(speech).mean() / max(np.concatenate(silence).mean(), 1e-9))
+        out.append((poses[:c["n_frames"]], audio[i]))
+    return out
+
+
+def motion_rows(clips: list[tuple[np.ndarray, np.ndarray]], skel) -> dict:
+    """speech_silence and the gesture measure of whole clips, as evaluate's row entries."""
+    speeds = [speech_silence_speeds(p, a, skel) for p, a in clips]
+    speech = np.concatenate([s for s, _ in speeds])
+    silence = np.concatenate([s for _, s in speeds])
+    return {"speech_silence": float(speech.mean() / max(silence.mean(), 1e-9)),
+            "gesture": gesture_measure(clips, skel)}
 
 
 def markdown_table(result: dict) -> str:
-    """The rows as a markdown table."""
+    """The rows as a markdown table (the gesture measure's columns where the rows have it)."""
     def f(v: float, nd: int) -> str:
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
-    lines = ["| method | FGD | BC | Diversity | joint MAE | speech/silence | s / window |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | FGD | BC | Diversity | joint MAE | speech/silence | " + GESTURE_HEADER + " s / window |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["rows"].items():
-        lines.append(f"| {name} | {f(r['fgd'], 3)} | {f(r['bc'], 3)} | {f(r['diversity'], 3)} | "
-                     f"{f(r['joint_mae'], 4)} | {f(r.get('speech_silence'), 2)} | {f(r['seconds_per_window'], 3)} |")
+        lines.append(f"| {name} | {f(r.get('fgd'), 3)} | {f(r.get('bc'), 3)} | {f(r.get('diversity'), 3)} | "
+                     f"{f(r.get('joint_mae'), 4)} | {f(r.get('speech_silence'), 2)} | "
+                     f"{gesture_cells(r.get('gesture'))} {f(r['seconds_per_window'], 3)} |")
     return "\n".join(lines)
 
 
+GESTURE_HEADER = "pause °/s (≤ 12) | spread ° (≥ 18) | speech/pause (≥ 2.5) | jitter °/s² (≤ 120) |"
+
+
+def gesture_cells(m: dict | None) -> str:
+    """The gesture measure as four table cells, a target missed marked with '✗'."""
+    if not m:
+        return "n/a | n/a | n/a | n/a |"
+    ok = meets_targets(m)
+    return " ".join(f"{m[k]:.{nd}f}{'' if ok[k] else ' ✗'} |" if not math.isnan(m[k]) else "n/a |"
+                    for k, nd in (("pause_speed", 1), ("speech_spread", 1), ("speech_pause_ratio", 2),
+                                  ("rest_jitter", 0)))
+
+
+def measure_speech(checkpoint: str, speech: str, settings: GenerationSettings) -> dict[str, float]:
+    """The gesture measure of a checkpoint's motion for one speech file, pooled over settings.variations."""
+    from model_core.audio import load_audio
+    ckpt = load_checkpoint(checkpoint)
+    audio = load_audio(speech)
+    poses = generate(ckpt.model, audio, settings)
+    return gesture_measure([(p, audio) for p in poses], ckpt.skeleton)
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Evaluate a DiffGesture checkpoint with the paper's metrics.")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True, help="a converted dataset folder (held-out clips)")
-    p.add_argument("--samplers", default="paper", help="comma list: paper, fast:K")
+    p = argparse.ArgumentParser(description="Evaluate a DiffGesture checkpoint with the paper's metrics and the "
+                                "gesture measure; without --checkpoint, measure the data's own motion.")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--data", default=None, help="a converted dataset folder (held-out clips)")
+    p.add_argument("--speech", default=None, help="with --checkpoint: only the gesture measure on this speech file")
+    p.add_argument("--variations", type=int, default=4, help="variations generated for --speech")
+    p.add_argument("--samplers", default=None,
+                   help="comma list: paper, fast:K (default paper; --speech: the first one, default the product's)")
     p.add_argument("--extractor", default=None, help="official or trained FGD extractor (default: train one)")
     p.add_argument("--baselines", action="store_true", help="add shuffled-audio and mean-pose baselines")
     p.add_argument("--batch-size", type=int, default=128)
@@ -162,12 +277,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--motion-clips", type=int, default=4,
-                   help="whole clips for the speech/silence arm-speed ratio (0: skip)")
+                   help="whole clips for speech/silence and the gesture measure (0: skip)")
+    p.add_argument("--motion-only", action="store_true",
+                   help="only speech/silence and the gesture measure on whole clips (no FGD, BC, Diversity)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
-    result = evaluate(a.checkpoint, a.data, a.samplers.split(","), a.extractor, a.baselines, a.batch_size,
-                      a.max_batches, a.device, a.seed, a.motion_clips)
-    print(markdown_table(result))
+    if a.speech:
+        if not a.checkpoint:
+            p.error("--speech needs --checkpoint")
+        settings = parse_sampler(a.samplers.split(",")[0])[1] if a.samplers else GenerationSettings()
+        settings = replace(settings, bn_mode="eval", trim=True, variations=a.variations, seed=a.seed)
+        result = {"checkpoint": a.checkpoint, "speech": a.speech, "settings": settings.to_dict(),
+                  "gesture": measure_speech(a.checkpoint, a.speech, settings)}
+        print(f"| {GESTURE_HEADER}\n| {gesture_cells(result['gesture'])}")
+    elif not a.data:
+        p.error("give --data (and --checkpoint to evaluate a model)")
+    elif not a.checkpoint:
+        ds = WindowDataset(a.data, motion_filters=False, min_words=0)
+        result = {"data": a.data, "data_sha256": ds.sha256, "clips": a.motion_clips,
+                  "gesture": gesture_measure(clip_motion(None, ds, None, a.motion_clips), ds.skeleton)}
+        print(f"| {GESTURE_HEADER}\n| {gesture_cells(result['gesture'])}")
+    else:
+        result = evaluate(a.checkpoint, a.data, (a.samplers or "paper").split(","), a.extractor, a.baselines, a.batch_size,
+                          a.max_batches, a.device, a.seed, a.motion_clips, a.motion_only)
+        print(markdown_table(result))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -1,27 +1,36 @@
-"""A procedural co-speech dataset: real synthetic speech (espeak-ng) with rule-driven motion. NOT human motion.
+"""A procedural co-speech dataset: real synthetic speech (espeak-ng) with rule-driven gesture. NOT human motion.
 
 It exists so that tests, CI and the bundled demo checkpoint have real audio-driven data without downloads. The
-audio is espeak-ng speech (varied voices, rates, pitches, silent pauses between sentences); the motion is made by
-hand-written rules from that audio: arms rise into gesture space during speech and return to rest in long
-silences (short pauses hold the pose), beat strokes fall on audio onsets scaled by loudness, phrases are two- or
-one-handed, the head nods on the strongest onsets, fingers (Expressive) open while gesturing and curl at rest.
-Poses are built as rotations of the skeleton's mean pose in the canonical character frame and converted with
-model_core.skeleton.canonical_to_poses, so they are normalised direction vectors in the dataset frame.
+audio is espeak-ng speech (varied voices, rates, pitches, silent pauses between sentences). The motion follows
+what the gesture literature describes (McNeill, "Hand and Mind", 1992; Kendon, "Gesture", 2004, ch. 7):
+  - gesture units span speech phrases; they end, and the hands retract to a still rest pose, in pauses longer
+    than about 0.5 s (REST_PAUSE); shorter pauses keep the unit going;
+  - each speech phrase gets a gesture phrase: preparation, a stroke whose end falls on the phrase's most accented
+    onset (loudness and pitch), a post-stroke hold; long phrases get further strokes on later accents;
+  - beats: small down-up flicks on other onsets inside phrases, during holds;
+  - one- or two-handed, symmetric or asymmetric, in McNeill's gesture space in front of the torso (centre-centre,
+    centre, periphery; abdomen, chest and face height), farther and higher on stronger accents;
+  - head nods and a slight torso lean on strong accents, the head turned a little towards the gesturing hand;
+  - rest is exactly still: no noise, sway or breathing on any bone while the hands rest.
+Hand paths are minimum-jerk moves between key positions in the torso's frame, solved to arm directions with
+two-bone IK, in the canonical character frame, and converted with model_core.skeleton.canonical_to_poses.
 Everything is deterministic given the seed (espeak-ng and librosa are deterministic).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from model_core.audio import load_audio
 from model_core.network import FPS, SAMPLE_RATE
-from model_core.skeleton import Skeleton, canonical_to_poses, dataset_to_canonical, get_skeleton
+from model_core.skeleton import Skeleton, canonical_to_poses, dataset_to_canonical, get_skeleton, to_joints
 
 from .data import Clip, write_dataset
 
@@ -69,17 +78,9 @@ def loudness(audio: np.ndarray, n_frames: int) -> np.ndarray:
     return np.clip(rms / max(np.percentile(rms, 95), 1e-6), 0, 1)
 
 
-def _smooth(x: np.ndarray, tau: float) -> np.ndarray:
-    """Critically damped second-order low-pass (two EMA passes), time constant tau seconds."""
-    a = 1 - np.exp(-1 / (FPS * tau))
-    for _ in range(2):
-        y = np.empty_like(x)
-        acc = x[0]
-        for i, v in enumerate(x):
-            acc += a * (v - acc)
-            y[i] = acc
-        x = y
-    return x
+def voiced_frames(audio: np.ndarray, n_frames: int) -> np.ndarray:
+    """15 fps frames with speech: RMS above 8% of the clip's 95th percentile, widened by 2 frames each side."""
+    return np.convolve(loudness(audio, n_frames) > 0.08, np.ones(5), "same") > 0
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -91,7 +92,7 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 def _rot(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
     """Rodrigues rotation matrices (T, 3, 3) about a fixed or per-frame unit axis."""
     axis = np.broadcast_to(np.asarray(axis, np.float64), (len(angle), 3))
-    axis = axis / np.linalg.norm(axis, axis=-1, keepdims=True)
+    axis = axis / np.maximum(np.linalg.norm(axis, axis=-1, keepdims=True), 1e-12)
     k = np.zeros((len(angle), 3, 3))
     k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
     k -= k.transpose(0, 2, 1)
@@ -99,84 +100,300 @@ def _rot(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
     return np.eye(3) + s * k + (1 - c) * (k @ k)
 
 
-X, Y, Z = np.eye(3)
+def _align(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Smallest rotations (T, 3, 3) taking unit vector a (3,) to unit vectors b (T, 3)."""
+    axis = np.cross(a, b)
+    angle = np.arctan2(np.linalg.norm(axis, axis=-1), b @ a)
+    return _rot(np.where(np.linalg.norm(axis, axis=-1, keepdims=True) > 1e-9, axis, [1.0, 0, 0]), angle)
 
 
-def motion_controls(audio: np.ndarray, n_frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Per-frame gesture controls (radians / 0..1) derived from the speech: activation, strokes, nods, curls."""
+X, Y, Z = np.eye(3)  # canonical frame: X the character's left, Y backwards, Z up (it faces -Y)
+REST_PAUSE = 0.5  # seconds of silence between speech phrases that end a gesture unit: the hands retract to rest
+PHRASE_GAP = 0.25  # seconds: voiced runs closer than this are one speech phrase
+PREP_SPEED, STROKE_SPEED, RETRACT_SPEED = 0.9, 1.6, 1.1  # mean hand speeds of the phases, m/s (peaks ~1.9x)
+
+
+@dataclass
+class Speech:
+    """What the motion rules read from the audio, per 15 fps frame and per onset (times in seconds)."""
+
+    loud: np.ndarray
+    units: list[list[tuple[float, float]]]  # gesture units: lists of speech phrases (start, end)
+    onsets: np.ndarray  # onset times
+    accent: np.ndarray  # 0..1 per onset: loudness and pitch relative to the clip's speech
+
+
+def analyse_speech(audio: np.ndarray, n_frames: int) -> Speech:
+    """Phrases, gesture units, onsets and their accents (loudness and pitch) of a clip's speech."""
     import librosa
     loud = loudness(audio, n_frames)
-    speaking = np.convolve(loud > 0.08, np.ones(5), "same") > 0  # +-2 frames around voiced audio
-    phrases = _runs(speaking)
-    merged: list[list[int]] = []
-    for s, e in phrases:  # pauses under 0.5 s are holds: the phrase continues
-        if merged and s - merged[-1][1] < 0.5 * FPS:
-            merged[-1][1] = e
+    runs = [[s / FPS, e / FPS] for s, e in _runs(loud > 0.08)]
+    phrases: list[list[float]] = []
+    for s, e in runs:
+        if phrases and s - phrases[-1][1] < PHRASE_GAP:
+            phrases[-1][1] = e
         else:
-            merged.append([s, e])
+            phrases.append([s, e])
+    units: list[list[tuple[float, float]]] = []
+    for s, e in phrases:
+        if units and s - units[-1][-1][1] < REST_PAUSE:
+            units[-1].append((s, e))
+        else:
+            units.append([(s, e)])
+    onsets = librosa.onset.onset_detect(y=audio, sr=SAMPLE_RATE, units="time")
+    f0 = librosa.yin(audio, fmin=70, fmax=400, sr=SAMPLE_RATE, frame_length=1024, hop_length=256)
+    f0_t = np.arange(len(f0)) * 256 / SAMPLE_RATE
+    frame = np.minimum((onsets * FPS).astype(int), n_frames - 1)
+    voiced_f0 = f0[loud[np.minimum((f0_t * FPS).astype(int), n_frames - 1)] > 0.08]
+    median = np.median(voiced_f0) if len(voiced_f0) else 150.0
+    pitch = np.array([np.median(f0[(f0_t >= o) & (f0_t < o + 0.12)]) if np.any((f0_t >= o) & (f0_t < o + 0.12))
+                      else median for o in onsets])
+    level = np.array([loud[i: i + 3].max() for i in frame]) if len(frame) else np.zeros(0)
+    accent = np.clip(0.6 * level + 0.4 * np.clip((pitch - median) / (0.15 * median) + 0.5, 0, 1), 0, 1)
+    return Speech(loud, units, onsets, accent)
+
+
+def _min_jerk(keys: list[tuple[float, np.ndarray]], t: np.ndarray) -> np.ndarray:
+    """Positions (T, 3) along key positions (time, xyz), minimum-jerk between keys, held before and after."""
+    times = np.array([k for k, _ in keys])
+    pos = np.array([p for _, p in keys])
+    i = np.clip(np.searchsorted(times, t, side="right") - 1, 0, len(keys) - 1)
+    j = np.minimum(i + 1, len(keys) - 1)
+    span = np.maximum(times[j] - times[i], 1e-9)
+    u = np.clip((t - times[i]) / span, 0, 1)[:, None]
+    return pos[i] + (pos[j] - pos[i]) * (10 * u ** 3 - 15 * u ** 4 + 6 * u ** 5)
+
+
+def _bumps(centres: list[float], amps: list[float], half: float, t: np.ndarray) -> np.ndarray:
+    """Sum of raised-cosine bumps (zero outside centre +- half seconds)."""
+    out = np.zeros(len(t))
+    for c, a in zip(centres, amps):
+        near = np.abs(t - c) < half
+        out[near] += a * 0.5 * (1 + np.cos(np.pi * (t[near] - c) / half))
+    return out
+
+
+@dataclass
+class Style:
+    """A speaker's habits for one clip: dominant hand, expansiveness, rest position, beat rate."""
+
+    dominant: float  # +1 left, -1 right (canonical X of that hand's side)
+    expansive: float
+    rest: dict  # side (+1 / -1) -> wrist position at rest
+    beat_rate: float
+
+
+def _gesture_target(rng: np.random.Generator, side: float, accent: float, style: Style) -> np.ndarray:
+    """A stroke's end position in McNeill's gesture space in front of the torso (torso frame, metres)."""
+    lateral = rng.choice([rng.uniform(0.06, 0.14), rng.uniform(0.14, 0.28), rng.uniform(0.28, 0.42)],
+                         p=[0.3, 0.45, 0.25]) * (0.75 + 0.35 * accent) * style.expansive
+    height = rng.choice([rng.uniform(-0.12, 0.02), rng.uniform(0.02, 0.22), rng.uniform(0.28, 0.42)],
+                        p=[0.3, 0.5, 0.2]) + 0.08 * accent
+    forward = rng.uniform(0.30, 0.48) + (0.08 if height > 0.25 else 0.0)  # clear of the face
+    return np.array([side * max(lateral, 0.07), -forward, height])
+
+
+def _stroke_lift(rng: np.random.Generator, side: float, accent: float) -> np.ndarray:
+    """Where a stroke starts relative to its end: above (a downward stroke), inside (outward) or back (forward)."""
+    kind = rng.integers(3)
+    lift = [np.array([0.0, 0.02, rng.uniform(0.10, 0.16)]), np.array([-side * 0.13, 0.0, 0.05]),
+            np.array([0.0, 0.11, -0.04])][kind]
+    return lift * (0.6 + 0.6 * accent)
+
+
+def _stroke_times(speech: Speech, unit: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(onset, accent) of a unit's strokes: each phrase's most accented early onset, then one every 0.7-1.4 s."""
+    strokes = []
+    for s, e in unit:
+        t_prev = None
+        while True:
+            lo, hi = (s - 0.05, s + 0.8) if t_prev is None else (t_prev + 0.7, t_prev + 1.4)
+            if lo > e - 0.35:
+                break
+            cand = np.flatnonzero((speech.onsets >= lo) & (speech.onsets < min(hi, e - 0.25)))
+            if len(cand):
+                k = cand[np.argmax(speech.accent[cand])]
+                t_prev = float(speech.onsets[k])
+                strokes.append((t_prev, float(speech.accent[k])))
+            elif t_prev is None:
+                t_prev = s + 0.15
+                strokes.append((t_prev, 0.5))
+            else:
+                break
+    return strokes
+
+
+class _Hand:
+    """One hand's key positions (time, xyz) and the spans it holds still, built move by move."""
+
+    def __init__(self, rest: np.ndarray):
+        self.rest = rest
+        self.keys: list[tuple[float, np.ndarray]] = [(0.0, rest)]
+        self.free = 0.0  # when the last move ends
+        self.holds: list[list[float]] = []  # [start, end] of post-stroke holds
+        self.at_rest = True
+
+    def stroke(self, t_end: float, duration: float, prep: float, start: np.ndarray, end: np.ndarray,
+               earliest: float, drift: np.ndarray) -> bool:
+        """Preparation (from `earliest` on) to `start`, then the stroke to `end` ending at t_end; a hold before
+        it relaxes by `drift`. Moves keep human speeds (PREP_SPEED, STROKE_SPEED): without the time for them
+        the hand skips this stroke (False) or, when it is near, strokes from where it is."""
+        avail = t_end - max(self.free, earliest)
+        here = self.keys[-1][1] if self.at_rest else self.keys[-1][1] + drift
+        duration = max(duration, np.linalg.norm(end - start) / STROKE_SPEED)
+        prep = max(prep, 0.2, np.linalg.norm(start - here) / PREP_SPEED)
+        if duration + prep > avail:  # no time to prepare: stroke straight from here if that is near enough
+            start, prep = here, 0.0
+            duration = max(0.16, np.linalg.norm(end - here) / STROKE_SPEED)
+            if duration > avail:
+                return False
+        t_start = t_end - duration
+        if self.holds and self.holds[-1][1] is None:
+            self.holds[-1][1] = t_start - prep
+        if prep:
+            self.keys.append((t_start - prep, here))
+        self.keys += [(t_start, start), (t_end, end)]
+        self.holds.append([t_end, None])
+        self.free, self.at_rest = t_end + 0.12, False
+        return True
+
+    def retract(self, start: float, drift: np.ndarray) -> None:
+        """Hold (relaxing by `drift`) until `start`, then return to rest at RETRACT_SPEED (0.3-0.45 s)."""
+        start = max(start, self.free)
+        if self.holds and self.holds[-1][1] is None:
+            self.holds[-1][1] = start
+        here = self.keys[-1][1] + drift
+        duration = float(np.clip(np.linalg.norm(self.rest - here) / RETRACT_SPEED, 0.3, 0.45))
+        self.keys += [(start, here), (start + duration, self.rest)]
+        self.free, self.at_rest = start + duration, True
+
+    def holding(self, time: float, margin: float = 0.12) -> bool:
+        return any(a + margin <= time <= (b if b is not None else np.inf) - margin for a, b in self.holds)
+
+
+def _own_side(pos: np.ndarray, side: float) -> np.ndarray:
+    """pos kept at least 5 cm on the hand's own side of the midline (two hands never cross)."""
+    return np.array([side * max(side * pos[0], 0.05), pos[1], pos[2]])
+
+
+def _drift(rng: np.random.Generator) -> np.ndarray:
+    """How far a held hand relaxes (metres, mostly down and towards the body) before its next move."""
+    return np.array([rng.uniform(-0.02, 0.02), rng.uniform(0.0, 0.03), -rng.uniform(0.01, 0.05)])
+
+
+def hand_paths(speech: Speech, t: np.ndarray, rng: np.random.Generator, style: Style
+               ) -> tuple[dict[float, np.ndarray], list[tuple[float, float]], list[tuple[float, float]]]:
+    """Wrist positions (T, 3) per side in the torso frame, and the (time, accent) of strokes and of beats."""
+    hand = {h: _Hand(style.rest[h]) for h in (1.0, -1.0)}
+    strokes: list[tuple[float, float]] = []
+    beats: dict[float, tuple[list[float], list[float]]] = {1.0: ([], []), -1.0: ([], [])}
+    for u, unit in enumerate(speech.units):
+        u_start, u_end = unit[0][0], unit[-1][1]
+        mode = rng.choice(["symmetric", "asymmetric", "dominant", "other"], p=[0.35, 0.15, 0.35, 0.15])
+        lead = -style.dominant if mode == "other" else style.dominant
+        hands = [lead, -lead] if mode in ("symmetric", "asymmetric") else [lead]
+        unit_strokes = _stroke_times(speech, unit)
+        for k, (onset, acc) in enumerate(unit_strokes):
+            target, lift = _gesture_target(rng, lead, acc, style), _stroke_lift(rng, lead, acc)
+            duration, prep = rng.uniform(0.16, 0.26), rng.uniform(0.3, 0.45)
+            for h in hands:
+                if h == lead:
+                    end_pos, start_pos = target, _own_side(target + lift, lead)
+                elif mode == "symmetric":
+                    end_pos, start_pos = target * [-1, 1, 1], _own_side(target + lift, lead) * [-1, 1, 1]
+                elif k == 0:  # asymmetric: the other hand makes one supporting stroke, low and near the centre
+                    end_pos = np.array([h * rng.uniform(0.08, 0.18), -rng.uniform(0.28, 0.38), rng.uniform(-0.1, 0.04)])
+                    start_pos = end_pos + [0, 0.04, 0.06]
+                else:
+                    continue
+                hand[h].stroke(onset + 0.04, duration, prep, start_pos, end_pos, u_start - 0.45, _drift(rng))
+            strokes.append((onset, acc))
+        stroke_t = np.array([o for o, _ in unit_strokes])
+        beat_hands = hands if mode == "symmetric" else [lead]
+        for o, a in zip(speech.onsets, speech.accent):  # beats on the other onsets, while holding after a stroke
+            if not u_start - 0.05 <= o <= u_end or (len(stroke_t) and np.min(np.abs(stroke_t - o)) < 0.35):
+                continue
+            if rng.random() >= style.beat_rate:
+                continue
+            for h in beat_hands:
+                if hand[h].holding(o) and (not beats[h][0] or o - beats[h][0][-1] > 0.3):
+                    beats[h][0].append(float(o) + 0.03)
+                    beats[h][1].append(0.03 + 0.05 * float(a))
+        for h in hands:  # the unit ends: retraction to rest in the pause (units are split at REST_PAUSE)
+            if not hand[h].at_rest:
+                hand[h].retract(u_end, _drift(rng))
+    paths = {}
+    for h in (1.0, -1.0):
+        pos = _min_jerk(sorted(hand[h].keys, key=lambda k: k[0]), t)
+        down = _bumps(beats[h][0], beats[h][1], 0.14, t)
+        paths[h] = pos + down[:, None] * np.array([0.0, 0.25, -1.0])
+    beat_list = [(c, a) for h in beats for c, a in zip(*beats[h])]
+    return paths, strokes, beat_list
+
+
+def _two_bone_ik(shoulder: np.ndarray, wrist: np.ndarray, upper: float, fore: float, pole: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Upper-arm and forearm directions (T, 3) reaching wrist (T, 3) from shoulder (3,), the elbow towards pole."""
+    v = wrist - shoulder
+    d = np.clip(np.linalg.norm(v, axis=-1, keepdims=True), 0.15, 0.97 * (upper + fore))
+    v = v / np.linalg.norm(v, axis=-1, keepdims=True)
+    perp = pole - (v @ pole)[:, None] * v
+    perp /= np.linalg.norm(perp, axis=-1, keepdims=True)
+    cos_a = np.clip((upper ** 2 + d ** 2 - fore ** 2) / (2 * upper * d), -1, 1)
+    elbow = upper * (cos_a * v + np.sqrt(1 - cos_a ** 2) * perp)
+    fore_dir = d * v - elbow
+    return elbow / upper, fore_dir / np.linalg.norm(fore_dir, axis=-1, keepdims=True)
+
+
+def gesture_motion(speech: Speech, n_frames: int, skel: Skeleton, rng: np.random.Generator) -> np.ndarray:
+    """Canonical-frame bone directions (T, n_bones, 3) of one clip's gestures, head and torso."""
     t = np.arange(n_frames) / FPS
-    act = {"left": np.zeros(n_frames), "right": np.zeros(n_frames)}
-    for s, e in merged:
-        mode = rng.choice(["both", "left", "right"], p=[0.5, 0.25, 0.25])
-        level = rng.uniform(0.7, 1.0) * (0.6 + 0.4 * loud[s:e].mean() / max(loud[s:e].max(), 1e-6))
-        for side in act:
-            act[side][s:e] = level if mode in ("both", side) else 0.15 * level
-    act = {k: np.clip(_smooth(v, 0.12), 0, 1) for k, v in act.items()}
-    onset_env = librosa.onset.onset_strength(y=audio, sr=SAMPLE_RATE)
-    onsets = librosa.onset.onset_detect(onset_envelope=onset_env, sr=SAMPLE_RATE, units="time")
-    stroke, nod = np.zeros(n_frames), np.zeros(n_frames)
-    strong = np.percentile(loud[speaking], 70) if speaking.any() else 1.0
-    for o in onsets:
-        i = min(int(o * FPS), n_frames - 1)
-        amp = loud[i: i + 3].max()
-        stroke += amp * np.exp(-0.5 * ((t - o - 0.1) / 0.07) ** 2)
-        if amp >= strong:
-            nod += amp * np.exp(-0.5 * ((t - o - 0.12) / 0.1) ** 2)
-    phase = rng.uniform(0, 2 * np.pi, 3)
-    speech = np.maximum(act["left"], act["right"])
-    return {**{f"act_{k}": v for k, v in act.items()}, "stroke": np.clip(stroke, 0, 1.2), "nod": np.clip(nod, 0, 1),
-            "sway": speech * np.sin(2 * np.pi * 0.4 * t + phase[0]),
-            "yaw": speech * np.sin(2 * np.pi * 0.25 * t + phase[1]),
-            "breath": np.sin(2 * np.pi * 0.25 * t + phase[2]), "speech": speech}
-
-
-def _parent_bones(skel: Skeleton) -> list[int | None]:
-    child_of = {c: b for b, (_, c) in enumerate(skel.pairs)}
-    return [child_of.get(p) for p, _ in skel.pairs]
-
-
-def pose_from_controls(ctrl: dict[str, np.ndarray], skel: Skeleton) -> np.ndarray:
-    """Canonical-frame bone directions (T, n_bones, 3): local rotations of the mean pose, chained parent first."""
-    n = len(ctrl["speech"])
     rest = dataset_to_canonical(skel.mean.astype(np.float64), skel)
     rest /= np.linalg.norm(rest, axis=-1, keepdims=True)
-    local = {b: np.broadcast_to(np.eye(3), (n, 3, 3)) for b in skel.bones}
-    local["spine"] = _rot(X, 0.06 * ctrl["speech"] + 0.01 * ctrl["breath"]) @ _rot(Y, 0.04 * ctrl["sway"])
-    local["neck_nose"] = _rot(Z, 0.2 * ctrl["yaw"]) @ _rot(X, 0.3 * ctrl["nod"] - 0.05 * ctrl["speech"])
-    for side, sign in (("left", 1.0), ("right", -1.0)):
-        a, beat = ctrl[f"act_{side}"], ctrl["stroke"] * (0.25 + 0.75 * ctrl[f"act_{side}"])
-        # shoulder: forward raise and abduction; elbow: from hanging (+0.5 rad down) to raised forearm
-        local[f"{side}_upper_arm"] = (_rot(Y, -sign * (0.35 * a + 0.05 * ctrl["sway"]))
-                                      @ _rot(X, -0.55 * a + 0.15 * beat + 0.02 * ctrl["breath"]))
-        local[f"{side}_forearm"] = _rot(X, 0.5 - 1.1 * a + 0.45 * beat)
-        if f"{side}_index1" in skel.bones:
-            _curl_fingers(local, rest, skel, side, 0.9 - 0.8 * a + 0.3 * beat)
-    parents = _parent_bones(skel)
-    glob: list[np.ndarray] = []
-    for b, name in enumerate(skel.bones):
-        glob.append(local[name] if parents[b] is None else glob[parents[b]] @ local[name])
-    return np.stack([g @ r for g, r in zip(glob, rest)], axis=1)
+    joints = to_joints(rest, skel)
+    side_name = {1.0: "left", -1.0: "right"}
+    bone = {name: i for i, name in enumerate(skel.bones)}
+    wrist = {h: joints[skel.pairs[bone[f"{n}_forearm"]][1]] for h, n in side_name.items()}
+    style = Style(dominant=1.0 if rng.random() < 0.3 else -1.0, expansive=rng.uniform(0.75, 1.0),
+                  rest={h: wrist[h] + [h * rng.uniform(-0.08, 0.02), rng.uniform(0.0, 0.08), rng.uniform(-0.1, 0.02)]
+                        for h in wrist},
+                  beat_rate=rng.uniform(0.5, 0.9))
+    paths, strokes, beats = hand_paths(speech, t, rng, style)
+    strong = [(o, a) for o, a in strokes + beats if a > 0.6]
+    nod = _bumps([o + 0.05 for o, _ in strong], [np.radians(5 + 8 * a) for _, a in strong], 0.22, t)
+    lean = _bumps([o for o, _ in strong], [np.radians(1.5 + 2.5 * a) for _, a in strong], 0.35, t)
+    active = {h: np.linalg.norm(paths[h] - style.rest[h], axis=-1) for h in paths}
+    turn = np.radians(6) * np.tanh((active[1.0] - active[-1.0]) / 0.1)  # towards the hand farther out of rest
+    torso = _rot(X, np.clip(lean, 0, np.radians(6)))
+    head = _rot(Z, turn) @ _rot(X, np.clip(nod, 0, np.radians(16)))
+    out = np.empty((n_frames, skel.n_bones, 3))
+    for b, name in enumerate(skel.bones):  # head and torso bones; the arms are set below
+        local = head if name.startswith(("neck", "nose", "left_eye", "right_eye")) else np.eye(3)
+        out[:, b] = np.einsum("tij,tjk,k->ti", torso, np.broadcast_to(local, (n_frames, 3, 3)), rest[b])
+    for h, n in side_name.items():
+        upper_b, fore_b = bone[f"{n}_upper_arm"], bone[f"{n}_forearm"]
+        shoulder = joints[skel.pairs[upper_b][0]]
+        upper, fore = _two_bone_ik(shoulder, paths[h], skel.lengths[upper_b], skel.lengths[fore_b],
+                                   np.array([h * 1.0, 0.2, -1.0]))
+        out[:, upper_b] = np.einsum("tij,tj->ti", torso, upper)
+        out[:, fore_b] = np.einsum("tij,tj->ti", torso, fore)
+        if f"{n}_index1" in bone:  # fingers open with the hand's distance from rest, curl at rest
+            hand = torso @ _align(rest[fore_b], fore)
+            _fingers(out, hand, rest, skel, n, 0.85 - 0.7 * np.clip(active[h] / 0.15, 0, 1))
+    return out
 
 
-def _curl_fingers(local: dict, rest: np.ndarray, skel: Skeleton, side: str, curl: np.ndarray) -> None:
-    """Curl each finger's two distal bones toward the palm by `curl` radians per joint."""
+def _fingers(out: np.ndarray, hand: np.ndarray, rest: np.ndarray, skel: Skeleton, side: str,
+             curl: np.ndarray) -> None:
+    """Finger bone directions: the hand's rotation, each finger's two distal bones curled by `curl` per joint."""
     w = {f: rest[skel.bone_index(f"{side}_{f}_base")] for f in ("pinky", "thumb")}
     palm = np.cross(w["pinky"], w["thumb"]) * (1 if side == "left" else -1)
     for f in ("index", "middle", "pinky", "ring", "thumb"):
         axis = np.cross(rest[skel.bone_index(f"{side}_{f}_base")], palm)
-        scale = 0.5 if f == "thumb" else 1.0
-        for seg in ("1", "2"):
-            local[f"{side}_{f}{seg}"] = _rot(axis, scale * curl)
+        c = _rot(axis, (0.5 if f == "thumb" else 1.0) * curl)
+        for seg, local in (("_base", np.eye(3)), ("1", c), ("2", c @ c)):
+            b = skel.bone_index(f"{side}_{f}{seg}")
+            out[:, b] = np.einsum("tij,tjk,k->ti", hand, np.broadcast_to(local, c.shape), rest[b])
 
 
 def make_clip(skel: Skeleton, seed: int, index: int, duration: float, tmp: Path) -> Clip:
@@ -184,8 +401,8 @@ def make_clip(skel: Skeleton, seed: int, index: int, duration: float, tmp: Path)
     rng = np.random.default_rng([seed, index])
     audio, words = make_speech(rng, duration, tmp)
     n_frames = int(len(audio) / HOP)
-    ctrl = motion_controls(audio, n_frames, rng)
-    poses = canonical_to_poses(pose_from_controls(ctrl, skel).astype(np.float32), skel)
+    dirs = gesture_motion(analyse_speech(audio, n_frames), n_frames, skel, rng)
+    poses = canonical_to_poses(dirs.astype(np.float32), skel)
     return Clip(f"procedural_{seed}_{index:05d}", poses, audio, words, {"kind": "procedural"})
 
 
@@ -196,13 +413,21 @@ def _clip_job(args: tuple[str, int, int, float]) -> Clip:
         return make_clip(get_skeleton(skeleton), seed, index, duration, Path(tmp))
 
 
+RULES = "gesture-phases-2"  # names the motion rules: data made by other rules is remade, not reused
+
+
+def recipe(n_clips: int, seed: int, duration: float) -> dict:
+    """The index's source entry: everything the data depends on besides the skeleton."""
+    return {"kind": "procedural", "rules": RULES, "seed": seed, "n_clips": n_clips, "duration": duration,
+            "note": "synthetic speech, rule-based gesture; not human motion"}
+
+
 def build(out: str | Path, skeleton: str, n_clips: int, seed: int = 0, duration: float = 20.0, jobs: int = 1) -> dict:
     """Write n_clips procedural clips for `skeleton` to `out` in the project's clip format.
 
     jobs > 1 makes clips in that many processes; the result is the same, clip for clip, as with one."""
     skel = get_skeleton(skeleton)
-    source = {"kind": "procedural", "seed": seed, "n_clips": n_clips, "duration": duration,
-              "note": "synthetic speech, rule-based motion; not human motion"}
+    source = recipe(n_clips, seed, duration)
     work = [(skeleton, seed, i, duration) for i in range(n_clips)]
     if jobs <= 1:
         return write_dataset(out, map(_clip_job, work), skel, source)
@@ -218,7 +443,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--duration", type=float, default=20.0, help="approximate seconds per clip")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (the data does not depend on it)")
+    p.add_argument("--keep", action="store_true",
+                   help="leave OUT alone when it already holds this recipe (same rules, skeleton, clips, seed)")
     a = p.parse_args(argv)
+    index_path = Path(a.out) / "index.json"
+    if a.keep and index_path.exists():
+        index = json.loads(index_path.read_text())
+        if index.get("skeleton") == a.skeleton and index.get("source") == recipe(a.clips, a.seed, a.duration):
+            print(f"{a.out}: up to date (sha256 {index['sha256'][:12]})")
+            return
     index = build(a.out, a.skeleton, a.clips, a.seed, a.duration, a.jobs)
     print(f"{len(index['clips'])} clips, {index['n_frames']} frames ({index['n_frames'] / FPS / 60:.1f} min), "
           f"sha256 {index['sha256'][:12]}")

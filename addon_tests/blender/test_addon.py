@@ -351,3 +351,71 @@ def test_folder_clips_follow_the_existing_sound_and_progress_lines_do_not_repeat
     progress = [line for line in err.splitlines() if re.fullmatch(r"[ab]\.wav: \d+%", line)]
     assert len(progress) >= 2 and all(x != y for x, y in zip(progress, progress[1:])), progress
     assert all(int(line.split()[-1][:-1]) % 10 == 0 for line in progress), progress
+
+
+def forearm_spread(obj, action, bone: str, frames: range) -> float:
+    """Mean angle (degrees) between the bone's world direction at each frame and its mean direction."""
+    import numpy as np
+    obj.animation_data.action = action
+    dirs = []
+    for f in frames:
+        bpy.context.scene.frame_set(f)
+        pb = obj.pose.bones[bone]
+        d = (obj.matrix_world @ pb.tail) - (obj.matrix_world @ pb.head)
+        dirs.append(np.array(d.normalized()))
+    dirs = np.array(dirs)
+    mean = dirs.mean(axis=0)
+    mean /= np.linalg.norm(mean)
+    return float(np.degrees(np.arccos(np.clip(dirs @ mean, -1, 1))).mean())
+
+
+def test_intensity_widens_the_gesture(addon, scene, speech_wav):
+    """Headless --intensity 2 gives at least 1.5x the forearm spread of --intensity 1 with the same seed (the
+    bundled model, whose motion stays near the mean pose, so doubling its deviation doubles the angles)."""
+    common = ["generate", "--audio", str(speech_wav), "--armature", "Rig", "--no-sound", "--steps", str(STEPS),
+              "--seed", "4", "--torch-python", str(TORCH_PYTHON)]
+    rig = bpy.data.objects["Rig"]
+    spreads = {}
+    for intensity in ("1", "2"):
+        before = set(bpy.data.actions)
+        assert addon.headless.main(common + ["--intensity", intensity]) == 0
+        action, = set(bpy.data.actions) - before
+        start, end = (int(x) for x in action.frame_range)
+        spreads[intensity] = forearm_spread(rig, action, "mixamorig:LeftForeArm", range(start, end + 1, 2))
+    assert spreads["2"] >= 1.5 * spreads["1"] > 0, spreads
+    assert addon.headless.main(common + ["--intensity", "5"]) == 2, "outside 0..3 is refused before generating"
+
+
+@pytest.mark.parametrize("suffix", [".fbx", ".glb", ".bvh"])
+def test_export_reimports_as_an_action_of_the_same_length(addon, scene, speech_wav, small_checkpoint, tmp_path,
+                                                          suffix):
+    """headless --export writes the take through Blender's exporter; Blender's importer reads it back as an action
+    of the same length; the scene's selection, active object, action and frame range are as before the export."""
+    path = tmp_path / f"take{suffix}"
+    bystander = bpy.data.objects.new("Bystander", None)
+    scene.collection.objects.link(bystander)
+    bystander.select_set(True)
+    bpy.context.view_layer.objects.active = bystander
+    range_before = (scene.frame_start, scene.frame_end)
+    code = addon.headless.main(["generate", "--audio", str(speech_wav), "--armature", "Rig", "--no-sound",
+                                "--checkpoint", str(small_checkpoint), "--steps", str(STEPS),
+                                "--torch-python", str(TORCH_PYTHON), "--export", str(path)])
+    assert code == 0 and path.is_file()
+    rig = bpy.data.objects["Rig"]
+    take = rig.animation_data.action
+    length = take.frame_range[1] - take.frame_range[0]
+    assert bystander.select_get() and not rig.select_get()
+    assert bpy.context.view_layer.objects.active == bystander and scene.frame_end >= range_before[1]
+    bpy.ops.wm.read_homefile(use_empty=True)  # an empty scene; the preferences (and the add-on) stay
+    if suffix == ".fbx":
+        bpy.ops.import_scene.fbx(filepath=str(path))
+    elif suffix == ".glb":
+        bpy.ops.import_scene.gltf(filepath=str(path))
+    else:
+        bpy.ops.import_anim.bvh(filepath=str(path))
+    imported = [a for a in bpy.data.actions]
+    assert len(imported) == 1, [a.name for a in imported]
+    got = imported[0].frame_range[1] - imported[0].frame_range[0]
+    assert abs(got - length) <= 1, (got, length)
+    assert addon.headless.main(["generate", "--audio", str(speech_wav), "--armature", "Rig",
+                                "--export", str(tmp_path / "take.obj")]) == 2, "a wrong ending is refused first"

@@ -1,4 +1,4 @@
-"""training/: procedural data, clip format and LMDB converter, trainer (loss, resume, torchrun DDP), metrics."""
+"""training/: procedural data, clip format, trainer (loss, resume, torchrun DDP), metrics."""
 from __future__ import annotations
 
 import csv
@@ -16,8 +16,7 @@ import torch
 from addon_tests.paths import ROOT
 from model_core.checkpoint import load_checkpoint
 from model_core.network import ModelConfig, PoseDiffusion
-from model_core.skeleton import (TED_EXPRESSIVE, TED_GESTURE, from_directions, joints_to_directions,
-                                 to_directions, to_joints)
+from model_core.skeleton import TED_EXPRESSIVE, TED_GESTURE, from_directions, to_directions
 from training import data, metrics, procedural
 from training.train import Trainer, load_config
 
@@ -88,7 +87,7 @@ def test_procedural_expressive_fingers_curl(tmp_path):
     assert np.ptp(dirs[:, finger], axis=0).max() > 0.3  # the distal index bone moves with the curl control
 
 
-# ---- format, windowing and the LMDB converter -------------------------------------------------------------------
+# ---- format and windowing (the LMDB converter: test_ted_lmdb.py) ---------------------------------------------
 
 def test_windowing_follows_the_paper(tiny_data):
     ds = data.WindowDataset(tiny_data, motion_filters=False, min_words=0)
@@ -121,49 +120,6 @@ def test_filters_drop_static_and_wordless_windows(tmp_path):
     assert len(data.WindowDataset(tmp_path / "d", motion_filters=False, min_words=0)) == 18
     leaning = np.tile(from_directions(np.tile([[0.0, -0.5, 0.87]], (9, 1))[None], TED_GESTURE), (34, 1))
     assert not data.motion_ok(leaning + moving[:34], TED_GESTURE)  # spine 60 degrees from vertical
-
-
-def _fixture_lmdb(path, skel, n_videos=2):
-    import lmdb
-    rng = np.random.default_rng(0)
-    videos = []
-    env = lmdb.open(str(path), map_size=1 << 26)
-    with env.begin(write=True) as txn:
-        for v in range(n_videos):
-            clips = []
-            for k in range(2):
-                n = 50 + 10 * k
-                dirs = skel.mean[None] + 0.2 * rng.standard_normal((n, skel.n_bones, 3)).astype(np.float32)
-                dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
-                joints = to_joints(dirs, skel) + rng.standard_normal(3)  # translated: directions are invariant
-                start = 12.5 * k
-                clips.append({"skeletons_3d": joints, "audio_raw": rng.uniform(-0.5, 0.5, int(n / 15 * 16000)),
-                              "audio_feat": np.zeros((n, 8)), "start_frame_no": 0, "end_frame_no": n,
-                              "start_time": start, "end_time": start + n / 15,
-                              "words": [["hello", start + 0.5, start + 0.8], ["world", start + 1.0, start + 1.4]]})
-            video = {"vid": f"vid{v}", "clips": clips}
-            videos.append(video)
-            txn.put(f"{v:010}".encode(), pickle.dumps(video))
-    env.close()
-    return videos
-
-
-@pytest.mark.parametrize("skel", [TED_GESTURE, TED_EXPRESSIVE], ids=lambda s: s.name)
-def test_lmdb_converter_round_trips(tmp_path, skel):
-    videos = _fixture_lmdb(tmp_path / "lmdb", skel)
-    index = data.convert_lmdb(tmp_path / "lmdb", tmp_path / "out", skel.name, decode=pickle.loads)
-    assert [c["name"] for c in index["clips"]] == ["vid0_000", "vid0_001", "vid1_000", "vid1_001"]
-    ds = data.WindowDataset(tmp_path / "out", motion_filters=False, min_words=0)
-    for c, src in zip(index["clips"], [c for v in videos for c in v["clips"]]):
-        poses = np.asarray(ds.poses)[c["frame_offset"]: c["frame_offset"] + c["n_frames"]]
-        want = from_directions(joints_to_directions(src["skeletons_3d"], skel), skel)
-        np.testing.assert_allclose(poses, want, atol=1e-5)
-        audio = np.asarray(ds.audio)[c["sample_offset"]: c["sample_offset"] + c["n_samples"]] / 32767
-        np.testing.assert_allclose(audio, src["audio_raw"], atol=1 / 32767)
-        assert [w[0] for w in c["words"]] == ["hello", "world"]
-        np.testing.assert_allclose([w[1:] for w in c["words"]], [[0.5, 0.8], [1.0, 1.4]], atol=1e-9)
-        assert c["meta"]["vid"] in ("vid0", "vid1") and c["meta"]["end_frame_no"] == len(poses)
-    assert len(ds) == 2 * (1 + 2)  # 50 frames -> 1 window, 60 frames -> 2 windows (42-frame span, stride 10)
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------------

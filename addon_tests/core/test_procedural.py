@@ -1,0 +1,96 @@
+"""training/procedural.py against issue 14: gesture structure on fresh clips, and the gesture measure itself."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model_core.network import FPS
+from model_core.skeleton import TED_GESTURE, from_directions
+from training import data, procedural
+from training.evaluate import (GESTURE_TARGETS, clip_motion, evaluate, forearm_directions, gesture_measure,
+                               markdown_table, meets_targets, pause_frames)
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory) -> data.WindowDataset:
+    """Four fresh 20 s clips (about 80 s of espeak-ng speech with pauses)."""
+    root = tmp_path_factory.mktemp("gesture") / "d"
+    procedural.build(root, "ted_gesture", n_clips=4, seed=11, duration=20.0, jobs=2)
+    return data.WindowDataset(root, motion_filters=False, min_words=0)
+
+
+def test_fresh_clips_meet_the_gesture_targets(fresh):
+    clips = clip_motion(None, fresh, None, 4)
+    m = gesture_measure(clips, fresh.skeleton)
+    assert m["pause_frames"] > 60, "the clips have long pauses to measure rest in"
+    assert all(meets_targets(m).values()), {k: (round(m[k], 2), GESTURE_TARGETS[k]) for k in GESTURE_TARGETS}
+
+
+def test_rest_is_exactly_still_and_gestures_reach_the_gesture_space(fresh):
+    for poses, audio in clip_motion(None, fresh, None, 4):
+        d = forearm_directions(poses, fresh.skeleton)
+        pause = pause_frames(procedural.voiced_frames(audio, len(poses)))
+        runs = procedural._runs(pause)
+        assert runs, "every clip has a long pause"
+        for s, e in runs:  # no noise, sway or breathing on the limbs at rest
+            assert np.abs(poses[s:e] - poses[s]).max() < 1e-6
+        # the same rest pose in every pause of a clip: the hands retract to it
+        rests = np.array([poses[s] for s, _ in runs])
+        assert np.abs(rests - rests[0]).max() < 1e-6
+        # in speech the forearms leave rest by tens of degrees (up to chest and face height)
+        cos = np.clip((d * d[runs[0][0]]).sum(-1), -1, 1)
+        assert np.degrees(np.arccos(cos)).max() > 45
+
+
+def test_strokes_land_on_accented_onsets():
+    rng = np.random.default_rng(0)
+    t = np.arange(150) / FPS
+    speech = procedural.Speech(loud=np.zeros(150), units=[[(1.0, 2.4)], [(4.0, 6.0)]],
+                               onsets=np.array([1.1, 1.5, 1.9, 4.05, 4.6, 5.0, 5.5]),
+                               accent=np.array([0.3, 0.9, 0.2, 0.4, 0.8, 0.3, 0.7]))
+    style = procedural.Style(dominant=-1.0, expansive=1.0, beat_rate=1.0,
+                             rest={1.0: np.array([0.3, -0.3, -0.2]), -1.0: np.array([-0.3, -0.3, -0.2])})
+    paths, strokes, beats = procedural.hand_paths(speech, t, rng, style)
+    # each phrase's most accented onset in its first 0.8 s carries the first stroke
+    assert [o for o, _ in strokes][:1] == [1.5] and 4.6 in [o for o, _ in strokes]
+    speed = {h: np.r_[0, np.linalg.norm(np.diff(p, axis=0), axis=1)] * FPS for h, p in paths.items()}
+    lead = max(speed, key=lambda h: speed[h].sum())
+    # the stroke ends at its onset: the hand moves fast up to 1.54 s, then holds (relaxing slowly)
+    assert speed[lead][(t > 1.2) & (t <= 1.54)].mean() > 3 * speed[lead][(t > 1.6) & (t < 1.75)].mean()
+    # at rest before the first unit, in the 1.6 s pause (after retraction) and at the end: exactly still
+    for a, b in ((0, int(0.4 * FPS)), (int(3.2 * FPS), int(3.4 * FPS)), (int(7.2 * FPS), 150)):
+        for h in paths:
+            assert np.abs(paths[h][a:b] - style.rest[h]).max() < 1e-9
+    assert beats and all(1.0 <= b <= 6.1 for b, _ in beats), "beats only inside units"
+
+
+def test_gesture_measure_catches_a_tremor_at_rest(fresh):
+    """The measure is not just quiet data: noise at rest fails jitter and pause speed, stillness fails spread."""
+    poses, audio = clip_motion(None, fresh, None, 1)[0]
+    noisy = poses + 0.02 * np.random.default_rng(0).standard_normal(poses.shape).astype(np.float32)
+    m = gesture_measure([(noisy, audio)], TED_GESTURE)
+    assert not meets_targets(m)["rest_jitter"] and not meets_targets(m)["pause_speed"]
+    still = np.repeat(poses[:1], len(poses), axis=0)
+    m = gesture_measure([(still, audio)], TED_GESTURE)
+    assert m["speech_spread"] == pytest.approx(0, abs=1e-3) and m["pause_speed"] == pytest.approx(0, abs=1e-3)
+    # a forearm turning at a known rate reads back in degrees per second
+    turn = np.radians(30.0) / FPS * np.arange(len(poses))  # 30 deg/s about the vertical axis
+    dirs = np.repeat(TED_GESTURE.mean[None] / np.linalg.norm(TED_GESTURE.mean, axis=-1, keepdims=True),
+                     len(poses), axis=0)
+    dirs[:, TED_GESTURE.bone_index("left_forearm")] = np.stack([np.sin(turn), 0 * turn, np.cos(turn)], axis=-1)
+    m = gesture_measure([(from_directions(dirs, TED_GESTURE), audio)], TED_GESTURE)
+    assert m["pause_speed"] == pytest.approx(15.0, rel=1e-3)  # mean of the two forearms: 30 and 0
+
+
+def test_evaluate_reports_the_measure_for_samplers_and_baselines(fresh, ckpt):
+    """A real (small, official-layout) checkpoint on whole clips: every row carries the gesture measure."""
+    result = evaluate(str(ckpt), str(fresh.root), ["fast:2"], baselines=True, motion_clips=2, motion_only=True)
+    rows = result["rows"]
+    assert set(rows) == {"fast:2", "shuffled audio (fast:2)", "mean pose", "real (reference)"}
+    assert all(set(GESTURE_TARGETS) <= set(r["gesture"]) for r in rows.values())
+    assert all(meets_targets(rows["real (reference)"]["gesture"]).values())
+    still = rows["mean pose"]["gesture"]
+    assert still["speech_spread"] == pytest.approx(0, abs=1e-3) and still["speech_pause_ratio"] == 0
+    assert rows["fast:2"]["gesture"] != rows["shuffled audio (fast:2)"]["gesture"]
+    table = markdown_table(result)
+    assert "spread ° (≥ 18)" in table and "✗" in table  # a target missed is marked (the mean pose's spread)

@@ -1,0 +1,92 @@
+"""Generated motion as a BVH file of the model's own skeleton, for tools other than Blender.
+
+The skeleton keeps its fixed bone lengths in the canonical frame (+Z up, facing -Y, metres); the rest pose is the
+dataset's mean pose. A joint with several bones leaving it (the neck: nose, both collarbones; a wrist: five fingers)
+cannot aim them all with one rotation, so every bone gets a BVH joint of its own, placed where the bone starts and
+named after it; its rotation turns the bone's rest direction onto the generated one by the shortest arc. Chained with
+the offsets, the BVH's joint positions are model_core.skeleton.to_joints of the generated directions.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .network import FPS
+from .skeleton import Skeleton, dataset_to_canonical
+
+CHANNELS = "Zrotation Xrotation Yrotation"  # a joint's rotation is Rz @ Rx @ Ry, the usual BVH order
+
+
+def shortest_arc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Rotation matrices (..., 3, 3) turning unit vectors a onto unit vectors b (..., 3) about a x b."""
+    v = np.cross(a, b)
+    c = np.sum(a * b, axis=-1)[..., None, None]
+    vx = np.zeros((*v.shape[:-1], 3, 3))
+    vx[..., 0, 1], vx[..., 0, 2], vx[..., 1, 2] = -v[..., 2], v[..., 1], -v[..., 0]
+    vx = vx - np.swapaxes(vx, -1, -2)
+    eye = np.broadcast_to(np.eye(3), vx.shape)
+    opposite = c[..., 0, 0] < -1 + 1e-9  # a half turn: about any axis perpendicular to a
+    r = eye + vx + vx @ vx / np.where(opposite[..., None, None], 1.0, 1 + c)
+    if opposite.any():
+        axis = np.cross(a[opposite], np.where(np.abs(a[opposite][..., :1]) < 0.9, [1.0, 0, 0], [0, 1.0, 0]))
+        axis /= np.linalg.norm(axis, axis=-1, keepdims=True)
+        r[opposite] = 2 * axis[..., :, None] * axis[..., None, :] - np.eye(3)
+    return r
+
+
+def zxy_euler(r: np.ndarray) -> np.ndarray:
+    """Degrees (z, x, y) with r = Rz(z) @ Rx(x) @ Ry(y), for matrices (..., 3, 3)."""
+    x = np.arcsin(np.clip(r[..., 2, 1], -1.0, 1.0))
+    z = np.arctan2(-r[..., 0, 1], r[..., 1, 1])
+    y = np.arctan2(-r[..., 2, 0], r[..., 2, 2])
+    return np.degrees(np.stack([z, x, y], axis=-1))
+
+
+def _layout(skel: Skeleton) -> tuple[list[int | None], np.ndarray]:
+    """For each bone: the bone it hangs from (None at the root joint), and its rest direction (canonical)."""
+    ending_at = {child: b for b, (_, child) in enumerate(skel.pairs)}
+    parent = [ending_at.get(p) for p, _ in skel.pairs]
+    rest = dataset_to_canonical(skel.mean, skel).astype(np.float64)
+    return parent, rest / np.linalg.norm(rest, axis=-1, keepdims=True)
+
+
+def write_bvh(path: str | Path, directions: np.ndarray, skel: Skeleton, fps: float = FPS) -> None:
+    """Write canonical unit directions (frames, n_bones, 3) of one take as a BVH file at `fps`."""
+    dirs = np.asarray(directions, dtype=np.float64)
+    parent, rest = _layout(skel)
+    glob = shortest_arc(np.broadcast_to(rest, dirs.shape), dirs)  # (F, B, 3, 3): each bone's rotation in the world
+    local = np.empty_like(glob)
+    for b, p in enumerate(parent):
+        local[:, b] = glob[:, b] if p is None else np.swapaxes(glob[:, p], -1, -2) @ glob[:, b]
+    angles = zxy_euler(local)  # (F, B, 3)
+    lines = ["HIERARCHY", f"ROOT {skel.joints[0]}", "{", "  OFFSET 0.000000 0.000000 0.000000",
+             f"  CHANNELS 6 Xposition Yposition Zposition {CHANNELS}"]
+    order: list[int] = []
+
+    def emit(b: int, depth: int) -> None:
+        pad = "  " * depth
+        p = parent[b]
+        offset = np.zeros(3) if p is None else skel.lengths[p] * rest[p]
+        lines.extend([f"{pad}JOINT {skel.bones[b]}", pad + "{", f"{pad}  OFFSET {_fmt(offset)}",
+                      f"{pad}  CHANNELS 3 {CHANNELS}"])
+        order.append(b)
+        children = [c for c, q in enumerate(parent) if q == b]
+        for c in children:
+            emit(c, depth + 1)
+        if not children:
+            lines.extend([f"{pad}  End Site", f"{pad}  {{", f"{pad}    OFFSET {_fmt(skel.lengths[b] * rest[b])}",
+                          f"{pad}  }}"])
+        lines.append(pad + "}")
+
+    for b in (b for b, p in enumerate(parent) if p is None):
+        emit(b, 1)
+    lines += ["}", "MOTION", f"Frames: {len(dirs)}", f"Frame Time: {1.0 / fps:.7f}"]
+    root = "0.000000 0.000000 0.000000 0.000000 0.000000 0.000000"
+    for f in range(len(dirs)):
+        lines.append(" ".join([root] + [_fmt(angles[f, b]) for b in order]))
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def _fmt(v: np.ndarray) -> str:
+    return " ".join(f"{x:.6f}" for x in v)
