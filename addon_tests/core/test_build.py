@@ -16,4 +16,4 @@ def test_demo_prepares_only_the_torch_and_blender_environments(monkeypatch, tmp_
     build.cmd_demo(argparse.Namespace(out=str(tmp_path), no_render=True))
     assert prepared == ["torch", "blender"]  # blender5 (Blender 5.0) is for the tests only
     assert commands[0][0] == str(build.env_python("blender")) and "--no-render" in commands[0]
-    assert set(build.setup()) == set(build.ENV_REQUIREMENTS) == {"torch", "blender", "blender5"}
+    assert set(build.setup()) == set(build.MAIN_ENVS) == {"torch", "blender", "blender5"}  # the tests: all three
