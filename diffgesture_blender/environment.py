@@ -1,20 +1,31 @@
-"""The isolated torch environment: which PyTorch build fits this machine, and creating it without blocking Blender.
+"""The isolated torch environment: which PyTorch build fits this machine, creating it without blocking Blender, and
+saying in one sentence what is wrong with an interpreter that cannot run the worker.
 
 Pure logic (no bpy): `gpu_info` asks nvidia-smi, `pip_plan` turns that into install commands, `EnvironmentBuilder`
-runs them in a thread and writes everything to a readable log file that the preferences show.
+runs them in a thread (one installer per folder, guarded by a lock file) and writes everything to a readable log
+file that the preferences show; `diagnose` names the missing interpreter or packages and what to press.
 """
 from __future__ import annotations
 
+import atexit
+import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 TORCH_VERSION = "2.13.0"  # the version model_core is tested with (requirements/torch.txt)
 CORE_REQUIREMENTS = ["numpy>=1.26", "scipy>=1.11", "soundfile>=0.12"]
+WORKER_MODULES = ("numpy", "torch", "scipy", "soundfile")  # what the worker imports from the environment
+# PyTorch's own index (its +cpu / +cuXXX builds live only there); DIFFGESTURE_TORCH_INDEX names a mirror of it.
 TORCH_INDEX = "https://download.pytorch.org/whl/"
+PREFERENCES_PATH = "Edit > Preferences > Add-ons > DiffGesture"
+CREATE_HINT = f"press Create Environment in {PREFERENCES_PATH}"
 
 
 @dataclass(frozen=True)
@@ -34,12 +45,20 @@ class Plan:
 
     @property
     def index_url(self) -> str:
-        return TORCH_INDEX + self.variant
+        return os.environ.get("DIFFGESTURE_TORCH_INDEX", TORCH_INDEX).rstrip("/") + "/" + self.variant
 
-    def pip_args(self) -> list[str]:
-        """Arguments after `python -m pip`: torch from its index, everything else from PyPI."""
-        return ["install", "--disable-pip-version-check", "--index-url", self.index_url,
-                "--extra-index-url", "https://pypi.org/simple", *self.packages]
+    @property
+    def needs_torch_index(self) -> bool:
+        """PyPI's torch is the right build on macOS; elsewhere the cpu/CUDA variants come from PyTorch's index."""
+        return sys.platform != "darwin"
+
+    def pip_args(self, user_extra_indexes: list[str] = ()) -> list[str]:
+        """Arguments after `python -m pip`: the user's own index (pip's configuration, PyPI by default) stays the
+        main one; PyTorch's index is added as an extra, after the user's extras (a command-line option replaces the
+        configured one, so those are repeated)."""
+        extras = [*user_extra_indexes, *([self.index_url] if self.needs_torch_index else [])]
+        return ["install", "--disable-pip-version-check",
+                *(arg for url in extras for arg in ("--extra-index-url", url)), *self.packages]
 
 
 def pip_plan(gpus: list[Gpu]) -> Plan:
@@ -96,16 +115,129 @@ def base_python() -> str:
     return sys.executable
 
 
-class EnvironmentBuilder:
-    """Creates a venv and installs a Plan in a background thread; `fraction`, `stage` and `log_path` report on it."""
+def clean_env() -> dict[str, str]:
+    """The environment for another interpreter: without Blender's PYTHONHOME/PYTHONPATH."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
 
-    def __init__(self, env_dir: str | Path, plan: Plan, python: str | None = None):
-        self.env_dir, self.plan = Path(env_dir), plan
+
+# -- what is wrong with an interpreter ------------------------------------------------------------------------
+def missing_modules(python: str | Path) -> list[str] | str:
+    """The worker's modules that `python` cannot import (found by name, nothing is imported), or why it cannot run."""
+    code = ("import importlib.util as u; print(' '.join(m for m in %r if u.find_spec(m) is None))"
+            % (WORKER_MODULES,))
+    try:
+        out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60, env=clean_env())
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    if out.returncode != 0:
+        return (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
+    return out.stdout.split()
+
+
+def diagnose(python: str | Path, own: bool, remedy: str = "") -> str | None:
+    """One sentence on why `python` cannot run the worker, with what to do; None when nothing is missing.
+
+    own: the interpreter is the extension's environment (not one the user chose). remedy: replaces the advice
+    (the headless command names --torch-python instead of the preferences)."""
+    python = Path(python)
+    if own and any(venv_python(b.env_dir) == python for b in _running.values()):
+        return f"the torch environment is still being created: wait for Create Environment to finish (its " \
+               f"progress is in {PREFERENCES_PATH})"
+    if not python.exists():
+        problem = ("there is no torch environment yet" if own else f"the Torch Python {python} does not exist")
+        advice = CREATE_HINT if own else f"correct or clear Torch Python in {PREFERENCES_PATH} (cleared, the " \
+                                         "extension's own environment is used: Create Environment makes it)"
+        return f"{problem}: {remedy or advice}"
+    missing = missing_modules(python)
+    if isinstance(missing, str):
+        return f"{python} cannot run ({missing}): {remedy or (CREATE_HINT if own else 'choose another Torch Python')}"
+    if not missing:
+        return None
+    names = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
+    if own:
+        return f"the torch environment lacks {names} (its creation failed or did not finish): " \
+               f"{remedy or CREATE_HINT} again"
+    advice = f"install them into it (torch=={TORCH_VERSION}), or clear Torch Python and {CREATE_HINT}"
+    return f"the Torch Python {python} lacks {names}: {remedy or advice}"
+
+
+def user_indexes(python: str | Path) -> tuple[str | None, list[str]]:
+    """The index and extra indexes the user configured for pip (PIP_* variables, pip.conf), as `python`'s pip sees
+    them: (index-url or None for PyPI, [extra-index-url ...])."""
+    try:
+        out = subprocess.run([str(python), "-m", "pip", "config", "list"], capture_output=True, text=True,
+                             timeout=60, env=clean_env())
+    except (OSError, subprocess.TimeoutExpired):
+        return None, []
+    values: dict[str, dict[str, str]] = {}
+    for line in out.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        section, _, name = key.rpartition(".")
+        if sep and name in ("index-url", "extra-index-url"):
+            values.setdefault(name, {})[section] = value.strip().strip("'\"")
+    # pip's precedence: environment variables, then the install command's section, then [global]
+    pick = {n: next((v[s] for s in (":env:", "install", "global") if s in v), None) for n, v in values.items()}
+    return pick.get("index-url"), (pick.get("extra-index-url") or "").split()
+
+
+# -- creating the environment --------------------------------------------------------------------------------
+class InstallerBusy(RuntimeError):
+    """Another Blender is creating an environment in the same folder."""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists (on Windows os.kill(pid, 0) would end it, so the kernel is asked instead)."""
+    if os.name == "nt":
+        import ctypes
+        kernel = ctypes.windll.kernel32
+        handle = kernel.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        ok = kernel.GetExitCodeProcess(handle, ctypes.byref(code))
+        kernel.CloseHandle(handle)
+        return bool(ok) and code.value == 259  # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def installs_into(pid: int, env_dir: Path) -> bool | None:
+    """Whether process `pid` is an installer step for `env_dir` (its command line names it); None: cannot tell."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return None if not Path("/proc/self").exists() else False
+    except OSError:
+        return None
+    return any(str(env_dir).encode() in arg for arg in cmdline)
+
+
+_running: dict[Path, "EnvironmentBuilder"] = {}  # lock file -> the builder of this process that holds it
+
+
+class EnvironmentBuilder:
+    """Creates a venv and installs a Plan in a background thread; `fraction`, `stage`, `status()` and `log_path`
+    report on it; `on_done` is called (in its thread) when it ends. The lock file beside the folder names this
+    process and its running step, so a second Create (this Blender or another) is refused while it runs and can
+    take over from one whose Blender is gone."""
+
+    def __init__(self, env_dir: str | Path, plan: Plan, python: str | None = None,
+                 on_done: Callable[[], None] | None = None):
+        self.env_dir, self.plan, self.on_done = Path(env_dir), plan, on_done
         self.python = python or base_python()
         self.log_path = self.env_dir.parent / "torch-env-install.log"
+        self.lock_path = self.env_dir.parent / "torch-env.lock"
         self.stage, self.fraction = "waiting", 0.0
         self.error: str | None = None
         self.done = False
+        self.last_line = ""  # the newest line pip printed: a sign of life for the preferences
+        self.started = self.stage_started = time.monotonic()
+        self.notes: list[str] = []
         self._proc: subprocess.Popen | None = None
         self._cancelled = False
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -114,46 +246,142 @@ class EnvironmentBuilder:
         py = str(venv_python(self.env_dir))
         return [("creating the virtual environment", [self.python, "-m", "venv", str(self.env_dir)]),
                 ("updating pip", [py, "-m", "pip", "install", "--disable-pip-version-check", "-U", "pip"]),
-                (f"installing PyTorch ({self.plan.variant}) and the core's requirements", [py, "-m", "pip",
-                                                                                         *self.plan.pip_args()]),
+                (f"installing PyTorch ({self.plan.variant}) and the core's requirements", [py, "-m", "pip"]),
                 ("checking the installation", [py, "-c", "import torch, numpy, scipy, soundfile; "
                                                         "print('torch', torch.__version__, 'cuda', "
                                                         "torch.cuda.is_available())"])]
 
     def start(self) -> None:
+        """Take the folder's lock (or raise InstallerBusy) and run the steps in a thread."""
         self.env_dir.parent.mkdir(parents=True, exist_ok=True)
+        if self.lock_path in _running:
+            raise InstallerBusy(f"The environment in {self.env_dir} is already being created")
+        self._take_lock()
+        _running[self.lock_path] = self
+        atexit.register(self._at_exit)  # quitting Blender stops pip instead of leaving it installing
         self._thread.start()
 
     def wait(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
     def cancel(self) -> None:
+        """Stop the running step; the builder ends with error 'cancelled'."""
         self._cancelled = True
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
 
+    def _at_exit(self) -> None:
+        """Blender quits: stop pip and free the folder (the thread that would do it is not resumed)."""
+        self.cancel()
+        self.lock_path.unlink(missing_ok=True)
+
+    def status(self) -> str:
+        """The stage and how long it has run, e.g. 'installing PyTorch (cpu) ... (2:05)'."""
+        minutes, seconds = divmod(int(time.monotonic() - self.stage_started), 60)
+        return f"{self.stage} ({minutes}:{seconds:02d})"
+
+    # the lock: {"owner": PID of the Blender that builds, "step": PID of its running step}
+    def _take_lock(self) -> None:
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                self._clear_stale_lock()
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"owner": os.getpid(), "step": None, "env": str(self.env_dir)}, f)
+            return
+        raise InstallerBusy(f"Could not take {self.lock_path}")
+
+    def _clear_stale_lock(self) -> None:
+        """Remove a lock left by a Blender that is gone, first stopping the pip it left running; refuse otherwise."""
+        try:
+            held = json.loads(self.lock_path.read_text())
+        except (OSError, ValueError):
+            held = {}
+        owner, step = held.get("owner"), held.get("step")
+        if owner and owner != os.getpid() and pid_alive(owner):
+            raise InstallerBusy(f"Another Blender (PID {owner}) is already creating the environment in "
+                                f"{self.env_dir}: wait for it to finish, or cancel it there")
+        if step and pid_alive(step):
+            if installs_into(step, self.env_dir) is None:
+                raise InstallerBusy(f"An installer (PID {step}) left by an earlier Blender may still be writing "
+                                    f"{self.env_dir}: end it, then delete {self.lock_path}")
+            if installs_into(step, self.env_dir):
+                os.kill(step, signal.SIGKILL)  # only where /proc proved it is ours
+                self.notes.append(f"stopped the installer (PID {step}) left running by an earlier Blender "
+                                  f"(PID {owner}); starting again")
+        self.lock_path.unlink(missing_ok=True)
+
+    def _record_step(self, pid: int | None) -> None:
+        if self._cancelled:  # the lock may already be gone (Blender quitting): do not write it back
+            return
+        tmp = self.lock_path.with_name(self.lock_path.name + ".tmp")  # replaced whole: a reader never sees it half
+        tmp.write_text(json.dumps({"owner": os.getpid(), "step": pid, "env": str(self.env_dir)}))
+        tmp.replace(self.lock_path)
+
     def _run(self) -> None:
+        try:
+            with open(self.log_path, "w", encoding="utf-8") as log:
+                self._write_log(log)
+        except OSError as e:
+            self.error = f"could not write {self.log_path}: {e}"
+        finally:
+            self.lock_path.unlink(missing_ok=True)
+            _running.pop(self.lock_path, None)
+            atexit.unregister(self._at_exit)
+            self.done = True
+            if self.on_done is not None:
+                self.on_done()
+
+    def _write_log(self, log) -> None:
         steps = self.steps()
-        with open(self.log_path, "w", encoding="utf-8") as log:
-            log.write(f"Plan: {self.plan.reason}\nIndex: {self.plan.index_url}\n\n")
-            for i, (stage, cmd) in enumerate(steps):
-                if self._cancelled:
-                    self.error = "cancelled"
-                    break
-                self.stage, self.fraction = stage, i / len(steps)
-                log.write(f"== {stage}\n$ {' '.join(cmd)}\n")
-                log.flush()
-                env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
-                try:
-                    self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-                    code = self._proc.wait()
-                except OSError as e:
-                    log.write(f"{e}\n")
-                    code = -1
-                if code != 0:
-                    self.error = f"{stage} failed (exit code {code}); see {self.log_path}"
-                    break
-            else:
-                self.stage, self.fraction = "done", 1.0
-            log.write(f"\n== {'FAILED: ' + self.error if self.error else 'finished'}\n")
-        self.done = True
+        log.write(f"Plan: {self.plan.reason}\n")
+        for note in self.notes:
+            log.write(f"Note: {note}\n")
+        for i, (stage, cmd) in enumerate(steps):
+            if self._cancelled:
+                break
+            self.stage, self.fraction, self.stage_started = stage, i / len(steps), time.monotonic()
+            if cmd[1:] == ["-m", "pip"]:  # the install step: the user's index stays, PyTorch's is added
+                index, extras = user_indexes(cmd[0])
+                cmd = [*cmd, *self.plan.pip_args(extras)]
+                log.write(f"Index: {index or 'PyPI (pip default)'} (your pip configuration is kept)"
+                          + (f"; extra: {', '.join(extras)}" if extras else "")
+                          + (f"; PyTorch's {self.plan.variant} index added as an extra: {self.plan.index_url}\n"
+                             if self.plan.needs_torch_index else "\n"))
+            log.write(f"== {stage}\n$ {' '.join(cmd)}\n")
+            log.flush()
+            code, reason = self._step(cmd, log)
+            if self._cancelled:
+                break
+            if code != 0:
+                self.error = f"{stage} failed: {reason} (see {self.log_path})"
+                break
+        else:
+            self.stage, self.fraction, self.last_line = "done", 1.0, ""
+        if self._cancelled:
+            self.error = f"cancelled while {self.stage}; {CREATE_HINT} to start again"
+        log.write(f"\n== {'FAILED: ' + self.error if self.error else 'finished'}\n")
+
+    def _step(self, cmd: list[str], log) -> tuple[int, str]:
+        """Run one command, copying its output to the log line by line; its exit code and its last error line."""
+        try:
+            self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=clean_env(),
+                                          text=True, errors="replace", bufsize=1)
+        except OSError as e:
+            log.write(f"{e}\n")
+            return -1, str(e)
+        self._record_step(self._proc.pid)
+        first_error = ""  # pip's first ERROR line, or an exception's (the reason; later lines repeat it)
+        for line in self._proc.stdout:
+            log.write(line)
+            log.flush()
+            line = line.strip()
+            if line:
+                self.last_line = line
+                if not first_error and (line.startswith("ERROR:") or line.split(" ", 1)[0].endswith("Error:")):
+                    first_error = line.removeprefix("ERROR:").strip()
+        code = self._proc.wait()
+        self._record_step(None)
+        return code, first_error or self.last_line or f"exit code {code}"

@@ -115,11 +115,16 @@ class Generation:
             return "Loading the checkpoint..."
         return f"Generating: window {min(p['window'] + 1, p['windows'])}/{p['windows']} ({100 * p['fraction']:.0f}%)"
 
+    def was_cancelled(self) -> bool:
+        """The user cancelled (Esc, or a file was opened): information, not an error."""
+        err = self.error or (self.job.error if self.job is not None else None)
+        return self.cancelled or getattr(err, "kind", None) is ErrorKind.CANCELLED
+
     def failure(self) -> str | None:
         """Why the generation did not produce a result (None when it did); says that nothing was changed."""
         err = self.error or (self.job.error if self.job is not None else None)
         kind = getattr(err, "kind", None)
-        if self.cancelled or kind is ErrorKind.CANCELLED:
+        if self.was_cancelled():
             return "Generation cancelled; nothing was changed"
         if err is None:
             return None

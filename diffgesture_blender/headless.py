@@ -21,10 +21,12 @@ from . import core, generation, preferences
 from .export import check_export_path, export_take
 from .retarget import bone_maps, presets
 from .request import PARTS, Request, UsageError, sampling, validate
-from .worker_host import HOST
+from .worker_host import HOST, environment_problem
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+TORCH_PYTHON_HINT = ("pass --torch-python with the interpreter of an environment that has torch, or press Create "
+                     "Environment in the add-on's preferences")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-stabilizer", action="store_true")
     g.add_argument("--start-frame", type=int, default=1)
     g.add_argument("--no-sound", action="store_true", help="do not add sound strips")
-    g.add_argument("--parts", default="spine,arms,fingers", help="comma-separated parts to drive")
+    g.add_argument("--pack-sound", action="store_true",
+                   help="store the audio inside the .blend (default: the strip points at the file, by an absolute "
+                        "path unless it lies in the .blend's folder)")
+    g.add_argument("--parts", help="comma-separated parts to drive (default: spine,arms and fingers where the "
+                                   "checkpoint and the rig have them; naming fingers warns when they cannot be)")
     g.add_argument("--allow-partial", action="store_true",
                    help="animate only the mapped bones when the rig lacks some required ones")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), help="default: the preferences' device")
@@ -76,7 +82,7 @@ def audio_files(path: Path) -> list[Path]:
 def requests(args: argparse.Namespace) -> list[Request]:
     """One request per audio file, validated before anything runs."""
     prefs = preferences.get()
-    parts = frozenset(p.strip() for p in args.parts.split(",") if p.strip())
+    parts = frozenset(p.strip() for p in (args.parts or ",".join(PARTS)).split(",") if p.strip())
     unknown = parts - set(PARTS)
     if unknown:
         raise UsageError(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
@@ -87,11 +93,16 @@ def requests(args: argparse.Namespace) -> list[Request]:
                         stabilizer=False if args.no_stabilizer else None)
     reqs = [Request(audio=f, armature=args.armature, python=args.torch_python or prefs.python,
                     checkpoint=args.checkpoint or prefs.checkpoint, device=args.device or prefs.device,
-                    settings=settings, start_frame=args.start_frame, add_sound=not args.no_sound, parts=parts,
-                    nla_strip=len(files) > 1, allow_partial=args.allow_partial, bone_map=mapping)
+                    settings=settings, start_frame=args.start_frame, add_sound=not args.no_sound,
+                    pack_sound=args.pack_sound, parts=parts, nla_strip=len(files) > 1,
+                    allow_partial=args.allow_partial, bone_map=mapping,
+                    insist_fingers=args.parts is not None and "fingers" in parts)
             for f in files]
     for r in reqs:
         validate(r)
+    problem = environment_problem(reqs[0].python, remedy=TORCH_PYTHON_HINT)
+    if problem:
+        raise UsageError(problem)
     if args.save_bone_map:
         bone_maps.save_file(bpy.data.objects[args.armature], args.save_bone_map, mapping)
     return reqs
@@ -129,10 +140,22 @@ def stdout_to_stderr():
         os.close(saved)
 
 
+def after_sound_strips(scene: bpy.types.Scene, frame: int) -> int:
+    """The first frame from `frame` on that no sound strip of the sequencer reaches (two voices must not overlap)."""
+    seq = scene.sequence_editor
+    return max([frame, *(s.frame_final_end for s in seq.strips_all if s.type == "SOUND")] if seq else [frame])
+
+
 def run(reqs: list[Request]) -> tuple[list[dict], list[dict]]:
-    """Generate each request in turn, blocking; a folder's clips follow each other on the timeline."""
+    """Generate each request in turn, blocking; a folder's clips follow each other on the timeline, after the sound
+    strips already there (and the first result's notes say so)."""
     results, errors = [], []
     frame = reqs[0].start_frame
+    placed = ""
+    if len(reqs) > 1 and reqs[0].add_sound and after_sound_strips(bpy.context.scene, frame) > frame:
+        frame = after_sound_strips(bpy.context.scene, frame)
+        placed = (f"the clips were placed after the sound strips already in the sequencer: the first starts at frame "
+                  f"{frame}, not {reqs[0].start_frame}")
     for r in reqs:
         r.start_frame = frame
         try:
@@ -142,17 +165,31 @@ def run(reqs: list[Request]) -> tuple[list[dict], list[dict]]:
             continue
         try:
             gen.begin()
-            gen.wait(on_progress=lambda p, name=r.audio.name: print(
-                f"{name}: {100 * p['fraction']:.0f}%", file=sys.stderr, flush=True))
+            gen.wait(on_progress=progress_printer(r.audio.name))
             summary = gen.conclude(bpy.context.scene)
         except generation.GenerationFailed as e:
             errors.append({"audio": str(r.audio), "error": str(e)})
             continue
         finally:
             gen.close()
+        if placed:
+            summary.notes.insert(0, placed)
+            placed = ""
         results.append(summary.to_dict())
         frame = summary.frame_end + 1
     return results, errors
+
+
+def progress_printer(name: str, step: int = 10):
+    """A progress callback that prints 'NAME: N%' to stderr each time another `step` percent is done (once each)."""
+    last = [None]
+
+    def show(p: dict) -> None:
+        percent = int(100 * p["fraction"]) // step * step
+        if percent != last[0]:
+            last[0] = percent
+            print(f"{name}: {percent}%", file=sys.stderr, flush=True)
+    return show
 
 
 def main(argv: list[str]) -> int:
@@ -183,8 +220,9 @@ def main(argv: list[str]) -> int:
                 result["export"] = str(target)
     if args.output and summary["results"]:
         output = Path(args.output).resolve()
+        # an unsaved file has only absolute paths: keep them (Blender would make them all relative to the output)
         with stdout_to_stderr():
-            bpy.ops.wm.save_as_mainfile(filepath=str(output), copy=True)
+            bpy.ops.wm.save_as_mainfile(filepath=str(output), copy=True, relative_remap=bool(bpy.data.filepath))
         summary["output"] = str(output)
     summary["ok"] = not summary["errors"]
     summary["worker_pid"] = HOST.pid()

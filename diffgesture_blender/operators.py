@@ -34,21 +34,40 @@ def gather(context: bpy.types.Context) -> Request:
                         intensity=round(props.intensity, 6))
     parts = {p for p, on in (("spine", props.drive_spine), ("arms", props.drive_arms),
                              ("fingers", props.drive_fingers)) if on}
-    checkpoint = props.checkpoint_path if props.checkpoint_source == "FILE" else prefs.checkpoint
+    checkpoint = chosen_checkpoint(context)
     return Request(audio=audio, armature=props.armature.name, python=prefs.python, checkpoint=checkpoint,
                    device=prefs.device, settings=settings, start_frame=start, add_sound=add_sound,
-                   parts=frozenset(parts), allow_partial=props.allow_partial)
+                   parts=frozenset(parts), allow_partial=props.allow_partial, pack_sound=props.pack_sound)
+
+
+# How the last Generate of this session ended, when it did not write anything: (report kind, message) for the panel.
+last_failure: tuple[str, str] | None = None
+
+
+def fail(op: bpy.types.Operator, kind: str, message: str) -> set[str]:
+    """Report a Generate that changed nothing, and keep the message for the panel."""
+    global last_failure
+    last_failure = (kind, message)
+    op.report({kind}, message)
+    return {"CANCELLED"}
+
+
+def chosen_checkpoint(context: bpy.types.Context) -> str:
+    """The panel's checkpoint: its own file, or the preferences' default."""
+    props = context.scene.diffgesture
+    return props.checkpoint_path if props.checkpoint_source == "FILE" else preferences.get(context).checkpoint
 
 
 def finish(op: bpy.types.Operator, context: bpy.types.Context, gen: generation.Generation) -> set[str]:
     """Report how a generation ended and, when it produced a result, write it into the scene."""
+    global last_failure
     try:
         summary = gen.conclude(context.scene)
     except generation.GenerationFailed as e:
-        op.report({"ERROR"}, str(e))
-        return {"CANCELLED"}
+        return fail(op, "INFO" if gen.was_cancelled() else "ERROR", str(e))
     finally:
         gen.close()
+    last_failure = None
     for note in summary.notes:
         op.report({"WARNING"}, note)
     op.report({"INFO"}, f"{', '.join(summary.actions)}: frames {summary.frame_start}-{summary.frame_end} on "
@@ -73,7 +92,7 @@ class DIFFGESTURE_OT_generate(bpy.types.Operator):
         try:
             return generation.Generation.create(gather(context))
         except UsageError as e:
-            self.report({"ERROR"}, str(e))
+            fail(self, "ERROR", str(e))
             return None
 
     def execute(self, context):
@@ -260,21 +279,57 @@ class DIFFGESTURE_OT_create_environment(bpy.types.Operator):
     def execute(self, context):
         cls = type(self)
         if cls.builder is not None and not cls.builder.done:
-            self.report({"ERROR"}, "The environment is already being created")
+            self.report({"ERROR"}, "The environment is already being created: wait for it, or press Cancel")
             return {"CANCELLED"}
         if generation.active() is not None:
             self.report({"ERROR"}, "Wait for the running generation to end")
             return {"CANCELLED"}
-        HOST.shutdown()  # it may run from the environment being replaced
         plan = environment.pip_plan(environment.gpu_info())
-        cls.builder = environment.EnvironmentBuilder(preferences.env_dir(), plan)
-        cls.builder.start()
-        self.report({"INFO"}, f"{plan.reason}; log: {cls.builder.log_path}")
+        # what Check said before describes the old environment: forgotten now and when the new one is done
+        builder = environment.EnvironmentBuilder(preferences.env_dir(), plan, on_done=HOST.forget_check)
+        try:
+            builder.start()
+        except environment.InstallerBusy as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        HOST.shutdown()  # it may run from the environment being replaced
+        HOST.forget_check()
+        cls.builder = builder
+        custom = preferences.get(context).python != str(environment.venv_python(preferences.env_dir()))
+        self.report({"INFO"}, f"{plan.reason}; log: {builder.log_path}" + (
+            "; Torch Python is set and stays in use until you clear it" if custom else ""))
 
         def tick() -> float | None:
             redraw(bpy.context)
-            return None if cls.builder.done else 0.5
+            return None if builder.done else 0.5
         bpy.app.timers.register(tick, first_interval=0.5)
+        return {"FINISHED"}
+
+
+class DIFFGESTURE_OT_cancel_environment(bpy.types.Operator):
+    """Stop creating the environment (pip is stopped; Create Environment starts again)"""
+    bl_idname = "diffgesture.cancel_environment"
+    bl_label = "Cancel"
+
+    @classmethod
+    def poll(cls, context):
+        builder = DIFFGESTURE_OT_create_environment.builder
+        return builder is not None and not builder.done
+
+    def execute(self, context):
+        DIFFGESTURE_OT_create_environment.builder.cancel()
+        self.report({"INFO"}, "Creating the environment was cancelled")
+        return {"FINISHED"}
+
+
+class DIFFGESTURE_OT_use_extension_environment(bpy.types.Operator):
+    """Clear Torch Python, so that Check and Generate use the extension's own environment"""
+    bl_idname = "diffgesture.use_extension_environment"
+    bl_label = "Use the Extension's Environment"
+
+    def execute(self, context):
+        context.preferences.addons[preferences.__package__].preferences.torch_python = ""
+        self.report({"INFO"}, f"Using the extension's environment: {preferences.get(context).python}")
         return {"FINISHED"}
 
 
@@ -295,4 +350,5 @@ class DIFFGESTURE_OT_check_environment(bpy.types.Operator):
 
 CLASSES = (DIFFGESTURE_OT_generate, DIFFGESTURE_OT_set_bone, DIFFGESTURE_OT_detect_bones, DIFFGESTURE_OT_export,
            DIFFGESTURE_OT_save_bone_map, DIFFGESTURE_OT_load_bone_map, DIFFGESTURE_OT_create_environment,
+           DIFFGESTURE_OT_cancel_environment, DIFFGESTURE_OT_use_extension_environment,
            DIFFGESTURE_OT_check_environment)

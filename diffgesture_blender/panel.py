@@ -1,7 +1,8 @@
 """The sidebar panel "Generate gestures from audio" (3D Viewport > Sidebar > DiffGesture)."""
 import bpy
 
-from . import generation, operators
+from . import generation, operators, scene_writer
+from .request import mapping_problems
 from .retarget import ROLES, bone_maps
 
 
@@ -24,6 +25,8 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
             layout.prop(props, "audio_path")
             layout.prop(props, "start_frame")
             layout.prop(props, "add_sound")
+            if props.add_sound:
+                layout.prop(props, "pack_sound")
         else:
             layout.prop(props, "audio_strip")
         layout.prop(props, "armature")
@@ -34,7 +37,9 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         col = layout.column(heading="Drive")
         col.prop(props, "drive_spine")
         col.prop(props, "drive_arms")
-        col.prop(props, "drive_fingers")
+        fingers = col.row()
+        fingers.active = scene_writer.checkpoint_has_fingers(operators.chosen_checkpoint(context)) is not False
+        fingers.prop(props, "drive_fingers", text="Fingers" if fingers.active else "Fingers (none in this checkpoint)")
 
         layout.prop(props, "checkpoint_source")
         if props.checkpoint_source == "FILE":
@@ -52,6 +57,9 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         if gen is None:
             layout.operator(operators.DIFFGESTURE_OT_generate.bl_idname, icon="PLAY")
             layout.operator(operators.DIFFGESTURE_OT_export.bl_idname, icon="EXPORT")
+            if operators.last_failure is not None:  # the report fades; the panel keeps saying why
+                kind, message = operators.last_failure
+                layout.label(text=message, icon="ERROR" if kind == "ERROR" else "INFO")
         else:
             layout.progress(factor=gen.fraction, text=gen.status())
             layout.label(text="Esc cancels", icon="INFO")
@@ -68,7 +76,7 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         header.operator(operators.DIFFGESTURE_OT_detect_bones.bl_idname, text="", icon="VIEWZOOM")
         header.operator(operators.DIFFGESTURE_OT_load_bone_map.bl_idname, text="", icon="IMPORT")
         header.operator(operators.DIFFGESTURE_OT_save_bone_map.bl_idname, text="", icon="EXPORT")
-        for problem in bone_maps.validate(obj, mapping):
+        for problem in mapping_problems(obj, mapping):
             box.label(text=problem, icon="ERROR")
         for vetoed in detection.vetoed:
             box.label(text=f"not used: {vetoed}", icon="INFO")

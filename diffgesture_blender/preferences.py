@@ -26,12 +26,18 @@ class Settings:
     device: str
 
 
+def _python_changed(self, context) -> None:
+    """Another interpreter: the last Check described the old one."""
+    from .worker_host import HOST
+    HOST.forget_check()
+
+
 class DiffGesturePreferences(bpy.types.AddonPreferences):
     """Where the torch worker runs and what it uses by default."""
     bl_idname = __package__
 
     torch_python: StringProperty(
-        name="Torch Python", subtype="FILE_PATH",
+        name="Torch Python", subtype="FILE_PATH", update=_python_changed,
         description="Interpreter of the environment that holds torch; empty: the extension's own environment")
     checkpoint: StringProperty(
         name="Default Checkpoint", subtype="FILE_PATH",
@@ -43,10 +49,15 @@ class DiffGesturePreferences(bpy.types.AddonPreferences):
         from . import operators
         from .worker_host import HOST
         layout = self.layout
-        settings = get(context)
         layout.prop(self, "torch_python")
+        own = environment.venv_python(env_dir())
         if not self.torch_python:
-            layout.label(text=f"Using {settings.python}", icon="INFO")
+            layout.label(text=f"Using the extension's environment: {own}" if own.is_file() else
+                         "No environment yet: press Create Environment", icon="INFO")
+        elif own.is_file():  # both exist: say which one wins and offer the other
+            row = layout.row()
+            row.label(text="Torch Python is used (cleared, the extension's environment would be)", icon="INFO")
+            row.operator(operators.DIFFGESTURE_OT_use_extension_environment.bl_idname)
         layout.prop(self, "checkpoint")
         layout.prop(self, "device")
         row = layout.row()
@@ -54,16 +65,30 @@ class DiffGesturePreferences(bpy.types.AddonPreferences):
         row.operator(operators.DIFFGESTURE_OT_check_environment.bl_idname, icon="CHECKMARK")
         builder = operators.DIFFGESTURE_OT_create_environment.builder
         if builder is not None:
-            box = layout.box()
-            box.label(text=builder.plan.reason)
-            if builder.done:
-                box.label(text=builder.error or "The environment is ready",
-                          icon="ERROR" if builder.error else "CHECKMARK")
-            else:
-                box.progress(factor=builder.fraction, text=builder.stage)
-            box.label(text=f"Log: {builder.log_path}")
+            self.draw_builder(layout.box(), builder)
         for line in HOST.check_report():
             layout.label(text=line)
+
+    def draw_builder(self, box: bpy.types.UILayout, builder: environment.EnvironmentBuilder) -> None:
+        """The running or finished Create Environment: plan, progress with pip's current line, Cancel, outcome."""
+        from . import operators
+        box.label(text=builder.plan.reason)
+        for note in builder.notes:
+            box.label(text=note, icon="INFO")
+        if not builder.done:
+            box.progress(factor=builder.fraction, text=builder.status())
+            if builder.last_line:
+                box.label(text=builder.last_line[:160])
+            box.operator(operators.DIFFGESTURE_OT_cancel_environment.bl_idname, icon="CANCEL")
+        elif builder.error:
+            box.label(text=builder.error, icon="ERROR")
+        elif self.torch_python:
+            box.label(text=f"The environment is ready, but Torch Python ({self.torch_python}) is set and is what "
+                           "Check and Generate use", icon="INFO")
+            box.operator(operators.DIFFGESTURE_OT_use_extension_environment.bl_idname)
+        else:
+            box.label(text="The environment is ready", icon="CHECKMARK")
+        box.label(text=f"Log: {builder.log_path}")
 
 
 def get(context: bpy.types.Context | None = None) -> Settings:

@@ -7,11 +7,15 @@ from . import core
 DEFAULTS, RANGES = core.settings.GenerationSettings(), core.settings.RANGES
 
 
+NO_STRIP = "NONE"  # the menu's only item while the sequencer has no sound strip (an empty name would be a heading)
+
+
 def _sound_strips(self, context) -> list[tuple[str, str, str]]:
     """Sound strips of the scene's sequencer, for the audio source menu."""
     seq = context.scene.sequence_editor if context and context.scene else None
     strips = [s for s in seq.strips_all if s.type == "SOUND"] if seq is not None else []
-    return [(s.name, s.name, f"Use the audio of strip {s.name}") for s in strips] or [("", "(no sound strips)", "")]
+    return [(s.name, s.name, f"Use the audio of strip {s.name}") for s in strips] or \
+        [(NO_STRIP, "(no sound strips)", "Add a sound strip in the Video Sequencer first")]
 
 
 class DiffGestureSettings(bpy.types.PropertyGroup):
@@ -49,9 +53,14 @@ class DiffGestureSettings(bpy.types.PropertyGroup):
                                          "steps, for smoother motion (the paper's; keep it on)")
     start_frame: IntProperty(name="Start Frame", default=1, description="Frame where the speech starts")
     add_sound: BoolProperty(name="Add Sound Strip", default=True, description="Put the audio in the sequencer")
+    pack_sound: BoolProperty(name="Pack Sound", default=False,
+                             description="Store the audio inside the .blend, so the file carries it (bigger file). "
+                                         "Off: the strip points at the audio file, by an absolute path unless it "
+                                         "lies in the .blend's folder")
     drive_spine: BoolProperty(name="Spine/Head", default=True)
     drive_arms: BoolProperty(name="Arms", default=True)
-    drive_fingers: BoolProperty(name="Fingers", default=True, description="Only when the checkpoint has fingers")
+    drive_fingers: BoolProperty(name="Fingers", default=True,
+                                description="Drive the finger bones when the checkpoint and the rig have fingers")
     allow_partial: BoolProperty(name="Allow Partial Rig", default=False,
                                 description="Animate only the mapped bones when required bones are unmapped")
 

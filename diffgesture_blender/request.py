@@ -31,10 +31,12 @@ class Request:
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     start_frame: int = 1
     add_sound: bool = True
+    pack_sound: bool = False  # store the audio inside the .blend (else the strip points at the file)
     parts: frozenset[str] = frozenset(PARTS)
     nla_strip: bool = False
     allow_partial: bool = False  # drive the mapped bones even when required roles are unmapped
     bone_map: dict[str, str] | None = None  # from a bone-map file; None: the stored map, else the detected one
+    insist_fingers: bool = False  # fingers were named explicitly: warn when they cannot be driven (else: if possible)
 
 
 def sampling(preset: str, **choices) -> GenerationSettings:
@@ -53,7 +55,10 @@ def resolve_checkpoint(name: str) -> Path:
 def audio_from_strip(scene: bpy.types.Scene, strip_name: str) -> tuple[Path, int]:
     """The file behind a sound strip (written out when packed) and the frame it starts at."""
     seq = scene.sequence_editor
-    strip = seq.strips_all.get(strip_name) if seq is not None else None
+    if seq is None or not any(s.type == "SOUND" for s in seq.strips_all):
+        raise UsageError("the sequencer has no sound strip: add one (Video Sequencer > Add > Sound) or choose the "
+                         "audio File instead")
+    strip = seq.strips_all.get(strip_name)
     if strip is None or strip.type != "SOUND" or strip.sound is None:
         raise UsageError(f"no sound strip named {strip_name!r} in the sequencer")
     sound = strip.sound
@@ -94,11 +99,22 @@ def validate(request: Request) -> tuple[bpy.types.Object, dict[str, str]]:
     if not request.parts:
         raise UsageError("choose at least one part to drive (spine/head, arms, fingers)")
     mapping = request.bone_map or bone_maps.current_map(obj)
-    problems = bone_maps.validate(obj, mapping, request.allow_partial)
+    problems = mapping_problems(obj, mapping, request.allow_partial)
     if problems:
-        missing = bone_maps.missing_required(mapping)
-        partial = (f", or allow a partial rig to animate only the mapped bones (unmapped: {', '.join(missing)})"
-                   if missing and mapping and not request.allow_partial else "")
+        partial = (", or allow a partial rig to animate only the mapped bones"
+                   if mapping and bone_maps.missing_required(mapping) and not request.allow_partial else "")
         raise UsageError(f"the bones of {obj.name!r} cannot be driven: {'; '.join(problems)}. Map them in the "
                          f"panel's Bones box{partial}")
     return obj, mapping
+
+
+def mapping_problems(obj: bpy.types.Object, mapping: dict[str, str], allow_partial: bool = False) -> list[str]:
+    """Why a bone map cannot drive `obj`, the unmapped required roles named in one item (none: usable)."""
+    if not mapping:
+        return [f"no bone is mapped to any role (none was recognised as a humanoid bone; needed at least: "
+                f"{', '.join(bone_maps.missing_required({}))})"]
+    problems = bone_maps.validate(obj, mapping, partial=True)
+    missing = bone_maps.missing_required(mapping)
+    if missing and not allow_partial:
+        problems.insert(0, f"no bone is mapped for the required role{'s' * (len(missing) > 1)} {', '.join(missing)}")
+    return problems

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import bpy
 
-from . import retarget
-from .request import Request
+from . import core, retarget
+from .request import Request, resolve_checkpoint
+
+_skeletons: dict[str, str] = {}  # checkpoint path -> the skeleton its results had (this session)
 
 
 @dataclass
@@ -47,21 +49,48 @@ def write_motion(scene: bpy.types.Scene, request: Request, armature_name: str, m
                                        nla_strip=r.nla_strip, partial=r.allow_partial)
         action.use_fake_user = len(directions) > 1
         actions.insert(0, action.name)
+    _skeletons[str(resolve_checkpoint(r.checkpoint))] = meta["skeleton"]
+    noted = set(r.parts)
+    if not r.insist_fingers and not (has_fingers(meta["skeleton"]) and any(role in mapping for role in
+                                                                           retarget.PARTS["fingers"])):
+        noted.discard("fingers")  # "fingers when possible": no warning that they were not possible
     fps = scene.render.fps / scene.render.fps_base
     end = r.start_frame + math.ceil(meta["duration"] * fps)
-    strip = add_sound_strip(scene, r.audio, r.start_frame, end) if r.add_sound else None
+    strip = add_sound_strip(scene, r.audio, r.start_frame, end, r.pack_sound) if r.add_sound else None
     scene.frame_start = min(scene.frame_start, r.start_frame)
     scene.frame_end = max(scene.frame_end, end)
     return Summary(audio=str(r.audio), armature=obj.name, actions=actions, frame_start=r.start_frame, frame_end=end,
                    duration=meta["duration"], skeleton=meta["skeleton"], sound_strip=strip, seconds=meta["seconds"],
                    device=meta["device"],
-                   notes=notes + retarget.rig_notes(obj, mapping, meta["skeleton"], set(r.parts)))
+                   notes=notes + retarget.rig_notes(obj, mapping, meta["skeleton"], noted))
 
 
-def add_sound_strip(scene: bpy.types.Scene, audio: Path, start: int, end: int) -> str:
-    """Put the audio in the sequencer at `start`, on the lowest channel free over [start, end]."""
+def has_fingers(skeleton: str) -> bool:
+    return "left_middle_base" in core.skeleton.get_skeleton(skeleton).bones
+
+
+def checkpoint_has_fingers(checkpoint: str) -> bool | None:
+    """Whether a checkpoint's motion has fingers, once a generation in this session has used it; else None."""
+    skeleton = _skeletons.get(str(resolve_checkpoint(checkpoint)))
+    return None if skeleton is None else has_fingers(skeleton)
+
+
+def add_sound_strip(scene: bpy.types.Scene, audio: Path, start: int, end: int, pack: bool = False) -> str:
+    """Put the audio in the sequencer at `start`, on the lowest channel free over [start, end]; packed into the
+    .blend, or by a path that survives moving the .blend (see sound_path)."""
     seq = scene.sequence_editor_create()
     busy = {s.channel for s in seq.strips if s.frame_final_start < end and s.frame_final_end > start}
     channel = next(c for c in range(1, 129) if c not in busy)
-    strip = seq.strips.new_sound(Path(audio).stem, str(audio), channel, start)
+    strip = seq.strips.new_sound(Path(audio).stem, sound_path(audio), channel, start)
+    if pack:
+        strip.sound.pack()
     return strip.name
+
+
+def sound_path(audio: Path) -> str:
+    """Relative (//...) when the audio lies in the saved .blend's folder, else absolute: a relative path that climbs
+    out of the project (//../../x.wav) breaks as soon as the .blend moves."""
+    audio = Path(audio).resolve()
+    if bpy.data.filepath and audio.is_relative_to(Path(bpy.data.filepath).resolve().parent):
+        return bpy.path.relpath(str(audio))
+    return str(audio)

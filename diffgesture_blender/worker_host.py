@@ -6,8 +6,9 @@ thread: generations and the preferences' Check start it from their own threads, 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
-from . import core
+from . import core, environment
 
 WorkerClient, WorkerError = core.client.WorkerClient, core.client.WorkerError
 
@@ -37,7 +38,13 @@ class WorkerHost:
             raise RuntimeError("the worker is started off Blender's main thread, so that the UI never waits for it")
         with self._lock:
             c = self.client(python)
-            info = c.start()
+            try:
+                info = c.start()
+            except WorkerError as e:
+                problem = environment_problem(python) if e.kind is core.protocol.ErrorKind.ENVIRONMENT else None
+                if problem:
+                    raise WorkerError(problem, core.protocol.ErrorKind.ENVIRONMENT) from None
+                raise
             notes = []
             if c.restarts > self._restarts_seen:
                 notes.append("the previous worker had stopped; a new one was started")
@@ -68,6 +75,10 @@ class WorkerHost:
         thread.start()
         return thread
 
+    def forget_check(self) -> None:
+        """Drop the last check's result: the environment or the interpreter it described has changed."""
+        self._check = {}
+
     def check_running(self) -> bool:
         return self._check.get("state") == "running"
 
@@ -76,14 +87,21 @@ class WorkerHost:
         state = self._check.get("state")
         if state == "running":
             return ["Checking: starting the worker..."]
-        if state == "error":
-            return [f"Check failed: {self._check['message']}"]
+        if state == "error":  # the last line: a traceback's own is the exception, the rest is in the console
+            return [f"Check failed: {self._check['message'].strip().splitlines()[-1]}"]
         if state == "ok":
             info = self._check["info"]
             cuda = f"CUDA {info.get('cuda_version')} available" if info.get("cuda") else "CUDA not available"
             return [f"torch {info.get('torch')}, {cuda}, device: {info.get('device_name')}",
                     f"worker PID {info.get('pid')}, {info.get('python')}", *self._check["notes"]]
         return []
+
+
+def environment_problem(python: str, remedy: str = "") -> str | None:
+    """What is missing for the worker (no environment yet, no numpy, no torch) and what to press; None if nothing."""
+    from . import preferences
+    own = Path(python) == environment.venv_python(preferences.env_dir())
+    return environment.diagnose(python, own, remedy)
 
 
 HOST = WorkerHost()

@@ -80,6 +80,53 @@ def keyframe_span(obj: bpy.types.Object) -> tuple[float, float]:
     return min(frames), max(frames)
 
 
+class Layout:
+    """Accepts whatever a draw function calls, so panels can be drawn in background mode; records label and
+    progress texts, properties' given texts and, as "<idname>", the operators' buttons (of this layout and of every
+    row, box and column)."""
+
+    def __init__(self, texts: list[str] | None = None):
+        self.texts = [] if texts is None else texts
+
+    def label(self, text: str = "", **kw) -> "Layout":
+        self.texts.append(text)
+        return self
+
+    def progress(self, text: str = "", **kw) -> None:
+        self.texts.append(text)
+
+    def prop(self, data, name: str, text: str | None = None, **kw) -> None:
+        if text is not None:  # a property drawn under its own name is not recorded
+            self.texts.append(text)
+
+    def operator(self, idname: str, **kw) -> "Layout":
+        self.texts.append(f"<{idname}>")
+        return Layout([])
+
+    def __getattr__(self, name):
+        return lambda *args, **kw: Layout(self.texts)
+
+
+def draw_panel(addon) -> list[str]:
+    """The texts the sidebar panel draws for the current scene."""
+    cls = addon.panel.DIFFGESTURE_PT_generate
+    panel = type("P", (), {"layout": Layout(), "draw_mapping": cls.draw_mapping})()
+    cls.draw(panel, bpy.context)
+    return panel.layout.texts
+
+
+def draw_preferences(addon, torch_python: str | None = None) -> list[str]:
+    """The texts the add-on's preferences draw (with Torch Python replaced when given)."""
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    cls = addon.preferences.DiffGesturePreferences
+    fields = {k: getattr(prefs, k) for k in ("torch_python", "checkpoint", "device")}
+    if torch_python is not None:
+        fields["torch_python"] = torch_python
+    layout = Layout()
+    cls.draw(type("P", (), {"layout": layout, "draw_builder": cls.draw_builder, **fields})(), bpy.context)
+    return layout.texts
+
+
 class ReportSink:
     """Stands in for an operator instance: collects its reports as (kind, message)."""
 

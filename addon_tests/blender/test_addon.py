@@ -7,6 +7,7 @@ operators.finish) driven by the test. Failures must leave the .blend unchanged: 
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -17,8 +18,9 @@ from pathlib import Path
 import bpy
 import pytest
 
-from addon_tests.blender.helpers import (MODULE, STEPS, TorchImportWatch, action_keys, drive_modal, keyframe_span,
-                                         make_rig, never_touched_torch, snapshot)
+from addon_tests.blender.helpers import (MODULE, STEPS, Layout, TorchImportWatch, action_keys, draw_panel,
+                                         draw_preferences, drive_modal, keyframe_span, make_rig, never_touched_torch,
+                                         snapshot)
 from addon_tests.paths import TORCH_PYTHON
 
 
@@ -123,21 +125,6 @@ def test_audio_from_an_existing_sound_strip(addon, scene, speech_wav):
     assert [s.name for s in scene.sequence_editor.strips_all] == ["line"]  # no second copy of the audio
 
 
-class Layout:
-    """Accepts whatever a draw function calls, so panels can be drawn in background mode; records label texts
-    (of this layout and of every row, box and column made from it)."""
-
-    def __init__(self, texts: list[str] | None = None):
-        self.texts = [] if texts is None else texts
-
-    def label(self, text: str = "", **kw) -> "Layout":
-        self.texts.append(text)
-        return self
-
-    def __getattr__(self, name):
-        return lambda *args, **kw: Layout(self.texts)
-
-
 def test_panel_and_preferences_draw(addon, scene):
     ctx = bpy.context
     panel_class = addon.panel.DIFFGESTURE_PT_generate
@@ -148,16 +135,13 @@ def test_panel_and_preferences_draw(addon, scene):
         panel_class.draw(panel, ctx)
         drawn[obj.name] = panel.layout.texts
     assert any(t.startswith("Bones: mixamo (") for t in drawn[rig.name]), drawn[rig.name]
-    assert not any(t.startswith("missing required bone") for t in drawn[rig.name])
+    assert not any(t.startswith("no bone is mapped") for t in drawn[rig.name])
     assert any(t.startswith("Bones: custom (0/") for t in drawn["Prop"]), drawn["Prop"]
-    assert "missing required bone for spine" in drawn["Prop"] and "left_forearm" in drawn["Prop"]
+    problems = [t for t in drawn["Prop"] if t.startswith("no bone is mapped")]  # one line, not one per role
+    assert len(problems) == 1 and "needed at least: spine" in problems[0] and "left_forearm" in drawn["Prop"]
     prefs = ctx.preferences.addons[MODULE].preferences
-    layout = Layout()
-    addon.preferences.DiffGesturePreferences.draw(type("P", (), {"layout": layout, "torch_python": "",
-                                                                 **{k: getattr(prefs, k) for k in
-                                                                    ("checkpoint", "device")}})(), ctx)
-    assert f"Using {TORCH_PYTHON}" in layout.texts, layout.texts
-    assert addon.preferences.get(ctx).python == str(TORCH_PYTHON)
+    assert "No environment yet: press Create Environment" in draw_preferences(addon, "")  # none was created here
+    assert addon.preferences.get(ctx).python == prefs.torch_python == str(TORCH_PYTHON)
 
 
 def test_paper_means_the_same_in_the_panel_cli_and_headless(addon, scene, speech_wav, tmp_path):
@@ -232,7 +216,24 @@ def test_cancel_leaves_blend_unchanged(addon, scene):
     scene.diffgesture.steps = 400  # long enough to be cancelled mid-run
     before = snapshot()
     result, reports = drive_modal(addon, cancel_after_progress=True)
-    assert result == {"CANCELLED"} and "cancelled" in reports[0][1] and snapshot() == before
+    assert result == {"CANCELLED"} and snapshot() == before
+    assert reports == [("INFO", "Generation cancelled; nothing was changed")]  # Esc is information, not an error
+    assert "Generation cancelled; nothing was changed" in draw_panel(addon)
+
+
+def test_sound_strip_source_without_strips_is_one_clear_line(addon, scene, capfd):
+    scene.diffgesture.audio_source = "STRIP"
+    before = snapshot()
+    message = ("the sequencer has no sound strip: add one (Video Sequencer > Add > Sound) or choose the audio File "
+               "instead")
+    with pytest.raises(RuntimeError, match=rf"^Error: {re.escape(message)}\n$"):
+        bpy.ops.diffgesture.generate()
+    texts = draw_panel(addon)
+    assert message in texts and snapshot() == before  # the panel keeps saying why after the report faded
+    assert "matches no enum" not in "".join(capfd.readouterr())  # no RNA warning about an empty menu
+    scene.diffgesture.audio_source = "FILE"
+    assert bpy.ops.diffgesture.generate() == {"FINISHED"}
+    assert message not in draw_panel(addon)
 
 
 def test_bad_audio_file_leaves_blend_unchanged(addon, scene, tmp_path):
@@ -251,7 +252,9 @@ def test_bad_audio_file_leaves_blend_unchanged(addon, scene, tmp_path):
 def test_rig_without_usable_bones_is_refused_before_the_worker(addon, scene):
     scene.diffgesture.armature = make_rig("Prop", addon, family=None)
     before = snapshot()
-    with pytest.raises(RuntimeError, match="missing required bone for spine"):
+    with pytest.raises(RuntimeError, match=r"^Error: the bones of 'Prop' cannot be driven: no bone is mapped to any "
+                                           r"role \(none was recognised as a humanoid bone; needed at least: spine, "
+                                           r"[a-z_, ]+\)\. Map them in the panel's Bones box\n$"):
         bpy.ops.diffgesture.generate()
     assert snapshot() == before
 
@@ -288,8 +291,8 @@ def test_opening_a_file_drops_the_running_generation(addon, scene):
     assert addon.generation.active() is None
 
 
-@pytest.mark.parametrize("python, message", [("/nonexistent/bin/python", "was not found"),
-                                             (sys.executable, "torch is not installed")])
+@pytest.mark.parametrize("python, message", [("/nonexistent/bin/python", "/nonexistent/bin/python does not exist"),
+                                             (sys.executable, "lacks torch")])
 def test_unusable_interpreter_leaves_blend_unchanged(addon, scene, python, message):
     prefs = bpy.context.preferences.addons[MODULE].preferences
     prefs.torch_python = python
@@ -322,6 +325,61 @@ def test_disabling_the_addon_stops_the_worker(addon):
         assert never_touched_torch(), TorchImportWatch.attempts
     finally:
         bpy.ops.preferences.addon_enable(module=MODULE)
+
+
+def test_sound_strip_survives_moving_the_blend_or_is_packed(addon, scene, speech_wav, small_checkpoint, tmp_path):
+    scene.diffgesture.pack_sound = True  # the panel's option
+    assert bpy.ops.diffgesture.generate() == {"FINISHED"}
+    assert scene.sequence_editor.strips_all[0].sound.packed_file.size == speech_wav.stat().st_size
+    rig = scene.diffgesture.armature.name
+    common = ["--armature", rig, "--checkpoint", str(small_checkpoint), "--steps", str(STEPS),
+              "--torch-python", str(TORCH_PYTHON)]
+    project = tmp_path / "project"
+    project.mkdir()
+    for pack in ([], ["--pack-sound"]):
+        bpy.ops.wm.read_homefile(use_empty=True)
+        make_rig(rig, addon)
+        out = project / f"shot{len(pack)}.blend"
+        assert addon.headless.main(["generate", "--audio", str(speech_wav), "--output", str(out), *pack,
+                                    *common]) == 0
+        moved = tmp_path / "elsewhere" / out.name  # the .blend travels; the audio stays where it was
+        moved.parent.mkdir(exist_ok=True)
+        out.rename(moved)
+        bpy.ops.wm.open_mainfile(filepath=str(moved))
+        sound = bpy.context.scene.sequence_editor.strips_all[0].sound
+        if pack:
+            assert sound.packed_file.size == speech_wav.stat().st_size
+        else:  # absolute: a relative path would have climbed out of the project (//../speech0/speech.wav)
+            assert sound.packed_file is None and sound.filepath == str(speech_wav.resolve())
+    (project / "audio").mkdir()
+    line = project / "audio" / "line.wav"
+    line.write_bytes(speech_wav.read_bytes())
+    bpy.ops.wm.save_as_mainfile(filepath=str(project / "scene.blend"))  # the audio lies inside this project
+    assert addon.headless.main(["generate", "--audio", str(line), *common]) == 0
+    assert bpy.context.scene.sequence_editor.strips_all["line"].sound.filepath == "//audio/line.wav"
+
+
+def test_folder_clips_follow_the_existing_sound_and_progress_lines_do_not_repeat(addon, scene, speech_wav,
+                                                                                  small_checkpoint, tmp_path, capsys):
+    existing = scene.sequence_editor_create().strips.new_sound("voice", str(speech_wav), 1, 1)
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("a.wav", "b.wav"):
+        (folder / name).write_bytes(speech_wav.read_bytes())
+    summary = tmp_path / "summary.json"
+    assert addon.headless.main(["generate", "--audio", str(folder), "--armature", scene.diffgesture.armature.name,
+                                "--checkpoint", str(small_checkpoint), "--steps", str(STEPS), "--json", str(summary),
+                                "--torch-python", str(TORCH_PYTHON)]) == 0
+    err = capsys.readouterr().err
+    first, second = json.loads(summary.read_text())["results"]
+    assert first["frame_start"] == existing.frame_final_end and second["frame_start"] == first["frame_end"] + 1
+    assert (f"a.wav: the clips were placed after the sound strips already in the sequencer: the first starts at "
+            f"frame {existing.frame_final_end}, not 1") in err
+    sounds = sorted((s.frame_final_start, s.frame_final_end) for s in scene.sequence_editor.strips_all)
+    assert all(end <= start for (_, end), (start, _) in zip(sounds, sounds[1:])), sounds  # never two voices at once
+    progress = [line for line in err.splitlines() if re.fullmatch(r"[ab]\.wav: \d+%", line)]
+    assert len(progress) >= 2 and all(x != y for x, y in zip(progress, progress[1:])), progress
+    assert all(int(line.split()[-1][:-1]) % 10 == 0 for line in progress), progress
 
 
 def forearm_spread(obj, action, bone: str, frames: range) -> float:

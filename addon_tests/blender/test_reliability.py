@@ -12,8 +12,8 @@ import bpy
 import numpy as np
 import pytest
 
-from addon_tests.blender.helpers import (MODULE, STEPS, action_keys, drive_modal, keyframe_span, make_rig,
-                                         snapshot)
+from addon_tests.blender.helpers import (MODULE, STEPS, action_keys, draw_panel, drive_modal, keyframe_span,
+                                         make_rig, snapshot)
 from addon_tests.crafted import code_running_checkpoint, stalling_interpreter
 from addon_tests.paths import FIXTURES, TORCH_PYTHON
 
@@ -105,23 +105,42 @@ def test_bad_checkpoint_is_refused_through_headless(addon, scene, speech_wav, tm
     assert not (folder / "pwned").exists(), "the crafted pickle must never run"
 
 
-def test_expressive_checkpoint_on_a_rig_without_fingers_drives_the_rest(addon, scene, expressive_checkpoint):
+def headless_fingers(addon, scene, capsys) -> str:
+    """Headless with fingers named explicitly (--parts): its stderr."""
+    props = scene.diffgesture
+    assert addon.headless.main(["generate", "--audio", props.audio_path, "--armature", props.armature.name,
+                                "--checkpoint", props.checkpoint_path, "--steps", str(STEPS), "--no-sound",
+                                "--torch-python", str(TORCH_PYTHON), "--parts", "spine,arms,fingers"]) == 0
+    return capsys.readouterr().err
+
+
+def test_expressive_checkpoint_on_a_rig_without_fingers_drives_the_rest(addon, scene, expressive_checkpoint,
+                                                                        capsys):
     props = scene.diffgesture
     props.armature = make_rig("Handless", addon, fingers=False)
     props.checkpoint_path = str(expressive_checkpoint)
     result, reports = drive_modal(addon)
     assert result == {"FINISHED"}, reports
-    assert "fingers were skipped: 'Handless' has no finger bones mapped" in messages(reports, "WARNING")
+    assert not any("finger" in m for _, m in reports), reports  # Fingers (on by default) means: where possible
     keyed = {path for path, _, _ in action_keys(props.armature.animation_data.action)}
     assert any("LeftForeArm" in p for p in keyed) and any("Head" in p for p in keyed)
+    assert "fingers were skipped: 'Handless' has no finger bones mapped" in headless_fingers(addon, scene, capsys)
 
 
-def test_ted_checkpoint_says_fingers_are_not_in_its_skeleton(addon, scene):
+def test_ted_checkpoint_warns_of_fingers_only_when_asked_and_the_panel_greys_them(addon, scene, capsys, tmp_path):
+    props = scene.diffgesture
+    fresh = tmp_path / "fresh.pt"  # a checkpoint no generation of this session has used yet
+    fresh.write_bytes(Path(props.checkpoint_path).read_bytes())
+    props.checkpoint_path = str(fresh)
+    assert "Fingers" in draw_panel(addon)  # not known yet
     result, reports = drive_modal(addon)
     assert result == {"FINISHED"}, reports
-    assert "fingers were not driven: the ted_gesture skeleton has no fingers" in messages(reports, "WARNING")
+    assert not any("finger" in m for _, m in reports), reports  # the default run: no warning
+    assert "Fingers (none in this checkpoint)" in draw_panel(addon)
     keyed = {path for path, _, _ in action_keys(scene.diffgesture.armature.animation_data.action)}
     assert keyed and not any("Index" in p or "Thumb" in p for p in keyed)
+    assert "fingers were not driven: the ted_gesture skeleton has no fingers" in headless_fingers(addon, scene,
+                                                                                                  capsys)
 
     props = scene.diffgesture
     props.drive_spine = props.drive_arms = False  # fingers only: nothing this skeleton can drive
@@ -148,12 +167,13 @@ def test_partial_rig_lists_what_is_unmapped_and_generates_only_when_allowed(addo
     props = scene.diffgesture
     props.armature = _armless(addon)
     before = snapshot()
-    with pytest.raises(RuntimeError, match=r"missing required bone for left_forearm; missing required bone for "
-                                           r"right_forearm.*allow a partial rig.*unmapped: left_forearm, right_forearm"):
+    with pytest.raises(RuntimeError, match=r"^Error: the bones of 'Partial' cannot be driven: no bone is mapped for "
+                                           r"the required roles left_forearm, right_forearm\. Map them in the panel's "
+                                           r"Bones box, or allow a partial rig to animate only the mapped bones\n$"):
         bpy.ops.diffgesture.generate()
     args = ["generate", "--audio", str(speech_wav), "--armature", "Partial", "--steps", str(STEPS),
             "--checkpoint", props.checkpoint_path, "--torch-python", str(TORCH_PYTHON), "--no-sound"]
-    assert addon.headless.main(args) == 2 and "unmapped: left_forearm" in capsys.readouterr().err
+    assert addon.headless.main(args) == 2 and "required roles left_forearm, right_forearm" in capsys.readouterr().err
     assert snapshot() == before
 
     props.allow_partial = True
