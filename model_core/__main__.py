@@ -53,7 +53,7 @@ def cmd_info(args) -> int:
     n_params = sum(p.numel() for p in ckpt.model.parameters())
     info = {"checkpoint": str(path), "format": ckpt.source_format,
             "skeleton": ckpt.skeleton.name, "parameters": n_params, "config": ckpt.config.to_dict(),
-            "provenance": ckpt.provenance, "sha256": ckpt.sha256}
+            "provenance": ckpt.provenance, "sha256": ckpt.sha256, "integrity": ckpt.integrity}
     print(json.dumps(info, indent=2, default=str))
     return 0
 

@@ -9,7 +9,7 @@ import torch
 from addon_tests.crafted import code_running_checkpoint, official_zip
 from addon_tests.paths import FIXTURES
 from model_core.checkpoint import (CheckpointError, UnsafeCheckpointError, convert_official, load_checkpoint,
-                                   read_official, save_native)
+                                   read_official, save_native, tensors_sha256)
 from model_core.network import ModelConfig, PoseDiffusion
 from model_core.skeleton import TED_GESTURE
 
@@ -91,6 +91,7 @@ def test_shape_mismatch_names_the_keys(tmp_path):
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
     payload["config"]["hidden_dim"] = 128
     del payload["state_dict"]["null_cond_emb"]
+    payload["tensors_sha256"] = tensors_sha256(payload["state_dict"])  # a consistent file from a buggy writer
     torch.save(payload, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(tmp_path / "bad.pt")
