@@ -1,9 +1,10 @@
 """Seeded mutations of real checkpoints and a real WAV, loaded in this process under a memory limit.
 
-`python -m addon_tests.fuzz mutate OUT.json SEED COUNT WAV CHECKPOINT...` writes one outcome per mutation: "ok", the project's own error
-type, or (a defect) any other exception with its traceback, or "memory" when an allocation hit the limit. The limit
-is set after the imports and a warm-up load: the address space may grow by at most LIMIT_BYTES from there.
-`load OUT.json WAV CHECKPOINT NAME=PATH...` loads given files the same way (the bounded-input tests).
+`python -m addon_tests.fuzz mutate OUT.json SEED COUNT WAV CHECKPOINT...` writes one outcome per mutation: "ok",
+the project's own error type, or (a defect) any other exception with its traceback, or "memory" when an
+allocation hit the limit. The limit is set after the imports and a warm-up load: the address space may grow by at
+most LIMIT_BYTES from there. `load OUT.json WAV CHECKPOINT NAME=PATH...` loads given files the same way (the
+bounded-input tests).
 """
 import io
 import json

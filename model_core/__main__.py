@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     except (AudioError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # writing the result: a full disk, a read-only folder
+        print(f"error: cannot write {e.filename or 'the result'}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -52,6 +53,19 @@ class GenerationSettings:
         return cls(**{"sampler": "paper", "bn_mode": "official", "trim": False, "precision": "exact", **kw})
 
     def validate(self) -> None:
+        """Every field's type and range, so that a request from a file, a socket or a panel fails here, named."""
+        for name, kind in (("steps", int), ("seed", int), ("variations", int), ("guidance", float), ("eta", float),
+                           ("stabilizer", bool), ("fade_out", bool), ("trim", bool)):
+            value = getattr(self, name)
+            ok = type(value) is bool if kind is bool else type(value) is int if kind is int else \
+                type(value) in (int, float) and math.isfinite(value)
+            if not ok:
+                what = {int: "an integer", float: "a finite number", bool: "true or false"}[kind]
+                raise ValueError(f"{name} must be {what}, not {value!r:.40}")
+        if not -2 ** 63 <= self.seed < 2 ** 64:
+            raise ValueError(f"seed must be within -2^63..2^64-1, not {self.seed}")
+        if not 0 <= self.eta <= 1:
+            raise ValueError(f"eta must be within 0..1 (0 = deterministic DDIM, 1 = ancestral steps), not {self.eta}")
         if self.sampler not in ("paper", "fast"):
             raise ValueError(f"sampler must be 'paper' or 'fast', not {self.sampler!r}")
         if self.bn_mode not in ("eval", "official"):
@@ -240,13 +254,18 @@ def generate_file(ckpt, audio_path: str, output: str, settings: GenerationSettin
                   progress: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None) -> dict:
     """Load speech, generate on the checkpoint's current device, write the result file; return its metadata."""
     from .audio import load_audio
-    from .protocol import write_result
+    from .protocol import check_output, write_result
     from .skeleton import poses_to_canonical
     settings.validate()
+    check_output(output, keep=(audio_path,))
     audio = load_audio(audio_path)
     device = next(ckpt.model.parameters()).device
     t0 = time.perf_counter()
     poses = generate(ckpt.model, audio, settings, progress=progress, cancel=cancel)
+    if not np.isfinite(poses).all():  # nothing non-finite is ever written or keyed
+        from .checkpoint import CheckpointError
+        raise CheckpointError(f"the model produced non-finite motion (NaN or Inf) for {Path(audio_path).name}: the "
+                              "checkpoint's weights are broken (diverged training or damage); nothing was written")
     meta = {"skeleton": ckpt.skeleton.name, "fps": FPS, "seed": settings.seed, "checkpoint_sha256": ckpt.sha256,
             "settings": settings.to_dict(), "precision": resolve_precision(settings, device), "audio": str(audio_path),
             "duration": len(audio) / SAMPLE_RATE, "device": str(device),

@@ -6,6 +6,7 @@ as text with a kind, never as pickled exceptions. Models are cached by (checkpoi
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import sys
@@ -16,6 +17,26 @@ import traceback
 from .protocol import PROTOCOL_VERSION, ProtocolError, decode, encode, resolve_checkpoint
 
 PROGRESS_INTERVAL = 0.1
+MAX_LINE = 1 << 20  # a request is a few hundred bytes; longer lines are refused without being held in memory
+# The fields each request may carry and their types; "id" (a string or an integer) is allowed on all of them.
+REQUESTS = {"generate": {"audio": str, "output": str, "checkpoint": str, "device": str, "settings": dict},
+            "info": {"checkpoint": str}, "ping": {}, "cancel": {}, "shutdown": {}}
+REQUIRED = {"generate": ("audio", "output")}
+
+
+def check_request(msg: dict) -> str:
+    """Why a decoded message is not a valid request ("" when it is): unknown type, missing or mistyped fields."""
+    kind = msg.get("type")
+    if not isinstance(kind, str) or kind not in REQUESTS:
+        return f"unknown request type {kind!r:.60}"
+    job_id = msg.get("id")
+    if job_id is not None and (type(job_id) not in (str, int) or len(str(job_id)) > 200):
+        return f"{kind} request: 'id' must be a string or an integer, not {job_id!r:.60}"
+    for name, expected in REQUESTS[kind].items():
+        if name in msg and not isinstance(msg[name], expected):
+            return f"{kind} request: {name!r} must be a {expected.__name__}, not {type(msg[name]).__name__}"
+    missing = [name for name in REQUIRED.get(kind, ()) if name not in msg]
+    return f"{kind} request lacks {', '.join(repr(m) for m in missing)}" if missing else ""
 
 
 class Worker:
@@ -23,25 +44,46 @@ class Worker:
         self.out = out
         self.out_lock = threading.Lock()
         self.requests: queue.Queue = queue.Queue()
-        self.cancelled: set[str] = set()
+        self.cancelled: set = set()
+        self.client_gone = False  # stdin closed: a running job stops at its next step
         self.models: dict = {}
 
     def send(self, msg: dict) -> None:
         with self.out_lock:
-            self.out.write(encode(msg))
-            self.out.flush()
-
-    def read_stdin(self) -> None:
-        for raw in sys.stdin.buffer:
             try:
-                msg = decode(raw)
-            except ProtocolError as e:
-                self.send({"type": "error", "id": None, "kind": "protocol", "message": str(e)})
-                continue
-            if msg["type"] == "cancel":
-                self.cancelled.add(msg.get("id"))
-            else:
-                self.requests.put(msg)
+                self.out.write(encode(msg))
+                self.out.flush()
+            except (BrokenPipeError, OSError, ValueError):  # the client is gone: nobody is left to tell
+                self.client_gone = True
+
+    def read_stdin(self, stdin=None) -> None:
+        """Route each line: cancels take effect at once, other requests queue; no line can stop this loop."""
+        stdin = stdin or sys.stdin.buffer
+        while True:
+            try:
+                raw = stdin.readline(MAX_LINE)
+            except (OSError, ValueError):
+                break
+            if not raw:
+                break
+            try:
+                if not raw.endswith(b"\n") and len(raw) >= MAX_LINE:
+                    while (rest := stdin.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+                        pass  # drop the rest of the over-long line
+                    raise ProtocolError(f"request line longer than {MAX_LINE} bytes")
+                msg = decode(raw, "the client")
+                problem = check_request(msg)
+                if problem:
+                    job_id = msg.get("id") if type(msg.get("id")) in (str, int) else None
+                    self.send({"type": "error", "id": job_id, "kind": "protocol", "message": problem})
+                elif msg["type"] == "cancel":
+                    self.cancelled.add(msg.get("id"))
+                else:
+                    self.requests.put(msg)
+            except Exception as e:  # a malformed line (deep nesting, bad UTF-8 ...) is reported, never fatal
+                message = str(e) if isinstance(e, ProtocolError) else f"malformed request ({type(e).__name__})"
+                self.send({"type": "error", "id": None, "kind": "protocol", "message": message})
+        self.client_gone = True
         self.requests.put({"type": "shutdown"})  # stdin closed: the client is gone
 
     def model(self, checkpoint: str, device: str):
@@ -75,6 +117,10 @@ class Worker:
         import torch
         from .pipeline import GenerationSettings, generate_file
         job_id = msg.get("id")
+        fields = {f.name for f in dataclasses.fields(GenerationSettings)}
+        unknown = sorted(set(msg.get("settings", {})) - fields)
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
         settings = GenerationSettings(**msg.get("settings", {}))
         settings.validate()
         last = [0.0]
@@ -89,7 +135,7 @@ class Worker:
         def run(device: str) -> tuple[dict, list[str]]:
             ckpt, _, note = self.model(msg.get("checkpoint", "default"), device)
             meta = generate_file(ckpt, msg["audio"], msg["output"], settings, progress,
-                                 cancel=lambda: job_id in self.cancelled)
+                                 cancel=lambda: self.client_gone or job_id in self.cancelled)
             return meta, [note] if note else []
         try:
             meta, notes = run(msg.get("device", "auto"))
@@ -116,7 +162,8 @@ class Worker:
             try:
                 self.handle(msg)
             except Exception as e:  # every failure becomes a readable message for the client
-                self.send({"type": "error", "id": msg.get("id"), "kind": error_kind(e), "message": str(e)})
+                self.send({"type": "error", "id": msg.get("id"), "kind": error_kind(e),
+                           "message": str(e) or type(e).__name__})
                 if error_kind(e) == "internal":
                     traceback.print_exc(file=sys.stderr)
             finally:

@@ -21,8 +21,8 @@ def test_mutated_checkpoints_and_audio_end_in_the_projects_errors(ckpt, tmp_path
     sf.write(wav, (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 16000,
              subtype="PCM_16")
     out = tmp_path / "outcomes.json"
-    r = subprocess.run([sys.executable, "-W", "ignore", "-m", "addon_tests.fuzz", "mutate", str(out), str(SEED), str(COUNT),
-                        str(wav), str(FIXTURES / "ted_small_checkpoint.bin"),
+    r = subprocess.run([sys.executable, "-W", "ignore", "-m", "addon_tests.fuzz", "mutate", str(out), str(SEED),
+                        str(COUNT), str(wav), str(FIXTURES / "ted_small_checkpoint.bin"),
                         str(FIXTURES / "expressive_small_checkpoint.bin"), str(ckpt)],
                        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
                        timeout=300)
