@@ -95,6 +95,10 @@ def run(reqs: list[session.Request]) -> tuple[list[dict], list[dict]]:
         except session.GenerationFailed as e:
             errors.append({"audio": str(r.audio), "error": str(e)})
             continue
+        except Exception as e:  # a headless run always ends with its JSON summary and an exit code
+            errors.append({"audio": str(r.audio), "error": f"internal error: {type(e).__name__}: {e}. Nothing was "
+                                                          "changed for this file"})
+            continue
         finally:
             gen.close()
         results.append(summary)
@@ -110,6 +114,7 @@ def main(argv: list[str]) -> int:
         return EXIT_OK if e.code == 0 else EXIT_USAGE
     summary: dict = {"ok": False, "results": [], "errors": []}
     try:
+        check_output_paths(args)
         reqs = requests(args)
     except session.UsageError as e:
         summary["errors"].append({"error": str(e)})
@@ -117,11 +122,26 @@ def main(argv: list[str]) -> int:
     summary["results"], summary["errors"] = run(reqs)
     if args.output and summary["results"]:
         output = Path(args.output).resolve()
-        bpy.ops.wm.save_as_mainfile(filepath=str(output), copy=True)
-        summary["output"] = str(output)
+        try:
+            bpy.ops.wm.save_as_mainfile(filepath=str(output), copy=True)
+            summary["output"] = str(output)
+        except (RuntimeError, OSError) as e:
+            summary["errors"].append({"error": f"could not save {output}: {e}"})
     summary["ok"] = not summary["errors"]
     summary["worker_pid"] = session.worker_pid()
     return report(summary, args, EXIT_OK if summary["ok"] else EXIT_FAILED)
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """--output and --json must name files in existing folders: checked before anything is generated."""
+    for flag, value in (("--output", args.output), ("--json", args.json)):
+        if not value:
+            continue
+        path = Path(value)
+        if path.is_dir():
+            raise session.UsageError(f"{flag} {path} is a folder; name a file in it")
+        if not path.parent.is_dir():
+            raise session.UsageError(f"{flag}: the folder {path.parent} does not exist")
 
 
 def report(summary: dict, args: argparse.Namespace, code: int) -> int:
@@ -130,7 +150,11 @@ def report(summary: dict, args: argparse.Namespace, code: int) -> int:
     text = json.dumps(summary, indent=2)
     print(text, flush=True)
     if args.json:
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
+        try:
+            Path(args.json).write_text(text + "\n", encoding="utf-8")
+        except OSError as e:
+            print(f"diffgesture: error: could not write --json {args.json}: {e.strerror or e}", file=sys.stderr)
+            code = max(code, EXIT_FAILED)
     for result in summary["results"]:
         for note in result["notes"]:
             print(f"diffgesture: warning: {Path(result['audio']).name}: {note}", file=sys.stderr, flush=True)

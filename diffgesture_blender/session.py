@@ -11,15 +11,18 @@ import math
 import shutil
 import tempfile
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import bpy
+import numpy as np
 
 from . import bone_maps, core, retarget
 
 DEFAULT_CHECKPOINT = core.protocol.DEFAULT_CHECKPOINT
 PARTS = ("spine", "arms", "fingers")
+MAX_CHANNELS = 128  # the sequencer's channels
 
 _client: core.protocol.WorkerClient | None = None
 _restarts_seen = 0
@@ -306,30 +309,40 @@ class Generation:
             raise GenerationFailed(failure)
         try:
             return self.finish(scene)
-        except (ValueError, KeyError, OSError) as e:
-            raise GenerationFailed(f"Could not apply the motion: {e}. Nothing was changed") from None
+        except Exception as e:  # finish undid its changes; whatever went wrong, the caller gets one failure type
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise GenerationFailed(f"Could not apply the motion: {detail}. Nothing was changed") from None
 
     def finish(self, scene: bpy.types.Scene) -> dict:
-        """Write the result into the .blend (actions, sound strip, frame range) and return a summary."""
+        """Write the result into the .blend (actions, sound strip, frame range) and return a summary. What can be
+        checked is checked first; should writing still fail, everything written so far is undone."""
         result = core.protocol.read_result(self.output)
         meta, directions = result["meta"], result["directions"]
+        if not np.isfinite(directions).all():
+            raise ValueError("the result holds non-finite values (NaN or Inf)")
         r = self.request
         obj = bpy.data.objects[self.armature_name]
         stem = Path(r.audio).stem
         names = [stem] if len(directions) == 1 else [f"{stem}.v{v + 1}" for v in range(len(directions))]
-        actions = []
-        for v in reversed(range(len(directions))):  # the first variation is applied last, so it stays assigned
-            action = retarget.apply_motion(obj, directions[v], meta["skeleton"], self.mapping,
-                                           src_fps=float(meta["fps"]), start_frame=r.start_frame,
-                                           action_name=names[v], parts=set(r.parts), nla_strip=r.nla_strip,
-                                           partial=r.allow_partial)
-            action.use_fake_user = len(directions) > 1
-            actions.insert(0, action.name)
         fps = scene.render.fps / scene.render.fps_base
         end = r.start_frame + math.ceil(meta["duration"] * fps)
-        strip = add_sound_strip(scene, r.audio, r.start_frame, end) if r.add_sound else None
-        scene.frame_start = min(scene.frame_start, r.start_frame)
-        scene.frame_end = max(scene.frame_end, end)
+        channel = free_channel(scene, r.start_frame, end) if r.add_sound else None
+        if r.add_sound and channel is None:
+            self.notes.append(f"the sound strip was not added: all {MAX_CHANNELS} sequencer channels are busy over "
+                              f"frames {r.start_frame}-{end}")
+        actions, strip = [], None
+        with undo_on_failure(scene, obj):
+            for v in reversed(range(len(directions))):  # the first variation is applied last, so it stays assigned
+                action = retarget.apply_motion(obj, directions[v], meta["skeleton"], self.mapping,
+                                               src_fps=float(meta["fps"]), start_frame=r.start_frame,
+                                               action_name=names[v], parts=set(r.parts), nla_strip=r.nla_strip,
+                                               partial=r.allow_partial)
+                action.use_fake_user = len(directions) > 1
+                actions.insert(0, action.name)
+            if channel is not None:
+                strip = add_sound_strip(scene, r.audio, r.start_frame, channel)
+            scene.frame_start = min(scene.frame_start, r.start_frame)
+            scene.frame_end = max(scene.frame_end, end)
         return {"audio": str(r.audio), "armature": obj.name, "actions": actions, "frame_start": r.start_frame,
                 "frame_end": end, "duration": meta["duration"], "skeleton": meta["skeleton"],
                 "sound_strip": strip, "seconds": meta["seconds"], "device": meta["device"],
@@ -344,10 +357,50 @@ class Generation:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def add_sound_strip(scene: bpy.types.Scene, audio: Path, start: int, end: int) -> str:
-    """Put the audio in the sequencer at `start`, on the lowest channel free over [start, end]."""
-    seq = scene.sequence_editor_create()
-    busy = {s.channel for s in seq.strips if s.frame_final_start < end and s.frame_final_end > start}
-    channel = next(c for c in range(1, 129) if c not in busy)
-    strip = seq.strips.new_sound(Path(audio).stem, str(audio), channel, start)
+def free_channel(scene: bpy.types.Scene, start: int, end: int) -> int | None:
+    """The lowest sequencer channel with no strip over [start, end], or None when all are busy."""
+    seq = scene.sequence_editor
+    strips = seq.strips if seq is not None else []
+    busy = {s.channel for s in strips if s.frame_final_start < end and s.frame_final_end > start}
+    return next((c for c in range(1, MAX_CHANNELS + 1) if c not in busy), None)
+
+
+def add_sound_strip(scene: bpy.types.Scene, audio: Path, start: int, channel: int) -> str:
+    """Put the audio in the sequencer at `start` on `channel` (see free_channel)."""
+    strip = scene.sequence_editor_create().strips.new_sound(Path(audio).stem, str(audio), channel, start)
     return strip.name
+
+
+@contextmanager
+def undo_on_failure(scene: bpy.types.Scene, obj: bpy.types.Object):
+    """Run a block that writes a result into the .blend; if it raises, remove what it added (actions, NLA tracks,
+    sound strips) and restore the armature's assignment and the frame range, then re-raise."""
+    anim = obj.animation_data
+    previous = anim.action if anim is not None else None
+    before = {"actions": {a.as_pointer() for a in bpy.data.actions},
+              "tracks": {t.as_pointer() for t in anim.nla_tracks} if anim is not None else set(),
+              "strips": {s.as_pointer() for s in scene.sequence_editor.strips_all} if scene.sequence_editor else set(),
+              "slot": anim.action_slot if anim is not None and previous is not None else None,
+              "fake_user": previous.use_fake_user if previous is not None else None,
+              "frames": (scene.frame_start, scene.frame_end)}
+    try:
+        yield
+    except BaseException:
+        if scene.sequence_editor is not None:
+            for s in [s for s in scene.sequence_editor.strips if s.as_pointer() not in before["strips"]]:
+                scene.sequence_editor.strips.remove(s)
+        if obj.animation_data is not None:
+            if anim is None:
+                obj.animation_data_clear()
+            else:
+                for t in [t for t in anim.nla_tracks if t.as_pointer() not in before["tracks"]]:
+                    anim.nla_tracks.remove(t)
+                anim.action = previous
+                if previous is not None and before["slot"] is not None:
+                    anim.action_slot = before["slot"]
+        if previous is not None:
+            previous.use_fake_user = before["fake_user"]
+        for a in [a for a in bpy.data.actions if a.as_pointer() not in before["actions"]]:
+            bpy.data.actions.remove(a)
+        scene.frame_start, scene.frame_end = before["frames"]
+        raise
