@@ -217,3 +217,21 @@ def test_non_finite_motion_is_an_error_and_writes_nothing(ckpt, speech, tmp_path
     finally:
         client.shutdown()
     assert err.value.kind == "checkpoint" and not (tmp_path / "w.npz").exists()
+
+
+def test_latin1_file_names_through_the_cli_and_the_worker(ckpt, speech, tmp_path):
+    folder = os.fsencode(tmp_path)
+    audio, out = folder + b"/caf\xe9.wav", folder + b"/r\xe9sultat.npz"  # not UTF-8: how old archives name files
+    Path(os.fsdecode(audio)).write_bytes(speech.read_bytes())
+    r = subprocess.run([os.fsencode(PY), b"-m", b"model_core", b"generate", audio, b"-o", out, b"--checkpoint",
+                        os.fsencode(ckpt), b"--steps", b"2"], capture_output=True, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), **NO_GPU))
+    assert r.returncode == 0, r.stderr
+    assert read_result(os.fsdecode(out))["meta"]["audio"] == os.fsdecode(audio)
+    client = WorkerClient(PY, core_parent=ROOT, env=NO_GPU)
+    try:
+        result = client.generate(os.fsdecode(audio), os.fsdecode(folder + b"/w\xe9.npz"), checkpoint=str(ckpt),
+                                 settings={"steps": 2}).wait(120)
+    finally:
+        client.shutdown()
+    assert Path(result["output"]).is_file() and Path(result["output"]).name == os.fsdecode(b"w\xe9.npz")
