@@ -31,6 +31,7 @@ APT_PACKAGES = [
 ]
 ENV_REQUIREMENTS = {"torch": ROOT / "requirements" / "torch.txt", "blender": ROOT / "requirements" / "blender.txt",
                     "blender5": ROOT / "requirements" / "blender5.txt"}
+NUMPY1_REQUIREMENTS = ROOT / "requirements" / "numpy1.txt"
 # (environment, folder) pairs that make up the test suite: the add-on suite runs on Blender 4.5 LTS and 5.0.
 TEST_SUITES = [("torch", "addon_tests/core"), ("blender", "addon_tests/blender"), ("blender5", "addon_tests/blender")]
 # Files of the repository that go into the extension zip besides the add-on package itself.
@@ -62,18 +63,36 @@ def setup_system() -> None:
     run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
 
 
+def _fresh(req: Path, folder: Path) -> tuple[bool, Path, str]:
+    """Whether `folder` was installed from `req` as it is now: (fresh, stamp file, digest)."""
+    stamp = folder / ".requirements.sha256"
+    digest = hashlib.sha256(req.read_bytes()).hexdigest()
+    return stamp.exists() and stamp.read_text() == digest, stamp, digest
+
+
 def setup_env(name: str) -> Path:
     """Create (or refresh when its requirements changed) one virtual environment; return its interpreter."""
-    req = ENV_REQUIREMENTS[name]
-    stamp = ENVS / name / ".requirements.sha256"
-    digest = hashlib.sha256(req.read_bytes()).hexdigest()
     py = env_python(name)
-    if py.exists() and stamp.exists() and stamp.read_text() == digest:
+    fresh, stamp, digest = _fresh(ENV_REQUIREMENTS[name], ENVS / name)
+    if py.exists() and fresh:
         return py
     run([sys.executable, "-m", "venv", "--clear", ENVS / name])
-    run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", req])
+    run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", ENV_REQUIREMENTS[name]])
     stamp.write_text(digest)
     return py
+
+
+def setup_numpy1(torch_python: Path) -> Path:
+    """numpy 1.26 in a folder that, put first on the torch env's path, replaces its numpy 2 (for the tests that
+    official checkpoints load under both numpy lines)."""
+    folder = ENVS / "numpy1"
+    fresh, stamp, digest = _fresh(NUMPY1_REQUIREMENTS, folder)
+    if not fresh:
+        shutil.rmtree(folder, ignore_errors=True)
+        run([torch_python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--target", folder,
+             "-r", NUMPY1_REQUIREMENTS])
+        stamp.write_text(digest)
+    return folder
 
 
 def setup() -> dict[str, Path]:
@@ -84,7 +103,8 @@ def setup() -> dict[str, Path]:
 def test_environ(envs: dict[str, Path]) -> dict[str, str]:
     """Environment for test runs: the repo importable, the worker interpreter known, Blender's prefs private."""
     return dict(os.environ, PYTHONPATH=str(ROOT), DIFFGESTURE_TORCH_PYTHON=str(envs["torch"]),
-                DIFFGESTURE_BLENDER_PYTHON=str(envs["blender"]), PYTHONDONTWRITEBYTECODE="1")
+                DIFFGESTURE_BLENDER_PYTHON=str(envs["blender"]), DIFFGESTURE_NUMPY1=str(ENVS / "numpy1"),
+                PYTHONDONTWRITEBYTECODE="1")
 
 
 def cmd_setup(args) -> None:
@@ -94,6 +114,7 @@ def cmd_setup(args) -> None:
 def cmd_test(args) -> None:
     """Run the core/training suite in the torch environment, then the add-on suite on Blender 4.5 and 5.0."""
     envs = setup()
+    setup_numpy1(envs["torch"])
     if not args.no_extension:
         build_extension()
     env = test_environ(envs)

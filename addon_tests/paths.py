@@ -9,3 +9,5 @@ FIXTURES = SHARED / "reference" / "fixtures"
 TORCH_PYTHON = Path(os.environ.get("DIFFGESTURE_TORCH_PYTHON", ROOT / ".envs" / "torch" / "bin" / "python"))
 BLENDER_PYTHON = Path(os.environ.get("DIFFGESTURE_BLENDER_PYTHON", ROOT / ".envs" / "blender" / "bin" / "python"))
 PYTHON = Path(sys.executable)
+# numpy 1.26 installed into a folder (build.py setup_numpy1); first on the torch env's path it replaces numpy 2
+NUMPY1 = Path(os.environ.get("DIFFGESTURE_NUMPY1", ROOT / ".envs" / "numpy1"))

@@ -29,6 +29,17 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{gpu}, Python {platform.python_version()}"
 
 
+def isa() -> str:
+    """The vector extensions that decide which float kernels run (AVX2, AVX-512, native bf16, AMX)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return platform.machine()
+    have = set(flags.split(":", 1)[1].split())
+    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"]
+    return " ".join(f for f in wanted if f in have) or "no AVX2"
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -26,12 +26,16 @@ def _progress_printer():
 def cmd_generate(args) -> int:
     from .checkpoint import load_checkpoint
     from .pipeline import GenerationSettings, generate_file, resolve_device
+    from .precision import configure_threads
     from .protocol import resolve_checkpoint
+    if args.reproduce:  # the official test script's sampling: whole windows, batch-statistics BatchNorm, eager fp32
+        args.sampler, args.bn_mode, args.precision, args.no_trim = "paper", "official", "exact", True
     settings = GenerationSettings(sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                                   stabilizer=not args.no_stabilizer, eta=args.eta, seed=args.seed,
                                   variations=args.variations, bn_mode=args.bn_mode, fade_out=args.fade_out,
-                                  precision=args.precision)
+                                  trim=not args.no_trim, precision=args.precision)
     settings.validate()
+    configure_threads()
     device, note = resolve_device(args.device)
     if note:
         print(f"note: {note}", file=sys.stderr)
@@ -85,11 +89,18 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--no-stabilizer", action="store_true", help="disable the gesture stabilizer")
     g.add_argument("--bn-mode", default="eval", choices=["eval", "official"],
                    help="BatchNorm: running statistics, or batch statistics as the official scripts")
-    g.add_argument("--fade-out", action="store_true", help="ease into the mean pose at the end")
+    g.add_argument("--fade-out", action="store_true",
+                   help="the official fade_out: ease into the mean pose over 8 frames from where the audio ends")
+    g.add_argument("--no-trim", action="store_true",
+                   help="keep whole windows (34 + 30 (K-1) frames) as the official code does, instead of cutting the "
+                        "output to the audio's duration")
     g.add_argument("--precision", default="auto", choices=["auto", "exact", "fp32", "bf16"],
-                   help="exact = bit-identical to the official code; fp32 = prepacked CPU weights (~1e-6 from "
-                        "exact, faster); bf16; auto (default) = bf16 for the fast sampler on a CPU with native bf16, "
-                        "else fp32")
+                   help="exact = bit-identical to the official code on the same CPU; fp32 = prepacked CPU weights "
+                        "(~1e-6 from exact); bf16; auto (default) = the fastest on this CPU, measured once and "
+                        "cached (fp32 on GPUs)")
+    g.add_argument("--reproduce", action="store_true",
+                   help="the official sampling exactly: --sampler paper --bn-mode official --precision exact "
+                        "--no-trim")
     g.set_defaults(fn=cmd_generate)
     i = sub.add_parser("info", help="describe a checkpoint")
     i.add_argument("checkpoint")

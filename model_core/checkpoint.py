@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import importlib
 import io
 import math
 import pickle
@@ -123,8 +124,10 @@ def _reconstruct_array(subtype, shape, dtype):
     """numpy's _reconstruct, for plain ndarrays only and without allocating more than the (empty) shape it gets."""
     if subtype is not _CheckedArray:
         raise CheckpointError(f"refused to load: the checkpoint rebuilds a {subtype!r:.60} as a numpy array")
-    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
-    return core.multiarray._reconstruct(_CheckedArray, _checked_shape(shape, np.dtype(dtype).itemsize, 0), dtype)
+    # numpy 2 renamed numpy.core to numpy._core; numpy 1.26 ships numpy._core as a package of shims whose
+    # submodules exist but are not imported with it, so import the module rather than read an attribute.
+    reconstruct = importlib.import_module("numpy._core.multiarray")._reconstruct
+    return reconstruct(_CheckedArray, _checked_shape(shape, np.dtype(dtype).itemsize, 0), dtype)
 
 
 def _allowed_global(module: str, name: str):

@@ -5,20 +5,20 @@ Memory stays bounded: only the current window's tensors live on the device, fini
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from .network import FPS, SAMPLE_RATE, PoseDiffusion
+from .precision import PRECISIONS, choose_precision, guided_step
 from .protocol import DEFAULT_FAST_STEPS
-from .samplers import make_sampler
+from .samplers import ddim_timesteps, make_sampler
 
 WINDOW_SAMPLES = int(34 / 15 * SAMPLE_RATE)  # 36,266: the official long-audio window
 STRIDE_SECONDS = 2.0
@@ -43,9 +43,9 @@ class GenerationSettings:
     bn_mode: str = "eval"  # "eval": running statistics; "official": batch statistics as the official scripts
     fade_out: bool = False
     trim: bool = True  # cut the output to the audio's duration (the official code keeps whole windows)
-    # "exact": eager float32, bit-identical to the official code; "fp32": float32 with prepacked oneDNN weights on
-    # the CPU (~1e-6 from exact, about 2x faster); "bf16": bf16 autocast; "auto": bf16 for the fast sampler on a
-    # CPU that computes bf16 natively, fp32 otherwise (GPUs included: see resolve_precision).
+    # "exact": eager float32, bit-identical to the official code on the same CPU; "fp32": float32 with prepacked
+    # oneDNN weights on the CPU (~1e-6 from exact); "bf16": bf16 autocast; "auto": the fastest of these on this
+    # CPU, measured once and cached (precision.py); fp32 on GPUs.
     precision: str = "auto"
 
     @classmethod
@@ -74,7 +74,7 @@ class GenerationSettings:
             raise ValueError(f"variations must be 1..64, not {self.variations}")
         if self.sampler == "fast" and not 1 <= self.steps <= 500:
             raise ValueError(f"steps must be 1..500, not {self.steps}")
-        if self.precision not in ("auto", "exact", "fp32", "bf16"):
+        if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be auto, exact, fp32 or bf16, not {self.precision!r}")
         if not (math.isfinite(self.guidance) and 0 <= self.guidance <= 20):
             raise ValueError(f"guidance scale must be within 0..20, not {self.guidance}")
@@ -107,6 +107,11 @@ def output_frames(n_samples: int, trim: bool = True, sr: int = SAMPLE_RATE) -> i
     return min(full, math.floor(n_samples / sr * FPS) + 1) if trim else full
 
 
+def steps_run(settings: GenerationSettings, num_steps: int) -> int:
+    """Denoising steps per window that `settings` really runs (the paper sampler ignores `steps`)."""
+    return num_steps if settings.sampler == "paper" else len(ddim_timesteps(num_steps, settings.steps))
+
+
 def resolve_device(name: str = "auto") -> tuple[torch.device, str]:
     """'auto' | 'cuda' | 'cpu' -> a device and a note saying why when the request could not be honoured."""
     if name not in ("auto", "cuda", "cpu") and not name.startswith("cuda:"):
@@ -119,70 +124,46 @@ def resolve_device(name: str = "auto") -> tuple[torch.device, str]:
                                  f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); using the CPU")
 
 
-def cpu_native_bf16() -> bool:
-    """Whether this CPU computes bf16 matrix products natively (else bf16 autocast would be slower)."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def resolve_precision(settings: GenerationSettings, device: torch.device) -> str:
-    """'auto' -> bf16 for the fast sampler on a CPU with native bf16, else fp32. On a GPU this model's steps are
-    bound by kernel launches, not arithmetic, and autocast's extra casts made bf16 slower (benchmarks/RESULTS.md)."""
-    if settings.precision != "auto":
-        return settings.precision
-    return "bf16" if settings.sampler == "fast" and device.type == "cpu" and cpu_native_bf16() else "fp32"
-
-
-def packed_denoiser(model: PoseDiffusion) -> torch.nn.Module:
-    """The denoiser with its Linear weights prepacked for oneDNN (CPU float32), cached until the weights change."""
-    net = model.diffusion_net.net
-    if not torch.backends.mkldnn.is_available():
-        return net
-    key = tuple(p._version for p in net.parameters()) + tuple(p.data_ptr() for p in net.parameters())
-    cached = model.__dict__.get("_packed_denoiser")
-    if cached is None or cached[0] != key:
-        try:
-            with warnings.catch_warnings():  # torch.utils.mkldnn still builds on the deprecated jit.script_method
-                warnings.simplefilter("ignore", DeprecationWarning)
-                from torch.utils.mkldnn import to_mkldnn
-                packed = to_mkldnn(copy.deepcopy(net)).eval()
-        except (ImportError, AttributeError, RuntimeError):  # a torch without it: the eager path is equivalent
-            packed = net
-        cached = (key, packed)
-        model.__dict__["_packed_denoiser"] = cached
-    return cached[1]
+def _window_start(n_samples: int, i: int) -> int:
+    """First sample of window i, as the official code places it (start time / duration of the clip)."""
+    return math.floor(STRIDE_SECONDS * i / (n_samples / SAMPLE_RATE) * n_samples)
 
 
 def _window_audio(audio: np.ndarray, i: int) -> np.ndarray:
-    duration = len(audio) / SAMPLE_RATE
-    start = math.floor(STRIDE_SECONDS * i / duration * len(audio))
+    start = _window_start(len(audio), i)
     chunk = audio[start:start + WINDOW_SAMPLES]
     return np.pad(chunk, (0, WINDOW_SAMPLES - len(chunk))) if len(chunk) < WINDOW_SAMPLES else chunk
 
 
-def _fade_out(poses: np.ndarray, n: int = 4) -> np.ndarray:
-    """Ease the last 2n frames into the mean pose (zero) with a weighted quadratic fit, as the official option."""
-    if poses.shape[1] < 2 * n:
-        return poses
-    tail = poses[:, -2 * n:].copy()
-    tail[:, -n:] = 0.0
+def fade_out(poses: np.ndarray, end_padding: int, n: int = 4) -> tuple[np.ndarray, int]:
+    """The official fade_out option (generate_gestures in test_ted.py), for each variation: from the frame where the
+    audio ends (the last window's zero padding, `end_padding` samples, measured back from the end), refit 2n frames
+    with a quadratic whose first and last points weigh 5, ending in n frames of the mean pose (zero); every frame
+    after the fade is the mean pose too. Returns the poses (padded if the fade runs past them) and the fade's end."""
+    start = poses.shape[1] - int(end_padding / SAMPLE_RATE * FPS)
+    end = start + 2 * n
+    if poses.shape[1] < end:
+        poses = np.pad(poses, [(0, 0), (0, end - poses.shape[1]), (0, 0)])
+    poses = poses.copy()
+    poses[:, end - n:] = 0.0
     x = np.arange(2 * n)
     w = np.ones(2 * n)
-    w[-n:] = 5.0
-    flat = tail.transpose(1, 0, 2).reshape(2 * n, -1)
-    coef = np.polyfit(x, flat, 2, w=w)
-    fitted = np.vander(x, 3) @ coef
-    poses = poses.copy()
-    poses[:, -2 * n:] = fitted.reshape(2 * n, poses.shape[0], -1).transpose(1, 0, 2)
-    return poses
+    w[0] = w[-1] = 5.0
+    for v in range(poses.shape[0]):
+        coef = np.polyfit(x, poses[v, start:end], 2, w=w)  # (3, D)
+        fitted = np.zeros((2 * n, coef.shape[1]))
+        for c in coef:  # Horner, as numpy.poly1d evaluates it
+            fitted = fitted * x[:, None] + c
+        poses[v, start:end] = fitted
+    return poses, end
 
 
-@torch.inference_mode()
-def sample_window(model: PoseDiffusion, audio: torch.Tensor, pre_seq: torch.Tensor, settings: GenerationSettings,
-                  gen_cpu: torch.Generator, gen_dev: torch.Generator,
-                  on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Denoise one 34-frame window for a batch: audio (B, L), pre_seq (B, 34, D+1) -> x_0 (B, 34, D).
+def denoise(model: PoseDiffusion, audio: torch.Tensor, pre_seq: torch.Tensor, settings: GenerationSettings,
+            gen_cpu: torch.Generator, gen_dev: torch.Generator) -> Iterator[tuple[int, torch.Tensor]]:
+    """The reverse process for one 34-frame window: yields (schedule index t, x_{t-1}) after every step.
 
-    x_T is drawn on the CPU generator and later noise on the device generator, as the official code does."""
+    x_T is drawn on the CPU generator and later noise on the device generator, as the official code does. Call it
+    under torch.inference_mode() (sample_window does)."""
     cfg = model.cfg
     sched = model.schedule
     sampler = make_sampler(settings.sampler, sched, settings.steps, settings.stabilizer, settings.eta)
@@ -190,14 +171,20 @@ def sample_window(model: PoseDiffusion, audio: torch.Tensor, pre_seq: torch.Tens
     context = model.context(audio, pre_seq, batch_stats=settings.bn_mode == "official")
     null = model.null_context(b)
     x = torch.randn((b, cfg.n_poses, cfg.pose_dim), generator=gen_cpu).to(audio.device)
-    n = len(sampler.timesteps)
-    precision = resolve_precision(settings, audio.device)
-    bf16 = precision == "bf16"
-    net = packed_denoiser(model) if precision == "fp32" and audio.device.type == "cpu" else None
+    precision, _ = choose_precision(model, settings.precision, settings.sampler, b, settings.guidance, audio.device)
     for i, t in enumerate(sampler.timesteps):
-        with torch.autocast(audio.device.type, dtype=torch.bfloat16, enabled=bf16):
-            eps = model.guided_eps(x, sched.betas[t].view(1), context, null, settings.guidance, net)
-        x = sampler.step(eps.float(), i, x, gen_dev)
+        eps = guided_step(model, precision, x, sched.betas[t].view(1), context, null, settings.guidance)
+        x = sampler.step(eps, i, x, gen_dev)
+        yield t, x
+
+
+@torch.inference_mode()
+def sample_window(model: PoseDiffusion, audio: torch.Tensor, pre_seq: torch.Tensor, settings: GenerationSettings,
+                  gen_cpu: torch.Generator, gen_dev: torch.Generator,
+                  on_step: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Denoise one 34-frame window for a batch: audio (B, L), pre_seq (B, 34, D+1) -> x_0 (B, 34, D)."""
+    n = steps_run(settings, model.schedule.num_steps)
+    for i, (_, x) in enumerate(denoise(model, audio, pre_seq, settings, gen_cpu, gen_dev)):
         if on_step is not None:
             on_step(i + 1, n)
     return x
@@ -213,6 +200,9 @@ def generate(model: PoseDiffusion, audio: np.ndarray, settings: GenerationSettin
     settings.validate()
     cfg = model.cfg
     device = next(model.parameters()).device
+    precision, _ = choose_precision(model, settings.precision, settings.sampler, settings.variations,
+                                    settings.guidance, device)
+    settings = dataclasses.replace(settings, precision=precision)  # measured once, not per window
     n_win = window_count(len(audio))
     gen_cpu = torch.Generator().manual_seed(settings.seed)
     gen_dev = gen_cpu if device.type == "cpu" else torch.Generator(device).manual_seed(settings.seed)
@@ -243,10 +233,13 @@ def generate(model: PoseDiffusion, audio: np.ndarray, settings: GenerationSettin
             out_np = out_np[:, :-p]
         chunks.append(out_np)
     poses = np.concatenate(chunks, axis=1)
+    keep = output_frames(len(audio), trim=True)
     if settings.fade_out:
-        poses = _fade_out(poses)
+        last = len(audio) - _window_start(len(audio), n_win - 1)  # samples in the last window, before padding
+        poses, fade_end = fade_out(poses, max(0, WINDOW_SAMPLES - last))
+        keep = max(keep, fade_end)  # trimming keeps the whole fade
     if settings.trim:
-        poses = poses[:, :output_frames(len(audio), trim=True)]
+        poses = poses[:, :keep]
     return poses
 
 
@@ -259,16 +252,21 @@ def generate_file(ckpt, audio_path: str, output: str, settings: GenerationSettin
     settings.validate()
     check_output(output, keep=(audio_path,))
     audio = load_audio(audio_path)
-    device = next(ckpt.model.parameters()).device
+    model = ckpt.model
+    device = next(model.parameters()).device
+    precision, how = choose_precision(model, settings.precision, settings.sampler, settings.variations,
+                                      settings.guidance, device)
+    settings = dataclasses.replace(settings, precision=precision,
+                                   steps=steps_run(settings, model.schedule.num_steps))  # what really runs
     t0 = time.perf_counter()
-    poses = generate(ckpt.model, audio, settings, progress=progress, cancel=cancel)
+    poses = generate(model, audio, settings, progress=progress, cancel=cancel)
     if not np.isfinite(poses).all():  # nothing non-finite is ever written or keyed
         from .checkpoint import CheckpointError
         raise CheckpointError(f"the model produced non-finite motion (NaN or Inf) for {Path(audio_path).name}: the "
                               "checkpoint's weights are broken (diverged training or damage); nothing was written")
     meta = {"skeleton": ckpt.skeleton.name, "fps": FPS, "seed": settings.seed, "checkpoint_sha256": ckpt.sha256,
-            "settings": settings.to_dict(), "precision": resolve_precision(settings, device), "audio": str(audio_path),
-            "duration": len(audio) / SAMPLE_RATE, "device": str(device),
-            "seconds": round(time.perf_counter() - t0, 3)}
+            "settings": settings.to_dict(), "precision": precision, "precision_choice": how,
+            "steps": settings.steps, "audio": str(audio_path), "duration": len(audio) / SAMPLE_RATE,
+            "device": str(device), "seconds": round(time.perf_counter() - t0, 3)}
     write_result(output, poses, poses_to_canonical(poses, ckpt.skeleton), meta)
     return {"frames": int(poses.shape[1]), "variations": int(poses.shape[0]), **meta}

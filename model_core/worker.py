@@ -150,6 +150,8 @@ class Worker:
 
     def serve(self) -> None:
         import torch
+        from .precision import configure_threads
+        configure_threads()  # Blender shares the cores: never more threads than physical cores
         threading.Thread(target=self.read_stdin, daemon=True).start()
         cuda = torch.cuda.is_available()
         self.send({"type": "ready", "protocol": PROTOCOL_VERSION, "torch": torch.__version__, "cuda": cuda,

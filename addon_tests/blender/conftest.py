@@ -9,6 +9,8 @@ import pytest
 
 _USER = tempfile.mkdtemp(prefix="dg-blender-user-")
 os.environ["BLENDER_USER_RESOURCES"] = _USER  # must be set before bpy is imported
+# the workers' auto-precision measurements go to a private cache, not the user's
+os.environ.setdefault("DIFFGESTURE_CACHE_DIR", tempfile.mkdtemp(prefix="dg-cache-"))
 
 import bpy  # noqa: E402
 

@@ -1,4 +1,7 @@
 """Shared fixtures for the core tests: the official conformance fixtures, loaded through the safe loader."""
+import os
+import tempfile
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +10,8 @@ from addon_tests.paths import FIXTURES
 from model_core.checkpoint import convert_official, load_checkpoint
 
 torch.set_num_threads(2)
+# auto precision's measurements go to a private cache, not the user's (workers started by the tests inherit it)
+os.environ.setdefault("DIFFGESTURE_CACHE_DIR", tempfile.mkdtemp(prefix="dg-cache-"))
 NAMES = ["ted_small", "expressive_small"]
 
 

@@ -176,3 +176,36 @@ def test_special_files_are_named(tmp_path):
         load_checkpoint("/dev/zero")
     with pytest.raises(CheckpointError, match=r"cannot open the checkpoint \(File name too long\)"):
         load_checkpoint(tmp_path / ("x" * 5000))
+
+
+def respelled(src, dst, module: bytes):
+    """A copy of an official file whose pickle names numpy's _reconstruct under another module path."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename.endswith("data.pkl"):
+                assert b"numpy.core.multiarray\n_reconstruct" in data  # how 2023-era official files spell it
+                data = data.replace(b"numpy.core.multiarray\n_reconstruct", module + b"\n_reconstruct")
+            zout.writestr(item, data)
+    return dst
+
+
+@pytest.mark.parametrize("numpy_line", ["numpy 2", "numpy 1.26"])
+@pytest.mark.parametrize("module", [b"numpy.core.multiarray", b"numpy._core.multiarray"])
+def test_official_files_load_under_both_numpy_lines(tmp_path, numpy_line, module):
+    """requirements/torch.txt allows numpy>=1.26: both spellings of the global load under both numpy lines."""
+    import subprocess
+    import sys
+    from addon_tests.paths import NUMPY1, ROOT
+    path = respelled(FIXTURES / "ted_small_checkpoint.bin", tmp_path / "ckpt.bin", module)
+    assert numpy_line == "numpy 2" or (NUMPY1 / "numpy").is_dir(), f"numpy 1.26 is missing from {NUMPY1}"
+    pythonpath = os.pathsep.join([str(NUMPY1)] * (numpy_line == "numpy 1.26") + [str(ROOT)])
+    code = ("import sys, numpy; from model_core.checkpoint import read_official, load_checkpoint; "
+            "raw = read_official(sys.argv[1]); ckpt = load_checkpoint(sys.argv[1]); "
+            "print(numpy.__version__, raw['lang_model'].word_embedding_weights.shape, ckpt.config.pose_dim)")
+    out = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code, str(path)],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=pythonpath))
+    assert out.returncode == 0, out.stderr[-2000:]
+    version, shape = out.stdout.split(" ", 1)
+    assert version.startswith("1.26" if numpy_line == "numpy 1.26" else "2.")
+    assert shape.strip() == "(19, 300) 27"

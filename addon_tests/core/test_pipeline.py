@@ -1,11 +1,14 @@
 """Long-audio generation: window arithmetic, seeds carried across windows, blending, cancel, variations."""
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from model_core.network import ModelConfig, PoseDiffusion
-from model_core.pipeline import (Cancelled, GenerationSettings, Progress, cpu_native_bf16, generate, output_frames,
-                                 resolve_precision, window_count)
+from model_core import precision
+from model_core.pipeline import Cancelled, GenerationSettings, Progress, generate, output_frames, window_count
 
 
 @pytest.fixture(scope="module")
@@ -91,13 +94,43 @@ def test_seeded_variations_are_reproducible_and_distinct(tiny):
     assert not np.allclose(a[0], c[0])
 
 
-def test_fade_out_ends_at_the_mean_pose(tiny):
-    audio = np.random.default_rng(2).standard_normal(60000).astype(np.float32)
+def official_fade_out(out_dir_vec: np.ndarray, end_padding_duration: int, n_smooth: int = 4) -> np.ndarray:
+    """The official fade_out branch of generate_gestures (test_ted.py), restated for one (frames, D) sequence."""
+    start_frame = len(out_dir_vec) - int(end_padding_duration / 16000 * 15)
+    end_frame = start_frame + n_smooth * 2
+    if len(out_dir_vec) < end_frame:
+        out_dir_vec = np.pad(out_dir_vec, [(0, end_frame - len(out_dir_vec)), (0, 0)], mode="constant")
+    out_dir_vec[end_frame - n_smooth:] = np.zeros(out_dir_vec.shape[1])
+    y = out_dir_vec[start_frame:end_frame]
+    x = np.array(range(0, y.shape[0]))
+    w = np.ones(len(y))
+    w[0] = 5
+    w[-1] = 5
+    coeffs = np.polyfit(x, y, 2, w=w)
+    fitted = np.transpose(np.asarray([np.poly1d(coeffs[:, k])(x) for k in range(y.shape[1])]))
+    out_dir_vec[start_frame:end_frame] = fitted
+    return out_dir_vec
+
+
+@pytest.mark.parametrize("n_samples", [60000, 20000, 36266 + 32000])
+def test_fade_out_is_the_official_option(tiny, n_samples):
+    """Anchored where the audio ends (the last window's padding), 2 x 4 frames refit, mean pose after: bit for bit
+    the official computation on the same whole-window output."""
+    audio = np.random.default_rng(2).standard_normal(n_samples).astype(np.float32)
     plain = generate(tiny, audio, GenerationSettings(steps=3, trim=False))
     faded = generate(tiny, audio, GenerationSettings(steps=3, fade_out=True, trim=False))
-    np.testing.assert_array_equal(faded[:, :-8], plain[:, :-8])  # only the last 8 frames are eased
-    assert not np.allclose(faded[:, -8:], plain[:, -8:])
-    assert np.abs(faded[0, -1]).max() < 0.25 * np.abs(plain[0, -1]).max(), "the last frame nears the mean pose"
+    last_start = int(np.floor(2.0 * (window_count(n_samples) - 1) / (n_samples / 16000) * n_samples))
+    padding = max(0, 36266 - (n_samples - last_start))
+    for v in range(plain.shape[0]):
+        np.testing.assert_array_equal(faded[v], official_fade_out(plain[v].copy(), padding))
+    start = plain.shape[1] - int(padding / 16000 * 15)
+    np.testing.assert_array_equal(faded[:, :start], plain[:, :start])  # nothing before the audio's end changes
+    if padding:  # else the audio fills the last window and the whole fade lies after it
+        assert not np.allclose(faded[:, start:plain.shape[1]], plain[:, start:])
+    assert faded.shape[1] == max(plain.shape[1], start + 8), "padded when the fade runs past the last window"
+    trimmed = generate(tiny, audio, GenerationSettings(steps=3, fade_out=True))
+    np.testing.assert_array_equal(trimmed, faded[:, :trimmed.shape[1]])
+    assert trimmed.shape[1] == max(output_frames(n_samples), start + 8), "trimming keeps the whole fade"
 
 
 def test_invalid_settings_are_named():
@@ -107,10 +140,43 @@ def test_invalid_settings_are_named():
             GenerationSettings(**kw).validate()
 
 
-def test_auto_precision_is_bf16_only_for_the_fast_sampler_on_a_cpu_with_native_bf16():
-    cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    fast, paper = GenerationSettings(), GenerationSettings.paper(precision="auto")
-    assert resolve_precision(fast, cpu) == ("bf16" if cpu_native_bf16() else "fp32")
-    assert resolve_precision(paper, cpu) == "fp32"
-    assert resolve_precision(fast, gpu) == "fp32", "on GPUs bf16 autocast measured slower for this model"
-    assert resolve_precision(GenerationSettings(precision="bf16"), gpu) == "bf16", "an explicit choice is kept"
+def test_auto_precision_is_measured_once_and_cached(tiny, tmp_path, monkeypatch):
+    """auto on a CPU times each candidate on the model's own step, keeps the fastest, and remembers it per CPU."""
+    monkeypatch.setenv("DIFFGESTURE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(precision, "_memo", {})
+    cpu = torch.device("cpu")
+    choice, how = precision.choose_precision(tiny, "auto", "fast", 2, 1.15, cpu)
+    assert how.startswith("auto, measured now")
+    cache = json.loads((tmp_path / "precision.json").read_text())
+    (key, entry), = cache.items()
+    assert precision.cpu_name() in key and torch.__version__ in key and "batch 4" in key
+    assert set(entry["ms_per_step"]) == set(precision.candidates("fast"))
+    assert choice == entry["choice"] == min(entry["ms_per_step"], key=entry["ms_per_step"].get)
+    monkeypatch.setattr(precision, "_memo", {})  # a new process: read back, not measured again
+    monkeypatch.setattr(precision, "calibrate", lambda *a: pytest.fail("measured again despite the cache"))
+    assert precision.choose_precision(tiny, "auto", "fast", 2, 1.15, cpu) == (
+        choice, "auto, measured earlier on this CPU: " + precision._describe(entry["ms_per_step"]))
+
+
+def test_auto_precision_rules(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFGESTURE_CACHE_DIR", str(tmp_path))
+    assert precision.choose_precision(tiny, "bf16", "fast", 1, 1.15, torch.device("cpu")) == ("bf16", "requested")
+    assert precision.choose_precision(tiny, "auto", "fast", 1, 1.15, torch.device("cuda"))[0] == "fp32", \
+        "on GPUs bf16 autocast measured slower for this model"
+    assert "bf16" not in precision.candidates("paper"), "the paper sampler stays in float32"
+    assert ("bf16" in precision.candidates("fast")) == precision.cpu_native_bf16()
+    (tmp_path / "precision.json").write_text("{not json")  # a damaged cache is measured over, not fatal
+    monkeypatch.setattr(precision, "_memo", {})
+    assert precision.choose_precision(tiny, "auto", "paper", 1, 1.15, torch.device("cpu"))[0] in ("exact", "fp32")
+    assert json.loads((tmp_path / "precision.json").read_text())
+
+
+def test_threads_at_most_physical_cores():
+    n = precision.physical_cores()
+    assert 1 <= n <= (os.cpu_count() or 1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(n + 3)
+        assert precision.configure_threads() == n == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

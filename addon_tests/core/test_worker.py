@@ -146,3 +146,21 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, ckpt):
     assert r.returncode == 2 and "audio file not found" in r.stderr and not (tmp_path / "x.npz").exists()
     r = run_cli("info", tmp_path)
     assert r.returncode == 2 and "folder" in r.stderr
+
+
+def test_cli_reproduce_keeps_whole_windows_and_reports_the_steps_run(tmp_path, ckpt):
+    """--reproduce samples as the official script (whole windows: 3 s -> 2 windows -> 64 frames, 500 steps); the
+    default cuts to the audio (46 frames) and runs the fast sampler's 25 steps; the metadata says which ran."""
+    wav = tmp_path / "three_seconds.wav"
+    sf.write(wav, (0.1 * np.random.default_rng(0).standard_normal(48000)).astype(np.float32), 16000)
+    official = run_cli("generate", wav, "-o", tmp_path / "r.npz", "--checkpoint", ckpt, "--reproduce")
+    assert official.returncode == 0, official.stderr
+    meta = json.loads(official.stdout)
+    assert meta["frames"] == 64 and meta["steps"] == 500 and meta["settings"]["steps"] == 500
+    assert meta["precision"] == "exact" and meta["precision_choice"] == "requested"
+    assert meta["settings"]["bn_mode"] == "official" and meta["settings"]["trim"] is False
+    default = json.loads(run_cli("generate", wav, "-o", tmp_path / "d.npz", "--checkpoint", ckpt).stdout)
+    assert default["frames"] == 46 and default["steps"] == 25 and default["precision"] in ("exact", "fp32", "bf16")
+    assert default["precision_choice"].startswith("auto, measured")
+    whole = json.loads(run_cli("generate", wav, "-o", tmp_path / "w.npz", "--checkpoint", ckpt, "--no-trim").stdout)
+    assert whole["frames"] == 64

@@ -1,0 +1,175 @@
+"""Float precision and CPU threads for sampling.
+
+Precisions: "exact" (eager float32, bit-identical to the official code on the same CPU), "fp32" (float32 with the
+denoiser's Linear weights prepacked for oneDNN) and "bf16" (bf16 autocast). Which is fastest depends on the CPU, not
+on a flag it reports (an Intel Xeon with native bf16 ran exact fastest and bf16 slowest; an AMD EPYC the reverse),
+so "auto" measures the three on the model's own denoising step the first time a (CPU, torch, model size, batch,
+threads) combination is seen, and remembers the choice in the user's cache folder. On a GPU the steps of this model
+are bound by kernel launches and bf16's casts only cost time (benchmarks/RESULTS.md), so auto is fp32 there.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from .network import PoseDiffusion
+
+PRECISIONS = ("auto", "exact", "fp32", "bf16")
+CALIBRATION_ROUNDS = 7  # timed calls per candidate, interleaved; the median is kept
+_memo: dict[str, tuple[str, str]] = {}
+
+
+def cpu_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (else bf16 autocast is emulated and slow)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def cpu_name() -> str:
+    """The CPU's model name as the kernel reports it (e.g. 'AMD EPYC 9B14'), or the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (SMT siblings count once)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add((topo.joinpath("physical_package_id").read_text().strip(),
+                       topo.joinpath("core_id").read_text().strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))
+    return max(1, len(cores))
+
+
+def configure_threads() -> int:
+    """Use at most one thread per physical core: more only oversubscribes the cores (SMT siblings share the
+    vector units) and makes every parallel region wait longer when another process takes a core."""
+    n = min(torch.get_num_threads(), physical_cores())
+    torch.set_num_threads(n)
+    return n
+
+
+def packed_denoiser(model: PoseDiffusion) -> torch.nn.Module:
+    """The denoiser with its Linear weights prepacked for oneDNN (CPU float32), cached until the weights change."""
+    net = model.diffusion_net.net
+    if not torch.backends.mkldnn.is_available():
+        return net
+    key = tuple(p._version for p in net.parameters()) + tuple(p.data_ptr() for p in net.parameters())
+    cached = model.__dict__.get("_packed_denoiser")
+    if cached is None or cached[0] != key:
+        try:
+            with warnings.catch_warnings():  # torch.utils.mkldnn still builds on the deprecated jit.script_method
+                warnings.simplefilter("ignore", DeprecationWarning)
+                from torch.utils.mkldnn import to_mkldnn
+                packed = to_mkldnn(copy.deepcopy(net)).eval()
+        except (ImportError, AttributeError, RuntimeError):  # a torch without it: the eager path is equivalent
+            packed = net
+        cached = (key, packed)
+        model.__dict__["_packed_denoiser"] = cached
+    return cached[1]
+
+
+def guided_step(model: PoseDiffusion, precision: str, x: torch.Tensor, beta: torch.Tensor, context: torch.Tensor,
+                null: torch.Tensor, guidance: float) -> torch.Tensor:
+    """One guided noise prediction in `precision` (a concrete one, not auto), returned in float32."""
+    cpu = x.device.type == "cpu"
+    net = packed_denoiser(model) if precision == "fp32" and cpu else None
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        eps = model.guided_eps(x, beta, context, null, guidance, net)
+    return eps.float()
+
+
+def candidates(sampler: str) -> list[str]:
+    """Precisions auto may pick on a CPU: bf16 only for the fast sampler (the paper sampler stays in float32 over its
+    500 steps) and only where the CPU computes bf16 natively."""
+    return ["exact", "fp32"] + (["bf16"] if sampler == "fast" and cpu_native_bf16() else [])
+
+
+def cache_file() -> Path:
+    """Where auto's measured choices are kept: $DIFFGESTURE_CACHE_DIR, else the user's cache folder."""
+    base = os.environ.get("DIFFGESTURE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or
+                                                           Path.home() / ".cache") / "diffgesture"
+    return Path(base) / "precision.json"
+
+
+@torch.inference_mode()
+def calibrate(model: PoseDiffusion, sampler: str, batch: int, guidance: float) -> dict[str, float]:
+    """Milliseconds per guided denoising step for each candidate precision, on this model at this batch size.
+
+    Random inputs of the real shapes; two warm-up calls each, then the candidates take turns so that a passing load
+    on the machine falls on all of them alike; the median of the rounds is kept."""
+    cfg = model.cfg
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((batch, cfg.n_poses, cfg.pose_dim), generator=gen)
+    context = torch.randn((batch, cfg.n_poses, cfg.in_size), generator=gen)
+    null, beta = model.null_context(batch), model.schedule.betas[250].view(1)
+    names = candidates(sampler)
+    for name in names:
+        for _ in range(2):
+            guided_step(model, name, x, beta, context, null, guidance)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(CALIBRATION_ROUNDS):
+        for name in names:
+            t0 = time.perf_counter()
+            guided_step(model, name, x, beta, context, null, guidance)
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1000 * statistics.median(ts) for name, ts in times.items()}
+
+
+def choose_precision(model: PoseDiffusion, precision: str, sampler: str, variations: int, guidance: float,
+                     device: torch.device) -> tuple[str, str]:
+    """(precision to run, how it was chosen). 'auto' on a CPU is measured once per combination and cached."""
+    if precision != "auto":
+        return precision, "requested"
+    if device.type != "cpu":
+        return "fp32", "auto on a GPU: fp32 (bf16 autocast measured slower for this model)"
+    cfg = model.cfg
+    key = (f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
+           f"pose {cfg.pose_dim} hidden {cfg.hidden_dim} depth {cfg.block_depth} | batch {2 * variations} | "
+           f"{'+'.join(candidates(sampler))}")
+    if key in _memo:
+        return _memo[key]
+    path = cache_file()
+    try:
+        cache = json.loads(path.read_text())
+        cache = cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        cache = {}
+    entry = cache.get(key)
+    if isinstance(entry, dict) and entry.get("choice") in candidates(sampler):
+        times = entry.get("ms_per_step", {})
+        how = "auto, measured earlier on this CPU: " + _describe(times)
+    else:
+        times = calibrate(model, sampler, 2 * variations, guidance)
+        entry = {"choice": min(times, key=times.get), "ms_per_step": {k: round(v, 3) for k, v in times.items()}}
+        cache[key] = entry
+        how = "auto, measured now: " + _describe(entry["ms_per_step"])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, indent=1))
+            tmp.replace(path)
+        except OSError:  # a read-only home: measure again next time
+            pass
+    _memo[key] = (entry["choice"], how)
+    return _memo[key]
+
+
+def _describe(times: dict) -> str:
+    return ", ".join(f"{name} {ms:.2f} ms" for name, ms in sorted(times.items(), key=lambda kv: kv[1])) + " per step"
