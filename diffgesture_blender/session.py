@@ -23,6 +23,7 @@ from . import bone_maps, core, retarget
 DEFAULT_CHECKPOINT = core.protocol.DEFAULT_CHECKPOINT
 PARTS = ("spine", "arms", "fingers")
 MAX_CHANNELS = 128  # the sequencer's channels
+MIN_FPS, MAX_FPS = 1, 1000  # scene frame rates keys are written at (Blender allows up to 32767 / 0.0001)
 
 _client: core.protocol.WorkerClient | None = None
 _restarts_seen = 0
@@ -325,6 +326,9 @@ class Generation:
         stem = Path(r.audio).stem
         names = [stem] if len(directions) == 1 else [f"{stem}.v{v + 1}" for v in range(len(directions))]
         fps = scene.render.fps / scene.render.fps_base
+        if not MIN_FPS <= fps <= MAX_FPS:  # keys are resampled to the scene's rate: bound their number
+            raise ValueError(f"the scene's frame rate is {fps:g} fps; set it within {MIN_FPS}-{MAX_FPS} fps "
+                             "(Output Properties > Format)")
         end = r.start_frame + math.ceil(meta["duration"] * fps)
         channel = free_channel(scene, r.start_frame, end) if r.add_sound else None
         if r.add_sound and channel is None:

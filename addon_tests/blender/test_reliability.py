@@ -387,3 +387,12 @@ def test_headless_output_paths_are_checked_before_generating(addon, scene, speec
     assert rc == 2 and summary["exit_code"] == 2 and summary["results"] == []
     assert f"diffgesture: error: {message.format(d=tmp_path)}" in out.err, out.err
     assert snapshot() == before
+
+
+def test_a_scene_frame_rate_out_of_range_is_refused_and_nothing_changes(addon, scene):
+    scene.render.fps, scene.render.fps_base = 1000, 0.01  # 100,000 fps: millions of keys for a few seconds
+    before = snapshot()
+    result, reports = drive_modal(addon)
+    error = messages(reports, "ERROR")
+    assert result == {"CANCELLED"} and "the scene's frame rate is 100000 fps; set it within 1-1000 fps" in error
+    assert "Nothing was changed" in error and snapshot() == before
