@@ -290,17 +290,30 @@ def _skeleton(key, what: str) -> Skeleton:
 
 
 def build_model(cfg: ModelConfig, state_dict: dict, what: str) -> PoseDiffusion:
-    """Instantiate the network and load weights strictly, naming every mismatch. The shapes are compared on a
-    model built on the meta device first, so a config far larger than the file's tensors allocates nothing."""
+    """Instantiate the network and load weights strictly, naming every mismatch. A config far larger than the
+    file's tensors is compared on the meta device (slow, but allocates nothing) instead of being built."""
     bad = [k for k, v in state_dict.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{what}: the state dict holds entries that are not tensors: {bad[:4]!r:.120}")
-    with torch.device("meta"):
-        own = {k: tuple(v.shape) for k, v in PoseDiffusion(cfg).state_dict().items()}
+    file_bytes = sum(v.numel() * v.element_size() for v in state_dict.values())
+    if 4 * 12 * cfg.hidden_dim ** 2 * cfg.block_depth > 2 * file_bytes + (64 << 20):  # the blocks' weights
+        with torch.device("meta"):
+            _check_shapes(cfg, PoseDiffusion(cfg).state_dict(), state_dict, what)
+    model = PoseDiffusion(cfg)
+    _check_shapes(cfg, model.state_dict(), state_dict, what)
+    nonfinite = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if nonfinite:
+        raise CheckpointError(f"{what} has non-finite weights (NaN or Inf) in {', '.join(nonfinite[:4])}: the "
+                              "training diverged or the file is damaged")
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+def _check_shapes(cfg: ModelConfig, own: dict, state_dict: dict, what: str) -> None:
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
-    shapes = [f"{k}: file {tuple(state_dict[k].shape)} vs model {own[k]}"
-              for k in own if k in state_dict and tuple(state_dict[k].shape) != own[k]]
+    shapes = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -311,13 +324,6 @@ def build_model(cfg: ModelConfig, state_dict: dict, what: str) -> PoseDiffusion:
             parts.append("shape mismatches: " + "; ".join(shapes[:8]))
         raise CheckpointError(f"{what} does not match its config ({cfg.pose_dim=}, {cfg.hidden_dim=}, "
                               f"{cfg.block_depth=}): " + " | ".join(parts))
-    nonfinite = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if nonfinite:
-        raise CheckpointError(f"{what} has non-finite weights (NaN or Inf) in {', '.join(nonfinite[:4])}: the "
-                              "training diverged or the file is damaged")
-    model = PoseDiffusion(cfg)
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()
 
 
 def tensors_sha256(state_dict: dict) -> str:
