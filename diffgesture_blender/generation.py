@@ -141,8 +141,9 @@ class Generation:
             result = core.protocol.read_result(self.output)
             return scene_writer.write_motion(scene, self.request, self.armature_name, self.mapping, result,
                                              self.notes + list(self.job.result.get("notes", [])))
-        except (ValueError, KeyError, OSError) as e:
-            raise GenerationFailed(f"Could not apply the motion: {e}. Nothing was changed") from None
+        except Exception as e:  # the writer undid its changes; whatever went wrong, the caller gets one failure type
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise GenerationFailed(f"Could not apply the motion: {detail}. Nothing was changed") from None
 
     def close(self) -> None:
         """Forget this generation (it is no longer active) and delete its temporary files."""

@@ -170,6 +170,10 @@ def run(reqs: list[Request]) -> tuple[list[dict], list[dict]]:
         except generation.GenerationFailed as e:
             errors.append({"audio": str(r.audio), "error": str(e)})
             continue
+        except Exception as e:  # a headless run always ends with its JSON summary and an exit code
+            errors.append({"audio": str(r.audio), "error": f"internal error: {type(e).__name__}: {e}. Nothing was "
+                                                          "changed for this file"})
+            continue
         finally:
             gen.close()
         if placed:
@@ -200,6 +204,7 @@ def main(argv: list[str]) -> int:
         return EXIT_OK if e.code == 0 else EXIT_USAGE
     summary: dict = {"ok": False, "results": [], "errors": []}
     try:
+        check_output_paths(args)
         reqs = requests(args)
     except UsageError as e:
         summary["errors"].append({"error": str(e)})
@@ -221,12 +226,27 @@ def main(argv: list[str]) -> int:
     if args.output and summary["results"]:
         output = Path(args.output).resolve()
         # an unsaved file has only absolute paths: keep them (Blender would make them all relative to the output)
-        with stdout_to_stderr():
-            bpy.ops.wm.save_as_mainfile(filepath=str(output), copy=True, relative_remap=bool(bpy.data.filepath))
-        summary["output"] = str(output)
+        try:
+            with stdout_to_stderr():
+                bpy.ops.wm.save_as_mainfile(filepath=str(output), copy=True, relative_remap=bool(bpy.data.filepath))
+            summary["output"] = str(output)
+        except (RuntimeError, OSError) as e:
+            summary["errors"].append({"error": f"could not save {output}: {e}"})
     summary["ok"] = not summary["errors"]
     summary["worker_pid"] = HOST.pid()
     return report(summary, args, EXIT_OK if summary["ok"] else EXIT_FAILED)
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """--output and --json must name files in existing folders: checked before anything is generated."""
+    for flag, value in (("--output", args.output), ("--json", args.json)):
+        if not value or (flag == "--json" and value == "-"):
+            continue
+        path = Path(value)
+        if path.is_dir():
+            raise UsageError(f"{flag} {path} is a folder; name a file in it")
+        if not path.parent.is_dir():
+            raise UsageError(f"{flag}: the folder {path.parent} does not exist")
 
 
 def report(summary: dict, args: argparse.Namespace, code: int) -> int:
@@ -235,7 +255,11 @@ def report(summary: dict, args: argparse.Namespace, code: int) -> int:
     text = json.dumps(summary, indent=2)
     print(text, flush=True)
     if args.json and args.json != "-":
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
+        try:
+            Path(args.json).write_text(text + "\n", encoding="utf-8")
+        except OSError as e:
+            print(f"diffgesture: error: could not write --json {args.json}: {e.strerror or e}", file=sys.stderr)
+            code = max(code, EXIT_FAILED)
     for result in summary["results"]:
         for note in result["notes"]:
             print(f"diffgesture: warning: {Path(result['audio']).name}: {note}", file=sys.stderr, flush=True)

@@ -69,7 +69,7 @@ def cmd_info(args) -> int:
     n_params = sum(p.numel() for p in ckpt.model.parameters())
     info = {"checkpoint": str(path), "format": ckpt.source_format,
             "skeleton": ckpt.skeleton.name, "parameters": n_params, "config": ckpt.config.to_dict(),
-            "provenance": ckpt.provenance, "sha256": ckpt.sha256}
+            "provenance": ckpt.provenance, "sha256": ckpt.sha256, "integrity": ckpt.integrity}
     print(json.dumps(info, indent=2, default=str))
     return 0
 
@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except (AudioError, CheckpointError, ValueError) as e:  # ManifestError is a ValueError
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # writing the result: a full disk, a read-only folder
+        print(f"error: cannot write {e.filename or 'the result'}: {e.strerror or e}", file=sys.stderr)
         return 2
 
 

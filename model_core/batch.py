@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from .audio import AUDIO_SUFFIXES, SAMPLE_RATE, AudioError, load_audio
 from .network import PoseDiffusion
 from .pipeline import ClipRun, resolved, sample_window, save_result
-from .protocol import read_result
+from .checkpoint import CheckpointError
+from .protocol import check_output, read_result
 from .samplers import RowGenerators
 from .settings import GenerationSettings, resolve_checkpoint
 
@@ -153,8 +153,9 @@ def _run_group(ckpt, clips: list[Clip], settings: GenerationSettings, how: str, 
         while queue and len(slots) < batch:
             clip = queue.pop(0)
             try:
+                check_output(clip.output, keep=(clip.audio,))
                 audio = load_audio(clip.audio)
-            except AudioError as e:
+            except (AudioError, ValueError) as e:  # unreadable audio, or an output that must not be replaced
                 report.failed.append({"audio": str(clip.audio), "error": str(e)})
                 log(f"skipped {clip.audio}: {e}")
                 continue
@@ -171,14 +172,12 @@ def _run_group(ckpt, clips: list[Clip], settings: GenerationSettings, how: str, 
         if on_window is not None:
             on_window(len(runs))
         for clip, run, t0 in [s for s in slots if s[1].done]:
-            poses = run.poses()
-            if not np.isfinite(poses).all():
-                report.failed.append({"audio": str(clip.audio), "error": "the model produced non-finite motion"})
-                log(f"failed {clip.audio}: the model produced non-finite motion; nothing was written")
-            else:
-                clip.output.parent.mkdir(parents=True, exist_ok=True)
-                report.done.append(save_result(ckpt, clip.output, poses, run.settings, clip.audio, len(run.audio),
-                                               how, time.perf_counter() - t0))
+            try:
+                report.done.append(save_result(ckpt, clip.output, run.poses(), run.settings, clip.audio,
+                                               len(run.audio), how, time.perf_counter() - t0))
+            except CheckpointError as e:  # non-finite motion: nothing was written
+                report.failed.append({"audio": str(clip.audio), "error": str(e)})
+                log(f"failed {clip.audio}: {e}")
         slots = [s for s in slots if not s[1].done]
 
 

@@ -34,6 +34,24 @@ class ModelConfig:
     beta_1: float = 1e-4
     beta_T: float = 0.02
 
+    def __post_init__(self):
+        """Refuse configs that cannot be built or that would allocate without bound (they come from files)."""
+        ints = {"pose_dim": (1, 1024), "hidden_dim": (2, 4096), "block_depth": (2, 64), "n_poses": (34, 34),
+                "n_pre_poses": (1, 33), "n_heads": (1, 64), "num_steps": (1, 10000)}
+        for name, (lo, hi) in ints.items():
+            value = getattr(self, name)
+            if type(value) is not int or not lo <= value <= hi:  # bool is not a count
+                raise ValueError(f"model config: {name} must be an integer within {lo}..{hi}, not {value!r}")
+        if self.hidden_dim % self.n_heads or self.hidden_dim % 2:
+            raise ValueError(f"model config: hidden_dim {self.hidden_dim} must be even and divisible by n_heads "
+                             f"{self.n_heads}")
+        if self.block_depth % 2:
+            raise ValueError(f"model config: block_depth must be even (encoder and decoder halves), not "
+                             f"{self.block_depth}")
+        betas = (self.beta_1, self.beta_T)
+        if not all(type(b) in (int, float) for b in betas) or not 0 < self.beta_1 <= self.beta_T < 1:
+            raise ValueError(f"model config: need 0 < beta_1 <= beta_T < 1, not {self.beta_1!r}, {self.beta_T!r}")
+
     @property
     def in_size(self) -> int:
         """Per-frame context width: seed poses + indicator bit + audio features."""

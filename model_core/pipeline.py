@@ -230,9 +230,13 @@ def save_result(ckpt, output: str | Path, poses: np.ndarray, settings: Generatio
                 n_samples: int, precision_choice: str, seconds: float) -> dict:
     """Write one generation's result: the .npz result file (poses, canonical directions, metadata), or for a .bvh
     path a BVH of the model's skeleton per variation (the first at `output`, the others numbered); return its
-    summary."""
+    summary. Non-finite motion is a CheckpointError and nothing is written."""
     from .protocol import write_result
     from .skeleton import poses_to_canonical
+    if not np.isfinite(poses).all():  # nothing non-finite is ever written or keyed
+        from .checkpoint import CheckpointError
+        raise CheckpointError(f"the model produced non-finite motion (NaN or Inf) for {Path(audio_path).name}: the "
+                              "checkpoint's weights are broken (diverged training or damage); nothing was written")
     meta = {"skeleton": ckpt.skeleton.name, "fps": FPS, "seed": settings.seed, "checkpoint_sha256": ckpt.sha256,
             "settings": settings.to_dict(), "precision": settings.precision, "precision_choice": precision_choice,
             "steps": settings.steps, "audio": str(audio_path), "duration": n_samples / SAMPLE_RATE,
@@ -262,7 +266,9 @@ def generate_file(ckpt, audio_path: str, output: str, settings: GenerationSettin
                   progress: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None) -> dict:
     """Load speech, generate on the checkpoint's current device, write the result file; return its metadata."""
     from .audio import load_audio
+    from .protocol import check_output
     settings.validate()
+    check_output(output, keep=(audio_path,))
     audio = load_audio(audio_path)
     if progress is not None:  # a sign of life before auto precision's first measurement (under a second when idle)
         progress(Progress(0, window_count(len(audio)), 0, steps_run(settings, ckpt.model.schedule.num_steps)))

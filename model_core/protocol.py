@@ -13,6 +13,9 @@ The client that starts a worker and speaks this protocol is client.py.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+import zipfile
 from enum import Enum
 from pathlib import Path
 
@@ -51,27 +54,64 @@ def encode(msg: dict) -> bytes:
     return (TAG + json.dumps(msg, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-def decode(line: bytes | str) -> dict:
+def decode(line: bytes | str, sender: str = "the worker") -> dict:
+    """One protocol line as a message; anything else is a ProtocolError naming the `sender`."""
     text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
     text = text.rstrip("\r\n")
     if not text.startswith(TAG):
-        raise ProtocolError(f"unexpected output from the worker: {text[:200]!r}")
+        raise ProtocolError(f"unexpected output from {sender}: {text[:200]!r}")
     try:
         msg = json.loads(text[len(TAG):])
     except json.JSONDecodeError as e:
-        raise ProtocolError(f"malformed message from the worker ({e}): {text[:200]!r}") from None
+        raise ProtocolError(f"malformed message from {sender} ({e}): {text[:200]!r}") from None
     if not isinstance(msg, dict) or "type" not in msg:
         raise ProtocolError(f"message without a type: {text[:200]!r}")
     return msg
 
 
-def write_result(path: str | Path, poses: np.ndarray, directions: np.ndarray, meta: dict) -> None:
-    """Save generated motion: normalised poses (V, F, D), canonical unit directions (V, F, bones, 3), metadata."""
+def check_output(path: str | Path, keep: tuple = ()) -> Path:
+    """Where a result may go: a new file, or an existing DiffGesture result, in an existing folder; never a folder,
+    a device, one of the `keep` files (the inputs) or any other existing file. Checked before generating."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, poses=poses.astype(np.float32), directions=directions.astype(np.float32),
-             meta=np.array(json.dumps({"format": RESULT_FORMAT, **meta})))
-    tmp.replace(path)
+    if not path.parent.is_dir():
+        raise ValueError(f"the output folder does not exist: {path.parent}")
+    if not path.exists():
+        return path
+    if path.is_dir():
+        raise ValueError(f"the output path is a folder; name a file in it: {path}")
+    if not path.is_file():
+        raise ValueError(f"the output path is a device or another special file; refusing to replace it: {path}")
+    if any(Path(k).exists() and path.samefile(k) for k in keep):
+        raise ValueError(f"the output would overwrite the input {path}; name another file")
+    if not is_result_file(path):
+        raise ValueError(f"the output {path} exists and is not a DiffGesture result; refusing to overwrite it "
+                         "(name a new file or delete it first)")
+    return path
+
+
+def is_result_file(path: Path) -> bool:
+    """Whether a file is a result written by write_result (an .npz holding exactly poses, directions and meta)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return sorted(z.namelist()) == ["directions.npy", "meta.npy", "poses.npy"]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
+def write_result(path: str | Path, poses: np.ndarray, directions: np.ndarray, meta: dict) -> None:
+    """Save generated motion: normalised poses (V, F, D), canonical unit directions (V, F, bones, 3), metadata.
+    Written to a new temporary file beside `path` and renamed over it; nothing is left behind when writing fails."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, poses=poses.astype(np.float32), directions=directions.astype(np.float32),
+                     meta=np.array(json.dumps({"format": RESULT_FORMAT, **meta})))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_result(path: str | Path) -> dict:

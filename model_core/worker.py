@@ -17,6 +17,26 @@ from .protocol import PROTOCOL_VERSION, REQUESTS, ErrorKind, ProtocolError, deco
 from .settings import GenerationSettings, resolve_checkpoint
 
 PROGRESS_INTERVAL = 0.1
+MAX_LINE = 1 << 20  # a request is a few hundred bytes; longer lines are refused without being held in memory
+# The fields each request may carry and their types; "id" (a string or an integer) is allowed on all of them.
+REQUEST_FIELDS = {"generate": {"audio": str, "output": str, "checkpoint": str, "device": str, "settings": dict},
+                  "info": {"checkpoint": str}, "ping": {}, "cancel": {}, "shutdown": {}}
+REQUIRED = {"generate": ("audio", "output")}
+
+
+def check_request(msg: dict) -> str:
+    """Why a decoded message is not a valid request ("" when it is): unknown type, missing or mistyped fields."""
+    kind = msg.get("type")
+    if not isinstance(kind, str) or kind not in REQUEST_FIELDS:
+        return f"unknown request type {kind!r:.60}"
+    job_id = msg.get("id")
+    if job_id is not None and (type(job_id) not in (str, int) or len(str(job_id)) > 200):
+        return f"{kind} request: 'id' must be a string or an integer, not {job_id!r:.60}"
+    for name, expected in REQUEST_FIELDS[kind].items():
+        if name in msg and not isinstance(msg[name], expected):
+            return f"{kind} request: {name!r} must be a {expected.__name__}, not {type(msg[name]).__name__}"
+    missing = [name for name in REQUIRED.get(kind, ()) if name not in msg]
+    return f"{kind} request lacks {', '.join(repr(m) for m in missing)}" if missing else ""
 
 
 class Worker:
@@ -24,27 +44,48 @@ class Worker:
         self.out = out
         self.out_lock = threading.Lock()
         self.requests: queue.Queue = queue.Queue()
-        self.cancelled: set[str] = set()
+        self.cancelled: set = set()
+        self.client_gone = False  # stdin closed: a running job stops at its next step
         self.models: dict = {}
         # one handler per request type of protocol.REQUESTS; each sends that request's reply
         self.handlers = {"generate": self.generate, "info": self.info, "ping": self.ping}
 
     def send(self, msg: dict) -> None:
         with self.out_lock:
-            self.out.write(encode(msg))
-            self.out.flush()
-
-    def read_stdin(self) -> None:
-        for raw in sys.stdin.buffer:
             try:
-                msg = decode(raw)
-            except ProtocolError as e:
-                self.send(error_reply(None, ErrorKind.PROTOCOL, str(e)))
-                continue
-            if msg["type"] == "cancel":
-                self.cancelled.add(msg.get("id"))
-            else:
-                self.requests.put(msg)
+                self.out.write(encode(msg))
+                self.out.flush()
+            except (BrokenPipeError, OSError, ValueError):  # the client is gone: nobody is left to tell
+                self.client_gone = True
+
+    def read_stdin(self, stdin=None) -> None:
+        """Route each line: cancels take effect at once, other requests queue; no line can stop this loop."""
+        stdin = stdin or sys.stdin.buffer
+        while True:
+            try:
+                raw = stdin.readline(MAX_LINE)
+            except (OSError, ValueError):
+                break
+            if not raw:
+                break
+            try:
+                if not raw.endswith(b"\n") and len(raw) >= MAX_LINE:
+                    while (rest := stdin.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+                        pass  # drop the rest of the over-long line
+                    raise ProtocolError(f"request line longer than {MAX_LINE} bytes")
+                msg = decode(raw, "the client")
+                problem = check_request(msg)
+                if problem:
+                    job_id = msg.get("id") if type(msg.get("id")) in (str, int) else None
+                    self.send(error_reply(job_id, ErrorKind.PROTOCOL, problem))
+                elif msg["type"] == "cancel":
+                    self.cancelled.add(msg.get("id"))
+                else:
+                    self.requests.put(msg)
+            except Exception as e:  # a malformed line (deep nesting, bad UTF-8 ...) is reported, never fatal
+                message = str(e) if isinstance(e, ProtocolError) else f"malformed request ({type(e).__name__})"
+                self.send(error_reply(None, ErrorKind.PROTOCOL, message))
+        self.client_gone = True
         self.requests.put({"type": "shutdown"})  # stdin closed: the client is gone
 
     def model(self, checkpoint: str, device: str):
@@ -93,7 +134,7 @@ class Worker:
         def run(device: str) -> tuple[dict, list[str]]:
             ckpt, _, note = self.model(msg.get("checkpoint", "default"), device)
             meta = generate_file(ckpt, msg["audio"], msg["output"], settings, progress,
-                                 cancel=lambda: job_id in self.cancelled)
+                                 cancel=lambda: self.client_gone or job_id in self.cancelled)
             return meta, [note] if note else []
         try:
             meta, notes = run(msg.get("device", "auto"))
@@ -123,7 +164,7 @@ class Worker:
                 self.handle(msg)
             except Exception as e:  # every failure becomes a readable message for the client
                 kind = error_kind(e)
-                self.send(error_reply(msg.get("id"), kind, str(e)))
+                self.send(error_reply(msg.get("id"), kind, str(e) or type(e).__name__))
                 if kind is ErrorKind.INTERNAL:
                     traceback.print_exc(file=sys.stderr)
             finally:

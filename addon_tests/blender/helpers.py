@@ -60,7 +60,8 @@ def action_keys(action: bpy.types.Action) -> list[tuple]:
 
 
 def snapshot() -> dict:
-    """What a generation may change: objects, actions with every keyframe, NLA strips, sound strips, frame range."""
+    """What a generation may change: objects, actions with every keyframe and fake user, NLA strips, sound strips,
+    the frame range."""
     sc = bpy.context.scene
     strips = [(s.name, s.channel, s.frame_start) for s in sc.sequence_editor.strips_all] \
         if sc.sequence_editor else None
@@ -69,7 +70,7 @@ def snapshot() -> dict:
     nla = {o.name: [(t.name, [(s.name, s.frame_start) for s in t.strips]) for t in o.animation_data.nla_tracks]
            for o in bpy.data.objects if o.animation_data}
     return {"objects": sorted(o.name for o in bpy.data.objects),
-            "actions": {a.name: action_keys(a) for a in bpy.data.actions}, "strips": strips,
+            "actions": {a.name: (action_keys(a), a.use_fake_user) for a in bpy.data.actions}, "strips": strips,
             "assigned": assigned, "nla": nla, "range": (sc.frame_start, sc.frame_end)}
 
 

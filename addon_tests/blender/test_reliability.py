@@ -330,3 +330,91 @@ def test_save_and_reopen_after_a_panel_generation(addon, scene, tmp_path):
     assert props.armature.name == "Rig" and props.steps == STEPS and props.start_frame == 11
     assert os.path.samefile(bpy.path.abspath(bpy.context.scene.sequence_editor.strips_all[0].sound.filepath),
                             props.audio_path)
+
+
+# -- issue 13: a failed generation changes nothing; headless always ends with JSON and an exit code --------------
+def fill_channels(scene, start: int, end: int) -> None:
+    """Colour strips on all 128 sequencer channels over [start, end]."""
+    seq = scene.sequence_editor_create()
+    for channel in range(1, 129):
+        seq.strips.new_effect(f"busy{channel}", "COLOR", channel, start, frame_end=end)
+
+
+def test_all_sequencer_channels_busy_generates_without_a_strip_and_says_so(addon, scene):
+    fill_channels(scene, 1, 500)
+    before = snapshot()["strips"]
+    result, reports = drive_modal(addon)
+    assert result == {"FINISHED"}, reports
+    assert ("the sound strip was not added: all 128 sequencer channels are busy over frames 11-"
+            in messages(reports, "WARNING"))
+    assert snapshot()["strips"] == before and scene.diffgesture.armature.animation_data.action is not None
+
+
+def _failing_on_second_variation(addon, monkeypatch):
+    """apply_motion as it is, except that the second call (the second variation) raises mid-way: after the first
+    variation's action was created and assigned, with an exception type nothing expects."""
+    real, calls = addon.retarget.apply_motion, []
+
+    def apply(*args, **kw):
+        calls.append(kw["action_name"])
+        if len(calls) == 2:
+            raise RuntimeError("simulated failure while keying")
+        return real(*args, **kw)
+    monkeypatch.setattr(addon.retarget, "apply_motion", apply)
+    return calls
+
+
+def test_a_failure_while_writing_the_result_undoes_everything(addon, scene, monkeypatch):
+    rig = scene.diffgesture.armature
+    old = bpy.data.actions.new("Hand-made")  # the user's own action stays assigned and keeps its fake-user flag
+    rig.animation_data_create().action = old
+    scene.diffgesture.variations = 2
+    calls = _failing_on_second_variation(addon, monkeypatch)
+    before = snapshot()
+    result, reports = drive_modal(addon)
+    assert result == {"CANCELLED"} and len(calls) == 2
+    error = messages(reports, "ERROR")
+    assert "Could not apply the motion: simulated failure while keying. Nothing was changed" in error, reports
+    assert snapshot() == before and rig.animation_data.action == old and not old.use_fake_user
+
+
+def test_headless_ends_with_json_and_exit_code_when_writing_fails(addon, scene, speech_wav, tmp_path, capsys,
+                                                                 monkeypatch):
+    _failing_on_second_variation(addon, monkeypatch)
+    before = snapshot()
+    rc = addon.headless.main(["generate", "--audio", str(speech_wav), "--armature", "Rig", "--variations", "2",
+                              "--steps", str(STEPS), "--torch-python", str(TORCH_PYTHON),
+                              "--json", str(tmp_path / "s.json"), "--output", str(tmp_path / "o.blend")])
+    out = capsys.readouterr()
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert rc == 1 and summary["exit_code"] == 1 and summary["ok"] is False and not summary["results"]
+    assert "simulated failure while keying. Nothing was changed" in summary["errors"][0]["error"]
+    assert json.loads(out.out) == summary and "Traceback" not in out.err
+    assert snapshot() == before and not (tmp_path / "o.blend").exists()
+
+
+@pytest.mark.parametrize("flag, name, message", [
+    ("--output", "missing/o.blend", "--output: the folder {d}/missing does not exist"),
+    ("--json", "missing/s.json", "--json: the folder {d}/missing does not exist"),
+    ("--output", ".", "--output {d} is a folder; name a file in it"),
+], ids=["output-missing-folder", "json-missing-folder", "output-folder"])
+def test_headless_output_paths_are_checked_before_generating(addon, scene, speech_wav, tmp_path, capsys, flag, name,
+                                                             message):
+    before = snapshot()
+    target = os.path.normpath(tmp_path / name)
+    rc = addon.headless.main(["generate", "--audio", str(speech_wav), "--armature", "Rig", "--steps", str(STEPS),
+                              "--torch-python", str(TORCH_PYTHON), flag, target])
+    out = capsys.readouterr()
+    summary = json.loads(out.out)
+    assert rc == 2 and summary["exit_code"] == 2 and summary["results"] == []
+    assert f"diffgesture: error: {message.format(d=tmp_path)}" in out.err, out.err
+    assert snapshot() == before
+
+
+def test_a_scene_frame_rate_out_of_range_is_refused_and_nothing_changes(addon, scene):
+    scene.render.fps, scene.render.fps_base = 1000, 0.01  # 100,000 fps: millions of keys for a few seconds
+    before = snapshot()
+    result, reports = drive_modal(addon)
+    error = messages(reports, "ERROR")
+    assert result == {"CANCELLED"} and "the scene's frame rate is 100000 fps; set it within 1-1000 fps" in error
+    assert "Nothing was changed" in error and snapshot() == before

@@ -80,3 +80,65 @@ def test_header_only_wav_has_no_samples(tmp_path):
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
     with pytest.raises(AudioError, match="no samples"):
         load_audio(tmp_path / "h.wav")
+
+
+def wav_with(path, header_rate=None, declared_bytes=None, seconds=1.0):
+    """A real 16-bit WAV whose header's sample rate or data size is then rewritten (as a damaged file would be)."""
+    sf.write(path, tone(16000, seconds), 16000, subtype="PCM_16")
+    raw = bytearray(path.read_bytes())
+    if header_rate is not None:
+        raw[24:28] = header_rate.to_bytes(4, "little")
+    if declared_bytes is not None:
+        raw[40:44] = declared_bytes.to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("rate", [1, 7, 2 ** 31 - 1, 1_000_000])
+def test_header_sample_rate_outside_4_to_384_khz_is_refused(tmp_path, rate):
+    path = wav_with(tmp_path / "rate.wav", header_rate=rate, seconds=9.0)  # 288 KB: 1 Hz would mean 80 hours
+    with pytest.raises(AudioError, match=f"declares a sample rate of {rate} Hz, outside 4-384 kHz"):
+        load_audio(path)
+
+
+def test_truncated_wav_names_the_truncation(tmp_path):
+    path = wav_with(tmp_path / "t.wav", seconds=3.0)
+    path.write_bytes(path.read_bytes()[:44 + 2240])  # 0.07 s of the declared 3 s
+    with pytest.raises(AudioError, match=r"truncated: its header declares 3.00 s but only 0.07 s are present"):
+        load_audio(path)
+
+
+def test_streamed_wav_with_an_open_size_still_loads(tmp_path):
+    path = wav_with(tmp_path / "s.wav", declared_bytes=0xFFFFFFFF)  # what writers that cannot seek leave
+    assert abs(len(load_audio(path)) - 16000) <= 1
+
+
+@pytest.mark.parametrize("peak", [1e30, float(np.finfo(np.float32).max), 100.0])
+def test_float_audio_far_beyond_full_scale_is_refused(tmp_path, peak):
+    sf.write(tmp_path / "loud.wav", (tone(16000) * peak / 0.5).astype(np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="audio level is out of range: samples reach"):
+        load_audio(tmp_path / "loud.wav")
+
+
+def test_float_audio_slightly_over_full_scale_loads_unchanged(tmp_path):
+    sf.write(tmp_path / "hot.wav", (tone(16000) * 3).astype(np.float32), 16000, subtype="FLOAT")  # peak 1.5
+    assert np.abs(load_audio(tmp_path / "hot.wav")).max() == pytest.approx(1.5, rel=1e-3)
+
+
+def test_special_files_are_named_for_what_they_are(tmp_path):
+    os.mkfifo(tmp_path / "pipe.wav")
+    with pytest.raises(AudioError, match="is a FIFO"):
+        load_audio(tmp_path / "pipe.wav")  # and does not block waiting for a writer
+    with pytest.raises(AudioError, match="is a device"):
+        load_audio("/dev/zero")
+    with pytest.raises(AudioError, match="virtual file .* /proc"):
+        load_audio("/proc/self/environ")
+
+
+def test_overlong_path_and_latin1_file_name(tmp_path):
+    with pytest.raises(AudioError, match=r"cannot open the audio file \(File name too long\): .*\.\.\."):
+        load_audio(tmp_path / ("x" * 5000 + ".wav"))
+    latin1 = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.wav"))  # not UTF-8: a surrogate in str
+    sf.write(tmp_path / "ok.wav", tone(16000), 16000)
+    os.rename(tmp_path / "ok.wav", latin1)
+    assert len(load_audio(latin1)) == 16000

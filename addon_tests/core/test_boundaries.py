@@ -55,6 +55,8 @@ def data_writes(source: str) -> list[str]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in WRITER_CALLS:
             receiver = node.func.value
+            if node.func.attr in {"remove", "unlink"} and not node.args:
+                continue  # a file's Path.unlink(missing_ok=...): bpy's remove/unlink always name what they drop
             if isinstance(receiver, (ast.Attribute, ast.Call)) or node.func.attr not in {"new", "remove", "link",
                                                                                          "unlink"}:
                 found.append(ast.unparse(node.func))

@@ -1,15 +1,18 @@
 """Checkpoint I/O: native weights_only format, safe official import, refusals with specific messages."""
+import json
 import os
 import pickle
+import subprocess
+import sys
 import zipfile
 
 import pytest
 import torch
 
 from addon_tests.crafted import code_running_checkpoint, official_zip
-from addon_tests.paths import FIXTURES
-from model_core.checkpoint import (CheckpointError, UnsafeCheckpointError, convert_official, load_checkpoint,
-                                   read_official, save_native)
+from addon_tests.paths import FIXTURES, ROOT
+from model_core.checkpoint import (CheckpointError, UnsafeCheckpointError, convert_official, describe,
+                                   load_checkpoint, read_official, save_native, tensors_sha256)
 from model_core.network import ModelConfig, PoseDiffusion
 from model_core.skeleton import TED_GESTURE
 
@@ -91,6 +94,7 @@ def test_shape_mismatch_names_the_keys(tmp_path):
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
     payload["config"]["hidden_dim"] = 128
     del payload["state_dict"]["null_cond_emb"]
+    payload["tensors_sha256"] = tensors_sha256(payload["state_dict"])  # a consistent file from a buggy writer
     torch.save(payload, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(tmp_path / "bad.pt")
@@ -107,6 +111,71 @@ def test_storage_missing_from_archive_is_reported(tmp_path):
                 zf.writestr(item, src.read(item))
     with pytest.raises(CheckpointError, match="storage 3 is missing"):
         load_checkpoint(out)
+
+
+def _edited(ckpt, path, edit, redigest=True):
+    """The native fixture with its payload edited by `edit(payload)`; the digest recomputed unless told not to."""
+    payload = torch.load(ckpt, weights_only=True)
+    edit(payload)
+    if redigest and "tensors_sha256" in payload:
+        payload["tensors_sha256"] = tensors_sha256(payload["state_dict"])
+    torch.save(payload, path)
+    return path
+
+
+def test_a_changed_weight_in_a_native_file_fails_its_digest(ckpt, tmp_path):
+    assert load_checkpoint(ckpt).integrity == "tensor digest verified"
+    def flip(p):
+        w = p["state_dict"]["diffusion_net.net.linear.weight"]
+        w.view(torch.int32)[3, 5] ^= 1 << 30  # one exponent bit: the weight becomes ~1e38, still finite
+    with pytest.raises(CheckpointError, match="its tensors do not match the digest stored in the file"):
+        load_checkpoint(_edited(ckpt, tmp_path / "flipped.pt", flip, redigest=False))
+
+
+def test_format_1_native_file_without_a_digest_loads_and_says_so(ckpt, tmp_path):
+    def legacy(p):
+        p["format_version"] = 1
+        del p["tensors_sha256"]
+    old = load_checkpoint(_edited(ckpt, tmp_path / "v1.pt", legacy))
+    assert old.integrity.startswith("not verified: format 1 files carry no digest")
+    r = subprocess.run([sys.executable, "-m", "model_core", "info", str(tmp_path / "v1.pt")], capture_output=True,
+                       text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert json.loads(r.stdout)["integrity"] == old.integrity
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda p: p.update(mean_dir_vec=p["mean_dir_vec"][:-1]), "mean_dir_vec has 26 values, the ted_gesture "
+                                                              "skeleton needs 27"),
+    (lambda p: p["config"].update(n_heads=0), "n_heads must be an integer within 1..64, not 0"),
+    (lambda p: p["config"].update(n_heads=7), "must be even and divisible by n_heads 7"),
+    (lambda p: p["config"].update(hidden_dim="64"), "hidden_dim must be an integer within 2..4096, not '64'"),
+    (lambda p: p["config"].update(colour="red"), "invalid config: .*unexpected keyword argument 'colour'"),
+    (lambda p: p.update(config=[1, 2]), "its config or state dict is not a table"),
+    (lambda p: p.update(skeleton="octopus"), "unknown skeleton 'octopus'"),
+    (lambda p: p.update(format_version="2"), "invalid native format version '2'"),
+    (lambda p: p["state_dict"]["null_cond_emb"].fill_(float("nan")), "non-finite weights .* in null_cond_emb"),
+], ids=["mean-length", "heads-0", "heads-7", "string-dim", "unknown-key", "config-list", "skeleton",
+        "version-type", "nan-weights"])
+def test_invalid_native_contents_are_refused_at_load(ckpt, tmp_path, edit, message):
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(_edited(ckpt, tmp_path / "bad.pt", edit))
+
+
+def test_errors_without_a_message_are_still_described(tmp_path):
+    data = b"\x80\x02}(X\x04\x00\x00\x00args}X\n\x00\x00\x00state_dict}u" + b"\x8a\x09"  # LONG1 cut short
+    with pytest.raises(CheckpointError, match=r"x.bin is damaged or not a DiffGesture checkpoint \(EOFError\)$"):
+        load_checkpoint(official_zip(tmp_path / "x.bin", data))
+    assert describe(KeyError()) == "KeyError" and describe(ValueError("a\nb")) == "ValueError: a"
+
+
+def test_special_files_are_named(tmp_path):
+    os.mkfifo(tmp_path / "pipe.pt")
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        load_checkpoint(tmp_path / "pipe.pt")
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        load_checkpoint("/dev/zero")
+    with pytest.raises(CheckpointError, match=r"cannot open the checkpoint \(File name too long\)"):
+        load_checkpoint(tmp_path / ("x" * 5000))
 
 
 def respelled(src, dst, module: bytes):
