@@ -121,7 +121,7 @@ def main() -> None:
            f"CPU ISA: {isa()}; {physical_cores()} physical cores. Absolute times on this machine only. The second "
            "table is `python -m model_core generate` on 60 s of speech with the bundled checkpoint (fast sampler, "
            "25 steps), alone and with one busy Python process on the same cores (2 threads on 2 cores: the fair "
-           "share is 2/3 of the CPU, i.e. 1.5x); PASSIVE is what model_core sets unless the user sets another.")
+           "share is 2/3 of the CPU, i.e. 1.5x); the worker started by the add-on runs PASSIVE, the CLI keeps libgomp's default.")
 
 
 if __name__ == "__main__":

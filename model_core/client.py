@@ -110,6 +110,10 @@ class WorkerClient:
         env = dict(os.environ, **self.env)
         env["PYTHONPATH"] = self.core_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
+        # The worker runs beside Blender: its OpenMP threads sleep instead of spinning between this model's many small
+        # parallel regions, or a busy Blender makes sampling several times slower (benchmarks/RESULTS.md: 3.3x
+        # spinning, 0.9x sleeping, beside one busy process); libgomp reads this when torch loads. The user's wins.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         for var in ("PYTHONHOME", "PYTHONSTARTUP"):  # Blender's own Python must not leak into the environment
             env.pop(var, None)
         try:
