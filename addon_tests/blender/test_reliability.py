@@ -336,8 +336,9 @@ def test_save_and_reopen_after_a_panel_generation(addon, scene, tmp_path):
 def fill_channels(scene, start: int, end: int) -> None:
     """Colour strips on all 128 sequencer channels over [start, end]."""
     seq = scene.sequence_editor_create()
+    span = {"length": end - start} if bpy.app.version >= (5, 0, 0) else {"frame_end": end}  # 5.0 renamed it
     for channel in range(1, 129):
-        seq.strips.new_effect(f"busy{channel}", "COLOR", channel, start, frame_end=end)
+        seq.strips.new_effect(f"busy{channel}", "COLOR", channel, start, **span)
 
 
 def test_all_sequencer_channels_busy_generates_without_a_strip_and_says_so(addon, scene):
