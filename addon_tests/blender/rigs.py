@@ -47,6 +47,9 @@ def joints(a_pose: bool = False, spine: int = 3, neck: int = 1) -> dict[str, Vec
             "ball": Vector((0.1, -0.1, 0.02)), "toe": Vector((0.1, -0.16, 0.02))}
     left["upper_mid"] = left["shoulder"].lerp(left["elbow"], 0.5)
     left["fore_mid"] = left["elbow"].lerp(left["wrist"], 0.5)
+    left["scapula"] = left["collar"].lerp(left["shoulder"], 0.5)
+    left["thigh_mid"] = left["hip"].lerp(left["knee"], 0.5)
+    left["breast"] = Vector((0.09, -0.12, 1.28))
     wrist = Vector((0.71, 0.01, 1.42))
     for f in FINGERS:
         q, d = wrist + Vector(_FINGER_ROOT[f]), Vector(_FINGER_DIR[f]).normalized()
@@ -73,6 +76,19 @@ def _sided(rows: list[tuple], sides: dict[str, str]) -> list[tuple]:
             out.append(tuple(c.replace("{S}", name) if isinstance(c, str) and c and not c.startswith("S_")
                              else c.replace("S_", f"{s}_") if isinstance(c, str) else c for c in row))
     return out
+
+
+def _finger_rows(hand: str, bone, metacarpal=None) -> list[tuple]:
+    """Rows of the five fingers below hand: bone(finger, i) names phalanx i (1-3), metacarpal(finger) the bone
+    between the hand and each finger but the thumb (None: the fingers start at the hand)."""
+    rows = []
+    for k, f in enumerate(FINGERS):
+        first = hand
+        if metacarpal is not None and f != "thumb":
+            first = metacarpal(f, k)
+            rows.append((first, hand, f"S_{f}0", f"S_{f}1"))
+        rows += [(bone(f, i), bone(f, i - 1) if i > 1 else first, f"S_{f}{i}", f"S_{f}{i + 1}") for i in (1, 2, 3)]
+    return rows
 
 
 def mixamo(fingers: bool = True) -> list[tuple]:
@@ -111,9 +127,7 @@ def ue4(fingers: bool = True, twist: bool = True) -> list[tuple]:
                  ("lowerarm_twist_01_{S}", "lowerarm_{S}", "S_fore_mid", "S_wrist"),
                  ("thigh_twist_01_{S}", "thigh_{S}", "S_hip", "S_knee"), ("calf_twist_01_{S}", "calf_{S}", "S_knee", "S_ankle")]
     if fingers:
-        for f in FINGERS:
-            rows += [(f"{f}_0{i}_{{S}}", f"{f}_0{i - 1}_{{S}}" if i > 1 else "hand_{S}", f"S_{f}{i}", f"S_{f}{i + 1}")
-                     for i in (1, 2, 3)]
+        rows += _finger_rows("hand_{S}", lambda f, i: f"{f}_0{i}_{{S}}")
     return _sided(rows, {"l": "l", "r": "r"})
 
 
@@ -135,13 +149,7 @@ def ue5(fingers: bool = True) -> list[tuple]:
              ("ik_hand_root", "root", "root", None), ("ik_hand_gun", "ik_hand_root", "r_wrist", None),
              ("ik_hand_{S}", "ik_hand_gun", "S_wrist", None)]
     if fingers:
-        for f in FINGERS:
-            first = "hand_{S}"
-            if f != "thumb":
-                rows.append((f"{f}_metacarpal_{{S}}", "hand_{S}", f"S_{f}0", f"S_{f}1"))
-                first = f"{f}_metacarpal_{{S}}"
-            rows += [(f"{f}_0{i}_{{S}}", f"{f}_0{i - 1}_{{S}}" if i > 1 else first, f"S_{f}{i}", f"S_{f}{i + 1}")
-                     for i in (1, 2, 3)]
+        rows += _finger_rows("hand_{S}", lambda f, i: f"{f}_0{i}_{{S}}", lambda f, k: f"{f}_metacarpal_{{S}}")
     return _sided(rows, {"l": "l", "r": "r"})
 
 
@@ -159,10 +167,114 @@ def vroid(fingers: bool = True) -> list[tuple]:
             ("J_Bip_{S}_UpperLeg", "J_Bip_C_Hips", "S_hip", "S_knee"), ("J_Bip_{S}_LowerLeg", "J_Bip_{S}_UpperLeg", "S_knee", "S_ankle"),
             ("J_Bip_{S}_Foot", "J_Bip_{S}_LowerLeg", "S_ankle", "S_ball"), ("J_Bip_{S}_ToeBase", "J_Bip_{S}_Foot", "S_ball", "S_toe")]
     if fingers:
-        for f in FINGERS:
-            name = "Little" if f == "pinky" else f.capitalize()
-            rows += [(f"J_Bip_{{S}}_{name}{i}", f"J_Bip_{{S}}_{name}{i - 1}" if i > 1 else "J_Bip_{S}_Hand",
-                      f"S_{f}{i}", f"S_{f}{i + 1}") for i in (1, 2, 3)]
+        rows += _finger_rows("J_Bip_{S}_Hand", lambda f, i: f"J_Bip_{{S}}_{'Little' if f == 'pinky' else f.capitalize()}{i}")
+    return _sided(rows, {"l": "L", "r": "R"})
+
+
+def cc(fingers: bool = True) -> list[tuple]:
+    """A Character Creator 4 / iClone character (CC_Base_*), as its FBX and glTF exports name and parent the bones: the
+    hip carries the spine and a pelvis bone that carries the legs; the arm twists hang beside the limb (Twist01 at the
+    limb's head, Twist02 half-way), the neck is NeckTwist01 > NeckTwist02. Names and parents from a CC4 character's
+    glTF skin (jonathan-cc-base, found through the code search) and Reallusion's own mapping in the VRM add-on for
+    Blender (reallusion_mapping.py)."""
+    rows = [("CC_Base_BoneRoot", None, "root", "hips"), ("CC_Base_Hip", "CC_Base_BoneRoot", "hips", "spine0"),
+            ("CC_Base_Pelvis", "CC_Base_Hip", "hips", None),
+            ("CC_Base_Waist", "CC_Base_Hip", "spine0", "spine1"), ("CC_Base_Spine01", "CC_Base_Waist", "spine1", "spine2"),
+            ("CC_Base_Spine02", "CC_Base_Spine01", "spine2", "neck"),
+            ("CC_Base_NeckTwist01", "CC_Base_Spine02", "neck", "neck1"),
+            ("CC_Base_NeckTwist02", "CC_Base_NeckTwist01", "neck1", "head"),
+            ("CC_Base_Head", "CC_Base_NeckTwist02", "head", "head_top"), ("CC_Base_FacialBone", "CC_Base_Head", "head", None),
+            ("CC_Base_{S}_Eye", "CC_Base_FacialBone", "head", None),
+            ("CC_Base_{S}_RibsTwist", "CC_Base_Spine02", "S_collar", None),
+            ("CC_Base_{S}_Breast", "CC_Base_{S}_RibsTwist", "S_breast", None),
+            ("CC_Base_{S}_Clavicle", "CC_Base_Spine02", "S_collar", "S_shoulder"),
+            ("CC_Base_{S}_Upperarm", "CC_Base_{S}_Clavicle", "S_shoulder", "S_elbow"),
+            ("CC_Base_{S}_UpperarmTwist01", "CC_Base_{S}_Upperarm", "S_shoulder", "S_upper_mid"),
+            ("CC_Base_{S}_UpperarmTwist02", "CC_Base_{S}_UpperarmTwist01", "S_upper_mid", "S_elbow"),
+            ("CC_Base_{S}_Forearm", "CC_Base_{S}_Upperarm", "S_elbow", "S_wrist"),
+            ("CC_Base_{S}_ForearmTwist01", "CC_Base_{S}_Forearm", "S_elbow", "S_fore_mid"),
+            ("CC_Base_{S}_ForearmTwist02", "CC_Base_{S}_ForearmTwist01", "S_fore_mid", "S_wrist"),
+            ("CC_Base_{S}_ElbowShareBone", "CC_Base_{S}_Forearm", "S_elbow", None),
+            ("CC_Base_{S}_Hand", "CC_Base_{S}_Forearm", "S_wrist", "S_middle1"),
+            ("CC_Base_{S}_Thigh", "CC_Base_Pelvis", "S_hip", "S_knee"), ("CC_Base_{S}_Calf", "CC_Base_{S}_Thigh", "S_knee", "S_ankle"),
+            ("CC_Base_{S}_Foot", "CC_Base_{S}_Calf", "S_ankle", "S_ball"),
+            ("CC_Base_{S}_ToeBase", "CC_Base_{S}_Foot", "S_ball", "S_toe")]
+    if fingers:
+        rows += _finger_rows("CC_Base_{S}_Hand", lambda f, i: f"CC_Base_{{S}}_{'Mid' if f == 'middle' else f.capitalize()}{i}")
+    return _sided(rows, {"l": "L", "r": "R"})
+
+
+def daz_genesis8(fingers: bool = True) -> list[tuple]:
+    """Daz Genesis 8 as Diffeomorphic's importer or Daz's FBX export leaves it: bend and twist bones in series along
+    each limb (lShldrBend > lShldrTwist > lForearmBend > lForearmTwist > lHand), one carpal per finger, the hip
+    carrying the spine and a pelvis bone with the legs. Names from Diffeomorphic's Genesis 8 rest pose table
+    (import_daz data/restposes/genesis_8_male.json), parents as public Genesis 8 skeletons list them."""
+    rows = [("hip", None, "hips", "spine0"), ("pelvis", "hip", "hips", None),
+            ("abdomenLower", "hip", "spine0", "spine1"), ("abdomenUpper", "abdomenLower", "spine1", "spine2"),
+            ("chestLower", "abdomenUpper", "spine2", "spine3"), ("chestUpper", "chestLower", "spine3", "neck"),
+            ("neckLower", "chestUpper", "neck", "neck1"), ("neckUpper", "neckLower", "neck1", "head"),
+            ("head", "neckUpper", "head", "head_top"), ("{S}Eye", "head", "head", None),
+            ("{S}Pectoral", "chestUpper", "S_breast", None),
+            ("{S}Collar", "chestUpper", "S_collar", "S_shoulder"), ("{S}ShldrBend", "{S}Collar", "S_shoulder", "S_upper_mid"),
+            ("{S}ShldrTwist", "{S}ShldrBend", "S_upper_mid", "S_elbow"),
+            ("{S}ForearmBend", "{S}ShldrTwist", "S_elbow", "S_fore_mid"),
+            ("{S}ForearmTwist", "{S}ForearmBend", "S_fore_mid", "S_wrist"),
+            ("{S}Hand", "{S}ForearmTwist", "S_wrist", "S_middle1"),
+            ("{S}ThighBend", "pelvis", "S_hip", "S_thigh_mid"), ("{S}ThighTwist", "{S}ThighBend", "S_thigh_mid", "S_knee"),
+            ("{S}Shin", "{S}ThighTwist", "S_knee", "S_ankle"), ("{S}Foot", "{S}Shin", "S_ankle", "S_ball"),
+            ("{S}Toe", "{S}Foot", "S_ball", "S_toe")]
+    if fingers:
+        rows += _finger_rows("{S}Hand", lambda f, i: f"{{S}}{'Mid' if f == 'middle' else f.capitalize()}{i}",
+                             lambda f, k: f"{{S}}Carpal{k}")
+    return _sided(rows, {"l": "l", "r": "r"})
+
+
+def daz_genesis9(fingers: bool = True) -> list[tuple]:
+    """Daz Genesis 9: spine1-4, neck1-2, l_shoulder > l_upperarm > l_forearm > l_hand with the twist bones beside the
+    limb, a metacarpal per finger and an l_hand_anchor. Names and parents from Diffeomorphic's Genesis 9 parent
+    table (import_daz data/parents/genesis_9.json)."""
+    rows = [("hip", None, "hips", "spine0"), ("pelvis", "hip", "hips", None),
+            ("spine1", "hip", "spine0", "spine1"), ("spine2", "spine1", "spine1", "spine2"),
+            ("spine3", "spine2", "spine2", "spine3"), ("spine4", "spine3", "spine3", "neck"),
+            ("neck1", "spine4", "neck", "neck1"), ("neck2", "neck1", "neck1", "head"), ("head", "neck2", "head", "head_top"),
+            ("{S}_eye", "head", "head", None), ("{S}_pectoral", "spine3", "S_breast", None),
+            ("{S}_shoulder", "spine4", "S_collar", "S_shoulder"), ("{S}_upperarm", "{S}_shoulder", "S_shoulder", "S_elbow"),
+            ("{S}_upperarmtwist1", "{S}_upperarm", "S_shoulder", "S_upper_mid"),
+            ("{S}_upperarmtwist2", "{S}_upperarm", "S_upper_mid", "S_elbow"),
+            ("{S}_forearm", "{S}_upperarm", "S_elbow", "S_wrist"),
+            ("{S}_forearmtwist1", "{S}_forearm", "S_elbow", "S_fore_mid"),
+            ("{S}_forearmtwist2", "{S}_forearm", "S_fore_mid", "S_wrist"),
+            ("{S}_hand", "{S}_forearm", "S_wrist", "S_middle1"), ("{S}_hand_anchor", "{S}_hand", "S_wrist", None),
+            ("{S}_thigh", "pelvis", "S_hip", "S_knee"), ("{S}_shin", "{S}_thigh", "S_knee", "S_ankle"),
+            ("{S}_foot", "{S}_shin", "S_ankle", "S_ball"), ("{S}_toes", "{S}_foot", "S_ball", "S_toe")]
+    if fingers:
+        short = {"middle": "mid"}
+        rows += _finger_rows("{S}_hand", lambda f, i: f"{{S}}_{short.get(f, f)}{i}",
+                             lambda f, k: f"{{S}}_{short.get(f, f)}metacarpal")
+    return _sided(rows, {"l": "l", "r": "r"})
+
+
+def mpfb(fingers: bool = True) -> list[tuple]:
+    """MakeHuman's default rig as MPFB 2 builds it: root at the hips carrying spine05 (up) and pelvis.L/.R (legs),
+    five spine and three neck bones, clavicle > shoulder01 > upperarm01 > upperarm02 > lowerarm01 > lowerarm02 > wrist
+    (each limb split in series), a metacarpal per finger, breast bones on spine02. Names and parents from MPFB's
+    rig.default.json (makehumancommunity/mpfb2, src/mpfb/data/rigs/standard)."""
+    rows = [("root", None, "hips", "spine0"), ("spine05", "root", "spine0", "spine1"), ("spine04", "spine05", "spine1", "spine2"),
+            ("spine03", "spine04", "spine2", "spine3"), ("spine02", "spine03", "spine3", "spine4"),
+            ("spine01", "spine02", "spine4", "neck"), ("neck01", "spine01", "neck", "neck1"),
+            ("neck02", "neck01", "neck1", "neck2"), ("neck03", "neck02", "neck2", "head"), ("head", "neck03", "head", "head_top"),
+            ("jaw", "head", "head", None), ("breast.{S}", "spine02", "spine3", "S_breast"),
+            ("clavicle.{S}", "spine01", "S_collar", "S_scapula"), ("shoulder01.{S}", "clavicle.{S}", "S_scapula", "S_shoulder"),
+            ("upperarm01.{S}", "shoulder01.{S}", "S_shoulder", "S_upper_mid"),
+            ("upperarm02.{S}", "upperarm01.{S}", "S_upper_mid", "S_elbow"),
+            ("lowerarm01.{S}", "upperarm02.{S}", "S_elbow", "S_fore_mid"),
+            ("lowerarm02.{S}", "lowerarm01.{S}", "S_fore_mid", "S_wrist"), ("wrist.{S}", "lowerarm02.{S}", "S_wrist", "S_knuckles"),
+            ("pelvis.{S}", "root", "hips", "S_hip"), ("upperleg01.{S}", "pelvis.{S}", "S_hip", "S_thigh_mid"),
+            ("upperleg02.{S}", "upperleg01.{S}", "S_thigh_mid", "S_knee"), ("lowerleg01.{S}", "upperleg02.{S}", "S_knee", "S_ankle"),
+            ("foot.{S}", "lowerleg01.{S}", "S_ankle", "S_ball"), ("toe1-1.{S}", "foot.{S}", "S_ball", "S_toe")]
+    if fingers:
+        rows += _finger_rows("wrist.{S}", lambda f, i: f"finger{FINGERS.index(f) + 1}-{i}.{{S}}",
+                             lambda f, k: f"metacarpal{k}.{{S}}")
     return _sided(rows, {"l": "L", "r": "R"})
 
 
@@ -299,13 +411,20 @@ def build(rows: list[tuple], name: str, *, a_pose: bool = False, spine: int = 3,
 
 
 FAMILIES = {"mixamo": dict(rows=mixamo, prefix="mixamorig:"), "ue4": dict(rows=ue4), "ue5": dict(rows=ue5, spine=5, neck=2),
-            "vrm": dict(rows=vroid)}
+            "vrm": dict(rows=vroid), "cc": dict(rows=cc, neck=2), "daz8": dict(rows=daz_genesis8, spine=4, neck=2, preset="daz"),
+            "daz9": dict(rows=daz_genesis9, spine=4, neck=2, preset="daz"), "mpfb": dict(rows=mpfb, spine=5, neck=3, a_pose=True)}
+
+
+def preset_of(family: str) -> str:
+    """The preset a test family must be detected as (its own name unless told)."""
+    return FAMILIES[family].get("preset", family)
 
 
 def build_family(family: str, name: str | None = None, *, fingers: bool = True, **options) -> bpy.types.Object:
     """A rig of a family as its files arrive (see FAMILIES), with the build options of `build`."""
     spec = dict(FAMILIES[family])
     rows = spec.pop("rows")(fingers=fingers)
+    spec.pop("preset", None)
     return build(rows, name or family, **{**spec, **options})
 
 

@@ -136,6 +136,10 @@ CASES = {
     "ue5": dict(family="ue5", a_pose=True),
     "vrm": dict(family="vrm"),
     "vrm-turned-rolled": dict(family="vrm", roll_degrees=-20.0),
+    "cc": dict(family="cc"),
+    "daz-genesis8-twists-in-series": dict(family="daz8"),
+    "daz-genesis9": dict(family="daz9", a_pose=True),
+    "mpfb-a-pose": dict(family="mpfb"),
 }
 
 
@@ -157,8 +161,9 @@ def test_world_directions_match_generated_vectors(empty_scene, case, skeleton):
         world = np.array(obj.matrix_world.to_3x3().normalized())
     detection = bone_maps.detect(obj)
     mapping = detection.mapping
-    assert detection.preset == CASES[case]["family"] and not detection.missing_required, detection.message
-    leg = next(b for b in obj.pose.bones if b.name.lower().endswith(("upleg", "thigh_l", "upperleg")))
+    assert detection.preset == rigs.preset_of(CASES[case]["family"]) and not detection.missing_required, detection.message
+    leg = next(b for b in obj.pose.bones if b.name.lower().endswith(("upleg", "thigh_l", "upperleg", "thigh",
+                                                                        "thighbend", "upperleg01.l")))
     leg.rotation_quaternion = Quaternion((1, 0, 0), 0.5)
 
     dirs = motion(skel, seed=len(case))
@@ -210,6 +215,9 @@ DETECTED = {  # rig -> (family it must be detected as, bone that must be the lef
     "anonymous-ue4": (lambda: _anonymous(rigs.build_family("ue4", "anonymous-ue4", fingers=False)), "structure", None),
     "anonymous-mixamo-y-up": (lambda: _anonymous(rigs.build_family("mixamo", "anonymous-mixamo-y-up", y_up_cm=True)),
                               "structure", None),
+    "anonymous-daz-genesis8": (lambda: _anonymous(rigs.build_family("daz8", "anonymous-daz-genesis8")), "structure", None),
+    "anonymous-mpfb": (lambda: _anonymous(rigs.build_family("mpfb", "anonymous-mpfb")), "structure", None),
+    "anonymous-cc": (lambda: _anonymous(rigs.build_family("cc", "anonymous-cc")), "structure", None),
 }
 
 
@@ -232,6 +240,22 @@ def test_detected_without_help_and_arms_follow(empty_scene, case):
     dirs = motion(skel, seed=11)
     retarget.apply_motion(obj, dirs, skel.name, detection.mapping, action_name=case)
     assert check_directions(empty_scene, obj, detection.mapping, dirs, skel, np.eye(3), ARMS, tol_deg=2.0) == 4 * 16
+
+
+@pytest.mark.parametrize("family", ["mixamo", "ue5", "mpfb"])
+def test_fingers_of_an_anonymous_rig_follow_the_generated_vectors(empty_scene, family):
+    """Fingers mapped by structure alone (every bone renamed) are driven like named ones: each finger segment and the
+    palm line point where the TED Expressive vectors say, within 2 degrees, at every 15 fps sample."""
+    obj = _anonymous(rigs.build_family(family, f"anonymous-{family}"))
+    detection = bone_maps.detect(obj)
+    fingers = [r for r in NEXT if r.split("_", 1)[1][:-1] in FINGERS]
+    assert detection.preset == "structure" and set(fingers) <= set(detection.mapping), detection.message
+    skel = sk.get_skeleton("ted_expressive")
+    empty_scene.render.fps = 30
+    dirs = motion(skel, seed=7)
+    retarget.apply_motion(obj, dirs, skel.name, detection.mapping, action_name=family)
+    only = fingers + ["left_palm", "right_palm"]
+    assert check_directions(empty_scene, obj, detection.mapping, dirs, skel, np.eye(3), only, tol_deg=2.0) == 22 * 16
 
 
 def test_a_name_match_in_the_wrong_place_is_vetoed_by_the_structure(empty_scene, monkeypatch):
@@ -303,33 +327,40 @@ def test_missing_required_bones_raise_before_any_change(empty_scene):
 
 
 def test_rigify_rig_generated_by_rigify_moves_its_deform_bones(empty_scene):
-    """Rigify generates the rig from its Human metarig; detection maps the ORG bones, the FK controls are keyed, the
-    arms are switched to FK inside the generated action only, and the deform bones follow the generated vectors."""
+    """Rigify generates the rig from its Human metarig; detection maps the ORG bones, the FK controls and the neck
+    control are keyed, the arms are switched to FK and the neck and head set to follow inside the generated action
+    only, and the deform bones of the arms, the chest, the neck and the head follow the generated vectors."""
     obj = rigs.rigify_rig("rig")
     detection = bone_maps.detect(obj)
     assert detection.preset == "rigify" and not detection.missing_required, detection.message
     assert detection.mapping["left_upper_arm"] == "ORG-upper_arm.L"
     switch = obj.pose.bones["upper_arm_parent.L"]
     assert switch["IK_FK"] == 0.0  # Rigify's default: the arms follow IK
+    follow = next(pb for pb in obj.pose.bones if "neck_follow" in pb)
+    assert follow["neck_follow"] == 0.5 and follow["head_follow"] == 0.0  # Rigify's defaults
     skel = sk.get_skeleton("ted_expressive")
     empty_scene.render.fps = 30
     dirs = motion(skel, seed=5)
     ev = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
-    rest = {b: (ev.pose.bones[b].head.copy(), ev.pose.bones[b].tail.copy()) for b in ("DEF-upper_arm.L", "DEF-forearm.L",
-                                                                                       "DEF-hand.R", "DEF-spine.006")}
+    deform = ("DEF-upper_arm.L", "DEF-forearm.L", "DEF-hand.R", "DEF-spine.002", "DEF-spine.003", "DEF-spine.004",
+              "DEF-spine.005", "DEF-spine.006")
+    rest = {b: (ev.pose.bones[b].head.copy(), ev.pose.bones[b].tail.copy()) for b in deform}
     action = retarget.apply_motion(obj, dirs, skel.name, detection.mapping, action_name="rigify")
     keyed = {fc.data_path for fc in _fcurves(action)}
     assert any(p.startswith('pose.bones["upper_arm_fk.L"].rotation') for p in keyed)
+    assert any(p.startswith('pose.bones["neck"].rotation') for p in keyed)
     assert 'pose.bones["upper_arm_parent.L"]["IK_FK"]' in keyed and not any(p.startswith('pose.bones["ORG-') for p in keyed)
     notes = retarget.rig_notes(obj, detection.mapping, skel.name, {"spine", "arms", "fingers"})
-    assert any("FK controls were keyed" in n for n in notes), notes
+    assert any("FK controls (and the neck control) were keyed" in n and "ORG-spine.001" in n for n in notes), notes
     empty_scene.frame_set(10)
-    assert switch["IK_FK"] == 1.0  # FK while the generated action plays
+    assert switch["IK_FK"] == 1.0 and follow["neck_follow"] == 1.0 and follow["head_follow"] == 1.0
     ev = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
     for bone, (head, tail) in rest.items():
         assert (ev.pose.bones[bone].tail - tail).length > 0.01, f"{bone} did not move"
-    # the deform chain of the arms follows the generated directions (DEF upper arm + its segment = the ORG one)
+    # the deform chain follows the generated directions (a DEF bone and its segment are the ORG one's): the arms, the
+    # neck from its base to the top of the head, and the way the head faces
     mapping = {"left_upper_arm": "ORG-upper_arm.L", "left_forearm": "ORG-forearm.L", "left_hand": "ORG-hand.L",
                "right_upper_arm": "ORG-upper_arm.R", "right_forearm": "ORG-forearm.R", "right_hand": "ORG-hand.R",
-               "spine": "ORG-spine.001", "head": "ORG-spine.006"}
-    assert check_directions(empty_scene, obj, mapping, dirs, skel, np.eye(3), ARMS, tol_deg=2.0) == 4 * 16
+               "spine": "ORG-spine.001", "neck": "ORG-spine.004", "head": "ORG-spine.006"}
+    only = ARMS + ("neck", "head_forward")
+    assert check_directions(empty_scene, obj, mapping, dirs, skel, np.eye(3), only, tol_deg=2.0) == 6 * 16

@@ -5,11 +5,12 @@ armature for maps; detection and matching themselves are pure (detect.py, preset
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from . import presets, rigify
+from . import presets, rigify, vrm
 from .detect import Detection, detect_rig, hierarchy_problems
 from .frame import world_matrix
 from .roles import TABLE, missing_required  # noqa: F401  (missing_required: part of the maps API)
@@ -24,13 +25,52 @@ def parents(armature_obj) -> dict[str, str | None]:
     return {b.name: (b.parent.name if b.parent else None) for b in armature_obj.data.bones}
 
 
-def detect(armature_obj) -> Detection:
-    """Auto-detect the rig family of an armature object and its bone map (names, then structure in world space)."""
-    m = np.array(world_matrix(armature_obj))
+def vrm_table(armature_obj) -> dict[str, str]:
+    """{role: bone} from the VRM humanoid table the import stored on the armature (vrm.py), {} if none."""
+    data = armature_obj.data
+    registered = hasattr(data, vrm.EXTENSION)  # the add-on is installed: read its properties, not the ID properties
+    extension = getattr(data, vrm.EXTENSION) if registered else data.get(vrm.EXTENSION)
+    if extension is None:
+        return {}
+    uuids = {str(u): b.name for b in data.bones
+             if (u := vrm.field(getattr(b, vrm.EXTENSION) if registered else b.get(vrm.EXTENSION), "uuid"))}
+    return vrm.humanoid_map(extension, uuids)
+
+
+_detected: dict[str, tuple[tuple, Detection]] = {}  # object name -> (rig_key, detection): the panel redraws often
+
+
+def rig_key(armature_obj) -> tuple:
+    """Everything detection reads, compared cheaply: bone names and parents, rest heads and tails, the object's world
+    matrix, Rigify's stamp and the VRM humanoid table. It changes whenever a detection could."""
     bones = armature_obj.data.bones
-    heads = {b.name: m[:3, :3] @ np.array(b.head_local) + m[:3, 3] for b in bones}
-    tails = {b.name: m[:3, :3] @ np.array(b.tail_local) + m[:3, 3] for b in bones}
-    return detect_rig(parents(armature_obj), heads, tails)
+    ends = np.empty(6 * len(bones), dtype=np.float32)
+    bones.foreach_get("head_local", ends[:3 * len(bones)])
+    bones.foreach_get("tail_local", ends[3 * len(bones):])
+    return (armature_obj.data.name, tuple(b.name for b in bones),
+            tuple(b.parent.name if b.parent else "" for b in bones), ends.tobytes(),
+            tuple(tuple(row) for row in world_matrix(armature_obj)), "rig_id" in armature_obj.data,
+            tuple(sorted(vrm_table(armature_obj).items())))
+
+
+def detect(armature_obj, *, fresh: bool = False) -> Detection:
+    """Auto-detect the rig family of an armature object and its bone map (the VRM humanoid table when the import
+    carries one, else names; then the structure in world space). The result is kept per object until its rig_key
+    changes (fresh: detect again anyway); callers get their own copy."""
+    key = rig_key(armature_obj)
+    kept = _detected.get(armature_obj.name)
+    if fresh or kept is None or kept[0] != key:
+        tree = parents(armature_obj)
+        if rigify.is_rigify(armature_obj):  # the roles are ORG bones: the metarig's copy, without controls and MCH
+            tree = {b: p for b, p in tree.items() if b.startswith("ORG-")}
+        m = np.array(world_matrix(armature_obj))
+        bones = [armature_obj.data.bones[b] for b in tree]
+        heads = {b.name: m[:3, :3] @ np.array(b.head_local) + m[:3, 3] for b in bones}
+        tails = {b.name: m[:3, :3] @ np.array(b.tail_local) + m[:3, 3] for b in bones}
+        found = detect_rig(tree, heads, tails, vrm_table(armature_obj))
+        kept = _detected[armature_obj.name] = key, found
+    d = kept[1]
+    return replace(d, mapping=dict(d.mapping), missing_required=list(d.missing_required), vetoed=list(d.vetoed))
 
 
 def get_bone_map(armature_obj) -> dict[str, str]:

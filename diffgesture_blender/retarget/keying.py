@@ -14,10 +14,10 @@ from .quat import Y, slerp_resample
 from .solve import RigRest, driven_roles, solve
 
 
-def _rig_rest(obj) -> RigRest:
-    """Read rest orientations, heads, lengths and current local rotations from an armature object."""
+def _rig_rest(obj, parent: dict[str, str | None]) -> RigRest:
+    """Read rest orientations, heads, lengths and current local rotations from an armature object (parent: bone ->
+    parent as the solver is to see them)."""
     bones = obj.data.bones
-    parent = bone_maps.parents(obj)
     children: dict[str | None, list[str]] = {}
     for b, p in parent.items():
         children.setdefault(p, []).append(b)
@@ -108,16 +108,20 @@ def apply_motion(armature_obj, directions, skeleton_name: str, mapping: dict[str
         raise ValueError(f"cannot retarget onto {armature_obj.name!r}: " + "; ".join(problems))
     scene = bpy.context.scene
     dirs = slerp_resample(dirs, src_fps, scene.render.fps / scene.render.fps_base)
-    rig = _rig_rest(armature_obj)
+    controls = None
+    if rigify.is_rigify(armature_obj):  # solve on the ORG bones (and the neck control) that have a control to key
+        mapping, tree, controls = rigify.view(armature_obj, mapping)
+    else:
+        tree = bone_maps.parents(armature_obj)
+    rig = _rig_rest(armature_obj, tree)
     frame = armature_frame(armature_obj, rig.head, mapping)
     tg = {k: v @ frame.T for k, v in targets(dirs, skel).items()}
     driven = driven_roles(mapping, tg, set(parts))
     if not driven:
         raise ValueError(f"nothing to drive on {armature_obj.name!r}: the {skel.name} skeleton and the rig's mapped "
                          f"bones share no role in the chosen parts ({', '.join(sorted(parts))})")
-    constants, controls = [], None
-    if rigify.is_rigify(armature_obj):  # solve on the ORG bones that have an FK control, key the controls
-        controls = rigify.keyable(armature_obj, [mapping[r] for r in driven])
+    constants = []
+    if controls is not None:
         driven = {r for r in driven if mapping[r] in controls}
         constants = rigify.switches(armature_obj)
     local = solve(rig, mapping, driven, tg, frame @ np.array([0.0, -1.0, 0.0]))

@@ -26,12 +26,13 @@ def rig_notes(armature_obj, mapping: dict[str, str], skeleton_name: str, parts: 
         notes.append(f"partial rig: not driven (no bone mapped): {', '.join(missing)}")
     bones = [mapping[r] for r in sorted({r for p in parts for r in PARTS[p] if r in mapping})]
     if rigify.is_rigify(armature_obj):
-        controls = rigify.keyable(armature_obj, bones)
+        seen, _, controls = rigify.view(armature_obj, mapping)
+        bones = [seen[r] for r in sorted({r for p in parts for r in PARTS[p] if r in seen})]
         unkeyed = [b for b in bones if b not in controls]
-        notes.append("Rigify rig: the FK controls were keyed and the arms' IK/FK switch set to FK inside the "
-                     "generated action" + (f"; no FK control matches {', '.join(unkeyed)}, left to follow"
-                                           if unkeyed else ""))
-        bones = list(controls.values())
+        notes.append("Rigify rig: the FK controls (and the neck control) were keyed, and the arms' IK/FK switch set "
+                     "to FK and the neck's and head's follow to 1, inside the generated action"
+                     + (f"; no control matches {', '.join(unkeyed)}, left to follow" if unkeyed else ""))
+        bones = [controls[b] for b in bones if b in controls]
     constrained = [f"{b} ({', '.join(c.name for c in pb.constraints)})" for b in bones
                    if (pb := armature_obj.pose.bones.get(b)) is not None
                    and any(c.enabled and c.influence > 0 for c in pb.constraints)]

@@ -3,10 +3,14 @@
 A generated rig keeps a clean copy of the metarig as ORG- bones (the roles of the 'rigify' preset), while the
 animator's FK controls sit among MCH helpers and the deform (DEF-) bones follow ORG. So the solution found for an ORG
 bone is keyed on the FK control that has the same rest placement (upper_arm_fk.L for ORG-upper_arm.L, shoulder.L,
-f_index.01.L, spine_fk.002, head ...); ORG bones without one (the hips end of the spine, the neck, which Rigify's
-controls span differently) are left to follow. The solver sees the ORG bones in the metarig's hierarchy (`parents`).
-The arms' IK/FK switch (the IK_FK property, 1 = FK) is keyed inside the generated action, so the user's own
-actions and the rig's defaults are untouched.
+f_index.01.L, spine_fk.002, head ...). The neck control spans both neck bones (its head at the first, its tail at the
+head's head), so the solver sees it in their place (`view`): a chain of the neck control and the head. The hips end of
+the spine has no such control: Rigify's torso pivot sits at its top and its FK bone (spine_fk.001) swings the hips
+about that pivot, so bending it with the hips in place would mean moving the torso, and the retargeting keys
+rotations only; it is left to follow (the spine's swing goes to the chest's FK bones). The solver sees the ORG bones
+in the metarig's hierarchy (`parents`). Held inside the generated action, so that the user's own actions and the
+rig's defaults are untouched: the arms' IK/FK switch at FK (IK_FK = 1) and the neck's and head's follow at 1, so
+they turn with the chest and the neck as the solver assumes (Rigify's defaults, 0.5 and 0, keep them partly level).
 """
 from __future__ import annotations
 
@@ -64,7 +68,31 @@ def keyable(armature_obj, bones: list[str]) -> dict[str, str]:
     return out
 
 
+def view(armature_obj, mapping: dict[str, str]) -> tuple[dict[str, str], dict[str, str | None], dict[str, str]]:
+    """How the solver sees a Rigify rig: the map with the neck control standing for the neck bones it spans (when it
+    does), the bones' parents (ORG bones in the metarig's hierarchy, the neck control under the chest and the head
+    under it), and mapped bone -> the control to key, for the mapped bones that have one."""
+    bones, tree, mapping = armature_obj.data.bones, parents(armature_obj), dict(mapping)
+    neck, head, control = mapping.get("neck"), mapping.get("head"), bones.get("neck")
+    spans = (neck is not None and head is not None and control is not None
+             and (control.head_local - bones[neck].head_local).length < 1e-4
+             and (control.tail_local - bones[head].head_local).length < 1e-4)
+    if spans:
+        tree[control.name], tree[head] = tree[neck], control.name
+        mapping["neck"] = control.name
+        mapping.pop("neck1", None)
+    controls = keyable(armature_obj, list(mapping.values()))
+    if spans:
+        controls[control.name] = control.name
+    return mapping, tree, controls
+
+
+FOLLOW = ("neck_follow", "head_follow")  # Rigify's super_head: how much the neck and head turn with their parents
+
+
 def switches(armature_obj) -> list[tuple[str, float]]:
-    """(data path, value) of the arms' IK/FK switches set to FK."""
-    return [(SWITCH.format(bone=pb.name), 1.0) for pb in armature_obj.pose.bones
-            if pb.name.startswith("upper_arm_parent") and "IK_FK" in pb]
+    """(data path, value) of the properties held inside the generated action: the arms' IK/FK switches at FK, the
+    neck's and head's follow at 1."""
+    out = [(SWITCH.format(bone=pb.name), 1.0) for pb in armature_obj.pose.bones
+           if pb.name.startswith("upper_arm_parent") and "IK_FK" in pb]
+    return out + [(f'pose.bones["{pb.name}"]["{p}"]', 1.0) for pb in armature_obj.pose.bones for p in FOLLOW if p in pb]

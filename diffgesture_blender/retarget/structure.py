@@ -1,11 +1,17 @@
 """Finding the humanoid in a rig from its hierarchy and rest geometry alone (pure; world-space rest positions).
 
-The hips are the first bone (from the root) where three long branches part: two legs going down and the spine going
-up. The spine climbs to the chest, where the two arms branch off sideways from the neck; the neck chain goes up to
-the head (the last bone with a good part of the neck-to-top height still above its head). Along an arm, the upper arm
-and forearm are the two longest consecutive segments (joint to joint), which must be of comparable length (else the
-arm is left to the names), the bone before them the clavicle, the one after them the hand. Left and right come from the feet (toes point forward) or, without feet, from the world's -Y
-as forward (Blender's convention). Fingers are not looked for: the name presets map them.
+The hips are the first bone (from the root) where three long branches part: two legs going down (directly or under a
+pelvis bone of their own) and the spine going up. The spine climbs to the chest, where the two arms reach out
+sideways beside the neck; the neck chain goes up to the head (the last bone with a good part of the neck-to-top
+height still above its head). Along an arm, the upper arm and forearm are long spans of comparable length (else the
+arm is left to the names), the bone before them the clavicle, the hand where the fingers branch or the bone after
+them (_arm_roles). Left and right come from the feet (toes point forward) or, without feet, from the world's -Y as
+forward (Blender's convention).
+Below each hand, five finger chains (through carpal or palm bones where two fingers share one): the thumb is the one
+whose base lies off the line the other four bases make across the hand, and those four are ordered from the end
+nearest the thumb (index) to the far end (little finger). A finger's first bone is dropped as a metacarpal when it
+starts nearer the wrist than its own length and three bones follow; the thumb keeps its first bone (the thumb1 role
+is its metacarpal in every family). A hand without exactly five such chains is left to the names.
 """
 from __future__ import annotations
 
@@ -60,9 +66,21 @@ def _long_children(s: Structure, b: str, size: float) -> list[str]:
     return [c for c in s.children.get(b, []) if s.branch(c) > 0.2 * size]
 
 
+def _parting(s: Structure, b: str, size: float) -> list[str]:
+    """The long branches that part at b, a pelvis bone that only carries the legs (Daz, Character Creator: hip ->
+    pelvis -> thighs beside hip -> spine) counting as its legs."""
+    out = []
+    for c in _long_children(s, b, size):
+        legs = _long_children(s, c, size)
+        below = len(legs) >= 2 and all(float(np.max(s.extent(g) @ UP)) <= float(s.heads[b] @ UP) for g in legs)
+        out += legs if below else [c]
+    return out
+
+
 def find_humanoid(parents: dict[str, str | None], heads: dict[str, np.ndarray],
                   tails: dict[str, np.ndarray]) -> dict[str, str]:
-    """A map {role: bone} for hips, spine, neck, head, clavicles, upper arms, forearms and hands; {} if not found."""
+    """A map {role: bone} for hips, spine, neck, head, clavicles, upper arms, forearms, hands and fingers; {} if not
+    found (a part that is not found, such as a hand's fingers, is left out)."""
     if not parents:
         return {}
     s = Structure(parents, heads, tails)
@@ -70,28 +88,28 @@ def find_humanoid(parents: dict[str, str | None], heads: dict[str, np.ndarray],
     size = float(np.ptp(all_heads @ UP))
     if size <= 0:
         return {}
-    hips = next((b for b in _bfs(s) if len(_long_children(s, b, size)) >= 3), None)
+    hips = next((b for b in _bfs(s) if len(_parting(s, b, size)) >= 3), None)
     if hips is None:
         return {}
-    branches = sorted(_long_children(s, hips, size), key=lambda c: float(np.max(s.extent(c) @ UP)))
+    branches = sorted(_parting(s, hips, size), key=lambda c: float(np.max(s.extent(c) @ UP)))
     spine_start, legs = branches[-1], branches[:2]
-    # climb the spine to the chest: the first bone where two sideways branches part from the upward one
-    line, chest = [spine_start], None
-    while True:
-        b = line[-1]
-        long = _long_children(s, b, size * 0.5)
-        if len(long) >= 3:
-            chest = b
-            break
-        if not s.children.get(b):
+    # climb the spine to the chest: the first bone where two branches reach far sideways (the arms; breast or rib
+    # bones do not) beside the one that goes on up (the neck)
+    line = [spine_start]
+    while len(arms := _sideways(s, line[-1], size)) < 2 or len(s.children[line[-1]]) < 3:
+        if not s.children.get(line[-1]):
             return {}
-        line.append(max(s.children[b], key=s.branch))
-    arms_and_neck = sorted(_long_children(s, chest, size * 0.5), key=lambda c: float(np.max(s.extent(c) @ UP)))
-    neck_line = s.main_line(arms_and_neck[-1])
-    arm_lines = [s.main_line(c) for c in arms_and_neck[:2]]
-    top = max(float(s.tails[neck_line[-1]] @ UP), float(np.max(s.extent(neck_line[0]) @ UP)))
+        line.append(max(s.children[line[-1]], key=s.branch))
+    chest = line[-1]
+    arms = arms[-2:]
+    neck_line = s.main_line(max((c for c in s.children[chest] if c not in arms),
+                                key=lambda c: float(np.max(s.extent(c) @ UP))))
+    arm_lines = [s.main_line(c) for c in arms]
+    top = max(max(float(s.tails[b] @ UP) for b in neck_line), float(np.max(s.extent(neck_line[0]) @ UP)))
     base = float(s.heads[neck_line[0]] @ UP)
-    head = [b for b in neck_line if top - float(s.heads[b] @ UP) >= 0.3 * (top - base)][-1]
+    rise = [float(s.heads[b] @ UP) for b in neck_line]
+    joints = [b for k, b in enumerate(neck_line) if k == 0 or rise[k] - rise[k - 1] > 0.01 * (top - base)]
+    head = [b for b in joints if top - float(s.heads[b] @ UP) >= 0.3 * (top - base)][-1]  # not an eye at its joint
     necks = neck_line[:neck_line.index(head)]
     mapping = {"hips": hips, "head": head}
     spine = line if len(line) <= 5 else line[:4] + line[-1:]
@@ -100,8 +118,20 @@ def find_humanoid(parents: dict[str, str | None], heads: dict[str, np.ndarray],
     left_of = _left_axis(s, legs)
     arm_lines.sort(key=lambda ln: -float(s.heads[ln[min(2, len(ln) - 1)]] @ left_of))
     for side, ln in zip(("left", "right"), arm_lines):
-        mapping.update(_arm_roles(s, ln, side))
+        arm = _arm_roles(s, ln, side)
+        mapping.update(arm)
+        if f"{side}_hand" in arm:
+            mapping.update(_finger_roles(s, arm[f"{side}_hand"], side))
     return mapping
+
+
+def _sideways(s: Structure, b: str, size: float) -> list[str]:
+    """Children of b whose bones reach more than 15 % of the figure's height away from b sideways, nearest first."""
+    def reach(c: str) -> float:
+        away = s.extent(c) - s.heads[b]
+        return float(np.max(np.linalg.norm(away - np.outer(away @ UP, UP), axis=1)))
+
+    return sorted((c for c in s.children.get(b, []) if reach(c) > 0.15 * size), key=reach)
 
 
 def _bfs(s: Structure) -> list[str]:
@@ -127,15 +157,80 @@ def _left_axis(s: Structure, legs: list[str]) -> np.ndarray:
 
 
 def _arm_roles(s: Structure, line: list[str], side: str) -> dict[str, str]:
-    """Clavicle, upper arm, forearm and hand along one arm's main line."""
+    """Clavicle, upper arm, forearm and hand along one arm's main line.
+
+    Where the fingers branch (a bone with three or more child chains), that bone is the hand, and the shoulder and
+    elbow are the two joints before it whose upper-arm and forearm spans are of comparable length (ratio 0.5 to 2):
+    among the pairs spanning at least three quarters of the longest such pair, the ratio nearest 1.1 (an upper arm is
+    a little longer than a forearm). Spans, not bones: a limb split into a bend and a twist bone in series (Daz
+    Genesis 8, MakeHuman) is one span. Without branching fingers, the upper arm and forearm are the two longest
+    consecutive bones (joint to joint), of comparable length, and the bone after them the hand."""
     joints = [s.heads[b] for b in line] + [s.tails[line[-1]]]
-    lengths = [float(np.linalg.norm(b - a)) for a, b in zip(joints, joints[1:])]
     if len(line) < 3:
         return {}
-    i = max(range(len(line) - 2), key=lambda k: lengths[k] + lengths[k + 1])
-    if not 0.5 <= lengths[i] / max(lengths[i + 1], 1e-9) <= 2.0:
-        return {}  # not an upper arm and a forearm of comparable length: say nothing about this arm
-    out = {f"{side}_upper_arm": line[i], f"{side}_forearm": line[i + 1], f"{side}_hand": line[i + 2]}
-    if i >= 1:
-        out[f"{side}_clavicle"] = line[i - 1]
+    hand = next((k for k in range(2, len(line))
+                 if sum(len(s.main_line(c)) >= 2 for c in s.children.get(line[k], [])) >= 3), None)
+    if hand is not None:
+        spans = [(a, b, float(np.linalg.norm(joints[b] - joints[a])), float(np.linalg.norm(joints[hand] - joints[b])))
+                 for a in range(hand) for b in range(a + 1, hand)]
+        spans = [x for x in spans if x[3] > 0 and 0.5 <= x[2] / x[3] <= 2.0]
+        if not spans:
+            return {}
+        longest = max(x[2] + x[3] for x in spans)
+        a, b, _, _ = min((x for x in spans if x[2] + x[3] >= 0.75 * longest),
+                         key=lambda x: abs(np.log(x[2] / x[3] / 1.1)))
+    else:
+        lengths = [float(np.linalg.norm(q - p)) for p, q in zip(joints, joints[1:])]
+        a = max(range(len(line) - 2), key=lambda k: lengths[k] + lengths[k + 1])
+        if not 0.5 <= lengths[a] / max(lengths[a + 1], 1e-9) <= 2.0:
+            return {}  # not an upper arm and a forearm of comparable length: say nothing about this arm
+        b, hand = a + 1, a + 2
+    out = {f"{side}_upper_arm": line[a], f"{side}_forearm": line[b], f"{side}_hand": line[hand]}
+    if a >= 1:
+        out[f"{side}_clavicle"] = line[a - 1]
+    return out
+
+
+def _finger_chains(s: Structure, b: str) -> list[list[str]]:
+    """The finger chains that start below b: each child's main line, or, for a carpal or palm bone that carries two
+    or more comparable branches, the chains below it."""
+    out = []
+    for c in s.children.get(b, []):
+        kids = s.children.get(c, [])
+        longest = max((s.branch(k) for k in kids), default=0.0)
+        if sum(s.branch(k) >= 0.5 * longest for k in kids) >= 2:
+            out += _finger_chains(s, c)
+        else:
+            out.append(s.main_line(c))
+    return out
+
+
+def _finger_roles(s: Structure, hand: str, side: str) -> dict[str, str]:
+    """Thumb, index, middle, ring and little finger (three bones each) below a hand; {} unless five chains of three
+    or more bones are found."""
+    wrist = s.heads[hand]
+
+    def without_metacarpal(chain: list[str]) -> list[str]:
+        first = float(np.linalg.norm(s.heads[chain[1]] - s.heads[chain[0]]))
+        return chain[1:] if len(chain) >= 4 and np.linalg.norm(s.heads[chain[0]] - wrist) < first else chain
+
+    chains = [c for c in _finger_chains(s, hand) if len(c) >= 3]
+    if len(chains) != 5:
+        return {}
+    fingers = [without_metacarpal(c) for c in chains]
+    bases = np.array([s.heads[c[0]] for c in fingers])
+
+    def off_line(others: np.ndarray) -> float:
+        """How far points lie from their best straight line (their second and third principal spreads)."""
+        return float(np.linalg.norm(np.linalg.svd(others - others.mean(0), compute_uv=False)[1:]))
+
+    thumb = min(range(5), key=lambda i: off_line(np.delete(bases, i, 0)))
+    rest = [i for i in range(5) if i != thumb]
+    across = np.linalg.svd(bases[rest] - bases[rest].mean(0))[2][0]
+    if (bases[thumb] - bases[rest].mean(0)) @ across < 0:
+        across = -across  # towards the thumb
+    rest.sort(key=lambda i: -float(bases[i] @ across))
+    out = {f"{side}_thumb{k}": b for k, b in enumerate(chains[thumb][:3], start=1)}
+    for name, i in zip(("index", "middle", "ring", "pinky"), rest):
+        out.update({f"{side}_{name}{k}": b for k, b in enumerate(fingers[i][:3], start=1)})
     return out
