@@ -334,6 +334,13 @@ def test_rigify_rig_generated_by_rigify_moves_its_deform_bones(empty_scene):
     detection = bone_maps.detect(obj)
     assert detection.preset == "rigify" and not detection.missing_required, detection.message
     assert detection.mapping["left_upper_arm"] == "ORG-upper_arm.L"
+    # on Blender's own human proportions, the structure alone finds the same arms and fingers as the names
+    from diffgesture_blender.retarget import structure
+    tree = {b: p for b, p in bone_maps.parents(obj).items() if b.startswith("ORG-")}
+    ends = {b: (np.array(obj.data.bones[b].head_local), np.array(obj.data.bones[b].tail_local)) for b in tree}
+    found = structure.find_humanoid(tree, {b: e[0] for b, e in ends.items()}, {b: e[1] for b, e in ends.items()})
+    sided = [r for r in detection.mapping if r.startswith(("left_", "right_"))]
+    assert len(sided) == 38 and {r: found.get(r) for r in sided} == {r: detection.mapping[r] for r in sided}
     switch = obj.pose.bones["upper_arm_parent.L"]
     assert switch["IK_FK"] == 0.0  # Rigify's default: the arms follow IK
     follow = next(pb for pb in obj.pose.bones if "neck_follow" in pb)

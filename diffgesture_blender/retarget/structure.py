@@ -161,7 +161,7 @@ def _arm_roles(s: Structure, line: list[str], side: str) -> dict[str, str]:
 
     Where the fingers branch (a bone with three or more child chains), that bone is the hand, and the shoulder and
     elbow are the two joints before it whose upper-arm and forearm spans are of comparable length (ratio 0.5 to 2):
-    among the pairs spanning at least three quarters of the longest such pair, the ratio nearest 1.1 (an upper arm is
+    among the pairs spanning at least half the longest such pair, the ratio nearest 1.1 (an upper arm is
     a little longer than a forearm). Spans, not bones: a limb split into a bend and a twist bone in series (Daz
     Genesis 8, MakeHuman) is one span. Without branching fingers, the upper arm and forearm are the two longest
     consecutive bones (joint to joint), of comparable length, and the bone after them the hand."""
@@ -177,7 +177,7 @@ def _arm_roles(s: Structure, line: list[str], side: str) -> dict[str, str]:
         if not spans:
             return {}
         longest = max(x[2] + x[3] for x in spans)
-        a, b, _, _ = min((x for x in spans if x[2] + x[3] >= 0.75 * longest),
+        a, b, _, _ = min((x for x in spans if x[2] + x[3] >= 0.5 * longest),
                          key=lambda x: abs(np.log(x[2] / x[3] / 1.1)))
     else:
         lengths = [float(np.linalg.norm(q - p)) for p, q in zip(joints, joints[1:])]
