@@ -105,7 +105,7 @@ def detect_rig(parents: dict[str, str | None], heads: dict, tails: dict,
     units = _units()
     vetoable = {r for unit in units for r in unit}
     named_arms = {s for s in SIDES if all(f"{s}_{r}" in d.mapping for r in ARM_ROLES[1:])}
-    for unit in units if not d.declared else ():
+    for unit in () if d.declared else units:  # a table is the rig's own word: never vetoed
         if not all(r in found for r in unit) or (len(unit) == 1 and side_of(unit[0]) in named_arms):
             continue
         role_of = {b: r for r, b in mapping.items()}
