@@ -216,6 +216,8 @@ DETECTED = {  # rig -> (family it must be detected as, bone that must be the lef
     "anonymous-mixamo-y-up": (lambda: _anonymous(rigs.build_family("mixamo", "anonymous-mixamo-y-up", y_up_cm=True)),
                               "structure", None),
     "anonymous-daz-genesis8": (lambda: _anonymous(rigs.build_family("daz8", "anonymous-daz-genesis8")), "structure", None),
+    "anonymous-daz-genesis8-no-fingers": (lambda: _anonymous(rigs.build_family("daz8", "anon-daz8-nf", fingers=False)),
+                                          "structure", None),
     "anonymous-mpfb": (lambda: _anonymous(rigs.build_family("mpfb", "anonymous-mpfb")), "structure", None),
     "anonymous-cc": (lambda: _anonymous(rigs.build_family("cc", "anonymous-cc")), "structure", None),
 }

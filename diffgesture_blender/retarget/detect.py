@@ -95,8 +95,8 @@ def detect_rig(parents: dict[str, str | None], heads: dict, tails: dict,
 
     A name match is vetoed when the structure puts its bone in another arm or finger role (a whole finger chain is
     moved at once) and the result keeps the hierarchy; an arm whose upper arm, forearm and hand are all named keeps
-    its names (bend and twist bones make arms the structure reads less surely than names that agree), a table is
-    never vetoed; roles still empty are filled from the structure."""
+    its names (names that agree along a whole arm are surer than its proportions); a table is never vetoed; roles
+    still empty are filled from the structure."""
     d = from_table(parents, table) if table else detect_from_names(parents)
     found = find_humanoid(parents, heads, tails)
     if not found:

@@ -2,11 +2,11 @@
 
 The hips are the first bone (from the root) where three long branches part: two legs going down (directly or under a
 pelvis bone of their own) and the spine going up. The spine climbs to the chest, where the two arms reach out
-sideways beside the neck; the neck chain goes up to the head (the last bone with a good part of the neck-to-top
-height still above its head). Along an arm, the upper arm and forearm are long spans of comparable length (else the
-arm is left to the names), the bone before them the clavicle, the hand where the fingers branch or the bone after
-them (_arm_roles). Left and right come from the feet (toes point forward) or, without feet, from the world's -Y as
-forward (Blender's convention).
+sideways beside the neck; the neck chain goes up to the head (the last bone that starts higher than the one before
+it with a good part of the neck-to-top height still above its head). Along an arm, the upper arm and forearm are long
+spans of comparable length (else the arm is left to the names), the bone before them the clavicle, the hand where
+the fingers branch or where the line has little left (_arm_roles). Left and right come from the feet (toes point
+forward) or, without feet, from the world's -Y as forward (Blender's convention).
 Below each hand, five finger chains (through carpal or palm bones where two fingers share one): the thumb is the one
 whose base lies off the line the other four bases make across the hand, and those four are ordered from the end
 nearest the thumb (index) to the far end (little finger). A finger's first bone is dropped as a metacarpal when it
@@ -159,33 +159,30 @@ def _left_axis(s: Structure, legs: list[str]) -> np.ndarray:
 def _arm_roles(s: Structure, line: list[str], side: str) -> dict[str, str]:
     """Clavicle, upper arm, forearm and hand along one arm's main line.
 
-    Where the fingers branch (a bone with three or more child chains), that bone is the hand, and the shoulder and
-    elbow are the two joints before it whose upper-arm and forearm spans are of comparable length (ratio 0.5 to 2):
-    among the pairs spanning at least half the longest such pair, the ratio nearest 1.1 (an upper arm is
-    a little longer than a forearm). Spans, not bones: a limb split into a bend and a twist bone in series (Daz
-    Genesis 8, MakeHuman) is one span. Without branching fingers, the upper arm and forearm are the two longest
-    consecutive bones (joint to joint), of comparable length, and the bone after them the hand."""
+    The hand is where the fingers branch (a bone with three or more child chains), else any bone after which the line
+    goes on for less than half the arm (a hand and its fingers). The shoulder and elbow are two joints before it whose
+    upper-arm and forearm spans are of comparable length (ratio 0.5 to 2): among the choices spanning at least half
+    the longest one, the ratio nearest 1.1 (an upper arm is a little longer than a forearm). Spans, not bones: a limb
+    split into a bend and a twist bone in series (Daz Genesis 8, MakeHuman) is one span."""
     joints = [s.heads[b] for b in line] + [s.tails[line[-1]]]
     if len(line) < 3:
         return {}
+    steps = [float(np.linalg.norm(q - p)) for p, q in zip(joints, joints[1:])]
     hand = next((k for k in range(2, len(line))
                  if sum(len(s.main_line(c)) >= 2 for c in s.children.get(line[k], [])) >= 3), None)
-    if hand is not None:
-        spans = [(a, b, float(np.linalg.norm(joints[b] - joints[a])), float(np.linalg.norm(joints[hand] - joints[b])))
-                 for a in range(hand) for b in range(a + 1, hand)]
-        spans = [x for x in spans if x[3] > 0 and 0.5 <= x[2] / x[3] <= 2.0]
-        if not spans:
-            return {}
-        longest = max(x[2] + x[3] for x in spans)
-        a, b, _, _ = min((x for x in spans if x[2] + x[3] >= 0.5 * longest),
-                         key=lambda x: abs(np.log(x[2] / x[3] / 1.1)))
-    else:
-        lengths = [float(np.linalg.norm(q - p)) for p, q in zip(joints, joints[1:])]
-        a = max(range(len(line) - 2), key=lambda k: lengths[k] + lengths[k + 1])
-        if not 0.5 <= lengths[a] / max(lengths[a + 1], 1e-9) <= 2.0:
-            return {}  # not an upper arm and a forearm of comparable length: say nothing about this arm
-        b, hand = a + 1, a + 2
-    out = {f"{side}_upper_arm": line[a], f"{side}_forearm": line[b], f"{side}_hand": line[hand]}
+    spans = []
+    for w in [hand] if hand is not None else range(2, len(line)):
+        beyond = sum(steps[w:])
+        for a in range(w):
+            for b in range(a + 1, w):
+                up, fore = float(np.linalg.norm(joints[b] - joints[a])), float(np.linalg.norm(joints[w] - joints[b]))
+                if fore > 0 and 0.5 <= up / fore <= 2.0 and (hand is not None or beyond <= 0.45 * (up + fore)):
+                    spans.append((a, b, w, up + fore, up / fore))
+    if not spans:
+        return {}  # no upper arm and forearm of comparable length: say nothing about this arm
+    longest = max(x[3] for x in spans)
+    a, b, w, _, _ = min((x for x in spans if x[3] >= 0.5 * longest), key=lambda x: abs(np.log(x[4] / 1.1)))
+    out = {f"{side}_upper_arm": line[a], f"{side}_forearm": line[b], f"{side}_hand": line[w]}
     if a >= 1:
         out[f"{side}_clavicle"] = line[a - 1]
     return out
