@@ -48,7 +48,7 @@ def rig_key(armature_obj) -> tuple:
     bones.foreach_get("head_local", ends[:3 * len(bones)])
     bones.foreach_get("tail_local", ends[3 * len(bones):])
     return (armature_obj.data.name, tuple(b.name for b in bones),
-            tuple(b.parent.name if b.parent else "" for b in bones), ends.tobytes(),
+            tuple((p := b.parent) and p.name for b in bones), ends.tobytes(),
             tuple(tuple(row) for row in world_matrix(armature_obj)), "rig_id" in armature_obj.data,
             tuple(sorted(vrm_table(armature_obj).items())))
 
