@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from .settings import (BN_MODES, DEFAULT_FAST_STEPS, DEFAULT_GUIDANCE, PRECISIONS, PRESETS, GenerationSettings, preset,
-                       resolve_checkpoint)
+from .settings import (BN_MODES, DEFAULT_FAST_STEPS, DEFAULT_GUIDANCE, PRECISIONS, PRESETS, SOLVERS,
+                       GenerationSettings, preset, resolve_checkpoint)
 
 
 def _progress_printer():
@@ -29,7 +29,7 @@ def _progress_printer():
 def generation_settings(args: argparse.Namespace) -> GenerationSettings:
     """The --sampler preset with the options given on the command line (an option left out keeps the preset's);
     --reproduce is the paper preset whatever the other options say about the sampler, BatchNorm, precision, trim."""
-    choices = dict(steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed, variations=args.variations,
+    choices = dict(steps=args.steps, guidance=args.guidance, eta=args.eta, solver=args.solver, seed=args.seed, variations=args.variations,
                    intensity=args.intensity, bn_mode=args.bn_mode, precision=args.precision,
                    trim=False if args.no_trim else None,
                    stabilizer=False if args.no_stabilizer else None, fade_out=True if args.fade_out else None)
@@ -92,6 +92,8 @@ def _sampling_options(g: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, help=f"fast sampler steps (default {DEFAULT_FAST_STEPS})")
     g.add_argument("--eta", type=float,
                    help="fast sampler noise: 1 = ancestral steps (default), 0 = deterministic DDIM")
+    g.add_argument("--solver", choices=list(SOLVERS),
+                   help="fast sampler update: ddim (default) or dpm = DPM-Solver++(2M), deterministic")
     g.add_argument("--seed", type=int, help="default 0 (generate-batch: for clips whose manifest line names none)")
     g.add_argument("--guidance", type=float, help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE})")
     g.add_argument("--variations", type=int, help="default 1")

@@ -114,7 +114,8 @@ def denoise(model: PoseDiffusion, context: torch.Tensor, settings: GenerationSet
     under torch.inference_mode() (sample_window does)."""
     cfg = model.cfg
     sched = model.schedule
-    sampler = make_sampler(settings.sampler, sched, settings.steps, settings.stabilizer, settings.eta)
+    sampler = make_sampler(settings.sampler, sched, settings.steps, settings.stabilizer, settings.eta,
+                           settings.solver)
     b, device = context.shape[0], context.device
     null = model.null_context(b)
     x = randn((b, cfg.n_poses, cfg.pose_dim), gen_cpu).to(device)
