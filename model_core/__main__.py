@@ -38,11 +38,12 @@ def generation_settings(args: argparse.Namespace) -> GenerationSettings:
     return preset(args.sampler, **choices)
 
 
-def cmd_generate(args) -> int:
+def load_model(args: argparse.Namespace):
+    """The --checkpoint on the --device (a note on stderr when it could not be honoured), threads configured; and
+    its path."""
     from .checkpoint import load_checkpoint
-    from .pipeline import generate_file, resolve_device
+    from .pipeline import resolve_device
     from .precision import configure_threads
-    settings = generation_settings(args)
     configure_threads()
     device, note = resolve_device(args.device)
     if note:
@@ -50,6 +51,13 @@ def cmd_generate(args) -> int:
     ckpt_path = resolve_checkpoint(args.checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     ckpt.model.to(device)
+    return ckpt, ckpt_path
+
+
+def cmd_generate(args) -> int:
+    from .pipeline import generate_file
+    settings = generation_settings(args)
+    ckpt, ckpt_path = load_model(args)
     meta = generate_file(ckpt, str(args.speech), str(args.output), settings, progress=_progress_printer())
     if sys.stderr.isatty():
         sys.stderr.write("\n")
@@ -58,21 +66,12 @@ def cmd_generate(args) -> int:
 
 
 def cmd_reroll(args) -> int:
-    from .checkpoint import load_checkpoint
-    from .pipeline import resolve_device
-    from .precision import configure_threads
     from .reroll import read_take, reroll_file
     overrides = {k: v for k, v in (("seed", args.seed), ("steps", args.steps), ("guidance", args.guidance),
                                    ("intensity", args.intensity)) if v is not None}
     GenerationSettings.from_dict(overrides)  # a bad value is refused before the model loads
     audio = args.audio or read_take(args.result)["meta"].get("audio")
-    configure_threads()
-    device, note = resolve_device(args.device)
-    if note:
-        print(f"note: {note}", file=sys.stderr)
-    ckpt_path = resolve_checkpoint(args.checkpoint)
-    ckpt = load_checkpoint(ckpt_path)
-    ckpt.model.to(device)
+    ckpt, ckpt_path = load_model(args)
     meta = reroll_file(ckpt, args.result, str(audio), str(args.output), *args.range, overrides,
                        progress=_progress_printer())
     if sys.stderr.isatty():
