@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--armature", required=True, help="name of the armature object")
     r.add_argument("--range", nargs=2, type=int, required=True, metavar=("START", "END"),
                    help="scene frames, inclusive")
-    r.add_argument("--seed", type=int, help="the new seed (default: the take's seed + 1)")
+    r.add_argument("--seed", type=int,
+                   help="the new seed (default: the take's seed + 1 + the number of its earlier re-rolls)")
     r.add_argument("--device", choices=("auto", "cuda", "cpu"), help="default: the preferences' device")
     r.add_argument("--torch-python", help="interpreter of the torch environment (default: the preferences')")
     i = sub.add_parser("set-intensity", help="key the armature's generated action again at another intensity",
@@ -224,8 +225,9 @@ def reroll_request(args: argparse.Namespace) -> Request:
     if obj is None or obj.type != "ARMATURE":
         raise UsageError(f"no armature object named {args.armature!r}")
     seed = args.seed
-    if seed is None:
-        seed = int(takes.current(obj)[1].settings.get("seed", 0)) + 1
+    if seed is None:  # a seed the take has not used yet
+        take = takes.current(obj)[1]
+        seed = int(take.settings.get("seed", 0)) + 1 + len(take.rerolls)
     r = takes.reroll_request(obj, tuple(args.range), seed, args.torch_python or prefs.python,
                              args.device or prefs.device)
     validate(r)

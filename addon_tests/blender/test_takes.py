@@ -123,6 +123,8 @@ def test_reroll_keeps_a_users_edit_outside_the_range_and_uses_the_preview_range(
         assert len(old) == len(new)
     assert bag.fcurves[0].keyframe_points[5].co.y == edited.co.y
     assert addon.takes.read(action).rerolls == [[40, 70, 11]]
+    assert addon.headless.main(["reroll", "--armature", "Rig", "--range", "80", "100", *TORCH]) == 0
+    assert addon.takes.read(action).rerolls[-1] == [80, 100, 2], "without --seed: one the take has not used"
 
 
 def test_reroll_and_intensity_refuse_an_action_they_did_not_make(addon, scene, long_speech, capsys):
