@@ -37,6 +37,7 @@ class Request:
     allow_partial: bool = False  # drive the mapped bones even when required roles are unmapped
     bone_map: dict[str, str] | None = None  # from a bone-map file; None: the stored map, else the detected one
     insist_fingers: bool = False  # fingers were named explicitly: warn when they cannot be driven (else: if possible)
+    reroll: tuple[int, int] | None = None  # re-roll these scene frames of the armature's generated action instead
 
 
 def sampling(preset: str, **choices) -> GenerationSettings:

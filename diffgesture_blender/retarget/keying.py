@@ -2,6 +2,7 @@
 
 apply_motion checks everything before it changes anything; it creates one action with its own slot, assigns it
 (the user's previous action is kept with a fake user), and keys only the driven bones in their own rotation modes.
+rekey_range replaces the keys of a frame range of such an action (re-roll, intensity), leaving every other key.
 """
 from __future__ import annotations
 
@@ -89,16 +90,13 @@ def _new_action(obj, action_name: str, nla_strip: bool, start_frame: int):
     return action, channelbag
 
 
-def apply_motion(armature_obj, directions, skeleton_name: str, mapping: dict[str, str], *, src_fps: float = 15.0,
-                 start_frame: int = 1, action_name: str, parts: set[str] = frozenset({"spine", "arms", "fingers"}),
-                 nla_strip: bool = False, partial: bool = False):
-    """Key canonical directions (frames, n_bones, 3) onto the armature as a new action; returns the action.
+def solve_motion(armature_obj, directions, skeleton_name: str, mapping: dict[str, str], *, src_fps: float,
+                 dst_fps: float, parts: set[str], partial: bool) -> tuple[dict[str, np.ndarray], list]:
+    """Local rotations (scene frames, 4) per keyed bone for canonical directions (frames, n_bones, 3) at src_fps
+    resampled to dst_fps, and the constants (data path, value) a Rigify rig holds; changes nothing.
 
-    Everything is checked before anything is changed: a bad map or input, or nothing to drive, raises ValueError
-    listing the problems. partial: drive the mapped bones even when required roles are unmapped.
-    """
-    import bpy
-
+    A bad map or input, or nothing to drive, raises ValueError listing the problems. partial: drive the mapped bones
+    even when required roles are unmapped."""
     skel = sk.get_skeleton(skeleton_name)
     dirs = np.asarray(directions, dtype=np.float64)
     if dirs.ndim != 3 or dirs.shape[1:] != (skel.n_bones, 3) or len(dirs) < 1:
@@ -106,8 +104,7 @@ def apply_motion(armature_obj, directions, skeleton_name: str, mapping: dict[str
     problems = bone_maps.validate(armature_obj, mapping, partial)
     if problems:
         raise ValueError(f"cannot retarget onto {armature_obj.name!r}: " + "; ".join(problems))
-    scene = bpy.context.scene
-    dirs = slerp_resample(dirs, src_fps, scene.render.fps / scene.render.fps_base)
+    dirs = slerp_resample(dirs, src_fps, dst_fps)
     rig = _rig_rest(armature_obj)
     frame = armature_frame(armature_obj, rig.head, mapping)
     tg = {k: v @ frame.T for k, v in targets(dirs, skel).items()}
@@ -123,9 +120,23 @@ def apply_motion(armature_obj, directions, skeleton_name: str, mapping: dict[str
     local = solve(rig, mapping, driven, tg, frame @ np.array([0.0, -1.0, 0.0]))
     if controls is not None:
         local = {controls[b]: q for b, q in local.items()}
+    return local, constants
 
+
+def apply_motion(armature_obj, directions, skeleton_name: str, mapping: dict[str, str], *, src_fps: float = 15.0,
+                 start_frame: int = 1, action_name: str, parts: set[str] = frozenset({"spine", "arms", "fingers"}),
+                 nla_strip: bool = False, partial: bool = False):
+    """Key canonical directions (frames, n_bones, 3) onto the armature as a new action; returns the action.
+
+    Everything is checked before anything is changed (see solve_motion)."""
+    import bpy
+
+    scene = bpy.context.scene
+    local, constants = solve_motion(armature_obj, directions, skeleton_name, mapping, src_fps=src_fps,
+                                    dst_fps=scene.render.fps / scene.render.fps_base, parts=parts, partial=partial)
+    n = len(next(iter(local.values())))
     action, channelbag = _new_action(armature_obj, action_name, nla_strip, start_frame)
-    frames = start_frame + np.arange(len(dirs), dtype=np.float64)
+    frames = start_frame + np.arange(n, dtype=np.float64)
     co = np.empty(2 * len(frames))
     co[0::2] = frames
     for bone, q in local.items():
@@ -145,3 +156,46 @@ def apply_motion(armature_obj, directions, skeleton_name: str, mapping: dict[str
         fcurve.keyframe_points.foreach_set("co", [frames[0], value, frames[-1], value])
         fcurve.update()
     return action
+
+
+def rekey_range(armature_obj, action, directions, skeleton_name: str, mapping: dict[str, str], *, src_fps: float,
+                dst_fps: float, start_frame: int, frames: tuple[int, int], parts: set[str], partial: bool) -> int:
+    """Replace the keys of the driven bones at frames[0]..frames[1] (inclusive) of a take's action with the keys of
+    new directions for the whole take (keyed from start_frame at dst_fps, as apply_motion keyed it); every key
+    outside the range, and every other curve, stays as it is. Returns the number of keys written."""
+    from bpy_extras import anim_utils
+
+    local, _ = solve_motion(armature_obj, directions, skeleton_name, mapping, src_fps=src_fps, dst_fps=dst_fps,
+                            parts=parts, partial=partial)
+    n = len(next(iter(local.values())))
+    first, last = max(frames[0], start_frame), min(frames[1], start_frame + n - 1)
+    keyed = np.arange(first - start_frame, last - start_frame + 1)
+    anim = armature_obj.animation_data
+    channelbag = anim_utils.action_get_channelbag_for_slot(action, anim.action_slot)
+    if channelbag is None:
+        raise ValueError(f"the action {action.name!r} has no keys for {armature_obj.name!r}'s slot")
+    curves = []
+    for bone, q in local.items():
+        path, values = _channels(armature_obj.pose.bones[bone], q)
+        for i in range(values.shape[1]):
+            fcurve = channelbag.fcurves.find(f'pose.bones["{bone}"].{path}', index=i)
+            if fcurve is None:
+                raise ValueError(f"the action {action.name!r} has no {path} curve for the bone {bone!r} (was its "
+                                 "rotation mode changed after generating?); set it back or generate again")
+            curves.append((fcurve, values[:, i]))
+    for fcurve, values in curves:
+        points = fcurve.keyframe_points
+        co = np.empty(2 * len(points))
+        points.foreach_get("co", co)
+        inside = np.flatnonzero((co[0::2] >= frames[0]) & (co[0::2] <= frames[1]))
+        for k in inside[::-1]:
+            points.remove(points[int(k)], fast=True)
+        kept = len(points)
+        points.add(len(keyed))
+        co = np.empty(2 * len(points))
+        points.foreach_get("co", co)  # the kept keys read back as they are, the new ones after them
+        co[2 * kept::2] = start_frame + keyed
+        co[2 * kept + 1::2] = values[keyed]
+        points.foreach_set("co", co)
+        fcurve.update()  # sorts the keys by frame and sets the new keys' automatic handles
+    return len(keyed) * len(curves)
