@@ -127,6 +127,63 @@ def test_reroll_keeps_a_users_edit_outside_the_range_and_uses_the_preview_range(
     assert addon.takes.read(action).rerolls[-1] == [80, 100, 2], "without --seed: one the take has not used"
 
 
+def rotation_keys(action: bpy.types.Action, rig: bpy.types.Object, bone: str) -> tuple[np.ndarray, np.ndarray]:
+    """A bone's rotation keys: their frames and values (n, channels), axis-angle ones as quaternions."""
+    bag = anim_utils.action_get_channelbag_for_slot(action, rig.animation_data.action_slot)
+    mode = rig.pose.bones[bone].rotation_mode
+    path = {"QUATERNION": "rotation_quaternion", "AXIS_ANGLE": "rotation_axis_angle"}.get(mode, "rotation_euler")
+    curves = sorted((fc for fc in bag.fcurves if fc.data_path == f'pose.bones["{bone}"].{path}'),
+                    key=lambda fc: fc.array_index)
+    frames = np.array([k.co.x for k in curves[0].keyframe_points])
+    values = np.array([[k.co.y for k in fc.keyframe_points] for fc in curves]).T
+    if mode == "AXIS_ANGLE":
+        values = np.concatenate([np.cos(values[:, :1] / 2), np.sin(values[:, :1] / 2) * values[:, 1:]], -1)
+    return frames, values
+
+
+def test_rerolled_keys_join_the_kept_keys_without_a_sign_flip_or_a_whole_turn(addon, scene, long_speech):
+    """Blender interpolates a rotation's channels, so a new key of -q beside a kept q (or an Euler angle a whole
+    turn away) spins the bone between frames. Kept keys are turned into such equivalents (the pose is the same):
+    the re-rolled range follows them at both joins, in quaternion, axis-angle and Euler bones."""
+    rig = bpy.data.objects["Rig"]
+    bone = {side + part: next(b.name for b in rig.pose.bones if b.name.endswith(side + part))
+            for side in ("Left", "Right") for part in ("Arm", "ForeArm")}
+    rig.pose.bones[bone["LeftArm"]].rotation_mode = "XYZ"
+    rig.pose.bones[bone["RightArm"]].rotation_mode = "AXIS_ANGLE"
+    action = generate(addon, long_speech, "--steps", "6")
+    bag = anim_utils.action_get_channelbag_for_slot(action, rig.animation_data.action_slot)
+
+    def edit(name: str, path: str, change, after: float = -np.inf) -> None:
+        """Rewrite the kept keys of a bone's rotation (from frame `after` on) as equivalents of the same pose."""
+        curves = sorted((fc for fc in bag.fcurves if fc.data_path == f'pose.bones["{name}"].{path}'),
+                        key=lambda fc: fc.array_index)
+        values = np.array([[k.co.y for k in fc.keyframe_points] for fc in curves]).T
+        frames = np.array([k.co.x for k in curves[0].keyframe_points])
+        values[frames > after] = change(values[frames > after])
+        for fc, column in zip(curves, values.T):
+            for k, v in zip(fc.keyframe_points, column):
+                k.co.y = v
+            fc.update()
+    edit(bone["LeftForeArm"], "rotation_quaternion", np.negative)  # -q everywhere
+    edit(bone["RightForeArm"], "rotation_quaternion", np.negative, after=120)  # a flip the range must absorb
+    edit(bone["LeftArm"], "rotation_euler", lambda e: e + [2 * np.pi, 0, 0])  # a whole turn about X
+    edit(bone["RightArm"], "rotation_axis_angle", lambda a: np.c_[2 * np.pi - a[:, 0], -a[:, 1:]])  # that of -q
+    assert addon.headless.main(["reroll", "--armature", "Rig", "--range", "60", "120", "--seed", "7", *TORCH]) == 0
+    for name in keyed_bones(action, rig):
+        if rig.pose.bones[name].rotation_mode not in ("QUATERNION", "AXIS_ANGLE"):
+            continue
+        frames, q = rotation_keys(action, rig, name)
+        dots = np.sum(q[1:] * q[:-1], -1)  # dots[i]: key frames[i] -> frames[i] + 1
+        flips = frames[:-1][dots < 0]
+        if name == bone["RightForeArm"]:  # its kept keys disagree across the range: one flip, inside it
+            assert len(flips) == 1 and 60 <= flips[0] < 120, (name, flips)
+        else:
+            assert len(flips) == 0, (name, flips)
+    frames, euler = rotation_keys(action, rig, bone["LeftArm"])
+    steps = np.abs(np.diff(euler, axis=0)).max(-1)
+    assert steps.max() < np.pi, (frames[:-1][steps.argmax()], steps.max())  # no whole turn at a join
+
+
 def test_reroll_and_intensity_refuse_an_action_they_did_not_make(addon, scene, long_speech, capsys):
     rig = bpy.data.objects["Rig"]
     own = bpy.data.actions.new("Hand-made")
