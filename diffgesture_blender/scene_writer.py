@@ -60,8 +60,11 @@ def write_motion(scene: bpy.types.Scene, request: Request, armature_name: str, m
     if r.add_sound and channel is None:
         notes.append(f"the sound strip was not added: all {MAX_CHANNELS} sequencer channels are busy over frames "
                      f"{r.start_frame}-{end}")
-    actions, strip = [], None
+    actions, strip, sound = [], None, r.sound
     with undo_on_failure(scene, obj):
+        if channel is not None:
+            strip = add_sound_strip(scene, r.audio, r.start_frame, channel, r.pack_sound)
+            sound = scene.sequence_editor.strips_all[strip].sound.name
         for v in reversed(range(len(directions))):  # the first variation is applied last, so it stays assigned
             action = retarget.apply_motion(obj, directions[v], meta["skeleton"], mapping, src_fps=float(meta["fps"]),
                                            start_frame=r.start_frame, action_name=names[v], parts=set(r.parts),
@@ -72,10 +75,8 @@ def write_motion(scene: bpy.types.Scene, request: Request, armature_name: str, m
                 checkpoint_sha256=meta["checkpoint_sha256"], skeleton=meta["skeleton"], start_frame=r.start_frame,
                 scene_fps=fps, src_fps=float(meta["fps"]), duration=float(meta["duration"]),
                 settings=dict(meta["settings"]), bone_map=dict(mapping), parts=sorted(r.parts),
-                allow_partial=r.allow_partial, poses=result["poses"][v]).to_property()
+                allow_partial=r.allow_partial, poses=result["poses"][v], sound=sound).to_property()
             actions.insert(0, action.name)
-        if channel is not None:
-            strip = add_sound_strip(scene, r.audio, r.start_frame, channel, r.pack_sound)
         scene.frame_start = min(scene.frame_start, r.start_frame)
         scene.frame_end = max(scene.frame_end, end)
     _skeletons[str(resolve_checkpoint(r.checkpoint))] = meta["skeleton"]

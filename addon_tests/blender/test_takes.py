@@ -6,7 +6,9 @@ everything back. The bundled model on real espeak-ng speech, through the real wo
 """
 import json
 import re
+import shutil
 import subprocess
+import tempfile
 
 import bpy
 import numpy as np
@@ -125,6 +127,62 @@ def test_reroll_keeps_a_users_edit_outside_the_range_and_uses_the_preview_range(
     assert addon.takes.read(action).rerolls == [[40, 70, 11]]
     assert addon.headless.main(["reroll", "--armature", "Rig", "--range", "80", "100", *TORCH]) == 0
     assert addon.takes.read(action).rerolls[-1] == [80, 100, 2], "without --seed: one the take has not used"
+
+
+def test_reroll_reads_a_packed_sound_once_the_audio_file_is_gone(addon, scene, long_speech, tmp_path, monkeypatch):
+    """Generated with --pack-sound, saved, the audio deleted, the .blend reopened: the re-roll reads the packed copy
+    (written to the generation's temporary folder, deleted afterwards) and changes only the range."""
+    audio = tmp_path / "take.wav"
+    shutil.copy(long_speech, audio)
+    assert addon.headless.main(["generate", "--audio", str(audio), "--armature", "Rig", "--pack-sound", "--seed",
+                                "0", "--steps", "6", *TORCH, "--output", str(tmp_path / "shot.blend")]) == 0
+    audio.unlink()
+    bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "shot.blend"))
+    rig = bpy.data.objects["Rig"]
+    action = rig.animation_data.action
+    take = addon.takes.read(action)
+    assert take.audio == str(audio.resolve()) and bpy.data.sounds[take.sound].packed_file is not None
+    keys_before = action_keys(action)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the generation's folder goes
+    (tmp_path / "tmp").mkdir()
+    assert addon.headless.main(["reroll", "--armature", "Rig", "--range", "60", "120", "--seed", "7", *TORCH]) == 0
+    assert list((tmp_path / "tmp").iterdir()) == [], "the packed copy's folder was deleted"
+    after = action_keys(action)
+    for (path, index, old), (path2, index2, new) in zip(keys_before, after, strict=True):
+        assert (path, index) == (path2, index2)
+        assert [k for k in old if not 60 <= k[0] <= 120] == [k for k in new if not 60 <= k[0] <= 120]
+    assert after != keys_before and addon.takes.read(action).rerolls == [[60, 120, 7]]
+
+
+def test_reroll_follows_a_relinked_sound_and_says_what_to_do_when_the_audio_is_nowhere(addon, scene, long_speech,
+                                                                                       tmp_path, capsys):
+    """The audio moved: with the sound strip not packed and not relinked, the re-roll is refused with what to do
+    and changes nothing; once the sound points at the file's new place, it re-rolls from there."""
+    audio = tmp_path / "take.wav"
+    shutil.copy(long_speech, audio)
+    assert addon.headless.main(["generate", "--audio", str(audio), "--armature", "Rig", "--seed", "0", "--steps",
+                                "6", *TORCH]) == 0
+    action = bpy.data.objects["Rig"].animation_data.action
+    sound = bpy.data.sounds[addon.takes.read(action).sound]
+    moved = tmp_path / "moved" / "take.wav"
+    moved.parent.mkdir()
+    audio.rename(moved)
+    before = snapshot()
+    argv = ["reroll", "--armature", "Rig", "--range", "60", "120", "--seed", "7", *TORCH]
+    assert addon.headless.main(argv) == 2
+    err = capsys.readouterr().err
+    assert (f"the take's audio is gone: {audio.resolve()} does not exist, and its sound {sound.name!r} is neither "
+            "packed nor found at") in err and "point the sound at where the file is now" in err, err
+    assert snapshot() == before
+    sound.filepath = str(moved)  # the user relinks the strip's sound
+    assert addon.headless.main(argv) == 0
+    assert addon.takes.read(action).rerolls == [[60, 120, 7]] and snapshot() != before
+    bpy.data.sounds.remove(sound)  # no sound holds it any more
+    before = snapshot()
+    moved.unlink()
+    assert addon.headless.main(argv) == 2
+    assert f"{audio.resolve()} does not exist and no sound in this .blend holds it" in capsys.readouterr().err
+    assert snapshot() == before
 
 
 def rotation_keys(action: bpy.types.Action, rig: bpy.types.Object, bone: str) -> tuple[np.ndarray, np.ndarray]:
