@@ -130,16 +130,17 @@ def current(obj: bpy.types.Object | None) -> tuple[bpy.types.Action, Take]:
 
 
 def reroll_request(obj: bpy.types.Object | None, frames: tuple[int, int], seed: int, python: str,
-                   device: str) -> Request:
+                   device: str, audio: Path | None = None) -> Request:
     """The request that re-rolls scene frames first..last of the armature's current generated action with `seed`:
-    the take's audio, checkpoint, settings, bone map and parts. UsageError when it cannot run."""
+    the take's audio (or `audio`, the same speech named by the user), checkpoint, settings, bone map and parts.
+    UsageError when it cannot run."""
     _, take = current(obj)
     take.model_range(*frames)  # a range outside the take, or too short, is refused here
     try:
         settings = core.settings.GenerationSettings.from_dict({**take.settings, "seed": seed})
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from None
-    audio, sound = speech(take)
+    audio, sound = (Path(audio), None) if audio is not None else speech(take)
     return Request(audio=audio, armature=obj.name, python=python, checkpoint=take.checkpoint,
                    device=device, settings=settings, start_frame=take.start_frame, add_sound=False,
                    parts=frozenset(take.parts), allow_partial=take.allow_partial, bone_map=dict(take.bone_map),
@@ -162,8 +163,8 @@ def speech(take: Take) -> tuple[Path, str | None]:
         return sound_file(sound), None
     if sound is None:
         raise UsageError(f"the take's audio is gone: {recorded} does not exist and no sound in this .blend holds it. "
-                         "Put the file back there, then re-roll")
+                         "Put the file back there, then re-roll (headless: or name the file with reroll --audio)")
     raise UsageError(f"the take's audio is gone: {recorded} does not exist, and its sound {sound.name!r} is neither "
                      f"packed nor found at {sound_file(sound)}. Put the file back, or point the sound at where the "
                      "file is now (Video Sequencer: the sound strip's Sound panel, or File > External Data > Find "
-                     "Missing Files), then re-roll")
+                     "Missing Files), then re-roll (headless: or name the file with reroll --audio)")

@@ -157,7 +157,8 @@ def test_reroll_reads_a_packed_sound_once_the_audio_file_is_gone(addon, scene, l
 def test_reroll_follows_a_relinked_sound_and_says_what_to_do_when_the_audio_is_nowhere(addon, scene, long_speech,
                                                                                        tmp_path, capsys):
     """The audio moved: with the sound strip not packed and not relinked, the re-roll is refused with what to do
-    and changes nothing; once the sound points at the file's new place, it re-rolls from there."""
+    and changes nothing; once the sound points at the file's new place, it re-rolls from there; with no sound and
+    no file, it is refused again, and re-rolls from a file named with --audio."""
     audio = tmp_path / "take.wav"
     shutil.copy(long_speech, audio)
     assert addon.headless.main(["generate", "--audio", str(audio), "--armature", "Rig", "--seed", "0", "--steps",
@@ -183,6 +184,10 @@ def test_reroll_follows_a_relinked_sound_and_says_what_to_do_when_the_audio_is_n
     assert addon.headless.main(argv) == 2
     assert f"{audio.resolve()} does not exist and no sound in this .blend holds it" in capsys.readouterr().err
     assert snapshot() == before
+    elsewhere = tmp_path / "elsewhere.wav"
+    shutil.copy(long_speech, elsewhere)
+    assert addon.headless.main([*argv, "--audio", str(elsewhere)]) == 0  # the user names the file
+    assert addon.takes.read(action).rerolls == [[60, 120, 7]] * 2
 
 
 def rotation_keys(action: bpy.types.Action, rig: bpy.types.Object, bone: str) -> tuple[np.ndarray, np.ndarray]:
