@@ -185,13 +185,14 @@ def _put_keys(action: bpy.types.Action, slot, state: list) -> None:
 @contextmanager
 def undo_on_failure(scene: bpy.types.Scene, obj: bpy.types.Object, rekeyed: bpy.types.Action | None = None):
     """Run a block that writes a result into the .blend; if it raises, remove what it added (actions, NLA tracks,
-    sound strips), restore the armature's assignment and the frame range, and the keys and take record of the action
-    being re-keyed (`rekeyed`, the armature's current action), then re-raise."""
+    sound strips and their sounds), restore the armature's assignment and the frame range, and the keys and take
+    record of the action being re-keyed (`rekeyed`, the armature's current action), then re-raise."""
     anim = obj.animation_data
     keys = _keys(rekeyed, anim.action_slot) if rekeyed is not None else None
     record = rekeyed[takes.KEY].to_dict() if rekeyed is not None and takes.KEY in rekeyed else None
     previous = anim.action if anim is not None else None
     before = {"actions": {a.as_pointer() for a in bpy.data.actions},
+              "sounds": {s.as_pointer() for s in bpy.data.sounds},
               "tracks": {t.as_pointer() for t in anim.nla_tracks} if anim is not None else set(),
               "strips": {s.as_pointer() for s in scene.sequence_editor.strips_all} if scene.sequence_editor else set(),
               "slot": anim.action_slot if anim is not None and previous is not None else None,
@@ -216,6 +217,8 @@ def undo_on_failure(scene: bpy.types.Scene, obj: bpy.types.Object, rekeyed: bpy.
             previous.use_fake_user = before["fake_user"]
         for a in [a for a in bpy.data.actions if a.as_pointer() not in before["actions"]]:
             bpy.data.actions.remove(a)
+        for s in [s for s in bpy.data.sounds if s.as_pointer() not in before["sounds"]]:
+            bpy.data.sounds.remove(s)  # a removed strip's sound
         scene.frame_start, scene.frame_end = before["frames"]
         if rekeyed is not None:
             _put_keys(rekeyed, before["slot"], keys)
