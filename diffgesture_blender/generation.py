@@ -16,7 +16,7 @@ from typing import Callable
 import bpy
 
 from . import core, scene_writer, takes
-from .request import Request, UsageError, resolve_checkpoint, validate
+from .request import Request, UsageError, resolve_checkpoint, validate, worker_audio
 from .worker_host import HOST, WorkerError
 
 ErrorKind = core.protocol.ErrorKind
@@ -41,6 +41,11 @@ class Generation:
         armature, self.mapping = validate(request)
         self.armature_name = armature.name  # a name, not a reference: undo may replace the object meanwhile
         self.tmp = Path(tempfile.mkdtemp(prefix="diffgesture-"))
+        try:
+            self.audio = worker_audio(request, self.tmp)  # a packed sound's copy is written into tmp
+        except OSError as e:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise UsageError(f"cannot write the packed sound {request.sound!r} for the worker: {e}") from None
         self.output = self.tmp / "result.npz"
         self.stage = Stage.STARTING
         self.notes: list[str] = []
@@ -80,7 +85,7 @@ class Generation:
     def submit(self, client: core.client.WorkerClient) -> core.client.Job:
         """Send this generation's request to the worker."""
         r = self.request
-        return client.generate(r.audio, self.output, str(resolve_checkpoint(r.checkpoint)), r.device,
+        return client.generate(self.audio, self.output, str(resolve_checkpoint(r.checkpoint)), r.device,
                                r.settings.to_dict())
 
     def write(self, scene: bpy.types.Scene, result: dict, notes: list[str]) -> scene_writer.Summary:
@@ -181,7 +186,7 @@ class Reroll(Generation):
 
     def submit(self, client: core.client.WorkerClient) -> core.client.Job:
         r = self.request
-        return client.reroll(self.take_file, r.audio, self.model_frames, self.output,
+        return client.reroll(self.take_file, self.audio, self.model_frames, self.output,
                              str(resolve_checkpoint(r.checkpoint)), r.device, {"seed": r.settings.seed})
 
     def write(self, scene: bpy.types.Scene, result: dict, notes: list[str]) -> scene_writer.Summary:

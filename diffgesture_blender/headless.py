@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scene frames, inclusive")
     r.add_argument("--seed", type=int,
                    help="the new seed (default: the take's seed + 1 + the number of its earlier re-rolls)")
+    r.add_argument("--audio", help="the take's speech, when its file has moved (default: the take's packed or "
+                                   "linked sound, else the file it recorded)")
     r.add_argument("--device", choices=("auto", "cuda", "cpu"), help="default: the preferences' device")
     r.add_argument("--torch-python", help="interpreter of the torch environment (default: the preferences')")
     i = sub.add_parser("set-intensity", help="key the armature's generated action again at another intensity",
@@ -229,7 +231,7 @@ def reroll_request(args: argparse.Namespace) -> Request:
         take = takes.current(obj)[1]
         seed = int(take.settings.get("seed", 0)) + 1 + len(take.rerolls)
     r = takes.reroll_request(obj, tuple(args.range), seed, args.torch_python or prefs.python,
-                             args.device or prefs.device)
+                             args.device or prefs.device, Path(args.audio) if args.audio else None)
     validate(r)
     problem = environment_problem(r.python, remedy=TORCH_PYTHON_HINT)
     if problem:

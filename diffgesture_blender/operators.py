@@ -21,12 +21,13 @@ def gather(context: bpy.types.Context) -> Request:
     props = context.scene.diffgesture
     prefs = preferences.get(context)
     if props.audio_source == "STRIP":
-        audio, start = audio_from_strip(context.scene, props.audio_strip)
+        audio, start, sound = audio_from_strip(context.scene, props.audio_strip)
         add_sound = False  # the audio is already in the sequencer
     else:
         if not props.audio_path:
             raise UsageError("choose a speech audio file")
         audio, start, add_sound = Path(bpy.path.abspath(props.audio_path)), props.start_frame, props.add_sound
+        sound = None
     if props.armature is None:
         raise UsageError("choose the armature to animate")
     settings = sampling(props.sampler, steps=props.steps if props.sampler == "fast" else None, seed=props.seed,
@@ -38,7 +39,8 @@ def gather(context: bpy.types.Context) -> Request:
     checkpoint = chosen_checkpoint(context)
     return Request(audio=audio, armature=props.armature.name, python=prefs.python, checkpoint=checkpoint,
                    device=prefs.device, settings=settings, start_frame=start, add_sound=add_sound,
-                   parts=frozenset(parts), allow_partial=props.allow_partial, pack_sound=props.pack_sound)
+                   parts=frozenset(parts), allow_partial=props.allow_partial, pack_sound=props.pack_sound,
+                   sound=sound)
 
 
 # How the last Generate of this session ended, when it did not write anything: (report kind, message) for the panel.

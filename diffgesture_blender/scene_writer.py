@@ -60,8 +60,11 @@ def write_motion(scene: bpy.types.Scene, request: Request, armature_name: str, m
     if r.add_sound and channel is None:
         notes.append(f"the sound strip was not added: all {MAX_CHANNELS} sequencer channels are busy over frames "
                      f"{r.start_frame}-{end}")
-    actions, strip = [], None
+    actions, strip, sound = [], None, r.sound
     with undo_on_failure(scene, obj):
+        if channel is not None:
+            strip = add_sound_strip(scene, r.audio, r.start_frame, channel, r.pack_sound)
+            sound = scene.sequence_editor.strips_all[strip].sound.name
         for v in reversed(range(len(directions))):  # the first variation is applied last, so it stays assigned
             action = retarget.apply_motion(obj, directions[v], meta["skeleton"], mapping, src_fps=float(meta["fps"]),
                                            start_frame=r.start_frame, action_name=names[v], parts=set(r.parts),
@@ -72,10 +75,8 @@ def write_motion(scene: bpy.types.Scene, request: Request, armature_name: str, m
                 checkpoint_sha256=meta["checkpoint_sha256"], skeleton=meta["skeleton"], start_frame=r.start_frame,
                 scene_fps=fps, src_fps=float(meta["fps"]), duration=float(meta["duration"]),
                 settings=dict(meta["settings"]), bone_map=dict(mapping), parts=sorted(r.parts),
-                allow_partial=r.allow_partial, poses=result["poses"][v]).to_property()
+                allow_partial=r.allow_partial, poses=result["poses"][v], sound=sound).to_property()
             actions.insert(0, action.name)
-        if channel is not None:
-            strip = add_sound_strip(scene, r.audio, r.start_frame, channel, r.pack_sound)
         scene.frame_start = min(scene.frame_start, r.start_frame)
         scene.frame_end = max(scene.frame_end, end)
     _skeletons[str(resolve_checkpoint(r.checkpoint))] = meta["skeleton"]
@@ -184,13 +185,14 @@ def _put_keys(action: bpy.types.Action, slot, state: list) -> None:
 @contextmanager
 def undo_on_failure(scene: bpy.types.Scene, obj: bpy.types.Object, rekeyed: bpy.types.Action | None = None):
     """Run a block that writes a result into the .blend; if it raises, remove what it added (actions, NLA tracks,
-    sound strips), restore the armature's assignment and the frame range, and the keys and take record of the action
-    being re-keyed (`rekeyed`, the armature's current action), then re-raise."""
+    sound strips and their sounds), restore the armature's assignment and the frame range, and the keys and take
+    record of the action being re-keyed (`rekeyed`, the armature's current action), then re-raise."""
     anim = obj.animation_data
     keys = _keys(rekeyed, anim.action_slot) if rekeyed is not None else None
     record = rekeyed[takes.KEY].to_dict() if rekeyed is not None and takes.KEY in rekeyed else None
     previous = anim.action if anim is not None else None
     before = {"actions": {a.as_pointer() for a in bpy.data.actions},
+              "sounds": {s.as_pointer() for s in bpy.data.sounds},
               "tracks": {t.as_pointer() for t in anim.nla_tracks} if anim is not None else set(),
               "strips": {s.as_pointer() for s in scene.sequence_editor.strips_all} if scene.sequence_editor else set(),
               "slot": anim.action_slot if anim is not None and previous is not None else None,
@@ -215,6 +217,8 @@ def undo_on_failure(scene: bpy.types.Scene, obj: bpy.types.Object, rekeyed: bpy.
             previous.use_fake_user = before["fake_user"]
         for a in [a for a in bpy.data.actions if a.as_pointer() not in before["actions"]]:
             bpy.data.actions.remove(a)
+        for s in [s for s in bpy.data.sounds if s.as_pointer() not in before["sounds"]]:
+            bpy.data.sounds.remove(s)  # a removed strip's sound
         scene.frame_start, scene.frame_end = before["frames"]
         if rekeyed is not None:
             _put_keys(rekeyed, before["slot"], keys)

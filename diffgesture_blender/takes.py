@@ -1,9 +1,10 @@
 """A take: what the add-on records on every action it generates, so that re-roll and intensity can act on it later.
 
-The record is a custom property (KEY) on the action: the audio, the checkpoint and its sha256, the skeleton, where
-and at what rate the keys were written, the settings, the bone map and parts, and that variation's normalised poses
-at 15 fps (as the result file held them, at the recorded intensity). An action without it was not made here, and
-re-roll and intensity refuse it. The scene writer writes the record; this module reads it and does the arithmetic.
+The record is a custom property (KEY) on the action: the audio and the sound datablock that plays it (so that a
+re-roll still finds the speech once the file has moved: packed or relinked), the checkpoint and its sha256, the
+skeleton, where and at what rate the keys were written, the settings, the bone map and parts, and that variation's
+normalised poses at 15 fps (as the result file held them, at the recorded intensity). An action without it was not
+made here, and re-roll and intensity refuse it. The scene writer writes the record; this module reads it and does the arithmetic.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import bpy
 import numpy as np
 
 from . import core
-from .request import Request, UsageError
+from .request import Request, UsageError, sound_file
 
 KEY = "diffgesture_take"
 VERSION = 1
@@ -39,6 +40,7 @@ class Take:
     allow_partial: bool
     poses: np.ndarray  # (frames at src_fps, pose_dim), at settings["intensity"]
     rerolls: list[list[int]] = field(default_factory=list)  # [first scene frame, last, seed] of each re-roll
+    sound: str | None = None  # the sound datablock of the take's sound strip (or the strip it was read from)
 
     @property
     def intensity(self) -> float:
@@ -128,16 +130,41 @@ def current(obj: bpy.types.Object | None) -> tuple[bpy.types.Action, Take]:
 
 
 def reroll_request(obj: bpy.types.Object | None, frames: tuple[int, int], seed: int, python: str,
-                   device: str) -> Request:
+                   device: str, audio: Path | None = None) -> Request:
     """The request that re-rolls scene frames first..last of the armature's current generated action with `seed`:
-    the take's audio, checkpoint, settings, bone map and parts. UsageError when it cannot run."""
+    the take's audio (or `audio`, the same speech named by the user), checkpoint, settings, bone map and parts.
+    UsageError when it cannot run."""
     _, take = current(obj)
     take.model_range(*frames)  # a range outside the take, or too short, is refused here
     try:
         settings = core.settings.GenerationSettings.from_dict({**take.settings, "seed": seed})
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from None
-    return Request(audio=Path(take.audio), armature=obj.name, python=python, checkpoint=take.checkpoint,
+    audio, sound = (Path(audio), None) if audio is not None else speech(take)
+    return Request(audio=audio, armature=obj.name, python=python, checkpoint=take.checkpoint,
                    device=device, settings=settings, start_frame=take.start_frame, add_sound=False,
                    parts=frozenset(take.parts), allow_partial=take.allow_partial, bone_map=dict(take.bone_map),
-                   reroll=(int(frames[0]), int(frames[1])))
+                   reroll=(int(frames[0]), int(frames[1])), sound=sound)
+
+
+def speech(take: Take) -> tuple[Path, str | None]:
+    """Where a re-roll reads the take's speech, as a request's audio and sound: the take's sound's packed copy; else
+    the recorded file; else the file the sound now points at (relinked). The sound is the one the take recorded, or
+    one loaded from the recorded file. UsageError, saying what to do, when none of them holds the audio."""
+    recorded = Path(take.audio)
+    sound = bpy.data.sounds.get(take.sound) if take.sound else None
+    if sound is None:
+        sound = next((s for s in bpy.data.sounds if s.filepath and sound_file(s).resolve() == recorded), None)
+    if sound is not None and sound.packed_file is not None:
+        return recorded, sound.name
+    if recorded.is_file():
+        return recorded, None
+    if sound is not None and sound_file(sound).is_file():
+        return sound_file(sound), None
+    if sound is None:
+        raise UsageError(f"the take's audio is gone: {recorded} does not exist and no sound in this .blend holds it. "
+                         "Put the file back there, then re-roll (headless: or name the file with reroll --audio)")
+    raise UsageError(f"the take's audio is gone: {recorded} does not exist, and its sound {sound.name!r} is neither "
+                     f"packed nor found at {sound_file(sound)}. Put the file back, or point the sound at where the "
+                     "file is now (Video Sequencer: the sound strip's Sound panel, or File > External Data > Find "
+                     "Missing Files), then re-roll (headless: or name the file with reroll --audio)")

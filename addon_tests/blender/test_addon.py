@@ -125,6 +125,20 @@ def test_audio_from_an_existing_sound_strip(addon, scene, speech_wav):
     assert [s.name for s in scene.sequence_editor.strips_all] == ["line"]  # no second copy of the audio
 
 
+def test_audio_from_a_packed_sound_strip_whose_file_is_gone(addon, scene, speech_wav, tmp_path):
+    """The worker reads the packed copy; the take records the strip's file and sound (a re-roll finds it again)."""
+    audio = tmp_path / "line.wav"
+    audio.write_bytes(speech_wav.read_bytes())
+    strip = scene.sequence_editor_create().strips.new_sound("line", str(audio), 2, 30)
+    strip.sound.pack()
+    audio.unlink()
+    props = scene.diffgesture
+    props.audio_source, props.audio_strip = "STRIP", strip.name
+    assert bpy.ops.diffgesture.generate() == {"FINISHED"}
+    take = addon.takes.read(props.armature.animation_data.action)
+    assert take.audio == str(audio.resolve()) and take.sound == strip.sound.name
+
+
 def test_panel_and_preferences_draw(addon, scene):
     ctx = bpy.context
     panel_class = addon.panel.DIFFGESTURE_PT_generate

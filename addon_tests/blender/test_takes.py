@@ -6,7 +6,9 @@ everything back. The bundled model on real espeak-ng speech, through the real wo
 """
 import json
 import re
+import shutil
 import subprocess
+import tempfile
 
 import bpy
 import numpy as np
@@ -125,6 +127,124 @@ def test_reroll_keeps_a_users_edit_outside_the_range_and_uses_the_preview_range(
     assert addon.takes.read(action).rerolls == [[40, 70, 11]]
     assert addon.headless.main(["reroll", "--armature", "Rig", "--range", "80", "100", *TORCH]) == 0
     assert addon.takes.read(action).rerolls[-1] == [80, 100, 2], "without --seed: one the take has not used"
+
+
+def test_reroll_reads_a_packed_sound_once_the_audio_file_is_gone(addon, scene, long_speech, tmp_path, monkeypatch):
+    """Generated with --pack-sound, saved, the audio deleted, the .blend reopened: the re-roll reads the packed copy
+    (written to the generation's temporary folder, deleted afterwards) and changes only the range."""
+    audio = tmp_path / "take.wav"
+    shutil.copy(long_speech, audio)
+    assert addon.headless.main(["generate", "--audio", str(audio), "--armature", "Rig", "--pack-sound", "--seed",
+                                "0", "--steps", "6", *TORCH, "--output", str(tmp_path / "shot.blend")]) == 0
+    audio.unlink()
+    bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "shot.blend"))
+    rig = bpy.data.objects["Rig"]
+    action = rig.animation_data.action
+    take = addon.takes.read(action)
+    assert take.audio == str(audio.resolve()) and bpy.data.sounds[take.sound].packed_file is not None
+    keys_before = action_keys(action)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the generation's folder goes
+    (tmp_path / "tmp").mkdir()
+    assert addon.headless.main(["reroll", "--armature", "Rig", "--range", "60", "120", "--seed", "7", *TORCH]) == 0
+    assert list((tmp_path / "tmp").iterdir()) == [], "the packed copy's folder was deleted"
+    after = action_keys(action)
+    for (path, index, old), (path2, index2, new) in zip(keys_before, after, strict=True):
+        assert (path, index) == (path2, index2)
+        assert [k for k in old if not 60 <= k[0] <= 120] == [k for k in new if not 60 <= k[0] <= 120]
+    assert after != keys_before and addon.takes.read(action).rerolls == [[60, 120, 7]]
+
+
+def test_reroll_follows_a_relinked_sound_and_says_what_to_do_when_the_audio_is_nowhere(addon, scene, long_speech,
+                                                                                       tmp_path, capsys):
+    """The audio moved: with the sound strip not packed and not relinked, the re-roll is refused with what to do
+    and changes nothing; once the sound points at the file's new place, it re-rolls from there; with no sound and
+    no file, it is refused again, and re-rolls from a file named with --audio."""
+    audio = tmp_path / "take.wav"
+    shutil.copy(long_speech, audio)
+    assert addon.headless.main(["generate", "--audio", str(audio), "--armature", "Rig", "--seed", "0", "--steps",
+                                "6", *TORCH]) == 0
+    action = bpy.data.objects["Rig"].animation_data.action
+    sound = bpy.data.sounds[addon.takes.read(action).sound]
+    moved = tmp_path / "moved" / "take.wav"
+    moved.parent.mkdir()
+    audio.rename(moved)
+    before = snapshot()
+    argv = ["reroll", "--armature", "Rig", "--range", "60", "120", "--seed", "7", *TORCH]
+    assert addon.headless.main(argv) == 2
+    err = capsys.readouterr().err
+    assert (f"the take's audio is gone: {audio.resolve()} does not exist, and its sound {sound.name!r} is neither "
+            "packed nor found at") in err and "point the sound at where the file is now" in err, err
+    assert snapshot() == before
+    sound.filepath = str(moved)  # the user relinks the strip's sound
+    assert addon.headless.main(argv) == 0
+    assert addon.takes.read(action).rerolls == [[60, 120, 7]] and snapshot() != before
+    bpy.data.sounds.remove(sound)  # no sound holds it any more
+    before = snapshot()
+    moved.unlink()
+    assert addon.headless.main(argv) == 2
+    assert f"{audio.resolve()} does not exist and no sound in this .blend holds it" in capsys.readouterr().err
+    assert snapshot() == before
+    elsewhere = tmp_path / "elsewhere.wav"
+    shutil.copy(long_speech, elsewhere)
+    assert addon.headless.main([*argv, "--audio", str(elsewhere)]) == 0  # the user names the file
+    assert addon.takes.read(action).rerolls == [[60, 120, 7]] * 2
+
+
+def rotation_keys(action: bpy.types.Action, rig: bpy.types.Object, bone: str) -> tuple[np.ndarray, np.ndarray]:
+    """A bone's rotation keys: their frames and values (n, channels), axis-angle ones as quaternions."""
+    bag = anim_utils.action_get_channelbag_for_slot(action, rig.animation_data.action_slot)
+    mode = rig.pose.bones[bone].rotation_mode
+    path = {"QUATERNION": "rotation_quaternion", "AXIS_ANGLE": "rotation_axis_angle"}.get(mode, "rotation_euler")
+    curves = sorted((fc for fc in bag.fcurves if fc.data_path == f'pose.bones["{bone}"].{path}'),
+                    key=lambda fc: fc.array_index)
+    frames = np.array([k.co.x for k in curves[0].keyframe_points])
+    values = np.array([[k.co.y for k in fc.keyframe_points] for fc in curves]).T
+    if mode == "AXIS_ANGLE":
+        values = np.concatenate([np.cos(values[:, :1] / 2), np.sin(values[:, :1] / 2) * values[:, 1:]], -1)
+    return frames, values
+
+
+def test_rerolled_keys_join_the_kept_keys_without_a_sign_flip_or_a_whole_turn(addon, scene, long_speech):
+    """Blender interpolates a rotation's channels, so a new key of -q beside a kept q (or an Euler angle a whole
+    turn away) spins the bone between frames. Kept keys are turned into such equivalents (the pose is the same):
+    the re-rolled range follows them at both joins, in quaternion, axis-angle and Euler bones."""
+    rig = bpy.data.objects["Rig"]
+    bone = {side + part: next(b.name for b in rig.pose.bones if b.name.endswith(side + part))
+            for side in ("Left", "Right") for part in ("Arm", "ForeArm")}
+    rig.pose.bones[bone["LeftArm"]].rotation_mode = "XYZ"
+    rig.pose.bones[bone["RightArm"]].rotation_mode = "AXIS_ANGLE"
+    action = generate(addon, long_speech, "--steps", "6")
+    bag = anim_utils.action_get_channelbag_for_slot(action, rig.animation_data.action_slot)
+
+    def edit(name: str, path: str, change, after: float = -np.inf) -> None:
+        """Rewrite the kept keys of a bone's rotation (from frame `after` on) as equivalents of the same pose."""
+        curves = sorted((fc for fc in bag.fcurves if fc.data_path == f'pose.bones["{name}"].{path}'),
+                        key=lambda fc: fc.array_index)
+        values = np.array([[k.co.y for k in fc.keyframe_points] for fc in curves]).T
+        frames = np.array([k.co.x for k in curves[0].keyframe_points])
+        values[frames > after] = change(values[frames > after])
+        for fc, column in zip(curves, values.T):
+            for k, v in zip(fc.keyframe_points, column):
+                k.co.y = v
+            fc.update()
+    edit(bone["LeftForeArm"], "rotation_quaternion", np.negative)  # -q everywhere
+    edit(bone["RightForeArm"], "rotation_quaternion", np.negative, after=120)  # a flip the range must absorb
+    edit(bone["LeftArm"], "rotation_euler", lambda e: e + [2 * np.pi, 0, 0])  # a whole turn about X
+    edit(bone["RightArm"], "rotation_axis_angle", lambda a: np.c_[2 * np.pi - a[:, 0], -a[:, 1:]])  # that of -q
+    assert addon.headless.main(["reroll", "--armature", "Rig", "--range", "60", "120", "--seed", "7", *TORCH]) == 0
+    for name in keyed_bones(action, rig):
+        if rig.pose.bones[name].rotation_mode not in ("QUATERNION", "AXIS_ANGLE"):
+            continue
+        frames, q = rotation_keys(action, rig, name)
+        dots = np.sum(q[1:] * q[:-1], -1)  # dots[i]: key frames[i] -> frames[i] + 1
+        flips = frames[:-1][dots < 0]
+        if name == bone["RightForeArm"]:  # its kept keys disagree across the range: one flip, inside it
+            assert len(flips) == 1 and 60 <= flips[0] < 120, (name, flips)
+        else:
+            assert len(flips) == 0, (name, flips)
+    frames, euler = rotation_keys(action, rig, bone["LeftArm"])
+    steps = np.abs(np.diff(euler, axis=0)).max(-1)
+    assert steps.max() < np.pi, (frames[:-1][steps.argmax()], steps.max())  # no whole turn at a join
 
 
 def test_reroll_and_intensity_refuse_an_action_they_did_not_make(addon, scene, long_speech, capsys):

@@ -11,7 +11,7 @@ import numpy as np
 from ..core import skeleton as sk
 from . import bone_maps, rigify
 from .frame import character_frame, rig_axes, snap, targets, world_matrix
-from .quat import Y, slerp_resample
+from .quat import Y, continuous, qaxis, slerp_resample, unit
 from .solve import RigRest, driven_roles, solve
 
 
@@ -50,23 +50,40 @@ def armature_frame(obj, heads: dict[str, np.ndarray], mapping: dict[str, str]) -
     return rot.T @ character_frame(up, left)
 
 
-def _channels(pose_bone, q: np.ndarray) -> tuple[str, np.ndarray]:
-    """The data path and per-frame values for quaternions q in the pose bone's own rotation mode."""
-    from mathutils import Quaternion
+PATHS = {"QUATERNION": ("rotation_quaternion", 4), "AXIS_ANGLE": ("rotation_axis_angle", 4)}  # else Euler
 
-    q = q * np.cumprod(np.r_[1.0, np.sign(np.sum(q[1:] * q[:-1], -1) + 1e-12)])[:, None]  # no sign flips
+
+def _data_path(pose_bone) -> tuple[str, int]:
+    """The rotation channels a pose bone is keyed in (its own rotation mode) and how many there are."""
+    return PATHS.get(pose_bone.rotation_mode, ("rotation_euler", 3))
+
+
+def _channels(pose_bone, q: np.ndarray, before: np.ndarray | None = None,
+              after: np.ndarray | None = None) -> tuple[str, np.ndarray]:
+    """The data path and per-frame values for quaternions q in the pose bone's own rotation mode. before / after:
+    the values of the kept keys either side when q replaces a range of keys (rekey_range); the new keys join them
+    without a sign flip (quaternion, axis-angle) or a whole turn (Euler)."""
+    from mathutils import Euler, Quaternion
+
     mode = pose_bone.rotation_mode
+    path = _data_path(pose_bone)[0]
     if mode == "QUATERNION":
-        return "rotation_quaternion", q
+        return path, continuous(q, before, after)
     if mode == "AXIS_ANGLE":
+        before, after = (None if v is None else qaxis(unit(np.asarray(v[1:], float)), np.asarray(v[0], float))
+                         for v in (before, after))
+        q = continuous(q, before, after)
         s = np.linalg.norm(q[:, 1:], axis=-1, keepdims=True)
         axis = np.where(s > 1e-9, q[:, 1:] / np.maximum(s, 1e-12), Y)
-        return "rotation_axis_angle", np.concatenate([2.0 * np.arctan2(s, q[:, :1]), axis], -1)
-    eulers, prev = [], None
-    for row in q:
+        return path, np.concatenate([2.0 * np.arctan2(s, q[:, :1]), axis], -1)
+    anchor = before if before is not None else after
+    backwards = before is None and after is not None  # chained from the kept key after the range
+    prev = None if anchor is None else Euler(anchor, mode)
+    eulers = []
+    for row in (q[::-1] if backwards else q):
         prev = Quaternion(row).to_euler(mode, prev) if prev else Quaternion(row).to_euler(mode)
         eulers.append(prev)
-    return "rotation_euler", np.array(eulers)
+    return path, np.array(eulers[::-1] if backwards else eulers)
 
 
 def _new_action(obj, action_name: str, nla_strip: bool, start_frame: int):
@@ -175,14 +192,15 @@ def rekey_range(armature_obj, action, directions, skeleton_name: str, mapping: d
     if channelbag is None:
         raise ValueError(f"the action {action.name!r} has no keys for {armature_obj.name!r}'s slot")
     curves = []
-    for bone, q in local.items():
-        path, values = _channels(armature_obj.pose.bones[bone], q)
-        for i in range(values.shape[1]):
-            fcurve = channelbag.fcurves.find(f'pose.bones["{bone}"].{path}', index=i)
-            if fcurve is None:
-                raise ValueError(f"the action {action.name!r} has no {path} curve for the bone {bone!r} (was its "
-                                 "rotation mode changed after generating?); set it back or generate again")
-            curves.append((fcurve, values[:, i]))
+    for bone, q in local.items():  # every curve is found before any key is written
+        pose_bone = armature_obj.pose.bones[bone]
+        path, size = _data_path(pose_bone)
+        fcurves = [channelbag.fcurves.find(f'pose.bones["{bone}"].{path}', index=i) for i in range(size)]
+        if None in fcurves:
+            raise ValueError(f"the action {action.name!r} has no {path} curve for the bone {bone!r} (was its "
+                             "rotation mode changed after generating?); set it back or generate again")
+        _, values = _channels(pose_bone, q[keyed], *_kept_neighbours(fcurves, frames))
+        curves += zip(fcurves, values.T)
     for fcurve, values in curves:
         points = fcurve.keyframe_points
         co = np.empty(2 * len(points))
@@ -195,7 +213,23 @@ def rekey_range(armature_obj, action, directions, skeleton_name: str, mapping: d
         co = np.empty(2 * len(points))
         points.foreach_get("co", co)  # the kept keys read back as they are, the new ones after them
         co[2 * kept::2] = start_frame + keyed
-        co[2 * kept + 1::2] = values[keyed]
+        co[2 * kept + 1::2] = values
         points.foreach_set("co", co)
         fcurve.update()  # sorts the keys by frame and sets the new keys' automatic handles
     return len(keyed) * len(curves)
+
+
+def _kept_neighbours(fcurves, frames: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The values of a channel group's (one bone's rotation) nearest keys before and after frames[0]..frames[1],
+    which a re-keyed range must join; None on a side where a curve has no key."""
+    before, after = [], []
+    for fcurve in fcurves:
+        co = np.empty(2 * len(fcurve.keyframe_points))
+        fcurve.keyframe_points.foreach_get("co", co)
+        x, y = co[0::2], co[1::2]
+        lo, hi = x < frames[0], x > frames[1]
+        if lo.any():
+            before.append(y[lo][np.argmax(x[lo])])
+        if hi.any():
+            after.append(y[hi][np.argmin(x[hi])])
+    return tuple(np.array(side) if len(side) == len(fcurves) else None for side in (before, after))
