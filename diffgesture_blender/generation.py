@@ -15,8 +15,8 @@ from typing import Callable
 
 import bpy
 
-from . import core, scene_writer
-from .request import Request, UsageError, resolve_checkpoint, validate
+from . import core, scene_writer, takes
+from .request import Request, UsageError, resolve_checkpoint, validate, worker_audio
 from .worker_host import HOST, WorkerError
 
 ErrorKind = core.protocol.ErrorKind
@@ -41,6 +41,11 @@ class Generation:
         armature, self.mapping = validate(request)
         self.armature_name = armature.name  # a name, not a reference: undo may replace the object meanwhile
         self.tmp = Path(tempfile.mkdtemp(prefix="diffgesture-"))
+        try:
+            self.audio = worker_audio(request, self.tmp)  # a packed sound's copy is written into tmp
+        except OSError as e:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise UsageError(f"cannot write the packed sound {request.sound!r} for the worker: {e}") from None
         self.output = self.tmp / "result.npz"
         self.stage = Stage.STARTING
         self.notes: list[str] = []
@@ -51,11 +56,12 @@ class Generation:
 
     @classmethod
     def create(cls, request: Request) -> "Generation":
-        """Validate and register as the active generation; refuse when one is already running."""
+        """Validate and register as the active generation (a Reroll when the request re-rolls a range); refuse
+        when one is already running."""
         global _active
         if _active is not None:
             raise UsageError("a generation is already running: wait for it or press Esc to cancel it")
-        _active = cls(request)
+        _active = (Reroll if request.reroll is not None else cls)(request)
         return _active
 
     def begin(self) -> None:
@@ -70,12 +76,21 @@ class Generation:
             self.notes += notes
             if self.cancelled:
                 return
-            self.job = HOST.client(r.python).generate(r.audio, self.output, str(resolve_checkpoint(r.checkpoint)),
-                                                      r.device, r.settings.to_dict())
+            self.job = self.submit(HOST.client(r.python))
             if self.cancelled:  # cancelled while the request was being sent
                 self.job.cancel()
         except WorkerError as e:
             self.error = e
+
+    def submit(self, client: core.client.WorkerClient) -> core.client.Job:
+        """Send this generation's request to the worker."""
+        r = self.request
+        return client.generate(self.audio, self.output, str(resolve_checkpoint(r.checkpoint)), r.device,
+                               r.settings.to_dict())
+
+    def write(self, scene: bpy.types.Scene, result: dict, notes: list[str]) -> scene_writer.Summary:
+        """Put a read result file into the scene (through the scene writer)."""
+        return scene_writer.write_motion(scene, self.request, self.armature_name, self.mapping, result, notes)
 
     def poll(self) -> bool:
         """Advance without blocking; True once the generation has ended (result, error or cancel)."""
@@ -139,8 +154,7 @@ class Generation:
             raise GenerationFailed(failure)
         try:
             result = core.protocol.read_result(self.output)
-            return scene_writer.write_motion(scene, self.request, self.armature_name, self.mapping, result,
-                                             self.notes + list(self.job.result.get("notes", [])))
+            return self.write(scene, result, self.notes + list(self.job.result.get("notes", [])))
         except Exception as e:  # the writer undid its changes; whatever went wrong, the caller gets one failure type
             detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise GenerationFailed(f"Could not apply the motion: {detail}. Nothing was changed") from None
@@ -151,6 +165,39 @@ class Generation:
         if _active is self:
             _active = None
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Reroll(Generation):
+    """Scene frames request.reroll of the armature's current generated action sampled again with the request's
+    seed: the worker gets the take (from the action's record) and the 15 fps frames to redo; only keys inside the
+    range are written."""
+
+    def __init__(self, request: Request):
+        super().__init__(request)
+        try:
+            action, self.take = takes.current(bpy.data.objects[self.armature_name])
+            self.action_name = action.name
+            self.model_frames = self.take.model_range(*request.reroll)
+            self.take_file = self.tmp / "take.npz"
+            self.take.write_result(self.take_file)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+    def submit(self, client: core.client.WorkerClient) -> core.client.Job:
+        r = self.request
+        return client.reroll(self.take_file, self.audio, self.model_frames, self.output,
+                             str(resolve_checkpoint(r.checkpoint)), r.device, {"seed": r.settings.seed})
+
+    def write(self, scene: bpy.types.Scene, result: dict, notes: list[str]) -> scene_writer.Summary:
+        first, last = self.request.reroll
+        scene_writer.rekey_take(scene, self.armature_name, self.take, result["poses"][0], (first, last),
+                                reroll=[first, last, self.request.settings.seed])
+        meta = result["meta"]
+        return scene_writer.Summary(audio=str(self.request.audio), armature=self.armature_name,
+                                    actions=[self.action_name], frame_start=first, frame_end=last,
+                                    duration=meta["duration"], skeleton=meta["skeleton"], sound_strip=None,
+                                    seconds=meta["seconds"], device=meta["device"], notes=notes)
 
 
 def active() -> Generation | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import bpy
 
-from . import core, generation, preferences
+from . import core, generation, preferences, scene_writer, takes
 from .export import check_export_path, export_take
 from .retarget import bone_maps, presets
 from .request import PARTS, Request, UsageError, sampling, validate
@@ -66,6 +66,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-bone-map", help="write the bone map used for the armature to this JSON file")
     g.add_argument("--json", help="also write the summary to this file ('-': stdout only)")
     g.add_argument("--torch-python", help="interpreter of the torch environment (default: the preferences')")
+    r = sub.add_parser("reroll", help="sample a frame range of the armature's generated action again",
+                       description="Scene frames START..END of the armature's current action, which DiffGesture "
+                                   "generated, are sampled again with a new seed, continuing from the motion before "
+                                   "them and meeting the motion after them; only the keys inside the range are "
+                                   "replaced. An action DiffGesture did not make is refused.")
+    r.add_argument("--armature", required=True, help="name of the armature object")
+    r.add_argument("--range", nargs=2, type=int, required=True, metavar=("START", "END"),
+                   help="scene frames, inclusive")
+    r.add_argument("--seed", type=int,
+                   help="the new seed (default: the take's seed + 1 + the number of its earlier re-rolls)")
+    r.add_argument("--audio", help="the take's speech, when its file has moved (default: the take's packed or "
+                                   "linked sound, else the file it recorded)")
+    r.add_argument("--device", choices=("auto", "cuda", "cpu"), help="default: the preferences' device")
+    r.add_argument("--torch-python", help="interpreter of the torch environment (default: the preferences')")
+    i = sub.add_parser("set-intensity", help="key the armature's generated action again at another intensity",
+                       description="The armature's current action, which DiffGesture generated, is keyed again from "
+                                   "its recorded motion with the gesture amplitude scaled about the rest pose (0 = "
+                                   "rest, 1 = as sampled, 2 = twice as wide); no worker is needed.")
+    i.add_argument("--armature", required=True, help="name of the armature object")
+    i.add_argument("--intensity", type=float, required=True, help="0..3")
+    for cmd in (r, i):
+        cmd.add_argument("--output", help="save the .blend here (without it nothing is saved)")
+        cmd.add_argument("--json", help="also write the summary to this file ('-': stdout only)")
     return parser
 
 
@@ -157,7 +180,8 @@ def run(reqs: list[Request]) -> tuple[list[dict], list[dict]]:
         placed = (f"the clips were placed after the sound strips already in the sequencer: the first starts at frame "
                   f"{frame}, not {reqs[0].start_frame}")
     for r in reqs:
-        r.start_frame = frame
+        if r.reroll is None:  # a re-roll keeps its take's place
+            r.start_frame = frame
         try:
             gen = generation.Generation.create(r)
         except UsageError as e:
@@ -196,6 +220,48 @@ def progress_printer(name: str, step: int = 10):
     return show
 
 
+def reroll_request(args: argparse.Namespace) -> Request:
+    """The re-roll of --range on the armature's current generated action, validated before anything runs."""
+    prefs = preferences.get()
+    obj = bpy.data.objects.get(args.armature)
+    if obj is None or obj.type != "ARMATURE":
+        raise UsageError(f"no armature object named {args.armature!r}")
+    seed = args.seed
+    if seed is None:  # a seed the take has not used yet
+        take = takes.current(obj)[1]
+        seed = int(take.settings.get("seed", 0)) + 1 + len(take.rerolls)
+    r = takes.reroll_request(obj, tuple(args.range), seed, args.torch_python or prefs.python,
+                             args.device or prefs.device, Path(args.audio) if args.audio else None)
+    validate(r)
+    problem = environment_problem(r.python, remedy=TORCH_PYTHON_HINT)
+    if problem:
+        raise UsageError(problem)
+    return r
+
+
+def change_take(args: argparse.Namespace, summary: dict) -> int:
+    """reroll / set-intensity on the armature's current generated action: fill the summary, return the exit code."""
+    try:
+        check_output_paths(args)
+        if args.action == "reroll":
+            reqs = [reroll_request(args)]
+        else:
+            with stdout_to_stderr():
+                name, keys = scene_writer.set_intensity(bpy.context.scene, args.armature, args.intensity)
+            summary["results"].append({"armature": args.armature, "actions": [name], "intensity": args.intensity,
+                                       "keys": keys, "notes": [], "audio": ""})
+            return EXIT_OK
+    except UsageError as e:
+        summary["errors"].append({"error": str(e)})
+        return EXIT_USAGE
+    except Exception as e:  # the scene writer put everything back; headless always ends with its summary
+        summary["errors"].append({"error": f"Could not apply the intensity: {e}. Nothing was changed"})
+        return EXIT_FAILED
+    with stdout_to_stderr():
+        summary["results"], summary["errors"] = run(reqs)
+    return EXIT_OK if not summary["errors"] else EXIT_FAILED
+
+
 def main(argv: list[str]) -> int:
     """Parse argv (the words after `--command diffgesture`), generate, save, print the summary; the exit code."""
     try:
@@ -203,6 +269,11 @@ def main(argv: list[str]) -> int:
     except SystemExit as e:  # argparse: --help (0) or a usage error (2)
         return EXIT_OK if e.code == 0 else EXIT_USAGE
     summary: dict = {"ok": False, "results": [], "errors": []}
+    if args.action != "generate":
+        code = change_take(args, summary)
+        if code != EXIT_OK:
+            return report(summary, args, code)
+        return save_and_report(summary, args)
     try:
         check_output_paths(args)
         reqs = requests(args)
@@ -223,6 +294,11 @@ def main(argv: list[str]) -> int:
                 export_take(bpy.context, bpy.data.objects[result["armature"]],
                             bpy.data.actions[result["actions"][0]], target)
                 result["export"] = str(target)
+    return save_and_report(summary, args)
+
+
+def save_and_report(summary: dict, args: argparse.Namespace) -> int:
+    """Save the .blend to --output when something was written, then report; the exit code."""
     if args.output and summary["results"]:
         output = Path(args.output).resolve()
         # an unsaved file has only absolute paths: keep them (Blender would make them all relative to the output)

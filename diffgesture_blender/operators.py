@@ -1,4 +1,5 @@
-"""Operators: Generate (modal, non-blocking; blocking when run from a script), bone mapping edits, environment."""
+"""Operators: Generate and Re-roll Range (modal, non-blocking; blocking when run from a script), Apply Intensity to
+Take, bone mapping edits, export, environment."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,7 @@ import bpy
 from bpy.props import EnumProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from . import environment, generation, preferences
+from . import environment, generation, preferences, scene_writer, takes
 from .request import Request, UsageError, audio_from_strip, sampling
 from .retarget import bone_maps
 from .worker_host import HOST
@@ -20,12 +21,13 @@ def gather(context: bpy.types.Context) -> Request:
     props = context.scene.diffgesture
     prefs = preferences.get(context)
     if props.audio_source == "STRIP":
-        audio, start = audio_from_strip(context.scene, props.audio_strip)
+        audio, start, sound = audio_from_strip(context.scene, props.audio_strip)
         add_sound = False  # the audio is already in the sequencer
     else:
         if not props.audio_path:
             raise UsageError("choose a speech audio file")
         audio, start, add_sound = Path(bpy.path.abspath(props.audio_path)), props.start_frame, props.add_sound
+        sound = None
     if props.armature is None:
         raise UsageError("choose the armature to animate")
     settings = sampling(props.sampler, steps=props.steps if props.sampler == "fast" else None, seed=props.seed,
@@ -37,7 +39,8 @@ def gather(context: bpy.types.Context) -> Request:
     checkpoint = chosen_checkpoint(context)
     return Request(audio=audio, armature=props.armature.name, python=prefs.python, checkpoint=checkpoint,
                    device=prefs.device, settings=settings, start_frame=start, add_sound=add_sound,
-                   parts=frozenset(parts), allow_partial=props.allow_partial, pack_sound=props.pack_sound)
+                   parts=frozenset(parts), allow_partial=props.allow_partial, pack_sound=props.pack_sound,
+                   sound=sound)
 
 
 # How the last Generate of this session ended, when it did not write anything: (report kind, message) for the panel.
@@ -82,18 +85,12 @@ def redraw(context: bpy.types.Context) -> None:
                 area.tag_redraw()
 
 
-class DIFFGESTURE_OT_generate(bpy.types.Operator):
-    """Generate gestures for the armature from the speech audio (Esc cancels)"""
-    bl_idname = "diffgesture.generate"
-    bl_label = "Generate"
-    bl_options = {"REGISTER", "UNDO"}
+class GenerationOperator:
+    """How an operator runs a generation: modal with progress and Esc in the UI, blocking from scripts. Operators
+    mix it in and say in `start` which generation they create."""
 
     def start(self, context: bpy.types.Context) -> generation.Generation | None:
-        try:
-            return generation.Generation.create(gather(context))
-        except UsageError as e:
-            fail(self, "ERROR", str(e))
-            return None
+        raise NotImplementedError
 
     def execute(self, context):
         """Blocking run, for scripts and background mode (where modal timers never tick)."""
@@ -139,6 +136,79 @@ class DIFFGESTURE_OT_generate(bpy.types.Operator):
         context.window_manager.progress_end()
         context.workspace.status_text_set(None)
         redraw(context)
+
+
+class DIFFGESTURE_OT_generate(GenerationOperator, bpy.types.Operator):
+    """Generate gestures for the armature from the speech audio (Esc cancels)"""
+    bl_idname = "diffgesture.generate"
+    bl_label = "Generate"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def start(self, context: bpy.types.Context) -> generation.Generation | None:
+        try:
+            return generation.Generation.create(gather(context))
+        except UsageError as e:
+            fail(self, "ERROR", str(e))
+            return None
+
+
+def reroll_frames(context: bpy.types.Context) -> tuple[int, int]:
+    """The frames to re-roll: the timeline's preview range when it is on, else the panel's two fields."""
+    scene = context.scene
+    if scene.use_preview_range:
+        return scene.frame_preview_start, scene.frame_preview_end
+    return scene.diffgesture.reroll_start, scene.diffgesture.reroll_end
+
+
+class DIFFGESTURE_OT_reroll(GenerationOperator, bpy.types.Operator):
+    """Sample the frame range (the timeline's preview range, or the two fields) of the armature's generated action
+    again with the panel's seed; keys outside the range stay as they are (Esc cancels)"""
+    bl_idname = "diffgesture.reroll"
+    bl_label = "Re-roll Range"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return takes_poll(context)
+
+    def start(self, context: bpy.types.Context) -> generation.Generation | None:
+        props, prefs = context.scene.diffgesture, preferences.get(context)
+        try:
+            return generation.Generation.create(takes.reroll_request(props.armature, reroll_frames(context),
+                                                                     props.seed, prefs.python, prefs.device))
+        except UsageError as e:
+            fail(self, "ERROR", str(e))
+            return None
+
+
+class DIFFGESTURE_OT_set_intensity(bpy.types.Operator):
+    """Key the armature's generated action again at the panel's intensity, from the motion recorded with it (one
+    undo step; your other actions, NLA strips and curves are untouched)"""
+    bl_idname = "diffgesture.set_intensity"
+    bl_label = "Apply Intensity to Take"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return takes_poll(context) and generation.active() is None
+
+    def execute(self, context):
+        props = context.scene.diffgesture
+        try:
+            name, _ = scene_writer.set_intensity(context.scene, props.armature.name, round(props.intensity, 6))
+        except UsageError as e:
+            return fail(self, "ERROR", str(e))
+        except Exception as e:  # the scene writer put everything back
+            return fail(self, "ERROR", f"Could not apply the intensity: {e}. Nothing was changed")
+        self.report({"INFO"}, f"{name}: intensity {props.intensity:.2f}")
+        return {"FINISHED"}
+
+
+def takes_poll(context: bpy.types.Context) -> bool:
+    """The panel's armature has a current action that the add-on generated."""
+    obj = context.scene.diffgesture.armature
+    anim = obj.animation_data if obj is not None else None
+    return anim is not None and anim.action is not None and takes.KEY in anim.action
 
 
 def _bone_items(self, context) -> list[tuple[str, str, str]]:
@@ -348,7 +418,7 @@ class DIFFGESTURE_OT_check_environment(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (DIFFGESTURE_OT_generate, DIFFGESTURE_OT_set_bone, DIFFGESTURE_OT_detect_bones, DIFFGESTURE_OT_export,
-           DIFFGESTURE_OT_save_bone_map, DIFFGESTURE_OT_load_bone_map, DIFFGESTURE_OT_create_environment,
-           DIFFGESTURE_OT_cancel_environment, DIFFGESTURE_OT_use_extension_environment,
-           DIFFGESTURE_OT_check_environment)
+CLASSES = (DIFFGESTURE_OT_generate, DIFFGESTURE_OT_reroll, DIFFGESTURE_OT_set_intensity, DIFFGESTURE_OT_set_bone,
+           DIFFGESTURE_OT_detect_bones, DIFFGESTURE_OT_export, DIFFGESTURE_OT_save_bone_map,
+           DIFFGESTURE_OT_load_bone_map, DIFFGESTURE_OT_create_environment, DIFFGESTURE_OT_cancel_environment,
+           DIFFGESTURE_OT_use_extension_environment, DIFFGESTURE_OT_check_environment)

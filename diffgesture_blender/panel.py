@@ -57,12 +57,27 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         if gen is None:
             layout.operator(operators.DIFFGESTURE_OT_generate.bl_idname, icon="PLAY")
             layout.operator(operators.DIFFGESTURE_OT_export.bl_idname, icon="EXPORT")
+            if operators.takes_poll(context):
+                self.draw_take(layout, context)
             if operators.last_failure is not None:  # the report fades; the panel keeps saying why
                 kind, message = operators.last_failure
                 layout.label(text=message, icon="ERROR" if kind == "ERROR" else "INFO")
         else:
             layout.progress(factor=gen.fraction, text=gen.status())
             layout.label(text="Esc cancels", icon="INFO")
+
+    def draw_take(self, layout: bpy.types.UILayout, context) -> None:
+        """Controls for the armature's current generated action: re-roll a range, apply the intensity."""
+        box = layout.box()
+        box.label(text=f"Take: {context.scene.diffgesture.armature.animation_data.action.name}", icon="ACTION")
+        if context.scene.use_preview_range:
+            box.label(text=f"Range: preview {context.scene.frame_preview_start}-{context.scene.frame_preview_end}")
+        else:
+            row = box.row(align=True)
+            row.prop(context.scene.diffgesture, "reroll_start")
+            row.prop(context.scene.diffgesture, "reroll_end")
+        box.operator(operators.DIFFGESTURE_OT_reroll.bl_idname, icon="FILE_REFRESH")
+        box.operator(operators.DIFFGESTURE_OT_set_intensity.bl_idname, icon="MOD_AMPLITUDE")
 
     def draw_mapping(self, layout: bpy.types.UILayout, obj: bpy.types.Object) -> None:
         """The detected preset, coverage, and every role with the bone it uses (click to change)."""

@@ -52,6 +52,10 @@ class DiffGestureSettings(bpy.types.PropertyGroup):
                              description="Gesture stabilizer: noise shared across frames in the last denoising "
                                          "steps, for smoother motion (the paper's; keep it on)")
     start_frame: IntProperty(name="Start Frame", default=1, description="Frame where the speech starts")
+    reroll_start: IntProperty(name="Re-roll From", default=1,
+                              description="First frame to re-roll (the timeline's preview range is used when on)")
+    reroll_end: IntProperty(name="To", default=48,
+                            description="Last frame to re-roll (the timeline's preview range is used when on)")
     add_sound: BoolProperty(name="Add Sound Strip", default=True, description="Put the audio in the sequencer")
     pack_sound: BoolProperty(name="Pack Sound", default=False,
                              description="Store the audio inside the .blend, so the file carries it (bigger file). "

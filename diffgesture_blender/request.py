@@ -37,6 +37,8 @@ class Request:
     allow_partial: bool = False  # drive the mapped bones even when required roles are unmapped
     bone_map: dict[str, str] | None = None  # from a bone-map file; None: the stored map, else the detected one
     insist_fingers: bool = False  # fingers were named explicitly: warn when they cannot be driven (else: if possible)
+    reroll: tuple[int, int] | None = None  # re-roll these scene frames of the armature's generated action instead
+    sound: str | None = None  # the sound datablock the audio is (a strip's): when packed, the worker reads its copy
 
 
 def sampling(preset: str, **choices) -> GenerationSettings:
@@ -52,8 +54,9 @@ def resolve_checkpoint(name: str) -> Path:
     return core.settings.resolve_checkpoint(bpy.path.abspath(name))
 
 
-def audio_from_strip(scene: bpy.types.Scene, strip_name: str) -> tuple[Path, int]:
-    """The file behind a sound strip (written out when packed) and the frame it starts at."""
+def audio_from_strip(scene: bpy.types.Scene, strip_name: str) -> tuple[Path, int, str]:
+    """The file behind a sound strip, the frame it starts at and its sound's name (whose packed copy, if any, the
+    worker reads: see worker_audio)."""
     seq = scene.sequence_editor
     if seq is None or not any(s.type == "SOUND" for s in seq.strips_all):
         raise UsageError("the sequencer has no sound strip: add one (Video Sequencer > Add > Sound) or choose the "
@@ -61,13 +64,29 @@ def audio_from_strip(scene: bpy.types.Scene, strip_name: str) -> tuple[Path, int
     strip = seq.strips_all.get(strip_name)
     if strip is None or strip.type != "SOUND" or strip.sound is None:
         raise UsageError(f"no sound strip named {strip_name!r} in the sequencer")
-    sound = strip.sound
-    if sound.packed_file is not None:
-        path = Path(bpy.app.tempdir) / (Path(sound.filepath).name or "packed.wav")
-        path.write_bytes(sound.packed_file.data)
-    else:
-        path = Path(bpy.path.abspath(sound.filepath))
-    return path, int(strip.frame_start)
+    return sound_file(strip.sound), int(strip.frame_start), strip.sound.name
+
+
+def sound_file(sound: bpy.types.Sound) -> Path:
+    """The absolute path a sound datablock loads its file from (relative to its library's .blend, if linked)."""
+    return Path(bpy.path.abspath(sound.filepath, library=sound.library))
+
+
+def packed_sound(name: str | None) -> bpy.types.Sound | None:
+    """The sound datablock `name` when it holds its audio packed in the .blend, else None."""
+    sound = bpy.data.sounds.get(name) if name else None
+    return sound if sound is not None and sound.packed_file is not None else None
+
+
+def worker_audio(request: Request, folder: Path) -> Path:
+    """The file the worker reads: the request's sound's packed copy, written into `folder` (the generation's
+    temporary folder, deleted with it), when that sound is packed; else the request's audio file."""
+    sound = packed_sound(request.sound)
+    if sound is None:
+        return Path(request.audio)
+    path = folder / (Path(sound.filepath).name or f"{bpy.path.clean_name(sound.name)}.wav")
+    path.write_bytes(sound.packed_file.data)
+    return path
 
 
 def validate(request: Request) -> tuple[bpy.types.Object, dict[str, str]]:
@@ -77,10 +96,11 @@ def validate(request: Request) -> tuple[bpy.types.Object, dict[str, str]]:
     except ValueError as e:
         raise UsageError(str(e)) from None
     audio = Path(request.audio)
-    if not audio.exists():
-        raise UsageError(f"audio file not found: {audio}")
-    if not audio.is_file():
-        raise UsageError(f"the audio path is not a file: {audio}")
+    if packed_sound(request.sound) is None:  # else the worker reads the sound's packed copy (worker_audio)
+        if not audio.exists():
+            raise UsageError(f"audio file not found: {audio}")
+        if not audio.is_file():
+            raise UsageError(f"the audio path is not a file: {audio}")
     ckpt = resolve_checkpoint(request.checkpoint)
     if not ckpt.is_file():
         hint = (" (the bundled checkpoint is missing: reinstall the extension)"

@@ -1,18 +1,19 @@
-"""The one module that writes a generation into the .blend: actions (through retargeting's keying), the sound strip,
-the scene's frame range. It runs only once a result is complete, so a failed generation changes nothing.
+"""The one module that writes a generation into the .blend: actions (through retargeting's keying) with their take
+records, the sound strip, the scene's frame range; and a re-roll or a new intensity into a generated action. It runs
+only once a result is complete, so a failed generation changes nothing.
 """
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import bpy
 import numpy as np
 
-from . import core, retarget
-from .request import Request, resolve_checkpoint
+from . import core, retarget, takes
+from .request import Request, UsageError, resolve_checkpoint
 
 MAX_CHANNELS = 128  # the sequencer's channels
 MIN_FPS, MAX_FPS = 1, 1000  # scene frame rates keys are written at (Blender allows up to 32767 / 0.0001)
@@ -59,16 +60,23 @@ def write_motion(scene: bpy.types.Scene, request: Request, armature_name: str, m
     if r.add_sound and channel is None:
         notes.append(f"the sound strip was not added: all {MAX_CHANNELS} sequencer channels are busy over frames "
                      f"{r.start_frame}-{end}")
-    actions, strip = [], None
+    actions, strip, sound = [], None, r.sound
     with undo_on_failure(scene, obj):
+        if channel is not None:
+            strip = add_sound_strip(scene, r.audio, r.start_frame, channel, r.pack_sound)
+            sound = scene.sequence_editor.strips_all[strip].sound.name
         for v in reversed(range(len(directions))):  # the first variation is applied last, so it stays assigned
             action = retarget.apply_motion(obj, directions[v], meta["skeleton"], mapping, src_fps=float(meta["fps"]),
                                            start_frame=r.start_frame, action_name=names[v], parts=set(r.parts),
                                            nla_strip=r.nla_strip, partial=r.allow_partial)
             action.use_fake_user = len(directions) > 1
+            action[takes.KEY] = takes.Take(
+                audio=str(Path(r.audio).resolve()), checkpoint=r.checkpoint,
+                checkpoint_sha256=meta["checkpoint_sha256"], skeleton=meta["skeleton"], start_frame=r.start_frame,
+                scene_fps=fps, src_fps=float(meta["fps"]), duration=float(meta["duration"]),
+                settings=dict(meta["settings"]), bone_map=dict(mapping), parts=sorted(r.parts),
+                allow_partial=r.allow_partial, poses=result["poses"][v], sound=sound).to_property()
             actions.insert(0, action.name)
-        if channel is not None:
-            strip = add_sound_strip(scene, r.audio, r.start_frame, channel, r.pack_sound)
         scene.frame_start = min(scene.frame_start, r.start_frame)
         scene.frame_end = max(scene.frame_end, end)
     _skeletons[str(resolve_checkpoint(r.checkpoint))] = meta["skeleton"]
@@ -80,6 +88,40 @@ def write_motion(scene: bpy.types.Scene, request: Request, armature_name: str, m
                    duration=meta["duration"], skeleton=meta["skeleton"], sound_strip=strip, seconds=meta["seconds"],
                    device=meta["device"],
                    notes=notes + retarget.rig_notes(obj, mapping, meta["skeleton"], noted))
+
+
+def rekey_take(scene: bpy.types.Scene, armature_name: str, take: takes.Take, poses: np.ndarray,
+               frames: tuple[int, int], settings: dict | None = None, reroll: list[int] | None = None) -> int:
+    """Key a take's new poses (15 fps, the whole take) over scene frames frames[0]..frames[1] of the armature's
+    current action (the take's), and record them; keys outside the range and other curves stay as they are. The
+    settings (e.g. a new intensity) and a re-roll [first, last, seed] go into the record. Returns the keys written.
+    Checked first; should writing still fail, the action's keys and record are put back."""
+    if not np.isfinite(poses).all():
+        raise ValueError("the motion holds non-finite values (NaN or Inf)")
+    obj = bpy.data.objects[armature_name]
+    action = obj.animation_data.action
+    new = replace(take, poses=np.asarray(poses, np.float32), settings=settings or take.settings,
+                  rerolls=take.rerolls + ([reroll] if reroll else []))
+    with undo_on_failure(scene, obj, rekeyed=action):
+        written = retarget.rekey_range(obj, action, new.directions(), take.skeleton, take.bone_map,
+                                       src_fps=take.src_fps, dst_fps=take.scene_fps, start_frame=take.start_frame,
+                                       frames=frames, parts=set(take.parts), partial=take.allow_partial)
+        action[takes.KEY] = new.to_property()
+    return written
+
+
+def set_intensity(scene: bpy.types.Scene, armature_name: str, intensity: float) -> tuple[str, int]:
+    """Key the armature's current generated action again from its recorded poses at a new intensity (the whole
+    take; the user's other actions, NLA strips and curves untouched); the action's name and the keys written."""
+    obj = bpy.data.objects.get(armature_name)
+    action, take = takes.current(obj)
+    settings = {**take.settings, "intensity": float(intensity)}
+    try:
+        core.settings.GenerationSettings.from_dict(settings)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    poses = take.raw_poses() * np.float32(intensity)
+    return action.name, rekey_take(scene, obj.name, take, poses, take.frames(), settings=settings)
 
 
 def has_fingers(skeleton: str) -> bool:
@@ -109,13 +151,48 @@ def add_sound_strip(scene: bpy.types.Scene, audio: Path, start: int, channel: in
     return strip.name
 
 
+def _keys(action: bpy.types.Action, slot) -> list:
+    """Every key of an action's slot with what defines it (positions, handles, their types, interpolation)."""
+    from bpy_extras import anim_utils
+    bag = anim_utils.action_get_channelbag_for_slot(action, slot)
+    state = []
+    for fc in (bag.fcurves if bag is not None else []):
+        points = fc.keyframe_points
+        arrays = {}
+        for name in ("co", "handle_left", "handle_right"):
+            arrays[name] = np.empty(2 * len(points), np.float32)
+            points.foreach_get(name, arrays[name])
+        kinds = [(k.interpolation, k.handle_left_type, k.handle_right_type, k.easing, k.type) for k in points]
+        state.append((fc.data_path, fc.array_index, arrays, kinds))
+    return state
+
+
+def _put_keys(action: bpy.types.Action, slot, state: list) -> None:
+    """Put back the keys _keys read (each curve's points cleared and written again as they were)."""
+    from bpy_extras import anim_utils
+    bag = anim_utils.action_get_channelbag_for_slot(action, slot)
+    for path, index, arrays, kinds in state:
+        fc = bag.fcurves.find(path, index=index)
+        fc.keyframe_points.clear()
+        fc.keyframe_points.add(len(kinds))
+        for name in ("co", "handle_left", "handle_right"):
+            fc.keyframe_points.foreach_set(name, arrays[name])
+        for k, (interpolation, left, right, easing, kind) in zip(fc.keyframe_points, kinds):
+            k.interpolation, k.handle_left_type, k.handle_right_type, k.easing, k.type = (interpolation, left, right,
+                                                                                         easing, kind)
+
+
 @contextmanager
-def undo_on_failure(scene: bpy.types.Scene, obj: bpy.types.Object):
+def undo_on_failure(scene: bpy.types.Scene, obj: bpy.types.Object, rekeyed: bpy.types.Action | None = None):
     """Run a block that writes a result into the .blend; if it raises, remove what it added (actions, NLA tracks,
-    sound strips) and restore the armature's assignment and the frame range, then re-raise."""
+    sound strips and their sounds), restore the armature's assignment and the frame range, and the keys and take
+    record of the action being re-keyed (`rekeyed`, the armature's current action), then re-raise."""
     anim = obj.animation_data
+    keys = _keys(rekeyed, anim.action_slot) if rekeyed is not None else None
+    record = rekeyed[takes.KEY].to_dict() if rekeyed is not None and takes.KEY in rekeyed else None
     previous = anim.action if anim is not None else None
     before = {"actions": {a.as_pointer() for a in bpy.data.actions},
+              "sounds": {s.as_pointer() for s in bpy.data.sounds},
               "tracks": {t.as_pointer() for t in anim.nla_tracks} if anim is not None else set(),
               "strips": {s.as_pointer() for s in scene.sequence_editor.strips_all} if scene.sequence_editor else set(),
               "slot": anim.action_slot if anim is not None and previous is not None else None,
@@ -140,7 +217,13 @@ def undo_on_failure(scene: bpy.types.Scene, obj: bpy.types.Object):
             previous.use_fake_user = before["fake_user"]
         for a in [a for a in bpy.data.actions if a.as_pointer() not in before["actions"]]:
             bpy.data.actions.remove(a)
+        for s in [s for s in bpy.data.sounds if s.as_pointer() not in before["sounds"]]:
+            bpy.data.sounds.remove(s)  # a removed strip's sound
         scene.frame_start, scene.frame_end = before["frames"]
+        if rekeyed is not None:
+            _put_keys(rekeyed, before["slot"], keys)
+            if record is not None:
+                rekeyed[takes.KEY] = record
         raise
 
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m model_core generate | generate-batch | info | convert` (see --help of each)."""
+"""Command line: `python -m model_core generate | generate-batch | reroll | info | convert` (see --help of each)."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from .settings import (BN_MODES, DEFAULT_FAST_STEPS, DEFAULT_GUIDANCE, PRECISIONS, PRESETS, GenerationSettings, preset,
-                       resolve_checkpoint)
+from .settings import (BN_MODES, DEFAULT_FAST_STEPS, DEFAULT_GUIDANCE, PRECISIONS, PRESETS, SOLVERS,
+                       GenerationSettings, preset, resolve_checkpoint)
 
 
 def _progress_printer():
@@ -29,7 +29,7 @@ def _progress_printer():
 def generation_settings(args: argparse.Namespace) -> GenerationSettings:
     """The --sampler preset with the options given on the command line (an option left out keeps the preset's);
     --reproduce is the paper preset whatever the other options say about the sampler, BatchNorm, precision, trim."""
-    choices = dict(steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed, variations=args.variations,
+    choices = dict(steps=args.steps, guidance=args.guidance, eta=args.eta, solver=args.solver, seed=args.seed, variations=args.variations,
                    intensity=args.intensity, bn_mode=args.bn_mode, precision=args.precision,
                    trim=False if args.no_trim else None,
                    stabilizer=False if args.no_stabilizer else None, fade_out=True if args.fade_out else None)
@@ -38,11 +38,12 @@ def generation_settings(args: argparse.Namespace) -> GenerationSettings:
     return preset(args.sampler, **choices)
 
 
-def cmd_generate(args) -> int:
+def load_model(args: argparse.Namespace):
+    """The --checkpoint on the --device (a note on stderr when it could not be honoured), threads configured; and
+    its path."""
     from .checkpoint import load_checkpoint
-    from .pipeline import generate_file, resolve_device
+    from .pipeline import resolve_device
     from .precision import configure_threads
-    settings = generation_settings(args)
     configure_threads()
     device, note = resolve_device(args.device)
     if note:
@@ -50,10 +51,32 @@ def cmd_generate(args) -> int:
     ckpt_path = resolve_checkpoint(args.checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     ckpt.model.to(device)
+    return ckpt, ckpt_path
+
+
+def cmd_generate(args) -> int:
+    from .pipeline import generate_file
+    settings = generation_settings(args)
+    ckpt, ckpt_path = load_model(args)
     meta = generate_file(ckpt, str(args.speech), str(args.output), settings, progress=_progress_printer())
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     print(json.dumps({"output": str(args.output), "checkpoint": str(ckpt_path), **meta}))
+    return 0
+
+
+def cmd_reroll(args) -> int:
+    from .reroll import read_take, reroll_file
+    overrides = {k: v for k, v in (("seed", args.seed), ("steps", args.steps), ("guidance", args.guidance),
+                                   ("intensity", args.intensity)) if v is not None}
+    GenerationSettings.from_dict(overrides)  # a bad value is refused before the model loads
+    audio = args.audio or read_take(args.result)["meta"].get("audio")
+    ckpt, ckpt_path = load_model(args)
+    meta = reroll_file(ckpt, args.result, str(audio), str(args.output), *args.range, overrides,
+                       progress=_progress_printer())
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    print(json.dumps({"output": str(args.output), "checkpoint": str(ckpt_path), "range": args.range, **meta}))
     return 0
 
 
@@ -92,6 +115,8 @@ def _sampling_options(g: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, help=f"fast sampler steps (default {DEFAULT_FAST_STEPS})")
     g.add_argument("--eta", type=float,
                    help="fast sampler noise: 1 = ancestral steps (default), 0 = deterministic DDIM")
+    g.add_argument("--solver", choices=list(SOLVERS),
+                   help="fast sampler update: ddim (default) or dpm = DPM-Solver++(2M), deterministic")
     g.add_argument("--seed", type=int, help="default 0 (generate-batch: for clips whose manifest line names none)")
     g.add_argument("--guidance", type=float, help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE})")
     g.add_argument("--variations", type=int, help="default 1")
@@ -135,6 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=8, help="clips sampled side by side (default 8)")
     _sampling_options(b)
     b.set_defaults(fn=cmd_generate_batch)
+    r = sub.add_parser("reroll", help="sample a frame range of a result again, keeping the rest",
+                       description="Frames START..END (15 fps, inclusive, 0 = the first) are sampled again with a "
+                                   "new seed, continuing from the kept frames before them and meeting the kept "
+                                   "frames after them; every other frame is kept bit for bit. The take's own "
+                                   "settings are used, with the options given here.")
+    r.add_argument("result", type=Path, help="an .npz written by generate (or by an earlier reroll)")
+    r.add_argument("--range", nargs=2, type=int, required=True, metavar=("START", "END"))
+    r.add_argument("-o", "--output", type=Path, required=True, help="the new .npz")
+    r.add_argument("--audio", type=Path, help="the take's audio (default: the path its result records)")
+    r.add_argument("--checkpoint", default="default", help="the checkpoint that made the take (default: bundled)")
+    r.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    r.add_argument("--seed", type=int, help="the new seed (default: the take's own)")
+    r.add_argument("--steps", type=int, help="fast sampler steps (default: the take's)")
+    r.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the take's)")
+    r.add_argument("--intensity", type=float, help="gesture amplitude of the whole result (default: the take's)")
+    r.set_defaults(fn=cmd_reroll)
     i = sub.add_parser("info", help="describe a checkpoint")
     i.add_argument("checkpoint")
     i.set_defaults(fn=cmd_info)

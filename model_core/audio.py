@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 SAMPLE_RATE = 16000
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}  # what a folder of speech is searched for
@@ -32,6 +31,7 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.nda
     """Polyphase (Kaiser-windowed FIR) resampling along axis 0."""
     if sr_in == sr_out:
         return audio
+    from scipy.signal import resample_poly  # imported here: scipy.signal takes a second to import, 16 kHz needs none
     ratio = Fraction(sr_out, sr_in).limit_denominator(10000)
     return resample_poly(audio, ratio.numerator, ratio.denominator, axis=0)
 

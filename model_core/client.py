@@ -253,6 +253,13 @@ class WorkerClient:
         return self.submit({"type": "generate", "audio": str(audio), "output": str(output),
                             "checkpoint": str(checkpoint), "device": device, "settings": settings or {}})
 
+    def reroll(self, result: str | Path, audio: str | Path, frames: tuple[int, int], output: str | Path,
+               checkpoint: str = "default", device: str = "auto", settings: dict | None = None) -> Job:
+        """Sample frames[0]..frames[1] (15 fps, inclusive) of an earlier result again; settings override the take's."""
+        return self.submit({"type": "reroll", "result": str(result), "audio": str(audio), "range": list(frames),
+                            "output": str(output), "checkpoint": str(checkpoint), "device": device,
+                            "settings": settings or {}})
+
     def ping(self, timeout: float = 10.0) -> float:
         """Round-trip time of an empty request, in seconds."""
         t0 = time.perf_counter()

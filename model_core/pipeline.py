@@ -76,7 +76,11 @@ def _window_start(n_samples: int, i: int) -> int:
 
 
 def _window_audio(audio: np.ndarray, i: int) -> np.ndarray:
-    start = _window_start(len(audio), i)
+    return audio_window(audio, _window_start(len(audio), i))
+
+
+def audio_window(audio: np.ndarray, start: int) -> np.ndarray:
+    """The WINDOW_SAMPLES samples of a window's audio from sample `start`, zero-padded past the clip's end."""
     chunk = audio[start:start + WINDOW_SAMPLES]
     return np.pad(chunk, (0, WINDOW_SAMPLES - len(chunk))) if len(chunk) < WINDOW_SAMPLES else chunk
 
@@ -104,39 +108,50 @@ def fade_out(poses: np.ndarray, end_padding: int, n: int = 4) -> tuple[np.ndarra
     return poses, end
 
 
+# known(x, t) -> x: after each step, put what is known of the window into the sampler's state x at schedule index t
+# (t = 0: the finished window). Re-rolling a range holds the kept frames this way (reroll.py).
+KnownFrames = Callable[[torch.Tensor, int], torch.Tensor]
+
+
 def denoise(model: PoseDiffusion, context: torch.Tensor, settings: GenerationSettings,
-            gen_cpu: torch.Generator | RowGenerators, gen_dev: torch.Generator | RowGenerators
-            ) -> Iterator[tuple[int, torch.Tensor]]:
+            gen_cpu: torch.Generator | RowGenerators, gen_dev: torch.Generator | RowGenerators,
+            known: KnownFrames | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """The reverse process for one 34-frame window given its context (B, 34, in_size): yields (schedule index t,
     x_{t-1}) after every step.
 
     x_T is drawn on the CPU generator and later noise on the device generator, as the official code does. Call it
-    under torch.inference_mode() (sample_window does)."""
+    under torch.inference_mode() (sample_window does). known: see KnownFrames; it is applied to x_T too."""
     cfg = model.cfg
     sched = model.schedule
-    sampler = make_sampler(settings.sampler, sched, settings.steps, settings.stabilizer, settings.eta)
+    sampler = make_sampler(settings.sampler, sched, settings.steps, settings.stabilizer, settings.eta,
+                           settings.solver)
     b, device = context.shape[0], context.device
     null = model.null_context(b)
     x = randn((b, cfg.n_poses, cfg.pose_dim), gen_cpu).to(device)
+    if known is not None:
+        x = known(x, sampler.timesteps[0])
     precision, _ = choose_precision(model, settings.precision, settings.sampler, b, settings.guidance, device)
     for i, t in enumerate(sampler.timesteps):
         eps = guided_step(model, precision, x, sched.betas[t].view(1), context, null, settings.guidance)
         x = sampler.step(eps, i, x, gen_dev)
+        if known is not None:
+            x = known(x, sampler.timesteps[i + 1] if i + 1 < len(sampler.timesteps) else 0)
         yield t, x
 
 
 @torch.inference_mode()
 def sample_window(model: PoseDiffusion, audio: torch.Tensor, pre_seq: torch.Tensor, settings: GenerationSettings,
                   gen_cpu: torch.Generator | RowGenerators, gen_dev: torch.Generator | RowGenerators,
-                  on_step: Callable[[int, int], None] | None = None, context: torch.Tensor | None = None
-                  ) -> torch.Tensor:
+                  on_step: Callable[[int, int], None] | None = None, context: torch.Tensor | None = None,
+                  known: KnownFrames | None = None) -> torch.Tensor:
     """Denoise one 34-frame window for a batch: audio (B, L), pre_seq (B, 34, D+1) -> x_0 (B, 34, D).
 
-    context: the window's context when the caller built it (clips side by side each encode their own audio)."""
+    context: the window's context when the caller built it (clips side by side each encode their own audio).
+    known: frames held to given values while sampling (see KnownFrames)."""
     if context is None:
         context = model.context(audio, pre_seq, batch_stats=settings.bn_mode == "official")
     n = steps_run(settings, model.schedule.num_steps)
-    for i, (_, x) in enumerate(denoise(model, context, settings, gen_cpu, gen_dev)):
+    for i, (_, x) in enumerate(denoise(model, context, settings, gen_cpu, gen_dev, known)):
         if on_step is not None:
             on_step(i + 1, n)
     return x
@@ -148,19 +163,22 @@ class ClipRun:
     each with its own random streams, so a clip's windows are the same whichever clips share its batches."""
 
     def __init__(self, model: PoseDiffusion, audio: np.ndarray, settings: GenerationSettings,
-                 seed_poses: np.ndarray | None = None):
+                 seed_poses: np.ndarray | None = None, first_frame: int | None = None, windows: int | None = None):
+        """first_frame, windows: run `windows` windows from that frame (15 fps), each given the audio under its own
+        frames (a re-roll); by default the whole clip's windows, placed as the official code places them."""
         cfg = model.cfg
         self.model, self.audio, self.settings = model, audio, settings
         self.device = next(model.parameters()).device
-        self.n_win, self.w = window_count(len(audio)), 0
+        self.first_frame = first_frame
+        self.n_win, self.w = windows or window_count(len(audio)), 0
         self.gen_cpu = torch.Generator().manual_seed(settings.seed)
         self.gen_dev = self.gen_cpu if self.device.type == "cpu" else \
             torch.Generator(self.device).manual_seed(settings.seed)
         v, d, p = settings.variations, cfg.pose_dim, cfg.n_pre_poses
         self.pre_seq = torch.zeros(v, cfg.n_poses, d + 1, device=self.device)
         if seed_poses is not None:
-            self.pre_seq[:, :p, :d] = torch.as_tensor(np.asarray(seed_poses, np.float32).reshape(p, d),
-                                                      device=self.device)
+            self.pre_seq[:, :p, :d] = torch.as_tensor(np.asarray(seed_poses, np.float32).reshape(-1, p, d),
+                                                      device=self.device)  # one seed for all, or one each
             self.pre_seq[:, :p, d] = 1
         self.chunks: list[np.ndarray] = []
         self.prev_tail: np.ndarray | None = None
@@ -171,7 +189,12 @@ class ClipRun:
 
     def window(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next window's audio (V, L) and seed sequence (V, 34, D+1)."""
-        clip = torch.from_numpy(np.ascontiguousarray(_window_audio(self.audio, self.w))).to(self.device)
+        if self.first_frame is None:
+            audio = _window_audio(self.audio, self.w)
+        else:  # the window's first frame is first_frame + 30 w: its audio starts at that frame's time
+            frame = self.first_frame + (self.model.cfg.n_poses - self.model.cfg.n_pre_poses) * self.w
+            audio = audio_window(self.audio, round(frame * SAMPLE_RATE / FPS))
+        clip = torch.from_numpy(np.ascontiguousarray(audio)).to(self.device)
         return clip.unsqueeze(0).expand(self.settings.variations, -1), self.pre_seq
 
     @torch.inference_mode()
@@ -232,7 +255,7 @@ def save_result(ckpt, output: str | Path, poses: np.ndarray, settings: Generatio
     path a BVH of the model's skeleton per variation (the first at `output`, the others numbered); return its
     summary. Non-finite motion is a CheckpointError and nothing is written."""
     from .protocol import write_result
-    from .skeleton import poses_to_canonical
+    from .skeleton import directions_at
     if not np.isfinite(poses).all():  # nothing non-finite is ever written or keyed
         from .checkpoint import CheckpointError
         raise CheckpointError(f"the model produced non-finite motion (NaN or Inf) for {Path(audio_path).name}: the "
@@ -241,7 +264,7 @@ def save_result(ckpt, output: str | Path, poses: np.ndarray, settings: Generatio
             "settings": settings.to_dict(), "precision": settings.precision, "precision_choice": precision_choice,
             "steps": settings.steps, "audio": str(audio_path), "duration": n_samples / SAMPLE_RATE,
             "device": str(next(ckpt.model.parameters()).device), "seconds": round(seconds, 3)}
-    directions = poses_to_canonical(poses, ckpt.skeleton)
+    directions = directions_at(poses, settings.intensity, ckpt.skeleton)
     if Path(output).suffix.lower() == ".bvh":
         from .bvh import write_bvh
         output = Path(output)

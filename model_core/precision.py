@@ -4,7 +4,8 @@ Precisions: "exact" (eager float32, bit-identical to the official code on the sa
 denoiser's Linear weights prepacked for oneDNN) and "bf16" (bf16 autocast). Which is fastest depends on the CPU, not
 on a flag it reports (an Intel Xeon with native bf16 ran exact fastest and bf16 slowest; an AMD EPYC the reverse),
 so "auto" measures the three on the model's own denoising step the first time a (CPU, torch, model size, batch,
-threads) combination is seen, and remembers the choice in the user's cache folder. On a GPU the steps of this model
+threads) combination is seen, and remembers the choice in the user's cache folder (a choice measured on a busy
+machine is measured again by the first run on a quiet one). On a GPU the steps of this model
 are bound by kernel launches and bf16's casts only cost time (benchmarks/RESULTS.md), so auto is fp32 there.
 """
 from __future__ import annotations
@@ -23,6 +24,9 @@ import torch
 from .network import PoseDiffusion
 
 CALIBRATION_ROUNDS = 7  # timed calls per candidate, interleaved; the median is kept
+# A measurement taken while the machine was busy (1-minute load average per physical core above this) is kept only
+# until a run starts on a quiet machine, which measures again: a busy machine's milliseconds are not this CPU's.
+BUSY_LOAD = 0.5
 _memo: dict[str, tuple[str, str]] = {}
 
 
@@ -153,12 +157,15 @@ def choose_precision(model: PoseDiffusion, precision: str, sampler: str, variati
     except (OSError, ValueError):
         cache = {}
     entry = cache.get(key)
-    if isinstance(entry, dict) and entry.get("choice") in candidates(sampler):
+    load = load_per_core()
+    busy_then = isinstance(entry, dict) and entry.get("load_per_core", 0.0) > BUSY_LOAD
+    if isinstance(entry, dict) and entry.get("choice") in candidates(sampler) and not (busy_then and load <= BUSY_LOAD):
         times = entry.get("ms_per_step", {})
         how = "auto, measured earlier on this CPU: " + _describe(times)
     else:
         times = calibrate(model, sampler, 2 * variations, guidance)
-        entry = {"choice": min(times, key=times.get), "ms_per_step": {k: round(v, 3) for k, v in times.items()}}
+        entry = {"choice": min(times, key=times.get), "ms_per_step": {k: round(v, 3) for k, v in times.items()},
+                 "load_per_core": round(load, 2)}
         cache[key] = entry
         how = "auto, measured now: " + _describe(entry["ms_per_step"])
         try:
@@ -170,6 +177,14 @@ def choose_precision(model: PoseDiffusion, precision: str, sampler: str, variati
             pass
     _memo[key] = (entry["choice"], how)
     return _memo[key]
+
+
+def load_per_core() -> float:
+    """The 1-minute load average per physical core (0 where the system does not report one)."""
+    try:
+        return os.getloadavg()[0] / physical_cores()
+    except (AttributeError, OSError):
+        return 0.0
 
 
 def _describe(times: dict) -> str:

@@ -4,7 +4,9 @@ Messages are JSON objects, one per line, prefixed with a tag and the protocol ve
 worker's stdin (requests) and stdout (replies). Anything else the worker's stdout carries is a protocol error.
 Results are not sent inline: the worker writes an .npz (see write_result) and replies with its path.
 
-Requests:  generate {id, audio, checkpoint, device, settings, output} · info {id, checkpoint} · ping {id}
+Requests:  generate {id, audio, checkpoint, device, settings, output} · reroll {id, result, audio, range, checkpoint,
+           device, settings, output} (frames range[0]..range[1] of an earlier result file, 15 fps, inclusive, sampled
+           again with the settings given over the take's own; a new result file) · info {id, checkpoint} · ping {id}
            (each answered by the reply REQUESTS names, or by an error) · cancel {id} · shutdown
 Replies:   ready {protocol, torch, cuda, device_name, pid} (unprompted, once) · progress {id, window, windows,
            step, steps, fraction} · result {id, ...} · info {id, ...} · pong {id} · error {id, kind, message}
@@ -25,7 +27,7 @@ PROTOCOL_VERSION = 1
 TAG = f"DGW{PROTOCOL_VERSION} "
 RESULT_FORMAT = "diffgesture-poses"
 # Each request type and the reply type that answers it: adding a request is a line here and a handler in worker.py.
-REQUESTS: dict[str, str] = {"generate": "result", "info": "info", "ping": "pong"}
+REQUESTS: dict[str, str] = {"generate": "result", "reroll": "result", "info": "info", "ping": "pong"}
 # Requests about other requests or the worker itself; they get no reply.
 CONTROLS = ("cancel", "shutdown")
 

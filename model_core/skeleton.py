@@ -184,3 +184,71 @@ def poses_to_canonical(x: np.ndarray, skel: Skeleton) -> np.ndarray:
 def canonical_to_poses(dirs: np.ndarray, skel: Skeleton) -> np.ndarray:
     """Canonical-frame directions (..., n_bones, 3) -> normalised network values (..., pose_dim)."""
     return from_directions(canonical_to_dataset(dirs, skel), skel)
+
+
+# The arm bones keep_out_of_torso turns, parent first; both skeletons name them alike.
+ARM_BONES = ("left_upper_arm", "left_forearm", "right_upper_arm", "right_forearm")
+
+
+def _axis_offset(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """p minus its closest point on the segment a-b (..., 3)."""
+    ab = b - a
+    t = np.clip(np.sum((p - a) * ab, -1, keepdims=True) / np.maximum(np.sum(ab * ab, -1, keepdims=True), 1e-12), 0, 1)
+    return p - (a + t * ab)
+
+
+def torso_axis(joints: np.ndarray, skel: Skeleton) -> tuple[np.ndarray, np.ndarray]:
+    """The torso's axis (..., 3) x 2: from the neck down the spine bone and as far again below its root (the
+    belly and hips, which the skeletons have no joints for)."""
+    spine, neck = skel.pairs[skel.bone_index("spine")]
+    top, root = joints[..., neck, :], joints[..., spine, :]
+    return top, 2 * root - top
+
+
+def torso_radius(skel: Skeleton) -> float:
+    """The torso, for keep_out_of_torso: a capsule about torso_axis whose radius is half a clavicle, or less where
+    the rest (mean) pose's own elbows and wrists come closer, so the rest pose never moves."""
+    joints = to_joints(_normalize(skel.mean.astype(np.float64)), skel)
+    ends = [skel.pairs[skel.bone_index(b)][1] for b in ARM_BONES]
+    closest = min(np.linalg.norm(_axis_offset(joints[j], *torso_axis(joints, skel))) for j in ends)
+    return float(min(0.5 * skel.lengths[skel.bone_index("left_clavicle")], 0.9 * closest))
+
+
+def keep_out_of_torso(dirs: np.ndarray, skel: Skeleton, steps: int = 30) -> np.ndarray:
+    """Unit directions (..., n_bones, 3) whose elbows and wrists lie outside the torso (torso_axis, torso_radius):
+    an arm bone whose end falls inside is turned about its own joint, towards pointing straight away from the
+    torso, just far enough (bisection) to bring the end to the capsule's surface; the upper arm before the forearm.
+    Every other bone, and every frame where nothing enters, is left as it is."""
+    out = np.array(dirs, dtype=np.float64)
+    r = torso_radius(skel)
+    for bone in ARM_BONES:
+        b = skel.bone_index(bone)
+        parent, child = skel.pairs[b]
+        joints = to_joints(out, skel)
+        top, bottom = torso_axis(joints, skel)
+        start, length = joints[..., parent, :], skel.lengths[b]
+
+        def inside(d: np.ndarray) -> np.ndarray:
+            return np.linalg.norm(_axis_offset(start + length * d, top, bottom), axis=-1, keepdims=True) < r
+
+        d = out[..., b, :]
+        enters = inside(d)
+        if not enters.any():
+            continue
+        away = _axis_offset(start, top, bottom)  # from the torso's axis out through the bone's own joint
+        away = np.where(np.linalg.norm(away, axis=-1, keepdims=True) > 1e-6, away, start - top)
+        away = _normalize(away)
+        lo, hi = np.zeros_like(enters, dtype=np.float64), np.ones_like(enters, dtype=np.float64)
+        for _ in range(steps):  # the least turn from d towards `away` that leaves the torso
+            mid = (lo + hi) / 2
+            still = inside(_normalize((1 - mid) * d + mid * away))
+            lo, hi = np.where(still, mid, lo), np.where(still, hi, mid)
+        out[..., b, :] = np.where(enters, _normalize((1 - hi) * d + hi * away), d)
+    return out.astype(np.asarray(dirs).dtype)
+
+
+def directions_at(poses: np.ndarray, intensity: float, skel: Skeleton) -> np.ndarray:
+    """Canonical unit directions of normalised poses already scaled by `intensity`: above 1, where the wider gesture
+    would put an elbow or a wrist inside the torso it is turned back out (keep_out_of_torso)."""
+    dirs = poses_to_canonical(poses, skel)
+    return keep_out_of_torso(dirs, skel) if intensity > 1 else dirs

@@ -20,8 +20,10 @@ PROGRESS_INTERVAL = 0.1
 MAX_LINE = 1 << 20  # a request is a few hundred bytes; longer lines are refused without being held in memory
 # The fields each request may carry and their types; "id" (a string or an integer) is allowed on all of them.
 REQUEST_FIELDS = {"generate": {"audio": str, "output": str, "checkpoint": str, "device": str, "settings": dict},
+                  "reroll": {"result": str, "audio": str, "range": list, "output": str, "checkpoint": str,
+                             "device": str, "settings": dict},
                   "info": {"checkpoint": str}, "ping": {}, "cancel": {}, "shutdown": {}}
-REQUIRED = {"generate": ("audio", "output")}
+REQUIRED = {"generate": ("audio", "output"), "reroll": ("result", "audio", "range", "output")}
 
 
 def check_request(msg: dict) -> str:
@@ -48,7 +50,7 @@ class Worker:
         self.client_gone = False  # stdin closed: a running job stops at its next step
         self.models: dict = {}
         # one handler per request type of protocol.REQUESTS; each sends that request's reply
-        self.handlers = {"generate": self.generate, "info": self.info, "ping": self.ping}
+        self.handlers = {"generate": self.generate, "reroll": self.reroll, "info": self.info, "ping": self.ping}
 
     def send(self, msg: dict) -> None:
         with self.out_lock:
@@ -118,10 +120,26 @@ class Worker:
                    "source_format": ckpt.source_format})
 
     def generate(self, msg: dict) -> None:
-        import torch
         from .pipeline import generate_file
-        job_id = msg.get("id")
         settings = GenerationSettings.from_dict(msg.get("settings", {}))
+        self.run_job(msg, lambda ckpt, progress, cancel: generate_file(ckpt, msg["audio"], msg["output"], settings,
+                                                                       progress, cancel))
+
+    def reroll(self, msg: dict) -> None:
+        from .reroll import reroll_file
+        frames = msg["range"]
+        if len(frames) != 2:
+            raise ValueError(f"reroll request: 'range' must be [start, end], not {frames!r:.60}")
+        overrides = msg.get("settings", {})
+        GenerationSettings.from_dict(overrides)  # unknown or mistyped names are refused before anything runs
+        self.run_job(msg, lambda ckpt, progress, cancel: reroll_file(ckpt, msg["result"], msg["audio"], msg["output"],
+                                                                     *frames, overrides, progress, cancel))
+
+    def run_job(self, msg: dict, job) -> None:
+        """Run job(checkpoint, progress, cancel) -> summary for a request that writes a result file, sending its
+        progress and its reply; on a GPU out of memory the whole request runs again on the CPU."""
+        import torch
+        job_id = msg.get("id")
         last = [0.0]
 
         def progress(p) -> None:
@@ -133,8 +151,7 @@ class Worker:
 
         def run(device: str) -> tuple[dict, list[str]]:
             ckpt, _, note = self.model(msg.get("checkpoint", "default"), device)
-            meta = generate_file(ckpt, msg["audio"], msg["output"], settings, progress,
-                                 cancel=lambda: self.client_gone or job_id in self.cancelled)
+            meta = job(ckpt, progress, lambda: self.client_gone or job_id in self.cancelled)
             return meta, [note] if note else []
         try:
             meta, notes = run(msg.get("device", "auto"))
@@ -144,7 +161,7 @@ class Worker:
             meta, notes = run("cpu")
             notes.append("the GPU ran out of memory; this generation was retried on the CPU")
         checkpoint = str(resolve_checkpoint(msg.get("checkpoint", "default")))
-        self.send({"type": REQUESTS["generate"], "id": job_id, "output": str(msg["output"]), "notes": notes,
+        self.send({"type": REQUESTS[msg["type"]], "id": job_id, "output": str(msg["output"]), "notes": notes,
                    "checkpoint": checkpoint, **meta})
 
     def serve(self) -> None:

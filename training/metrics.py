@@ -264,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--latent", type=int, default=None, help="32 (TED, Trimodal) or 128 (Expressive, HA2G)")
     a = p.parse_args(argv)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)  # before minutes of training, not after
     ds = WindowDataset(a.data, motion_filters=False, min_words=0)
     skel = get_skeleton(ds.index["skeleton"])
     ext = train_extractor(ds, skel, a.latent, a.steps)

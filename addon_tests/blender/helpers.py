@@ -81,6 +81,22 @@ def keyframe_span(obj: bpy.types.Object) -> tuple[float, float]:
     return min(frames), max(frames)
 
 
+def forearm_spread(obj, action, bone: str, frames: range) -> float:
+    """Mean angle (degrees) between the bone's world direction at each frame and its mean direction."""
+    import numpy as np
+    obj.animation_data.action = action
+    dirs = []
+    for f in frames:
+        bpy.context.scene.frame_set(f)
+        pb = obj.pose.bones[bone]
+        d = (obj.matrix_world @ pb.tail) - (obj.matrix_world @ pb.head)
+        dirs.append(np.array(d.normalized()))
+    dirs = np.array(dirs)
+    mean = dirs.mean(axis=0)
+    mean /= np.linalg.norm(mean)
+    return float(np.degrees(np.arccos(np.clip(dirs @ mean, -1, 1))).mean())
+
+
 class Layout:
     """Accepts whatever a draw function calls, so panels can be drawn in background mode; records label and
     progress texts, properties' given texts and, as "<idname>", the operators' buttons (of this layout and of every
@@ -111,7 +127,7 @@ class Layout:
 def draw_panel(addon) -> list[str]:
     """The texts the sidebar panel draws for the current scene."""
     cls = addon.panel.DIFFGESTURE_PT_generate
-    panel = type("P", (), {"layout": Layout(), "draw_mapping": cls.draw_mapping})()
+    panel = type("P", (), {"layout": Layout(), "draw_mapping": cls.draw_mapping, "draw_take": cls.draw_take})()
     cls.draw(panel, bpy.context)
     return panel.layout.texts
 

@@ -19,8 +19,8 @@ import bpy
 import pytest
 
 from addon_tests.blender.helpers import (MODULE, STEPS, Layout, TorchImportWatch, action_keys, draw_panel,
-                                         draw_preferences, drive_modal, keyframe_span, make_rig, never_touched_torch,
-                                         snapshot)
+                                         draw_preferences, drive_modal, forearm_spread, keyframe_span, make_rig,
+                                         never_touched_torch, snapshot)
 from addon_tests.paths import TORCH_PYTHON
 
 
@@ -123,6 +123,20 @@ def test_audio_from_an_existing_sound_strip(addon, scene, speech_wav):
     assert bpy.ops.diffgesture.generate() == {"FINISHED"}
     assert keyframe_span(props.armature)[0] == 30
     assert [s.name for s in scene.sequence_editor.strips_all] == ["line"]  # no second copy of the audio
+
+
+def test_audio_from_a_packed_sound_strip_whose_file_is_gone(addon, scene, speech_wav, tmp_path):
+    """The worker reads the packed copy; the take records the strip's file and sound (a re-roll finds it again)."""
+    audio = tmp_path / "line.wav"
+    audio.write_bytes(speech_wav.read_bytes())
+    strip = scene.sequence_editor_create().strips.new_sound("line", str(audio), 2, 30)
+    strip.sound.pack()
+    audio.unlink()
+    props = scene.diffgesture
+    props.audio_source, props.audio_strip = "STRIP", strip.name
+    assert bpy.ops.diffgesture.generate() == {"FINISHED"}
+    take = addon.takes.read(props.armature.animation_data.action)
+    assert take.audio == str(audio.resolve()) and take.sound == strip.sound.name
 
 
 def test_panel_and_preferences_draw(addon, scene):
@@ -380,22 +394,6 @@ def test_folder_clips_follow_the_existing_sound_and_progress_lines_do_not_repeat
     progress = [line for line in err.splitlines() if re.fullmatch(r"[ab]\.wav: \d+%", line)]
     assert len(progress) >= 2 and all(x != y for x, y in zip(progress, progress[1:])), progress
     assert all(int(line.split()[-1][:-1]) % 10 == 0 for line in progress), progress
-
-
-def forearm_spread(obj, action, bone: str, frames: range) -> float:
-    """Mean angle (degrees) between the bone's world direction at each frame and its mean direction."""
-    import numpy as np
-    obj.animation_data.action = action
-    dirs = []
-    for f in frames:
-        bpy.context.scene.frame_set(f)
-        pb = obj.pose.bones[bone]
-        d = (obj.matrix_world @ pb.tail) - (obj.matrix_world @ pb.head)
-        dirs.append(np.array(d.normalized()))
-    dirs = np.array(dirs)
-    mean = dirs.mean(axis=0)
-    mean /= np.linalg.norm(mean)
-    return float(np.degrees(np.arccos(np.clip(dirs @ mean, -1, 1))).mean())
 
 
 def test_intensity_widens_the_gesture(addon, scene, speech_wav):

@@ -377,6 +377,7 @@ def test_a_failure_while_writing_the_result_undoes_everything(addon, scene, monk
     error = messages(reports, "ERROR")
     assert "Could not apply the motion: simulated failure while keying. Nothing was changed" in error, reports
     assert snapshot() == before and rig.animation_data.action == old and not old.use_fake_user
+    assert scene.diffgesture.add_sound and not bpy.data.sounds, "the removed strip's sound went with it"
 
 
 def test_headless_ends_with_json_and_exit_code_when_writing_fails(addon, scene, speech_wav, tmp_path, capsys,

@@ -63,6 +63,8 @@ def data_writes(source: str) -> list[str]:
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
             node, (ast.AugAssign, ast.AnnAssign)) else []
         found += [ast.unparse(t) for t in targets if isinstance(t, ast.Attribute) and t.attr in WRITER_ATTRIBUTES]
+        found += [ast.unparse(t) for t in targets  # a take record written onto an action: action[takes.KEY] = ...
+                  if isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Attribute) and t.slice.attr == "KEY"]
     return found
 
 
@@ -70,11 +72,13 @@ def test_only_the_scene_writer_writes_bpy_data():
     addon = ROOT / "diffgesture_blender"
     writes = {str(p.relative_to(addon)): data_writes(p.read_text(encoding="utf-8")) for p in addon.rglob("*.py")}
     assert writes["scene_writer.py"], "the detector finds the scene writer's own writes"
+    assert "action[takes.KEY]" in writes["scene_writer.py"], "and its take records"
     # retargeting keys the actions the scene writer asks for; rigs builds the demo character; __init__ registers;
     # export assigns the take for the exporters and puts every setting back (test_export checks the scene is as it was)
     allowed = {"scene_writer.py", "rigs.py", "__init__.py", "export.py"}
     writers = {name for name, found in writes.items() if found}
     assert {name for name in writers if name not in allowed and not name.startswith("retarget")} == set(), \
         {name: writes[name] for name in writers}
-    for module in ("generation.py", "worker_host.py", "request.py", "operators.py", "headless.py", "panel.py"):
+    for module in ("generation.py", "worker_host.py", "request.py", "operators.py", "headless.py", "panel.py",
+                   "takes.py"):
         assert module in writes and not writes[module], (module, writes[module])

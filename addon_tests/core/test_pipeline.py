@@ -152,6 +152,32 @@ def test_auto_precision_is_measured_once_and_cached(tiny, tmp_path, monkeypatch)
         choice, "auto, measured earlier on this CPU: " + precision._describe(entry["ms_per_step"]))
 
 
+def test_auto_precision_measured_on_a_busy_machine_is_measured_again_when_quiet(tiny, tmp_path, monkeypatch):
+    """A choice measured under load (load average per core above BUSY_LOAD) serves while the machine stays busy and
+    is replaced by the next measurement on a quiet machine, which then stays."""
+    monkeypatch.setenv("DIFFGESTURE_CACHE_DIR", str(tmp_path))
+    cpu = torch.device("cpu")
+    load = {"now": 3.0}
+    monkeypatch.setattr(precision, "load_per_core", lambda: load["now"])
+    calls = []
+    real = precision.calibrate
+    monkeypatch.setattr(precision, "calibrate", lambda *a: calls.append(load["now"]) or real(*a))
+
+    def choose() -> str:
+        monkeypatch.setattr(precision, "_memo", {})  # each call stands for a new process
+        return precision.choose_precision(tiny, "auto", "fast", 1, 1.15, cpu)[1]
+    assert choose().startswith("auto, measured now") and calls == [3.0]
+    assert choose().startswith("auto, measured earlier") and calls == [3.0], "still busy: the busy measure serves"
+    load["now"] = 0.1
+    assert choose().startswith("auto, measured now") and calls == [3.0, 0.1], "quiet now: measured again"
+    (entry,) = json.loads((tmp_path / "precision.json").read_text()).values()
+    assert entry["load_per_core"] == 0.1
+    load["now"] = 3.0
+    assert choose().startswith("auto, measured earlier") and calls == [3.0, 0.1], "a quiet measure is kept"
+    load["now"] = 0.1
+    assert choose().startswith("auto, measured earlier") and calls == [3.0, 0.1]
+
+
 def test_auto_precision_rules(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFGESTURE_CACHE_DIR", str(tmp_path))
     assert precision.choose_precision(tiny, "bf16", "fast", 1, 1.15, torch.device("cpu")) == ("bf16", "requested")

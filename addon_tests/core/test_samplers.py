@@ -1,9 +1,10 @@
-"""The fast sampler against the paper sampler, and its schedule of steps."""
+"""The fast samplers against the paper sampler and against an exact solution, and their schedule of steps."""
 import pytest
 import torch
 
 from model_core.network import VarianceSchedule, ModelConfig
-from model_core.samplers import DDIMSampler, PaperSampler, add_noise, ddim_timesteps
+from model_core.samplers import (DDIMSampler, DPMSolverSampler, PaperSampler, add_noise, ddim_timesteps,
+                                 lambda_timesteps)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,49 @@ def test_deterministic_ddim_inverts_an_exact_noise_prediction(schedule):
         torch.testing.assert_close(x, x0, atol=1e-4, rtol=1e-4)
 
 
+def test_dpm_solver_keeps_an_exact_prediction_on_the_forward_process(schedule):
+    """Given the true noise, every DPM-Solver++ state is the forward-noised x0 at its step, and the last is x0."""
+    x0 = 0.3 * torch.randn(1, 34, 27, dtype=torch.float64)
+    noise = torch.randn(1, 34, 27, dtype=torch.float64)
+    s = DPMSolverSampler(schedule, steps=8)
+    x = add_noise(schedule, x0, noise, s.timesteps[0])
+    for i, _ in enumerate(s.timesteps):
+        x = s.step(noise, i, x, torch.Generator())
+        t_next = s.timesteps[i + 1] if i + 1 < len(s.timesteps) else 0
+        torch.testing.assert_close(x, add_noise(schedule, x0, noise, t_next), atol=1e-6, rtol=1e-6)
+
+
+def gaussian_data_eps(schedule, mu: float, sd: float):
+    """The exact noise prediction for data x0 ~ N(mu, sd^2) per coordinate: eps = sigma (x - alpha mu) / (alpha^2
+    sd^2 + sigma^2), with alpha^2 = abar and sigma^2 = 1 - abar."""
+    def eps(x: torch.Tensor, t: int) -> torch.Tensor:
+        ab = schedule.alpha_bars[t].double()
+        return torch.sqrt(1 - ab) * (x - torch.sqrt(ab) * mu) / (ab * sd ** 2 + 1 - ab)
+    return eps
+
+
+@pytest.mark.parametrize("k", [6, 10, 25])
+def test_dpm_solver_follows_the_probability_flow_closer_than_ddim(schedule, k):
+    """For Gaussian data the probability-flow ODE has a closed form (x_t = alpha mu + sqrt(alpha^2 sd^2 + sigma^2) z),
+    so both deterministic solvers can be held to the exact x0 reached from the same x_T: the second-order
+    DPM-Solver++ (steps even in log-SNR) is at least 5x closer than first-order DDIM (eta = 0) with the same K steps,
+    and within 0.1 sd of the exact x0 (measured 0.007-0.018 for K = 6-25, DDIM 0.12-0.47)."""
+    mu, sd = 0.4, 0.2
+    eps = gaussian_data_eps(schedule, mu, sd)
+    x_t = torch.randn(4, 34, 27, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+    t0 = DPMSolverSampler(schedule, steps=k).timesteps[0]
+    ab = schedule.alpha_bars[t0].double()
+    exact = mu + sd * (x_t - torch.sqrt(ab) * mu) / torch.sqrt(ab * sd ** 2 + 1 - ab)
+    errors = {}
+    for name, s in (("ddim", DDIMSampler(schedule, steps=k, eta=0.0)), ("dpm", DPMSolverSampler(schedule, steps=k))):
+        x = x_t.clone()
+        for i, t in enumerate(s.timesteps):
+            x = s.step(eps(x, t), i, x, torch.Generator())
+        errors[name] = (x - exact).abs().max().item()
+    assert errors["dpm"] < errors["ddim"] / 5, errors
+    assert errors["dpm"] < 0.1 * sd, errors
+
+
 def test_stabilizer_noise_is_shared_across_frames_below_t0(schedule):
     s = DDIMSampler(schedule, steps=500, eta=1.0, stabilizer=True)
     x, eps = torch.zeros(256, 34, 1), torch.zeros(256, 34, 1)
@@ -47,6 +91,16 @@ def test_stabilizer_noise_is_shared_across_frames_below_t0(schedule):
     i_high = s.timesteps.index(100)
     z = (s.step(eps, i_high, x, torch.Generator().manual_seed(0)) - s.step(eps, i_high, x, torch.Generator().manual_seed(1)))
     assert abs(torch.corrcoef(z[:, :, 0].T)[~torch.eye(34, dtype=bool)].mean()) < 0.08, "independent above t0"
+
+
+def test_lambda_timesteps_are_k_distinct_steps_from_t_to_1(schedule):
+    assert lambda_timesteps(schedule, 6) == [500, 337, 143, 37, 8, 1]
+    for k in (1, 2, 10, 25, 100, 250, 499, 500):
+        ts = lambda_timesteps(schedule, k)
+        assert len(ts) == k and ts[0] == 500 and all(a > b >= 1 for a, b in zip(ts, ts[1:])), k
+    assert lambda_timesteps(schedule, 500) == list(range(500, 0, -1))
+    with pytest.raises(ValueError, match="1..500"):
+        lambda_timesteps(schedule, 0)
 
 
 def test_timesteps():

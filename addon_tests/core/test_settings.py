@@ -11,6 +11,7 @@ from model_core.settings import DEFAULT_GUIDANCE, PRESETS, GenerationSettings, p
     ("sampler", "euler", "sampler must be one of fast, paper, not 'euler'"),
     ("bn_mode", "train", "bn_mode must be one of eval, official"),
     ("precision", "int8", "precision must be one of auto, exact, fp32, bf16"),
+    ("solver", "euler", "solver must be one of ddim, dpm, not 'euler'"),
     ("steps", 0, r"steps must be within 1\.\.500, not 0"),
     ("steps", 501, r"steps must be within 1\.\.500"),
     ("steps", 2.5, "steps must be a whole number, not 2.5"),
@@ -67,6 +68,8 @@ def test_cli_sampler_is_the_preset_and_options_change_it():
     assert cli("--no-stabilizer", "--fade-out", "--steps", "7") == preset("fast", stabilizer=False, fade_out=True,
                                                                           steps=7)
     assert cli("--no-trim") == preset("fast", trim=False)
+    assert cli("--solver", "ddim", "--eta", "0") == preset("fast", solver="ddim", eta=0.0)
+    assert cli("--solver", "dpm", "--steps", "8") == preset("fast", solver="dpm", steps=8)
     assert cli("--reproduce", "--precision", "fp32", "--seed", "2") == preset("paper", seed=2), \
         "--reproduce is the paper preset whatever precision is asked for"
     with pytest.raises(ValueError, match="guidance must be within"):

@@ -14,12 +14,12 @@ keying.py     reading the armature and keying a new action (bpy)
 notes.py      warnings for the user (skipped parts, constraints, drivers, scale)
 rigify.py     Rigify rigs: ORG bones in the metarig's hierarchy, keys on the FK and neck controls, the held switches
 
-The scene-writing code calls `apply_motion(...)` and `rig_notes(...)`; requests, the panel, operators and headless
-use `bone_maps` (detect, validate, current_map, get/set_bone_map, load_file/save_file).
+The scene-writing code calls `apply_motion(...)`, `rekey_range(...)` and `rig_notes(...)`; requests, the panel,
+operators and headless use `bone_maps` (detect, validate, current_map, get/set_bone_map, load_file/save_file).
 """
 from . import bone_maps
-from .keying import apply_motion
+from .keying import apply_motion, rekey_range
 from .notes import rig_notes
 from .roles import PARTS, ROLES
 
-__all__ = ["PARTS", "ROLES", "apply_motion", "bone_maps", "rig_notes"]
+__all__ = ["PARTS", "ROLES", "apply_motion", "bone_maps", "rekey_range", "rig_notes"]

@@ -79,3 +79,20 @@ def slerp_resample(dirs: np.ndarray, src_fps: float, dst_fps: float) -> np.ndarr
     wa = np.where(small, 1.0 - f, np.sin((1.0 - f) * theta) / np.where(small, 1.0, sin))
     wb = np.where(small, f, np.sin(f * theta) / np.where(small, 1.0, sin))
     return unit(wa * a + wb * b)
+
+
+def continuous(q: np.ndarray, before: np.ndarray | None = None, after: np.ndarray | None = None) -> np.ndarray:
+    """q (frames, 4) with signs such that consecutive quaternions, and the kept keys either side when given (the
+    range of keys q replaces), have a positive dot product: Blender interpolates the components, so q then -q makes
+    the bone spin between keys. When both kept keys are given and no continuous chain joins them, the one unavoidable
+    flip goes to the largest step (the dot nearest 0, where either sign is about as far)."""
+    chain = np.array(([before] if before is not None else []) + list(q) + ([after] if after is not None else []))
+    d = np.sum(chain[1:] * chain[:-1], -1)
+    signs = np.cumprod(np.r_[1.0, np.where(d < 0, -1.0, 1.0)])
+    if after is not None and signs[-1] < 0:  # the kept key after keeps its sign
+        if before is None:
+            signs = -signs
+        else:
+            signs[np.argmin(np.abs(d)) + 1:] *= -1
+    chain = chain * signs[:, None]
+    return chain[int(before is not None):len(chain) - int(after is not None)]
