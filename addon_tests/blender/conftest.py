@@ -60,8 +60,8 @@ def speech_wav(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def addon(blender_user_dir):
-    """Build the zip, validate it with Blender's own tool, install and enable it; point it at the torch env."""
+def installed_addon(blender_user_dir):
+    """Build the zip, validate it with Blender's own tool, install and enable it."""
     sys.path.insert(0, str(ROOT))
     import build
     from bl_pkg import cli_extension
@@ -70,8 +70,16 @@ def addon(blender_user_dir):
     assert bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default",
                                                     enable_on_install=True) == {"FINISHED"}
     assert (blender_user_dir / "extensions" / "user_default" / "diffgesture" / "blender_manifest.toml").is_file()
-    prefs = bpy.context.preferences.addons[MODULE].preferences
-    prefs.torch_python = str(TORCH_PYTHON)
+    return sys.modules[MODULE]
+
+
+@pytest.fixture
+def addon(installed_addon):
+    """The installed add-on, enabled and pointed at the torch env for each test: an earlier test's factory reset
+    (empty_scene, Blender's own importers' round trip) disables every add-on, whichever file ran before."""
+    if MODULE not in bpy.context.preferences.addons:
+        bpy.ops.preferences.addon_enable(module=MODULE)
+    bpy.context.preferences.addons[MODULE].preferences.torch_python = str(TORCH_PYTHON)
     return sys.modules[MODULE]
 
 
