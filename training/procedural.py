@@ -23,8 +23,11 @@ import json
 import multiprocessing
 import subprocess
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -429,10 +432,29 @@ def build(out: str | Path, skeleton: str, n_clips: int, seed: int = 0, duration:
     skel = get_skeleton(skeleton)
     source = recipe(n_clips, seed, duration)
     work = [(skeleton, seed, i, duration) for i in range(n_clips)]
-    if jobs <= 1:
-        return write_dataset(out, map(_clip_job, work), skel, source)
-    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-        return write_dataset(out, pool.imap(_clip_job, work, chunksize=2), skel, source)
+    clips = map(_clip_job, work) if jobs <= 1 else in_processes(_clip_job, work, jobs)
+    return write_dataset(out, clips, skel, source)
+
+
+def in_processes(job: Callable, work: list, jobs: int, retries: int = 2) -> Iterator:
+    """job(item) for each item, in order, in `jobs` spawned processes. A process that dies (a native crash in a
+    library) is replaced and the items not yet returned are done again, which changes nothing since each item's
+    result depends on the item alone; after `retries` such restarts the crash is raised. (multiprocessing.Pool would
+    wait forever for a dead process's result: a test run hung so after a segfault.)"""
+    done, restarts = 0, 0
+    while done < len(work):
+        pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            for result in pool.map(job, work[done:], chunksize=2):
+                done += 1
+                yield result
+        except BrokenProcessPool as e:
+            restarts += 1
+            if restarts > retries:
+                raise RuntimeError(f"a worker process died {restarts} times (item {done} of {len(work)} not "
+                                   f"done): {e}") from e
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def main(argv: list[str] | None = None) -> None:

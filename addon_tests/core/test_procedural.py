@@ -1,6 +1,9 @@
 """training/procedural.py against issue 14: gesture structure on fresh clips, and the gesture measure itself."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,6 +12,30 @@ from model_core.skeleton import TED_GESTURE, from_directions
 from training import data, procedural
 from training.evaluate import (GESTURE_TARGETS, clip_motion, evaluate, forearm_directions, gesture_measure,
                                markdown_table, meets_targets, pause_frames)
+
+
+def crash_once(item: tuple[str, int]) -> int:
+    """A job whose process dies (as in a native crash) the first time it meets item 3."""
+    marker, value = Path(item[0]), item[1]
+    if value == 3 and not marker.exists():
+        marker.touch()
+        os._exit(3)
+    return 10 * value
+
+
+def crash_always(item: tuple[str, int]) -> int:
+    os._exit(3)
+
+
+def test_a_dead_worker_process_is_replaced_not_waited_for(tmp_path):
+    """--jobs N: a process that dies is replaced and its items done again, in order; one that always dies is an error
+    after the retries (multiprocessing.Pool hung here for ever after a worker's segfault)."""
+    marker = tmp_path / "crashed"
+    work = [(str(marker), i) for i in range(7)]
+    assert list(procedural.in_processes(crash_once, work, jobs=2)) == [10 * i for i in range(7)]
+    assert marker.exists(), "the job did die once"
+    with pytest.raises(RuntimeError, match="died 3 times"):
+        list(procedural.in_processes(crash_always, work[:2], jobs=2, retries=2))
 
 
 @pytest.fixture(scope="module")
