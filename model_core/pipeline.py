@@ -202,6 +202,17 @@ class ClipRun:
         audio, pre_seq = self.window()
         return self.model.context(audio, pre_seq, batch_stats=self.settings.bn_mode == "official")
 
+    def sample_next(self, progress: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None,
+                    what: str = "generation", known: KnownFrames | None = None) -> None:
+        """Sample the next window on its own and take it, checking `cancel` and reporting progress at every step."""
+        def on_step(step: int, steps: int) -> None:
+            if cancel is not None and cancel():
+                raise Cancelled(f"{what} cancelled")
+            if progress is not None:
+                progress(Progress(self.w, self.n_win, step, steps))
+        self.take(sample_window(self.model, *self.window(), self.settings, self.gen_cpu, self.gen_dev, on_step,
+                                known=known))
+
     def take(self, out: torch.Tensor) -> None:
         """Accept the sampled window (V, 34, D): seed the next window with its last frames, blend over the previous."""
         p, d = self.model.cfg.n_pre_poses, self.model.cfg.pose_dim
@@ -240,12 +251,7 @@ def generate(model: PoseDiffusion, audio: np.ndarray, settings: GenerationSettin
     settings.validate()
     run = ClipRun(model, audio, resolved(settings, model)[0], seed_poses)  # auto precision chosen once, not per window
     while not run.done:
-        def on_step(step: int, steps: int, w=run.w) -> None:
-            if cancel is not None and cancel():
-                raise Cancelled("generation cancelled")
-            if progress is not None:
-                progress(Progress(w, run.n_win, step, steps))
-        run.take(sample_window(model, *run.window(), run.settings, run.gen_cpu, run.gen_dev, on_step))
+        run.sample_next(progress, cancel)
     return run.poses()
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .network import FPS, SAMPLE_RATE, PoseDiffusion
-from .pipeline import Cancelled, ClipRun, KnownFrames, Progress, resolved, sample_window, save_result
+from .pipeline import ClipRun, KnownFrames, Progress, resolved, save_result
 from .samplers import add_noise, randn
 from .settings import GenerationSettings
 
@@ -101,14 +101,7 @@ def reroll(model: PoseDiffusion, audio: np.ndarray, poses: np.ndarray, start: in
         mask = ((idx < start) | (idx > end)) & (idx < frames)
         kept = np.zeros((v, cfg.n_poses, cfg.pose_dim), np.float32)
         kept[:, mask] = poses[:, idx[mask]]
-
-        def on_step(step: int, steps: int, w=run.w) -> None:
-            if cancel is not None and cancel():
-                raise Cancelled("re-roll cancelled")
-            if progress is not None:
-                progress(Progress(w, run.n_win, step, steps))
-        run.take(sample_window(model, *run.window(), run.settings, run.gen_cpu, run.gen_dev, on_step,
-                               known=_holder(model, kept, mask, run.gen_dev)))
+        run.sample_next(progress, cancel, "re-roll", _holder(model, kept, mask, run.gen_dev))
     new = np.concatenate(run.chunks, axis=1)[:, start - first:end + 1 - first]
     w = blend_weights(frames, start, end, blend).reshape(1, -1, 1)
     out = poses.copy()

@@ -102,7 +102,7 @@ def test_windows_get_their_audio_their_seed_and_hold_the_kept_frames(demo, speec
         raw.append(real_window(*a, **k).clone().numpy())
         return torch.from_numpy(raw[-1])
     monkeypatch.setattr(demo.model, "context", spy_context)
-    monkeypatch.setattr("model_core.reroll.sample_window", spy_window)
+    monkeypatch.setattr("model_core.pipeline.sample_window", spy_window)
     reroll(demo.model, audio, base, START, END, GenerationSettings(seed=2, steps=4))
     assert len(seen) == n
     for w, (a, _) in enumerate(seen):
