@@ -207,15 +207,13 @@ def rekey_range(armature_obj, action, directions, skeleton_name: str, mapping: d
         curves += zip(fcurves, values.T)
     for fcurve, values in curves:
         points = fcurve.keyframe_points
-        co = np.empty(2 * len(points))
-        points.foreach_get("co", co)
+        co = _coords(points)
         inside = np.flatnonzero((co[0::2] >= frames[0]) & (co[0::2] <= frames[1]))
         for k in inside[::-1]:
             points.remove(points[int(k)], fast=True)
         kept = len(points)
         points.add(len(keyed))
-        co = np.empty(2 * len(points))
-        points.foreach_get("co", co)  # the kept keys read back as they are, the new ones after them
+        co = _coords(points)  # the kept keys read back as they are, the new ones after them
         co[2 * kept::2] = start_frame + keyed
         co[2 * kept + 1::2] = values
         points.foreach_set("co", co)
@@ -223,13 +221,19 @@ def rekey_range(armature_obj, action, directions, skeleton_name: str, mapping: d
     return len(keyed) * len(curves)
 
 
+def _coords(points) -> np.ndarray:
+    """A curve's keys as one flat array of frame, value pairs, the layout foreach_get and foreach_set use."""
+    co = np.empty(2 * len(points))
+    points.foreach_get("co", co)
+    return co
+
+
 def _kept_neighbours(fcurves, frames: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The values of a channel group's (one bone's rotation) nearest keys before and after frames[0]..frames[1],
     which a re-keyed range must join; None on a side where a curve has no key."""
     before, after = [], []
     for fcurve in fcurves:
-        co = np.empty(2 * len(fcurve.keyframe_points))
-        fcurve.keyframe_points.foreach_get("co", co)
+        co = _coords(fcurve.keyframe_points)
         x, y = co[0::2], co[1::2]
         lo, hi = x < frames[0], x > frames[1]
         if lo.any():
