@@ -19,6 +19,7 @@ Everything is deterministic given the seed (espeak-ng and librosa are determinis
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import subprocess
@@ -27,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -432,7 +433,14 @@ def build(out: str | Path, skeleton: str, n_clips: int, seed: int = 0, duration:
     skel = get_skeleton(skeleton)
     source = recipe(n_clips, seed, duration)
     work = [(skeleton, seed, i, duration) for i in range(n_clips)]
-    clips = map(_clip_job, work) if jobs <= 1 else in_processes(_clip_job, work, jobs)
+    if jobs <= 1 or n_clips <= 1:
+        clips: Iterable[Clip] = map(_clip_job, work)
+    else:
+        # librosa's gufuncs are numba-compiled with cache=True, and processes that compile one at once can leave the
+        # halves of two compilations paired in the on-disk cache; every process that loads it after that segfaults
+        # (numba issue 10128; it did so in CI). The first clip, made here, compiles and writes the cache whole, so
+        # the processes only read it.
+        clips = itertools.chain([_clip_job(work[0])], in_processes(_clip_job, work[1:], jobs))
     return write_dataset(out, clips, skel, source)
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,39 @@ def test_a_dead_worker_process_is_replaced_not_waited_for(tmp_path):
     assert marker.exists(), "the job did die once"
     with pytest.raises(RuntimeError, match="died 3 times"):
         list(procedural.in_processes(crash_always, work[:2], jobs=2, retries=2))
+
+
+CACHE_SPY = """
+import sys
+from pathlib import Path
+from training import procedural
+
+cache, out = Path(sys.argv[1]), sys.argv[2]
+def files():
+    return {p.name: p.stat().st_mtime_ns for p in cache.rglob("*.nb*")}
+real, seen = procedural.in_processes, []
+def spy(job, work, jobs):
+    seen.append(files())
+    yield from real(job, work, jobs)
+procedural.in_processes = spy
+procedural.build(out, "ted_gesture", n_clips=3, seed=7, duration=4.0, jobs=2)
+print(sorted(seen[0]))
+print("unchanged" if files() == seen[0] else f"written by the processes: {sorted(set(files().items()) - set(seen[0].items()))}")
+"""
+
+
+def test_processes_only_read_numba_cache_the_first_clip_wrote(tmp_path):
+    """--jobs N on an empty numba cache: librosa's gufuncs are compiled and cached in this process, by the first clip,
+    before any process starts, and no process writes the cache (two writing at once left a cache that segfaults
+    every later process in CI: numba issue 10128)."""
+    cache = tmp_path / "numba"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    run = subprocess.run([sys.executable, "-c", CACHE_SPY, str(cache), str(tmp_path / "d")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    before, verdict = run.stdout.strip().splitlines()[-2:]
+    assert "guf-pitch._pi_wrapper" in before and "pitch._pi_wrapper" in before, before
+    assert verdict == "unchanged", verdict
 
 
 @pytest.fixture(scope="module")
