@@ -27,13 +27,35 @@ class AudioError(ValueError):
     """Audio that cannot be used; the message names the file and the problem."""
 
 
-def resample(audio: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE) -> np.ndarray:
-    """Polyphase (Kaiser-windowed FIR) resampling along axis 0."""
+def resample(audio: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE, chunk: int = 1 << 16) -> np.ndarray:
+    """Polyphase resampling of mono float32 audio: scipy.signal.resample_poly's Kaiser-windowed (beta 5) FIR filter,
+    summed in its order, so the samples are the same; importing scipy.signal would take a second of start-up."""
     if sr_in == sr_out:
         return audio
-    from scipy.signal import resample_poly  # imported here: scipy.signal takes a second to import, 16 kHz needs none
     ratio = Fraction(sr_out, sr_in).limit_denominator(10000)
-    return resample_poly(audio, ratio.numerator, ratio.denominator, axis=0)
+    up, down = ratio.numerator, ratio.denominator
+    half_len = 10 * max(up, down)  # the filter spans 10 zero crossings of the sinc on either side
+    cutoff = 1.0 / max(up, down)  # of Nyquist; the expressions are firwin's, so the taps round as its do
+    m = np.arange(2 * half_len + 1) - float(half_len)
+    h = cutoff * np.sinc(cutoff * m) * np.kaiser(len(m), 5.0)
+    h = (h / h.sum()).astype(np.float32) * np.float32(up)  # unit gain at DC, times up for the inserted zeros
+    pre = down - half_len % down  # leading zeros that centre the output samples on the filter
+    h = np.concatenate([np.zeros(pre, np.float32), h, np.zeros(-(pre + len(h)) % up, np.float32)])
+    per_phase = len(h) // up
+    taps = h.reshape(per_phase, up).T  # taps[phase, k] = h[k * up + phase]
+    skip = (half_len + pre) // down  # output samples that only the filter's delay produced
+    n_out = -(-len(audio) * up // down)
+    last = (skip + n_out - 1) * down // up  # the newest input sample any output reads
+    x = np.zeros(per_phase - 1 + max(last + 1, len(audio)), np.float32)  # zeros before and after the audio
+    x[per_phase - 1:per_phase - 1 + len(audio)] = audio
+    out = np.empty(n_out, np.float32)
+    for start in range(0, n_out, chunk):
+        newest, phase = np.divmod(np.arange(start + skip, min(start + chunk, n_out) + skip) * down, up)
+        acc = np.zeros(len(newest), np.float32)
+        for k in range(per_phase - 1, -1, -1):  # oldest input sample first, as scipy's upfirdn adds them
+            acc += x[newest + (per_phase - 1 - k)] * taps[phase, k]
+        out[start:start + len(acc)] = acc
+    return out
 
 
 def _check_file(path: Path) -> None:
