@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 TORCH_VERSION = "2.13.0"  # the version model_core is tested with (requirements/torch.txt)
-CORE_REQUIREMENTS = ["numpy>=1.26", "scipy>=1.11", "soundfile>=0.12"]
-WORKER_MODULES = ("numpy", "torch", "scipy", "soundfile")  # what the worker imports from the environment
+CORE_REQUIREMENTS = ["numpy>=1.26", "soundfile>=0.12"]
+WORKER_MODULES = ("numpy", "torch", "soundfile")  # what the worker imports from the environment
 # PyTorch's own index (its +cpu / +cuXXX builds live only there); DIFFGESTURE_TORCH_INDEX names a mirror of it.
 TORCH_INDEX = "https://download.pytorch.org/whl/"
 PREFERENCES_PATH = "Edit > Preferences > Add-ons > DiffGesture"
@@ -247,7 +247,7 @@ class EnvironmentBuilder:
         return [("creating the virtual environment", [self.python, "-m", "venv", str(self.env_dir)]),
                 ("updating pip", [py, "-m", "pip", "install", "--disable-pip-version-check", "-U", "pip"]),
                 (f"installing PyTorch ({self.plan.variant}) and the core's requirements", [py, "-m", "pip"]),
-                ("checking the installation", [py, "-c", "import torch, numpy, scipy, soundfile; "
+                ("checking the installation", [py, "-c", "import torch, numpy, soundfile; "
                                                         "print('torch', torch.__version__, 'cuda', "
                                                         "torch.cuda.is_available())"])]
 

@@ -170,12 +170,12 @@ def test_every_missing_package_is_one_sentence_with_the_button(addon, scene, cle
     if case == "failed-create":  # the extension's own environment, left without packages
         clean_env.torch_python = ""
         bare_venv(own_env(addon))
-        expected = (r"the torch environment lacks numpy, torch, scipy and soundfile \(its creation failed or did not "
+        expected = (r"the torch environment lacks numpy, torch and soundfile \(its creation failed or did not "
                     r"finish\): press Create Environment in Edit > Preferences > Add-ons > DiffGesture again")
     else:  # a Python the user chose: one with nothing, or Blender's own (numpy but no torch)
         python = bare_venv(tmp_path / "venv") if case == "custom-without-numpy" else Path(sys.executable)
         clean_env.torch_python = str(python)
-        lacks = "numpy, torch, scipy and soundfile" if case == "custom-without-numpy" else "torch, scipy and soundfile"
+        lacks = "numpy, torch and soundfile" if case == "custom-without-numpy" else "torch and soundfile"
         expected = (rf"the Torch Python {re.escape(str(python))} lacks {lacks}: install them into it "
                     rf"\(torch=={env.TORCH_VERSION}\), or clear Torch Python and press Create Environment in "
                     r"Edit > Preferences > Add-ons > DiffGesture")
@@ -307,5 +307,5 @@ def test_headless_without_an_environment_names_torch_python(addon, scene, clean_
             "environment that has torch, or press Create Environment in the add-on's preferences") in \
         capsys.readouterr().err
     assert addon.headless.main([*argv, "--torch-python", sys.executable]) == addon.headless.EXIT_USAGE
-    assert f"the Torch Python {sys.executable} lacks torch, scipy and soundfile: pass --torch-python" in \
+    assert f"the Torch Python {sys.executable} lacks torch and soundfile: pass --torch-python" in \
         capsys.readouterr().err

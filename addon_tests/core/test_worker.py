@@ -50,6 +50,21 @@ def test_generate_stays_warm_and_reports_progress(client, ckpt, speech, tmp_path
     assert client.ping() < 0.1
 
 
+def test_worker_generates_in_an_environment_without_scipy(ckpt, speech, tmp_path):
+    """The add-on's environment installs torch, numpy and soundfile only: the worker must not need scipy, even for
+    audio it resamples (espeak-ng writes 22.05 kHz)."""
+    hidden = tmp_path / "hidden" / "scipy"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('scipy is not installed in this environment')\n")
+    c = WorkerClient(PY, core_parent=ROOT, env={"PYTHONPATH": str(hidden.parent)})
+    try:
+        result = c.generate(speech, tmp_path / "a.npz", checkpoint=str(ckpt), settings={"steps": 5}).wait(120)
+    finally:
+        c.shutdown()
+    assert sf.info(str(speech)).samplerate == 22050
+    assert result["frames"] == int(sf.info(str(speech)).duration * 15) + 1
+
+
 def test_cancel_mid_run(client, ckpt, tmp_path):
     long = tmp_path / "long.wav"
     sf.write(long, np.random.default_rng(0).standard_normal(16000 * 60).astype(np.float32) * 0.1, 16000)
