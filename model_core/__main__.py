@@ -134,7 +134,7 @@ def _sampling_options(g: argparse.ArgumentParser) -> None:
                         "instead of cutting the output to the audio's duration")
     g.add_argument("--precision", choices=PRECISIONS,
                    help="exact = bit-identical to the official code on the same CPU (paper's default); fp32 = "
-                        "prepacked CPU weights (~1e-6 from exact); bf16; auto (fast's default) = the fastest on "
+                        "MKL-packed CPU weights (~1e-6 from exact); bf16; auto (fast's default) = the fastest on "
                         "this CPU, measured once and cached (fp32 on GPUs)")
     g.add_argument("--reproduce", action="store_true",
                    help="the official sampling exactly, whatever else is given: --sampler paper --bn-mode official "
