@@ -134,7 +134,8 @@ def cache_file() -> Path:
 
 @torch.inference_mode()
 def calibrate(model: PoseDiffusion, sampler: str, batch: int, guidance: float) -> dict[str, float]:
-    """Milliseconds per guided denoising step for each candidate precision, on this model at this batch size.
+    """Milliseconds per guided denoising step for each candidate precision, on this model for `batch` rows of x
+    (clips times variations; guidance doubles them).
 
     Random inputs of the real shapes; two warm-up calls each, then the candidates take turns so that a passing load
     on the machine falls on all of them alike; the median of the rounds is kept."""
@@ -165,8 +166,8 @@ def choose_precision(model: PoseDiffusion, precision: str, sampler: str, variati
         return "fp32", "auto on a GPU: fp32 (bf16 autocast measured slower for this model)"
     cfg = model.cfg
     key = (f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
-           f"pose {cfg.pose_dim} hidden {cfg.hidden_dim} depth {cfg.block_depth} | batch {2 * variations} | "
-           f"{'+'.join(candidates(sampler))}")
+           f"pose {cfg.pose_dim} hidden {cfg.hidden_dim} depth {cfg.block_depth} | guided batch {2 * variations} | "
+           f"{'+'.join(candidates(sampler))} | fp32 {'MKL-packed' if mkl_packing() else 'eager'}")
     if key in _memo:
         return _memo[key]
     path = cache_file()
@@ -182,7 +183,7 @@ def choose_precision(model: PoseDiffusion, precision: str, sampler: str, variati
         times = entry.get("ms_per_step", {})
         how = "auto, measured earlier on this CPU: " + _describe(times)
     else:
-        times = calibrate(model, sampler, 2 * variations, guidance)
+        times = calibrate(model, sampler, variations, guidance)
         entry = {"choice": min(times, key=times.get), "ms_per_step": {k: round(v, 3) for k, v in times.items()},
                  "load_per_core": round(load, 2)}
         cache[key] = entry

@@ -139,8 +139,13 @@ def test_auto_precision_is_measured_once_and_cached(tiny, tmp_path, monkeypatch)
     monkeypatch.setenv("DIFFGESTURE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(precision, "_memo", {})
     cpu = torch.device("cpu")
+    rows, real = [], precision.guided_step
+    monkeypatch.setattr(precision, "guided_step",
+                        lambda model, p, x, *a: rows.append(x.shape[0]) or real(model, p, x, *a))
     choice, how = precision.choose_precision(tiny, "auto", "fast", 2, 1.15, cpu)
     assert how.startswith("auto, measured now")
+    assert set(rows) == {2}, "measured on the batch it will run: 2 variations (guidance doubles them in the step)"
+    monkeypatch.setattr(precision, "guided_step", real)
     cache = json.loads((tmp_path / "precision.json").read_text())
     (key, entry), = cache.items()
     assert precision.cpu_name() in key and torch.__version__ in key and "batch 4" in key
