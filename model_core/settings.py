@@ -45,8 +45,8 @@ class GenerationSettings:
     fade_out: bool = False
     trim: bool = True  # cut the output to the audio's duration (the official code keeps whole windows)
     # "exact": eager float32, bit-identical to the official code on the same CPU; "fp32": float32 with the
-    # Linear weights packed by MKL on the CPU (~1e-6 from exact); "bf16": bf16 autocast; "auto": the fastest of these on this
-    # CPU, measured once and cached (precision.py); fp32 on GPUs.
+    # Linear weights packed by MKL on the CPU (~1e-6 from exact); "bf16": bf16 autocast; "auto": the fastest of
+    # these on this CPU, measured once and cached (precision.py); fp32 on GPUs.
     precision: str = "auto"
     # gesture amplitude about the mean pose, in the normalised direction space (directions renormalised after):
     # 0 = the mean (rest) pose, 1 = as sampled, 2 = twice as far from it

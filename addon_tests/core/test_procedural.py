@@ -55,7 +55,8 @@ def spy(job, work, jobs):
 procedural.in_processes = spy
 procedural.build(out, "ted_gesture", n_clips=3, seed=7, duration=4.0, jobs=2)
 print(sorted(seen[0]))
-print("unchanged" if files() == seen[0] else f"written by the processes: {sorted(set(files().items()) - set(seen[0].items()))}")
+written = sorted(set(files().items()) - set(seen[0].items()))
+print("unchanged" if not written else f"written by the processes: {written}")
 """
 
 
