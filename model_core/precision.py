@@ -26,6 +26,7 @@ CALIBRATION_ROUNDS = 7  # timed calls per candidate, interleaved; the median is 
 # A measurement taken while the machine was busy (1-minute load average per physical core above this) is kept only
 # until a run starts on a quiet machine, which measures again: a busy machine's milliseconds are not this CPU's.
 BUSY_LOAD = 0.5
+PACKINGS_KEPT = 2  # MKL-packed copies of the denoiser's weights kept per model (see packed_denoiser)
 _memo: dict[str, tuple[str, str]] = {}
 
 
@@ -90,7 +91,8 @@ def mkl_packing() -> bool:
 
 def packed_denoiser(model: PoseDiffusion, rows: int) -> torch.nn.Module:
     """The denoiser with its Linear weights packed by MKL for `rows` rows (CPU float32), sharing every other
-    parameter with the model; cached per row count until the weights change."""
+    parameter with the model; cached until the weights change, for the PACKINGS_KEPT row counts used last (a packing
+    is as large as the weights: 100 MB for TED Expressive; a batch run uses two, its full and its last batch)."""
     net = model.diffusion_net.net
     if not mkl_packing():
         return net
@@ -99,14 +101,18 @@ def packed_denoiser(model: PoseDiffusion, rows: int) -> torch.nn.Module:
     if cached is None or cached[0] != key:
         cached = (key, {})
         model.__dict__["_packed_denoiser"] = cached
-    if rows not in cached[1]:
+    packings = cached[1]
+    if rows not in packings:
         packed = copy.deepcopy(net, memo={id(p): p for p in net.parameters()})  # the modules, not the weights
         for module in list(packed.modules()):
             for name, child in module.named_children():
                 if isinstance(child, torch.nn.Linear):
                     setattr(module, name, MklPackedLinear(child, rows))
-        cached[1][rows] = packed.eval()
-    return cached[1][rows]
+        packings[rows] = packed.eval()
+        while len(packings) > PACKINGS_KEPT:
+            del packings[next(iter(packings))]
+    packings[rows] = packings.pop(rows)  # the most recently used last
+    return packings[rows]
 
 
 def guided_step(model: PoseDiffusion, precision: str, x: torch.Tensor, beta: torch.Tensor, context: torch.Tensor,

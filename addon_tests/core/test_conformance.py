@@ -234,6 +234,8 @@ def test_packed_denoiser_follows_weight_changes(ted_small):
         assert one is not first and packed_denoiser(model, 68) is first, "one packing per row count"
         torch.testing.assert_close(one(x[:1], beta[:1], ctx[:1]), model.denoise(x[:1], beta[:1], ctx[:1]),
                                    atol=1e-5, rtol=1e-4)
+        packed_denoiser(model, 102)  # a third row count: the one used longest ago (34) is dropped, 68 is kept
+        assert packed_denoiser(model, 68) is first and packed_denoiser(model, 34) is not one, "at most 2 kept"
     saved = model.diffusion_net.net.out[2].bias.detach().clone()
     try:
         with torch.no_grad():
