@@ -4,7 +4,8 @@ The record is a custom property (KEY) on the action: the audio and the sound dat
 re-roll still finds the speech once the file has moved: packed or relinked), the checkpoint and its sha256, the
 skeleton, where and at what rate the keys were written, the settings, the bone map and parts, and that variation's
 normalised poses at 15 fps (as the result file held them, at the recorded intensity). An action without it was not
-made here, and re-roll and intensity refuse it. The scene writer writes the record; this module reads it and does the arithmetic.
+made here, and re-roll and intensity refuse it. The scene writer writes the record; this module reads it and does
+the arithmetic.
 """
 from __future__ import annotations
 

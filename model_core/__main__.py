@@ -29,8 +29,8 @@ def _progress_printer():
 def generation_settings(args: argparse.Namespace) -> GenerationSettings:
     """The --sampler preset with the options given on the command line (an option left out keeps the preset's);
     --reproduce is the paper preset whatever the other options say about the sampler, BatchNorm, precision, trim."""
-    choices = dict(steps=args.steps, guidance=args.guidance, eta=args.eta, solver=args.solver, seed=args.seed, variations=args.variations,
-                   intensity=args.intensity, bn_mode=args.bn_mode, precision=args.precision,
+    choices = dict(steps=args.steps, guidance=args.guidance, eta=args.eta, solver=args.solver, seed=args.seed,
+                   variations=args.variations, intensity=args.intensity, bn_mode=args.bn_mode, precision=args.precision,
                    trim=False if args.no_trim else None,
                    stabilizer=False if args.no_stabilizer else None, fade_out=True if args.fade_out else None)
     if args.reproduce:  # the official test script's sampling

@@ -73,7 +73,7 @@ def configure_threads() -> int:
 class MklPackedLinear(torch.nn.Module):
     """A Linear whose weight MKL has packed once for products of `rows` input rows: a step of this model is many
     small GEMMs, and MKL's packed kernel skips re-laying out the weight each time (on the Intel Xeon here ~10 % of a
-    step, within float32 rounding of eager). Other row counts run unpacked, with the same weights."""
+    step, within float32 rounding of eager). packed_denoiser gives it inputs of those rows only."""
 
     def __init__(self, linear: torch.nn.Linear, rows: int):
         super().__init__()
