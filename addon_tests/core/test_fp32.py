@@ -122,11 +122,12 @@ def test_cli_fp32_without_onnx_runtime_packs_with_mkl_instead(ckpt, tmp_path):
     poses = {}
     for name, path in (("without", f"{hidden.parent}{os.pathsep}{ROOT}"), ("with", str(ROOT))):
         cache = tmp_path / f"cache-{name}"
-        r = subprocess.run([str(PYTHON), "-m", "model_core", "generate", str(speech), "-o", str(tmp_path / f"{name}.npz"),
+        out = tmp_path / f"{name}.npz"
+        r = subprocess.run([str(PYTHON), "-m", "model_core", "generate", str(speech), "-o", str(out),
                             "--checkpoint", str(ckpt), "--precision", "fp32", "--steps", "5"], capture_output=True,
                            text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=path, DIFFGESTURE_CACHE_DIR=str(cache)))
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["precision"] == "fp32" and "note:" not in r.stderr
         assert (cache / "onnx").is_dir() == (name == "with")
-        poses[name] = np.load(tmp_path / f"{name}.npz")["poses"]
+        poses[name] = np.load(out)["poses"]
     np.testing.assert_allclose(poses["without"], poses["with"], atol=1e-3)
