@@ -223,5 +223,25 @@ def main(args, settings: GenerationSettings) -> int:
                        log=lambda line: bar.write(line, file=sys.stderr))
     bar.close()
     print(json.dumps({"rank": rank, "world_size": world, "done": len(report.done), "skipped_existing":
-                      len(report.skipped), "failed": report.failed, "outputs": [d["audio"] for d in report.done]}))
-    return 1 if report.failed else 0
+                      len(report.skipped), "failed": report.failed, "outputs": [d["audio"] for d in report.done]}),
+          flush=True)
+    failed = len(report.failed) if world == 1 else failures_of_all_ranks(len(report.failed))
+    return 1 if failed else 0
+
+
+def failures_of_all_ranks(failed: int) -> int:
+    """Under torchrun: wait for every rank and return the files that failed on all of them. A rank that exits
+    non-zero makes torchrun stop the others mid-work, so a broken file on one rank must not end the rest; all exit
+    together, with the same code."""
+    import datetime
+    import torch.distributed as dist
+    if not dist.is_available():
+        return failed
+    # A rank may finish hours before the last; one that crashes makes torchrun stop the others, so none waits forever
+    dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+    try:
+        total = torch.tensor([failed])
+        dist.all_reduce(total)
+        return int(total)
+    finally:
+        dist.destroy_process_group()

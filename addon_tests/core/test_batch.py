@@ -77,7 +77,8 @@ def run(*args, **env):
 
 def test_cli_and_torchrun_give_the_same_files(ckpt, clips, tmp_path):
     """Two CPU processes under torchrun write the same files as one process (groups of clips are batched
-    identically whichever rank takes them); the bad file is reported and the exit code says so."""
+    identically whichever rank takes them); the bad file is reported and the exit code says so, without the
+    rank that met it stopping the other (torchrun ends every rank once one exits non-zero)."""
     common = ["--checkpoint", ckpt, "--batch", "1", "--steps", "4", "--precision", "exact", "--device", "cpu"]
     one = run("-m", "model_core", "generate-batch", clips / "manifest.csv", tmp_path / "one", *common,
               OMP_NUM_THREADS="1")
@@ -88,6 +89,7 @@ def test_cli_and_torchrun_give_the_same_files(ckpt, clips, tmp_path):
               clips / "manifest.csv", tmp_path / "two", *common)
     ranks = [json.loads(line) for line in two.stdout.splitlines() if line.startswith("{")]
     assert sorted(r["rank"] for r in ranks) == [0, 1] and sum(r["done"] for r in ranks) == 5, two.stderr[-2000:]
+    assert two.returncode == 1 and "SIGTERM" not in two.stderr, two.stderr[-2000:]
     for i in range(5):
         a, b = read_result(tmp_path / "one" / f"clip{i}.npz"), read_result(tmp_path / "two" / f"clip{i}.npz")
         np.testing.assert_array_equal(a["poses"], b["poses"])

@@ -17,10 +17,9 @@ from model_core.skeleton import TED_GESTURE
 
 def peak_rss_mb(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
     """Run cmd in a fresh child that reports its own peak RSS."""
-    wrapper = ("import resource, runpy, sys; sys.argv = sys.argv[1:]; "
-               "code = 0\ntry: runpy.run_module('model_core', run_name='__main__')\n"
-               "except SystemExit as e: code = e.code or 0\n"
-               "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    # main() rather than the module as __main__: that ends with os._exit, before the report could be printed
+    wrapper = ("import resource, sys; from model_core.__main__ import main; code = main(sys.argv[2:]); "
+               "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
                "sys.exit(code)")
     r = subprocess.run([sys.executable, "-c", wrapper, "model_core", *cmd], capture_output=True, text=True, cwd=ROOT,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
