@@ -20,7 +20,6 @@ import soundfile as sf
 import torch
 
 from benchmarks.record import isa, markdown_table, record
-from model_core.fp32 import fp32_engine
 from model_core.network import ModelConfig, PoseDiffusion
 from model_core.pipeline import sample_window
 from model_core.precision import choose_precision, configure_threads, physical_cores
@@ -71,13 +70,12 @@ WAIT_POLICIES = {"ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"}, "unset (libgomp defaul
 
 def run_cli(wav: Path, tmp: Path, precision: str, policy: dict, competitor: bool = False) -> tuple[float, dict]:
     """Wall time of the whole command line (start-up, model load, generation, writing) for `wav`, defaults
-    otherwise, with the given OpenMP wait settings. auto measures and fp32 exports the model once per cache folder,
-    so both are timed cached."""
+    otherwise, with the given OpenMP wait settings; auto measures once per cache folder, so it is timed cached."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.update(policy, PYTHONPATH=str(ROOT), DIFFGESTURE_CACHE_DIR=str(tmp / "cache"))
     cmd = [sys.executable, "-m", "model_core", "generate", str(wav), "-o", str(tmp / "out.npz"), "--precision",
            precision]
-    if precision in ("auto", "fp32"):
+    if precision == "auto":
         subprocess.run(cmd, capture_output=True, env=env, check=True)  # the first run measures; time the next
     stop = multiprocessing.Event()
     spinner = multiprocessing.Process(target=spin, args=(stop,)) if competitor else None
@@ -102,8 +100,7 @@ def main() -> None:
     threads = configure_threads() if args.device == "cpu" else torch.get_num_threads()
     device = torch.device(args.device)
     variants = [("paper, 500 steps", preset("paper", precision=p)) for p in ("exact", "fp32")] + \
-               [("fast, 25 steps (default)", GenerationSettings(steps=25, precision=p))
-                for p in ("exact", "fp32", "bf16")]
+               [("fast, 25 steps (default)", GenerationSettings(steps=25, precision=p)) for p in ("exact", "fp32", "bf16")]
     rows = []
     for name, cfg in SIZES.items():
         model = PoseDiffusion(cfg).eval().to(device)
@@ -128,11 +125,10 @@ def main() -> None:
     table += "\n\n" + markdown_table(["OpenMP wait", "precision", "s wall, alone",
                                       "s wall, one CPU-bound process beside it", "slow-down"], cli)
     record(f"model_core generation speed ({device.type}, {threads} threads)", table,
-           f"CPU ISA: {isa()}; {physical_cores()} physical cores; fp32 on the CPU: {fp32_engine()}. Absolute times "
-           "on this machine only. The second table is `python -m model_core generate` on 60 s of speech with the "
-           "bundled checkpoint (fast sampler, 25 steps), alone and with one busy Python process on the same cores "
-           "(2 threads on 2 cores: the fair share is 2/3 of the CPU, i.e. 1.5x); the worker started by the add-on "
-           "runs PASSIVE, the CLI keeps libgomp's default.")
+           f"CPU ISA: {isa()}; {physical_cores()} physical cores. Absolute times on this machine only. The second "
+           "table is `python -m model_core generate` on 60 s of speech with the bundled checkpoint (fast sampler, "
+           "25 steps), alone and with one busy Python process on the same cores (2 threads on 2 cores: the fair "
+           "share is 2/3 of the CPU, i.e. 1.5x); the worker started by the add-on runs PASSIVE, the CLI keeps libgomp's default.")
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 TORCH_VERSION = "2.13.0"  # the version model_core is tested with (requirements/torch.txt)
-# onnxruntime runs fp32 on the CPU and onnx is its exporter (model_core/fp32.py): pinned to the tested versions; a
-# Torch Python without them still works (fp32 then packs with MKL), so the worker does not require them.
-CORE_REQUIREMENTS = ["numpy>=1.26", "soundfile>=0.12", "onnxruntime==1.32.0", "onnx==1.23.2"]
+CORE_REQUIREMENTS = ["numpy>=1.26", "soundfile>=0.12"]
 WORKER_MODULES = ("numpy", "torch", "soundfile")  # what the worker imports from the environment
 # PyTorch's own index (its +cpu / +cuXXX builds live only there); DIFFGESTURE_TORCH_INDEX names a mirror of it.
 TORCH_INDEX = "https://download.pytorch.org/whl/"

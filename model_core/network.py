@@ -8,7 +8,6 @@ training uses, are in samplers.py.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -225,10 +224,10 @@ class PoseDiffusion(nn.Module):
         return self.diffusion_net.net(x, beta, context)
 
     def guided_eps(self, x: torch.Tensor, beta: torch.Tensor, context: torch.Tensor, null_context: torch.Tensor,
-                   scale: float, net: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+                   scale: float, net: nn.Module | None = None) -> torch.Tensor:
         """Implicit classifier-free guidance in one batch of 2B: rows [null | real], eps_u + s (eps_c - eps_u).
 
-        net: an equivalent denoiser to run instead (prepacked weights, ONNX Runtime); default the model's own."""
+        net: an equivalent denoiser to run instead (e.g. with prepacked weights); default the model's own."""
         b = x.shape[0]
         eps = (net or self.diffusion_net.net)(torch.cat([x, x]), beta.expand(2 * b), torch.cat([null_context, context]))
         eps_u, eps_c = eps[:b], eps[b:]

@@ -6,7 +6,6 @@ A preset is a name for a set of values: "paper" is the same settings wherever it
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -23,13 +22,6 @@ RANGES: dict[str, tuple[float, float]] = {"steps": (1, 500), "guidance": (0.0, 2
                                           "seed": (0, 2 ** 63 - 1), "variations": (1, 64)}
 # The checkpoint a request names as "default": the demo checkpoint bundled inside model_core.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "demo_ted_gesture.pt"
-
-
-def cache_folder() -> Path:
-    """Where measurements and exported models are kept: $DIFFGESTURE_CACHE_DIR, else the user's cache folder."""
-    base = os.environ.get("DIFFGESTURE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or
-                                                           Path.home() / ".cache") / "diffgesture"
-    return Path(base)
 
 
 def resolve_checkpoint(name: str) -> Path:

@@ -206,9 +206,8 @@ def test_stabilizer_switch_changes_the_sample(ted_small):
     assert not np.allclose(outs[0], outs[1])
 
 
-def test_fp32_stays_within_rounding_of_exact(official):
-    """The fp32 path (ONNX Runtime, else weights packed by MKL) follows the exact one to float rounding, all 500
-    steps."""
+def test_prepacked_fp32_stays_within_rounding_of_exact(official):
+    """The fp32 path (weights packed by MKL) follows the exact one to float rounding, all 500 steps."""
     ckpt, ref = official
     out = {}
     for precision in ("exact", "fp32"):
@@ -216,4 +215,34 @@ def test_fp32_stays_within_rounding_of_exact(official):
         gen = torch.Generator().manual_seed(settings.seed)
         out[precision] = sample_window(ckpt.model, t(ref["audio"]), t(ref["pre_seq"]), settings, gen, gen).numpy()
     assert_close_to_scale(out["exact"], ref["sample_x0"], FULL_TRAJECTORY, "exact sample")
-    assert_close_to_scale(out["fp32"], out["exact"], FULL_TRAJECTORY, "fp32 against exact")
+    assert_close_to_scale(out["fp32"], out["exact"], FULL_TRAJECTORY, "prepacked fp32 against exact")
+
+
+def test_packed_denoiser_follows_weight_changes(ted_small):
+    """MKL packs the Linears once per row count and weights; everything else is the model's own parameters."""
+    from model_core.precision import MklPackedLinear, mkl_packing, packed_denoiser
+    model = ted_small.model
+    x, beta, ctx = torch.randn(2, 34, 27), torch.full((2,), 0.01), torch.randn(2, 34, 60)
+    with torch.inference_mode():
+        first = packed_denoiser(model, 68)
+        assert packed_denoiser(model, 68) is first, "cached while the weights stay the same"
+        if mkl_packing():  # every x86 build of torch
+            assert isinstance(first.blocks[0].attn.qkv, MklPackedLinear) and first.blocks[0].attn.qkv.rows == 68
+            assert first.pos_embedding is model.diffusion_net.net.pos_embedding, "shared, not copied"
+        torch.testing.assert_close(first(x, beta, ctx), model.denoise(x, beta, ctx), atol=1e-5, rtol=1e-4)
+        one = packed_denoiser(model, 34)
+        assert one is not first and packed_denoiser(model, 68) is first, "one packing per row count"
+        torch.testing.assert_close(one(x[:1], beta[:1], ctx[:1]), model.denoise(x[:1], beta[:1], ctx[:1]),
+                                   atol=1e-5, rtol=1e-4)
+        packed_denoiser(model, 102)  # a third row count: the one used longest ago (34) is dropped, 68 is kept
+        assert packed_denoiser(model, 68) is first and packed_denoiser(model, 34) is not one, "at most 2 kept"
+    saved = model.diffusion_net.net.out[2].bias.detach().clone()
+    try:
+        with torch.no_grad():
+            model.diffusion_net.net.out[2].bias.add_(1.0)
+        with torch.inference_mode():
+            torch.testing.assert_close(packed_denoiser(model, 68)(x, beta, ctx), model.denoise(x, beta, ctx),
+                                       atol=1e-5, rtol=1e-4)
+    finally:
+        with torch.no_grad():
+            model.diffusion_net.net.out[2].bias.copy_(saved)
