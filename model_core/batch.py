@@ -230,12 +230,12 @@ def main(args, settings: GenerationSettings) -> int:
 
 
 def failures_of_all_ranks(failed: int) -> int:
-    """Under torchrun: wait for every rank and return the files that failed on all of them. A rank that exits
-    non-zero makes torchrun stop the others mid-work, so a broken file on one rank must not end the rest; all exit
-    together, with the same code."""
+    """Under torchrun: wait for every rank and return the number of files that failed on all of them. A rank that
+    exits non-zero makes torchrun stop the others mid-work, so a broken file on one rank must not end the rest; all
+    exit together, with the same code."""
     import datetime
     import torch.distributed as dist
-    if not dist.is_available():
+    if not dist.is_available() or "MASTER_ADDR" not in os.environ:  # RANK and WORLD_SIZE set by hand: no torchrun
         return failed
     # A rank may finish hours before the last; one that crashes makes torchrun stop the others, so none waits forever
     dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))

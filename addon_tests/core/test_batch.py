@@ -93,5 +93,10 @@ def test_cli_and_torchrun_give_the_same_files(ckpt, clips, tmp_path):
     for i in range(5):
         a, b = read_result(tmp_path / "one" / f"clip{i}.npz"), read_result(tmp_path / "two" / f"clip{i}.npz")
         np.testing.assert_array_equal(a["poses"], b["poses"])
+    by_hand = run("-m", "model_core", "generate-batch", clips / "manifest.csv", tmp_path / "by_hand", *common,
+                  RANK="1", WORLD_SIZE="2")  # shares dealt by hand, e.g. to separate jobs: no torchrun to wait for
+    report = json.loads(by_hand.stdout)
+    assert by_hand.returncode == (1 if report["failed"] else 0) and "error" not in by_hand.stderr, by_hand.stderr
+    assert report["rank"] == 1 and 0 < report["done"] + len(report["failed"]) < 6
     bad = run("-m", "model_core", "generate-batch", tmp_path / "missing.csv", tmp_path / "x", *common)
     assert bad.returncode == 2 and "cannot read the manifest" in bad.stderr
