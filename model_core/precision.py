@@ -3,10 +3,12 @@
 Precisions: "exact" (eager float32, bit-identical to the official code on the same CPU), "fp32" (float32 with the
 denoiser's Linear weights packed by MKL) and "bf16" (bf16 autocast). Which is fastest depends on the CPU, not
 on a flag it reports (an Intel Xeon with native bf16 ran exact fastest and bf16 slowest; an AMD EPYC the reverse),
-so "auto" measures the three on the model's own denoising step the first time a (CPU, torch, model size, batch,
-threads) combination is seen, and remembers the choice in the user's cache folder (a choice measured on a busy
-machine is measured again by the first run on a quiet one). On a GPU the steps of this model
-are bound by kernel launches and bf16's casts only cost time (benchmarks/RESULTS.md), so auto is fp32 there.
+so "auto" measures them on the model's own denoising step in the first MEASURED_RUNS runs of a (CPU, torch, model
+size, batch, threads) combination and keeps, in the user's cache folder, the one fastest over those runs: a shared
+host slows a run now and then in ways no load average shows (a neighbour's cache traffic), and one such moment must
+not decide for good. A measurement taken on a busy machine is replaced by the first runs on a quiet one. On a GPU
+the steps of this model are bound by kernel launches and bf16's casts only cost time (benchmarks/RESULTS.md), so
+auto is fp32 there.
 """
 from __future__ import annotations
 
@@ -16,18 +18,25 @@ import os
 import platform
 import statistics
 import time
+import weakref
 from pathlib import Path
 
 import torch
 
 from .network import PoseDiffusion
 
-CALIBRATION_ROUNDS = 7  # timed calls per candidate, interleaved; the median is kept
+CALIBRATION_ROUNDS = 4  # rounds per measurement, candidates taking turns; the median round is kept
+CALIBRATION_STEPS = 3  # timed steps per candidate and round, after one untimed step (as a run: the same weights)
+MEASURED_RUNS = 3  # runs (processes) that measure a combination before its choice is fixed
 # A measurement taken while the machine was busy (1-minute load average per physical core above this) is kept only
 # until a run starts on a quiet machine, which measures again: a busy machine's milliseconds are not this CPU's.
 BUSY_LOAD = 0.5
 PACKINGS_KEPT = 2  # MKL-packed copies of the denoiser's weights kept per model (see packed_denoiser)
 _memo: dict[str, tuple[str, str]] = {}
+# Per model, kept beside it rather than in it, so that the model still copies and pickles: its denoiser's parameter
+# list, and its MKL-packed denoisers (packed tensors have no storage to copy).
+_params: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_packed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def cpu_native_bf16() -> bool:
@@ -93,9 +102,9 @@ def weights_key(model: PoseDiffusion) -> tuple:
     """Changes whenever the denoiser's weights change (in place or replaced): what a packed copy is valid for.
     Checked every step, so the parameter list is gathered once (walking the modules took ~0.3 ms a step)."""
     net = model.diffusion_net.net
-    gathered = model.__dict__.get("_denoiser_params")
+    gathered = _params.get(model)
     if gathered is None or gathered[0] is not net:
-        gathered = model.__dict__["_denoiser_params"] = (net, list(net.parameters()))
+        gathered = _params[model] = (net, list(net.parameters()))
     return tuple(p._version for p in gathered[1]) + tuple(p.data_ptr() for p in gathered[1])
 
 
@@ -107,10 +116,9 @@ def packed_denoiser(model: PoseDiffusion, rows: int) -> torch.nn.Module:
     if not mkl_packing():
         return net
     key = weights_key(model)
-    cached = model.__dict__.get("_packed_denoiser")
+    cached = _packed.get(model)
     if cached is None or cached[0] != key:
-        cached = (key, {})
-        model.__dict__["_packed_denoiser"] = cached
+        cached = _packed[model] = (key, {})
     packings = cached[1]
     if rows not in packings:
         packed = copy.deepcopy(net, memo={id(p): p for p in net.parameters()})  # the modules, not the weights
@@ -153,37 +161,39 @@ def calibrate(model: PoseDiffusion, sampler: str, batch: int, guidance: float) -
     """Milliseconds per guided denoising step for each candidate precision, on this model for `batch` rows of x
     (clips times variations; guidance doubles them).
 
-    Random inputs of the real shapes; two warm-up calls each, then the candidates take turns so that a passing load
-    on the machine falls on all of them alike; the median of the rounds is kept."""
+    Random inputs of the real shapes. The candidates take turns in rounds, so that a passing load on the machine
+    falls on all of them alike; in its turn a candidate runs consecutive steps as a run does, the first untimed (it
+    brings its weights back into the caches after the other candidate's); the median round is kept."""
     cfg = model.cfg
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((batch, cfg.n_poses, cfg.pose_dim), generator=gen)
     context = torch.randn((batch, cfg.n_poses, cfg.in_size), generator=gen)
     null, beta = model.null_context(batch), model.schedule.betas[250].view(1)
     names = candidates(sampler)
-    for name in names:
-        for _ in range(2):
-            guided_step(model, name, x, beta, context, null, guidance)
     times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(CALIBRATION_ROUNDS):
         for name in names:
-            t0 = time.perf_counter()
             guided_step(model, name, x, beta, context, null, guidance)
-            times[name].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for _ in range(CALIBRATION_STEPS):
+                guided_step(model, name, x, beta, context, null, guidance)
+            times[name].append((time.perf_counter() - t0) / CALIBRATION_STEPS)
     return {name: 1000 * statistics.median(ts) for name, ts in times.items()}
 
 
 def choose_precision(model: PoseDiffusion, precision: str, sampler: str, variations: int, guidance: float,
                      device: torch.device) -> tuple[str, str]:
-    """(precision to run, how it was chosen). 'auto' on a CPU is measured once per combination and cached."""
+    """(precision to run, how it was chosen). 'auto' on a CPU is measured by the first MEASURED_RUNS runs of a
+    combination (only one while the machine is busy) and then read from the cache."""
     if precision != "auto":
         return precision, "requested"
     if device.type != "cpu":
         return "fp32", "auto on a GPU: fp32 (bf16 autocast measured slower for this model)"
     cfg = model.cfg
+    names = candidates(sampler)
     key = (f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
            f"pose {cfg.pose_dim} hidden {cfg.hidden_dim} depth {cfg.block_depth} | guided batch {2 * variations} | "
-           f"{'+'.join(candidates(sampler))} | fp32 {'MKL-packed' if mkl_packing() else 'eager'}")
+           f"{'+'.join(names)} | fp32 {'MKL-packed' if mkl_packing() else 'eager'}")
     if key in _memo:
         return _memo[key]
     path = cache_file()
@@ -192,18 +202,20 @@ def choose_precision(model: PoseDiffusion, precision: str, sampler: str, variati
         cache = cache if isinstance(cache, dict) else {}
     except (OSError, ValueError):
         cache = {}
-    entry = cache.get(key)
+    runs = _valid_runs(cache.get(key), names)
     load = load_per_core()
-    busy_then = isinstance(entry, dict) and entry.get("load_per_core", 0.0) > BUSY_LOAD
-    if isinstance(entry, dict) and entry.get("choice") in candidates(sampler) and not (busy_then and load <= BUSY_LOAD):
-        times = entry.get("ms_per_step", {})
-        how = "auto, measured earlier on this CPU: " + _describe(times)
+    busy = load > BUSY_LOAD
+    quiet_runs = [run for run in runs if run["load_per_core"] <= BUSY_LOAD]
+    if (busy and runs) or len(quiet_runs) >= MEASURED_RUNS:
+        times = _medians(runs, names)
+        how = f"auto, measured earlier on this CPU ({_runs(len(runs))}): {_describe(times)}"
     else:
-        times = calibrate(model, sampler, variations, guidance)
-        entry = {"choice": min(times, key=times.get), "ms_per_step": {k: round(v, 3) for k, v in times.items()},
-                 "load_per_core": round(load, 2)}
-        cache[key] = entry
-        how = "auto, measured now: " + _describe(entry["ms_per_step"])
+        runs = [] if busy else quiet_runs  # a quiet measurement replaces those taken while busy
+        runs.append({"ms_per_step": {k: round(v, 3) for k, v in calibrate(model, sampler, variations, guidance)
+                                     .items()}, "load_per_core": round(load, 2)})
+        times = _medians(runs, names)
+        cache[key] = {"choice": min(times, key=times.get), "ms_per_step": times, "runs": runs}
+        how = f"auto, measured now ({_runs(len(runs))}): {_describe(times)}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -211,8 +223,28 @@ def choose_precision(model: PoseDiffusion, precision: str, sampler: str, variati
             tmp.replace(path)
         except OSError:  # a read-only home: measure again next time
             pass
-    _memo[key] = (entry["choice"], how)
+    _memo[key] = (min(times, key=times.get), how)
     return _memo[key]
+
+
+def _valid_runs(entry, names: list[str]) -> list[dict]:
+    """The measurements of a cache entry that time every candidate (a damaged or older entry has none)."""
+    runs = entry.get("runs") if isinstance(entry, dict) else None
+    if not isinstance(runs, list):
+        return []
+    number = (int, float)
+    return [run for run in runs if isinstance(run, dict) and isinstance(run.get("load_per_core"), number)
+            and isinstance(run.get("ms_per_step"), dict)
+            and all(isinstance(run["ms_per_step"].get(name), number) for name in names)]
+
+
+def _medians(runs: list[dict], names: list[str]) -> dict[str, float]:
+    """Each candidate's median milliseconds per step over the runs that measured it."""
+    return {name: round(statistics.median(run["ms_per_step"][name] for run in runs), 3) for name in names}
+
+
+def _runs(n: int) -> str:
+    return f"median of {n} runs" if n > 1 else "1 run"
 
 
 def load_per_core() -> float:
