@@ -25,8 +25,8 @@ import torch
 
 from .network import PoseDiffusion
 
-CALIBRATION_ROUNDS = 4  # rounds per measurement, candidates taking turns; the median round is kept
-CALIBRATION_STEPS = 3  # timed steps per candidate and round, after one untimed step (as a run: the same weights)
+CALIBRATION_ROUNDS = 3  # rounds per measurement, candidates taking turns; the median round is kept
+CALIBRATION_STEPS = 2  # timed steps per candidate and round, after one untimed step (as a run: the same weights)
 MEASURED_RUNS = 3  # runs (processes) that measure a combination before its choice is fixed
 # A measurement taken while the machine was busy (1-minute load average per physical core above this) is kept only
 # until a run starts on a quiet machine, which measures again: a busy machine's milliseconds are not this CPU's.
