@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from . import import_torch
 from .settings import (BN_MODES, DEFAULT_FAST_STEPS, DEFAULT_GUIDANCE, PRECISIONS, PRESETS, SOLVERS,
                        GenerationSettings, preset, resolve_checkpoint)
 
@@ -190,12 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Importing torch makes ~165,000 objects that live as long as the process: collecting while they appear costs
-    # ~0.3 s of a ~1.5 s import, and frozen, later collections skip them.
-    gc.disable()
-    import torch  # noqa: F401
-    gc.freeze()
-    gc.enable()
+    import_torch()
     from .audio import AudioError
     from .checkpoint import CheckpointError
     try:

@@ -13,6 +13,7 @@ import threading
 import time
 import traceback
 
+from . import import_torch
 from .protocol import PROTOCOL_VERSION, REQUESTS, ErrorKind, ProtocolError, decode, encode, error_reply
 from .settings import GenerationSettings, resolve_checkpoint
 
@@ -165,7 +166,7 @@ class Worker:
                    "checkpoint": checkpoint, **meta})
 
     def serve(self) -> None:
-        import torch
+        torch = import_torch()
         from .precision import configure_threads
         configure_threads()  # Blender shares the cores: never more threads than physical cores
         threading.Thread(target=self.read_stdin, daemon=True).start()
