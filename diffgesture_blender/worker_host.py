@@ -8,6 +8,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import bpy
+
 from . import core, environment
 
 WorkerClient, WorkerError = core.client.WorkerClient, core.client.WorkerError
@@ -28,7 +30,8 @@ class WorkerHost:
             self._client.shutdown()
             self._client = None
         if self._client is None:
-            self._client = WorkerClient(python, core_parent=core.CORE_PARENT)
+            # A headless Blender (blender -b: the headless command, a render farm) only waits on the worker.
+            self._client = WorkerClient(python, core_parent=core.CORE_PARENT, beside_ui=not bpy.app.background)
             self._restarts_seen = 0
         return self._client
 

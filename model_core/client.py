@@ -79,11 +79,14 @@ class WorkerClient:
     """Starts `python -m model_core.worker` in another interpreter and talks to it; restarts it when it died.
 
     python: the interpreter of the environment that holds torch. core_parent: the folder containing model_core.
-    stall_timeout: seconds without any message from a busy worker before it is declared hung and stopped."""
+    stall_timeout: seconds without any message from a busy worker before it is declared hung and stopped.
+    beside_ui: the worker runs beside an interactive program (Blender's UI) rather than for one that only waits on
+    it (a headless job): it leaves that program a core and its threads sleep between parallel regions (see start)."""
 
     def __init__(self, python: str | Path, core_parent: str | Path | None = None, env: dict | None = None,
-                 startup_timeout: float = 120.0, stall_timeout: float = 120.0):
+                 startup_timeout: float = 120.0, stall_timeout: float = 120.0, beside_ui: bool = True):
         self.python = str(python)
+        self.beside_ui = beside_ui
         self.core_parent = str(core_parent or Path(__file__).resolve().parent.parent)
         self.env = env or {}
         self.startup_timeout, self.stall_timeout = startup_timeout, stall_timeout
@@ -110,10 +113,15 @@ class WorkerClient:
         env = dict(os.environ, **self.env)
         env["PYTHONPATH"] = self.core_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
-        # The worker runs beside Blender: its OpenMP threads sleep instead of spinning between this model's many small
-        # parallel regions, or a busy Blender makes sampling several times slower (benchmarks/RESULTS.md: 3.3x
-        # spinning, 0.9x sleeping, beside one busy process); libgomp reads this when torch loads. The user's wins.
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        if self.beside_ui:
+            # Beside Blender's UI the worker leaves it a core, and its OpenMP threads sleep instead of spinning
+            # between this model's many small parallel regions, or a busy Blender makes sampling several times
+            # slower (benchmarks/RESULTS.md: 3.3x spinning, 0.9x sleeping, beside one busy process). On 2 cores that
+            # is one thread: 9.0 s for 60 s of speech alone and beside a busy process, where two sleeping threads
+            # took 11.0 and 14.8 s. For a headless job nothing else runs: all cores, libgomp's spinning default, as
+            # the CLI (6.5 s). libgomp reads OMP_WAIT_POLICY when torch loads. The user's settings win.
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            env.setdefault("DIFFGESTURE_SPARE_CORES", "1")
         for var in ("PYTHONHOME", "PYTHONSTARTUP"):  # Blender's own Python must not leak into the environment
             env.pop(var, None)
         try:

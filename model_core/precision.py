@@ -71,10 +71,11 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def configure_threads() -> int:
-    """Use at most one thread per physical core: more only oversubscribes the cores (SMT siblings share the
-    vector units) and makes every parallel region wait longer when another process takes a core."""
-    n = min(torch.get_num_threads(), physical_cores())
+def configure_threads(spare: int = 0) -> int:
+    """Use at most one thread per physical core, less `spare` cores left to other work (at least one thread): more
+    only oversubscribes the cores (SMT siblings share the vector units) and makes every parallel region wait longer
+    when another process takes a core."""
+    n = max(1, min(torch.get_num_threads(), physical_cores() - spare))
     torch.set_num_threads(n)
     return n
 

@@ -168,12 +168,12 @@ class Worker:
     def serve(self) -> None:
         torch = import_torch()
         from .precision import configure_threads
-        configure_threads()  # Blender shares the cores: never more threads than physical cores
+        threads = configure_threads(spare_cores())
         threading.Thread(target=self.read_stdin, daemon=True).start()
         cuda = torch.cuda.is_available()
         self.send({"type": "ready", "protocol": PROTOCOL_VERSION, "torch": torch.__version__, "cuda": cuda,
                    "cuda_version": torch.version.cuda, "device_name": torch.cuda.get_device_name(0) if cuda else "CPU",
-                   "pid": os.getpid(), "python": sys.executable})
+                   "pid": os.getpid(), "python": sys.executable, "threads": threads})
         while True:
             msg = self.requests.get()
             if msg["type"] == "shutdown":
@@ -200,6 +200,13 @@ def error_kind(e: Exception) -> ErrorKind:
         if isinstance(e, cls):
             return kind
     return ErrorKind.INTERNAL
+
+
+def spare_cores() -> int:
+    """Physical cores the worker leaves to the program that started it: $DIFFGESTURE_SPARE_CORES (0-64), else none.
+    The client asks for one beside Blender's UI (client.py)."""
+    value = os.environ.get("DIFFGESTURE_SPARE_CORES", "0")
+    return int(value) if value.isdigit() and int(value) <= 64 else 0
 
 
 def main() -> None:

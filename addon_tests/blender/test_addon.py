@@ -21,7 +21,7 @@ import pytest
 from addon_tests.blender.helpers import (MODULE, STEPS, Layout, TorchImportWatch, action_keys, draw_panel,
                                          draw_preferences, drive_modal, forearm_spread, keyframe_span, make_rig,
                                          never_touched_torch, snapshot)
-from addon_tests.paths import TORCH_PYTHON
+from addon_tests.paths import ROOT, TORCH_PYTHON
 
 
 def test_package_installs_enables_and_never_imports_torch(addon):
@@ -223,6 +223,28 @@ def test_the_worker_is_never_started_on_the_main_thread(addon, scene, speech_wav
     assert starts == [False] * 5, starts
     with pytest.raises(RuntimeError, match="off Blender's main thread"):
         host.start(str(TORCH_PYTHON))
+
+
+def test_a_headless_blenders_worker_takes_every_core(addon, scene, monkeypatch):
+    """blender -b (the headless command, a render farm) only waits on the worker, so the worker takes every physical
+    core and libgomp's spinning default, as the CLI; beside a UI it would leave one core and sleep (test_worker)."""
+    assert bpy.app.background, "bpy as a module is a background Blender"
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # the user's own would reach the worker as it is
+    monkeypatch.delenv("DIFFGESTURE_SPARE_CORES", raising=False)
+    host = addon.worker_host.HOST
+    host.shutdown()
+    started = []
+    thread = threading.Thread(target=lambda: started.append(host.start(str(TORCH_PYTHON))[0]))
+    thread.start()
+    thread.join(120)
+    pid = host.pid()
+    environ = Path(f"/proc/{pid}/environ").read_text().split("\0")
+    probe = "from model_core.precision import physical_cores; print(physical_cores())"
+    cores = subprocess.run([str(TORCH_PYTHON), "-c", probe], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert host.client(str(TORCH_PYTHON)).beside_ui is False
+    assert started[0]["threads"] == int(cores.stdout)
+    assert not any(item.startswith(("OMP_WAIT_POLICY=", "DIFFGESTURE_SPARE_CORES=")) for item in environ)
 
 
 # -- failures leave the .blend unchanged -------------------------------------------------------------------------

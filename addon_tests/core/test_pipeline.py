@@ -257,6 +257,9 @@ def test_threads_at_most_physical_cores():
     try:
         torch.set_num_threads(n + 3)
         assert precision.configure_threads() == n == torch.get_num_threads()
+        torch.set_num_threads(n + 3)
+        assert precision.configure_threads(spare=1) == max(1, n - 1) == torch.get_num_threads()
+        assert precision.configure_threads(spare=n + 5) == 1, "at least one thread"
     finally:
         torch.set_num_threads(before)
 

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import soundfile as sf
 
 from addon_tests.paths import FIXTURES, ROOT
 from model_core.client import WorkerClient, WorkerError
+from model_core.precision import physical_cores
 from model_core.protocol import REQUESTS, ErrorKind, read_result
 from model_core.worker import Worker
 
@@ -48,6 +50,31 @@ def test_generate_stays_warm_and_reports_progress(client, ckpt, speech, tmp_path
     client.generate(speech, tmp_path / "b.npz", checkpoint=str(ckpt), settings={"steps": 5}).wait(120)
     assert client.proc.pid == pid, "the worker stays warm between requests"
     assert client.ping() < 0.1
+
+
+@pytest.mark.parametrize("beside_ui", [True, False])
+def test_worker_leaves_a_core_to_blenders_ui_and_uses_all_for_a_headless_job(beside_ui, monkeypatch):
+    """Beside Blender's UI the worker takes one core less (at least one) and its OpenMP threads sleep; for a headless
+    job it takes every physical core and libgomp's default, as the CLI. The user's OMP_WAIT_POLICY wins."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("DIFFGESTURE_SPARE_CORES", raising=False)
+    c = WorkerClient(PY, core_parent=ROOT, beside_ui=beside_ui)
+    try:
+        ready = c.start()
+        environ = dict(item.split("=", 1) for item in
+                       Path(f"/proc/{c.proc.pid}/environ").read_text().split("\0") if "=" in item)
+    finally:
+        c.shutdown()
+    cores = physical_cores()
+    assert ready["threads"] == (max(1, cores - 1) if beside_ui else cores)
+    assert environ.get("OMP_WAIT_POLICY") == ("PASSIVE" if beside_ui else None)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    c = WorkerClient(PY, core_parent=ROOT, beside_ui=beside_ui)
+    try:
+        c.start()
+        assert "OMP_WAIT_POLICY=ACTIVE" in Path(f"/proc/{c.proc.pid}/environ").read_text().split("\0")
+    finally:
+        c.shutdown()
 
 
 def test_worker_generates_in_an_environment_without_scipy(ckpt, speech, tmp_path):
