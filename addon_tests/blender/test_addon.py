@@ -225,6 +225,7 @@ def test_the_worker_is_never_started_on_the_main_thread(addon, scene, speech_wav
         host.start(str(TORCH_PYTHON))
 
 
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads the worker's environment from /proc")
 def test_a_headless_blenders_worker_takes_every_core(addon, scene, monkeypatch):
     """blender -b (the headless command, a render farm) only waits on the worker, so the worker takes every physical
     core and libgomp's spinning default, as the CLI; beside a UI it would leave one core and sleep (test_worker)."""
