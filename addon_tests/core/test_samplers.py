@@ -38,7 +38,10 @@ def test_deterministic_ddim_inverts_an_exact_noise_prediction(schedule):
 
 
 def test_dpm_solver_keeps_an_exact_prediction_on_the_forward_process(schedule):
-    """Given the true noise, every DPM-Solver++ state is the forward-noised x0 at its step, and the last is x0."""
+    """Given the true noise, every DPM-Solver++ state is the forward-noised x0 at its step, and the last is x0.
+    The inputs are float64 but the schedule is float32 (as the official), so each coefficient carries ~1e-7
+    relative rounding, which the first step's division by sqrt(abar_500) = 0.08 scales by 12.5 on |noise| <= 5:
+    a bound of 1e-5 (measured at most 1.8e-6 over 300 seeds); a linearised e^-h - 1 is off by 0.08 after one step."""
     x0 = 0.3 * torch.randn(1, 34, 27, dtype=torch.float64)
     noise = torch.randn(1, 34, 27, dtype=torch.float64)
     s = DPMSolverSampler(schedule, steps=8)
@@ -46,7 +49,7 @@ def test_dpm_solver_keeps_an_exact_prediction_on_the_forward_process(schedule):
     for i, _ in enumerate(s.timesteps):
         x = s.step(noise, i, x, torch.Generator())
         t_next = s.timesteps[i + 1] if i + 1 < len(s.timesteps) else 0
-        torch.testing.assert_close(x, add_noise(schedule, x0, noise, t_next), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(x, add_noise(schedule, x0, noise, t_next), atol=1e-5, rtol=0)
 
 
 def gaussian_data_eps(schedule, mu: float, sd: float):
