@@ -5,27 +5,23 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
+from typing import Callable
 
-from . import import_torch
+from . import cpu, import_torch  # cpu first: its first look at the load covers the start-up
+from .progress import ProgressPrinter
 from .settings import (BN_MODES, DEFAULT_FAST_STEPS, DEFAULT_GUIDANCE, PRECISIONS, PRESETS, SOLVERS,
                        GenerationSettings, preset, resolve_checkpoint)
 
 
-def _progress_printer():
-    """A one-line progress bar on a terminal, silent otherwise."""
-    if not sys.stderr.isatty():
-        return None
-    start = time.monotonic()
+def window_progress(what: str, quiet: bool) -> tuple[ProgressPrinter, Callable]:
+    """A printer of windows done (steps inside a window count as a fraction of it) and the pipeline's callback."""
+    printer = ProgressPrinter(what, "window", quiet=quiet)
 
     def show(p) -> None:
-        frac = p.fraction
-        bar = "#" * int(30 * frac)
-        sys.stderr.write(f"\r[{bar:<30}] {100 * frac:5.1f}%  window {p.window + 1}/{p.windows}  "
-                         f"{time.monotonic() - start:6.1f} s")
-        sys.stderr.flush()
-    return show
+        printer.total = p.windows
+        printer.update(p.window + p.step / max(p.steps, 1))
+    return printer, show
 
 
 def generation_settings(args: argparse.Namespace) -> GenerationSettings:
@@ -44,9 +40,9 @@ def load_model(args: argparse.Namespace):
     """The --checkpoint on the --device (a note on stderr when it could not be honoured), threads configured; and
     its path."""
     from .checkpoint import load_checkpoint
+    from .cpu import adapt_threads
     from .pipeline import resolve_device
-    from .precision import configure_threads
-    configure_threads()
+    adapt_threads()
     device, note = resolve_device(args.device)
     if note:
         print(f"note: {note}", file=sys.stderr)
@@ -60,9 +56,10 @@ def cmd_generate(args) -> int:
     from .pipeline import generate_file
     settings = generation_settings(args)
     ckpt, ckpt_path = load_model(args)
-    meta = generate_file(ckpt, str(args.speech), str(args.output), settings, progress=_progress_printer())
-    if sys.stderr.isatty():
-        sys.stderr.write("\n")
+    printer, show = window_progress("generate", args.quiet)
+    meta = generate_file(ckpt, str(args.speech), str(args.output), settings, progress=show)
+    printer.close()
+    meta["threads"] = cpu.governor().describe()
     print(json.dumps({"output": str(args.output), "checkpoint": str(ckpt_path), **meta}))
     return 0
 
@@ -74,10 +71,9 @@ def cmd_reroll(args) -> int:
     GenerationSettings.from_dict(overrides)  # a bad value is refused before the model loads
     audio = args.audio or read_take(args.result)["meta"].get("audio")
     ckpt, ckpt_path = load_model(args)
-    meta = reroll_file(ckpt, args.result, str(audio), str(args.output), *args.range, overrides,
-                       progress=_progress_printer())
-    if sys.stderr.isatty():
-        sys.stderr.write("\n")
+    printer, show = window_progress("reroll", args.quiet)
+    meta = reroll_file(ckpt, args.result, str(audio), str(args.output), *args.range, overrides, progress=show)
+    printer.close()
     print(json.dumps({"output": str(args.output), "checkpoint": str(ckpt_path), "range": args.range, **meta}))
     return 0
 
@@ -138,6 +134,7 @@ def _sampling_options(g: argparse.ArgumentParser) -> None:
                    help="exact = bit-identical to the official code on the same CPU (paper's default); fp32 = "
                         "MKL-packed CPU weights (~1e-6 from exact); bf16; auto (fast's default) = the fastest on "
                         "this CPU, measured once and cached (fp32 on GPUs)")
+    g.add_argument("--quiet", action="store_true", help="no progress on stderr (stdout keeps the JSON summary)")
     g.add_argument("--reproduce", action="store_true",
                    help="the official sampling exactly, whatever else is given: --sampler paper --bn-mode official "
                         "--precision exact --no-trim")
@@ -177,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=int, help="fast sampler steps (default: the take's)")
     r.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the take's)")
     r.add_argument("--intensity", type=float, help="gesture amplitude of the whole result (default: the take's)")
+    r.add_argument("--quiet", action="store_true", help="no progress on stderr (stdout keeps the JSON summary)")
     r.set_defaults(fn=cmd_reroll)
     i = sub.add_parser("info", help="describe a checkpoint")
     i.add_argument("checkpoint")

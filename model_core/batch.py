@@ -197,10 +197,10 @@ def total_windows(clips: list[Clip]) -> int | None:
 
 def main(args, settings: GenerationSettings) -> int:
     """The generate-batch command (arguments parsed and settings built in __main__)."""
-    from tqdm import tqdm
     from .checkpoint import load_checkpoint
+    from .cpu import adapt_threads
     from .pipeline import resolve_device
-    from .precision import configure_threads
+    from .progress import ProgressPrinter
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if not 1 <= args.batch <= 256:
         raise ValueError(f"--batch must be 1..256, not {args.batch}")
@@ -211,17 +211,22 @@ def main(args, settings: GenerationSettings) -> int:
     if note:
         print(f"note: {note}", file=sys.stderr)
     if device.type == "cpu":
-        configure_threads()
+        adapt_threads()
     clips = read_manifest(args.manifest, args.outdir, settings.seed)
     mine = shard(clips, GROUP_BATCHES * args.batch, rank, world)
     ckpt = load_checkpoint(resolve_checkpoint(args.checkpoint))
     ckpt.model.to(device)
     args.outdir.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=total_windows(mine), unit="window", desc=f"rank {rank}" if world > 1 else "generate-batch",
-               disable=not sys.stderr.isatty(), file=sys.stderr)
-    report = run_batch(ckpt, mine, settings, args.batch, on_window=bar.update,
-                       log=lambda line: bar.write(line, file=sys.stderr))
-    bar.close()
+    printer = ProgressPrinter(f"generate-batch rank {rank}" if world > 1 else "generate-batch", "window",
+                              total_windows(mine), quiet=args.quiet)
+    windows = 0
+
+    def on_window(clips: int) -> None:
+        nonlocal windows
+        windows += clips
+        printer.update(windows)
+    report = run_batch(ckpt, mine, settings, args.batch, on_window=on_window, log=printer.log)
+    printer.close()
     print(json.dumps({"rank": rank, "world_size": world, "done": len(report.done), "skipped_existing":
                       len(report.skipped), "failed": report.failed, "outputs": [d["audio"] for d in report.done]}),
           flush=True)

@@ -114,12 +114,10 @@ class WorkerClient:
         env["PYTHONPATH"] = self.core_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
         if self.beside_ui:
-            # Beside Blender's UI the worker leaves it a core, and its OpenMP threads sleep instead of spinning
-            # between this model's many small parallel regions, or a busy Blender makes sampling several times
-            # slower (benchmarks/RESULTS.md: 3.3x spinning, 0.9x sleeping, beside one busy process). On 2 cores that
-            # is one thread: 9.0 s for 60 s of speech alone and beside a busy process, where two sleeping threads
-            # took 11.0 and 14.8 s. For a headless job nothing else runs: all cores, libgomp's spinning default, as
-            # the CLI (6.5 s). libgomp reads OMP_WAIT_POLICY when torch loads. The user's settings win.
+            # Beside Blender's UI the worker leaves it a core, and its OpenMP threads sleep instead of spinning, so
+            # that the UI's bursts never wait for a spinning thread (benchmarks/RESULTS.md). A headless job takes
+            # what the load leaves, as the CLI (model_core/cpu.py). libgomp reads OMP_WAIT_POLICY when torch loads.
+            # The user's settings win.
             env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
             env.setdefault("DIFFGESTURE_SPARE_CORES", "1")
         for var in ("PYTHONHOME", "PYTHONSTARTUP"):  # Blender's own Python must not leak into the environment

@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .cpu import adapt_threads
 from .network import FPS, SAMPLE_RATE, PoseDiffusion
 from .precision import choose_precision, guided_step
 from .samplers import RowGenerators, ddim_timesteps, make_sampler, randn
@@ -147,7 +148,9 @@ def sample_window(model: PoseDiffusion, audio: torch.Tensor, pre_seq: torch.Tens
     """Denoise one 34-frame window for a batch: audio (B, L), pre_seq (B, 34, D+1) -> x_0 (B, 34, D).
 
     context: the window's context when the caller built it (clips side by side each encode their own audio).
-    known: frames held to given values while sampling (see KnownFrames)."""
+    known: frames held to given values while sampling (see KnownFrames). The CPU threads follow the machine's load,
+    looked at again for every window (cpu.py)."""
+    adapt_threads()
     if context is None:
         context = model.context(audio, pre_seq, batch_stats=settings.bn_mode == "official")
     n = steps_run(settings, model.schedule.num_steps)

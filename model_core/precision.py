@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import platform
 import statistics
 import time
 import weakref
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .cpu import cpu_name, load_per_core
 from .network import PoseDiffusion
 
 CALIBRATION_ROUNDS = 3  # rounds per measurement, candidates taking turns; the median round is kept
@@ -44,40 +44,6 @@ def cpu_native_bf16() -> bool:
     emulated and slow. torch.cpu's probes are private: an absent one counts as no."""
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in
                ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-
-
-def cpu_name() -> str:
-    """The CPU's model name as the kernel reports it (e.g. 'AMD EPYC 9B14'), or the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def physical_cores() -> int:
-    """Physical cores among the CPUs this process may run on (SMT siblings count once)."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    cores = set()
-    for cpu in cpus:
-        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add((topo.joinpath("physical_package_id").read_text().strip(),
-                       topo.joinpath("core_id").read_text().strip()))
-        except OSError:
-            cores.add(("cpu", str(cpu)))
-    return max(1, len(cores))
-
-
-def configure_threads(spare: int = 0) -> int:
-    """Use at most one thread per physical core, less `spare` cores left to other work (at least one thread): more
-    only oversubscribes the cores (SMT siblings share the vector units) and makes every parallel region wait longer
-    when another process takes a core."""
-    n = max(1, min(torch.get_num_threads(), physical_cores() - spare))
-    torch.set_num_threads(n)
-    return n
 
 
 class MklPackedLinear(torch.nn.Module):
@@ -246,14 +212,6 @@ def _medians(runs: list[dict], names: list[str]) -> dict[str, float]:
 
 def _runs(n: int) -> str:
     return f"median of {n} runs" if n > 1 else "1 run"
-
-
-def load_per_core() -> float:
-    """The 1-minute load average per physical core (0 where the system does not report one)."""
-    try:
-        return os.getloadavg()[0] / physical_cores()
-    except (AttributeError, OSError):
-        return 0.0
 
 
 def _describe(times: dict) -> str:

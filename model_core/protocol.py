@@ -8,8 +8,9 @@ Requests:  generate {id, audio, checkpoint, device, settings, output} · reroll 
            device, settings, output} (frames range[0]..range[1] of an earlier result file, 15 fps, inclusive, sampled
            again with the settings given over the take's own; a new result file) · info {id, checkpoint} · ping {id}
            (each answered by the reply REQUESTS names, or by an error) · cancel {id} · shutdown
-Replies:   ready {protocol, torch, cuda, device_name, pid, threads} (unprompted, once) · progress {id, window, windows,
-           step, steps, fraction} · result {id, ...} · info {id, ...} · pong {id} · error {id, kind, message}
+Replies:   ready {protocol, torch, cuda, device_name, pid, threads, max_threads} (unprompted, once; threads: those
+           the load allows now, model_core/cpu.py) · progress {id, window, windows, step, steps, fraction} ·
+           result {id, ...} · info {id, ...} · pong {id} · error {id, kind, message}
 The client that starts a worker and speaks this protocol is client.py.
 """
 from __future__ import annotations

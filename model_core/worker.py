@@ -167,13 +167,14 @@ class Worker:
 
     def serve(self) -> None:
         torch = import_torch()
-        from .precision import configure_threads
-        threads = configure_threads(spare_cores())
+        from .cpu import governor
+        threads = governor(spare_cores())
         threading.Thread(target=self.read_stdin, daemon=True).start()
         cuda = torch.cuda.is_available()
         self.send({"type": "ready", "protocol": PROTOCOL_VERSION, "torch": torch.__version__, "cuda": cuda,
                    "cuda_version": torch.version.cuda, "device_name": torch.cuda.get_device_name(0) if cuda else "CPU",
-                   "pid": os.getpid(), "python": sys.executable, "threads": threads})
+                   "pid": os.getpid(), "python": sys.executable, "threads": threads.adapt(),
+                   "max_threads": threads.most})
         while True:
             msg = self.requests.get()
             if msg["type"] == "shutdown":

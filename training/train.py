@@ -7,8 +7,9 @@ The objective is model_core's PoseDiffusion.training_loss. A run folder holds re
 random-generator states and position, so a resumed run continues bit for bit), steps.csv / epochs.csv logs, and
 native checkpoints (model_core.checkpoint.save_native) with provenance: config, data hash, epoch, step, metrics.
 
-Speed options ([train] compile, amp, adam, log_every; see resolve_speed) change how fast a step runs, not what it
-computes beyond float rounding; the choice made is recorded in resume.pt and in every checkpoint's provenance.
+Speed options ([train] compile, amp, adam, log_every, threads; see resolve_speed) change how fast a step runs, not
+what it computes beyond float rounding (so a run continues bit for bit only on the same threads: set `threads`);
+the choice made is recorded in resume.pt and in every checkpoint's provenance.
 """
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from model_core.checkpoint import save_native
+from model_core.cpu import adapt_threads
 from model_core.precision import cpu_native_bf16
 from model_core.network import ModelConfig, PoseDiffusion
+from model_core.progress import ProgressPrinter
 from model_core.skeleton import get_skeleton
 
 from .data import WindowDataset
@@ -39,7 +42,8 @@ from .data import WindowDataset
 TRAIN_DEFAULTS = {"epochs": 500, "batch_size": 128, "lr": 5e-4, "betas": [0.5, 0.999], "grad_clip": 10.0,
                   "null_cond_prob": 0.1, "seed": 0, "amp": True, "out": "runs/train", "export_every_epochs": 50,
                   "save_every_minutes": 10.0, "export_path": "", "export_dtype": "float32", "max_steps": 0,
-                  "max_minutes": 0.0, "compile": "auto", "adam": "auto", "log_every": 0}
+                  "max_minutes": 0.0, "compile": "auto", "adam": "auto", "log_every": 0,
+                  "threads": "auto"}
 DATA_DEFAULTS = {"motion_filters": True, "min_words": 2, "workers": "auto"}
 ADAM_KINDS = ("fused", "foreach", "for-loop")
 
@@ -93,6 +97,7 @@ class Speed:
     adam: str  # one of ADAM_KINDS
     log_every: int  # steps between reads of the loss (each read waits for the device)
     math_attention: bool = False  # attention by SDPA's math backend (CPU bf16: faster than its flash kernel)
+    threads: int = 0  # CPU threads, fixed; 0: as many as the machine's load leaves (model_core/cpu.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,7 +118,8 @@ def resolve_speed(t: dict, device: torch.device) -> Speed:
     attention by SDPA's math backend (its bf16 flash kernel is slower for 34 frames): 1.8x on an AVX512-BF16 EPYC,
     no compile (+4 %, within noise, for minutes of compiling), the for-loop Adam (fused: no gain), the loss read
     every step (free there). On a GPU, where a step of this small model is bound by kernel launches and host
-    syncs: compile, bf16 where native, fused Adam, torch's attention backend, the loss read every 50 steps."""
+    syncs: compile, bf16 where native, fused Adam, torch's attention backend, the loss read every 50 steps. threads:
+    "auto" follows the machine's load on a CPU; a number fixes them."""
     compile_ = t["compile"]
     if compile_ not in ("auto", True, False):
         raise ValueError(f"[train] compile must be \"auto\", true or false, not {compile_!r}")
@@ -131,8 +137,11 @@ def resolve_speed(t: dict, device: torch.device) -> Speed:
     if log_every < 0:
         raise ValueError(f"[train] log_every must be >= 0 (0: auto), not {log_every}")
     amp = bool(t["amp"]) and native_bf16(device)
+    threads = t["threads"]
+    if threads != "auto" and not (isinstance(threads, int) and not isinstance(threads, bool) and threads > 0):
+        raise ValueError(f"[train] threads must be \"auto\" or a positive whole number, not {threads!r}")
     return Speed(compile=not cpu if compile_ == "auto" else compile_, amp=amp, adam=adam, log_every=log_every,
-                 math_attention=cpu and amp)
+                 math_attention=cpu and amp, threads=0 if threads == "auto" else threads)
 
 
 def make_adam(params, lr: float, betas: tuple[float, float], kind: str) -> torch.optim.Adam:
@@ -239,7 +248,6 @@ class Trainer:
         self.pending: list[tuple[dict, torch.Tensor]] = []  # steps.csv rows whose loss has not been read yet
         self.first_step = True
         self.read_tick = time.monotonic()
-        self.bar = None
         if self.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
         if resume and (out / "resume.pt").exists():
@@ -374,22 +382,26 @@ class Trainer:
             self._log("steps.csv", {"step": row["step"], "epoch": row["epoch"], "loss": f"{v:.6f}",
                                     "samples_per_s": f"{rate:.2f}", "elapsed_s": row["elapsed_s"]})
         self.pending = []
-        if self.bar is not None:
-            self.bar.set_postfix(epoch=self.epoch, loss=f"{values[-1]:.4f}")
+        self.progress.update(self.step, f"epoch {self.epoch}, loss {values[-1]:.4f}")
 
-    def run(self, max_steps: int = 0, max_minutes: float = 0.0) -> None:
+    def run(self, max_steps: int = 0, max_minutes: float = 0.0, quiet: bool = False) -> None:
         """Train until the configured epochs, max_steps (total) or max_minutes (this session) are reached.
 
         The loss is read every speed.log_every steps, at epoch ends and at the last step; time limits and
-        periodic saves are checked at those reads, which fall on the same steps in every process."""
+        periodic saves are checked at those reads, which fall on the same steps in every process. Progress goes to
+        stderr (rank 0, unless quiet); on a CPU alone the threads follow the machine's load (model_core/cpu.py)."""
         t = self.t
         if t["batch_size"] % self.world:
             raise ValueError(f"batch_size {t['batch_size']} (global) is not divisible by {self.world} processes")
         start = last_save = self.read_tick = time.monotonic()
-        self.bar = None
-        if self.rank == 0 and sys.stderr.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(initial=self.step, unit="step", dynamic_ncols=True)
+        per_epoch = len(epoch_batches(self.sampler, self.epoch, t["batch_size"] // self.world))
+        self.progress = ProgressPrinter("train", "step", max_steps or t["epochs"] * per_epoch,
+                                        quiet=quiet or self.rank != 0, every=10.0, start_at=self.step)
+        # On a CPU alone, threads follow the load unless the config fixes them (ranks on one CPU would take each
+        # other's cores; a run that must continue bit for bit needs the same threads throughout)
+        adapt = self.device.type == "cpu" and self.world == 1 and not self.speed.threads
+        if self.speed.threads:
+            torch.set_num_threads(self.speed.threads)
         cuda = self.device.type == "cuda"
         workers = loader_workers(self.cfg["data"]["workers"], self.device, self.world)
         sampler = EpochBatches()
@@ -412,8 +424,8 @@ class Trainer:
                 tick = now
                 self.pending.append(({"step": self.step, "epoch": self.epoch, "elapsed_s": f"{self.elapsed:.1f}"},
                                      loss))
-                if self.bar is not None:
-                    self.bar.update(1)
+                if adapt:
+                    adapt_threads()
                 stop = bool(max_steps and self.step >= max_steps)
                 if not (stop or self.step % self.speed.log_every == 0 or self.batch_in_epoch == len(batches)):
                     continue
@@ -444,8 +456,7 @@ class Trainer:
                 self.losses = []
                 if t["export_every_epochs"] and self.epoch % t["export_every_epochs"] == 0:
                     self.export(f"checkpoint_{self.epoch:03d}.pt")
-        if self.bar is not None:
-            self.bar.close()
+        self.progress.close()
         self.save_resume()
         self.export("last.pt")
         if self.world > 1:
@@ -460,6 +471,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="stop at this total optimiser step")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this many minutes of this session")
     p.add_argument("--out", default=None, help="run folder (default: the config's train.out)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("--workers", type=int, default=None, help="data-loading processes per process (default: the "
                    "config's; auto: 1 on the CPU, up to 8 on a GPU)")
     a = p.parse_args(argv)
@@ -471,7 +483,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer = Trainer(cfg, Path(cfg["train"]["out"]), resume=a.resume)
     max_steps = cfg["train"]["max_steps"] if a.max_steps is None else a.max_steps
     max_minutes = cfg["train"]["max_minutes"] if a.max_minutes is None else a.max_minutes
-    trainer.run(max_steps, max_minutes)
+    trainer.run(max_steps, max_minutes, quiet=a.quiet)
     if trainer.rank == 0:
         print(f"stopped at epoch {trainer.epoch}, step {trainer.step}; run folder {trainer.out}")
     if trainer.world > 1:  # all work is saved; skip interpreter finalisation, where gloo's threads can abort

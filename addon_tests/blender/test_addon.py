@@ -228,7 +228,7 @@ def test_the_worker_is_never_started_on_the_main_thread(addon, scene, speech_wav
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads the worker's environment from /proc")
 def test_a_headless_blenders_worker_takes_every_core(addon, scene, monkeypatch):
     """blender -b (the headless command, a render farm) only waits on the worker, so the worker takes every physical
-    core and libgomp's spinning default, as the CLI; beside a UI it would leave one core and sleep (test_worker)."""
+    core the load leaves it and libgomp's spinning default, as the CLI; beside a UI it would leave one core and sleep (test_worker)."""
     assert bpy.app.background, "bpy as a module is a background Blender"
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # the user's own would reach the worker as it is
     monkeypatch.delenv("DIFFGESTURE_SPARE_CORES", raising=False)
@@ -240,11 +240,11 @@ def test_a_headless_blenders_worker_takes_every_core(addon, scene, monkeypatch):
     thread.join(120)
     pid = host.pid()
     environ = Path(f"/proc/{pid}/environ").read_text().split("\0")
-    probe = "from model_core.precision import physical_cores; print(physical_cores())"
+    probe = "from model_core.cpu import physical_cores; print(physical_cores())"
     cores = subprocess.run([str(TORCH_PYTHON), "-c", probe], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert host.client(str(TORCH_PYTHON)).beside_ui is False
-    assert started[0]["threads"] == int(cores.stdout)
+    assert started[0]["max_threads"] == int(cores.stdout), "every core the load leaves it (model_core/cpu.py)"
     assert not any(item.startswith(("OMP_WAIT_POLICY=", "DIFFGESTURE_SPARE_CORES=")) for item in environ)
 
 

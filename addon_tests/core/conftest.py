@@ -8,8 +8,7 @@ import torch
 
 from addon_tests.paths import FIXTURES
 from model_core.checkpoint import convert_official, load_checkpoint
-
-torch.set_num_threads(2)
+from model_core.cpu import adapt_threads
 # auto precision's measurements go to a private cache, not the user's (workers started by the tests inherit it)
 os.environ.setdefault("DIFFGESTURE_CACHE_DIR", tempfile.mkdtemp(prefix="dg-cache-"))
 NAMES = ["ted_small", "expressive_small"]
@@ -17,7 +16,10 @@ NAMES = ["ted_small", "expressive_small"]
 
 @pytest.fixture(autouse=True)
 def seeded_rng():
-    """Every test draws its unseeded random inputs from the same start, whatever ran before it (order, -k, -x)."""
+    """Every test draws its unseeded random inputs from the same start, whatever ran before it (order, -k, -x); and
+    runs on the threads the machine's load leaves it, as the product does (spinning threads beside busy processes
+    made the suite several times slower)."""
+    adapt_threads()
     torch.manual_seed(0)
     np.random.seed(0)
 

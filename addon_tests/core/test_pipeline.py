@@ -250,20 +250,6 @@ def test_auto_precision_rules(tiny, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "precision.json").read_text())
 
 
-def test_threads_at_most_physical_cores():
-    n = precision.physical_cores()
-    assert 1 <= n <= (os.cpu_count() or 1)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(n + 3)
-        assert precision.configure_threads() == n == torch.get_num_threads()
-        torch.set_num_threads(n + 3)
-        assert precision.configure_threads(spare=1) == max(1, n - 1) == torch.get_num_threads()
-        assert precision.configure_threads(spare=n + 5) == 1, "at least one thread"
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_intensity_scales_the_gesture_about_the_mean_pose(tiny):
     """0 is the mean pose, 2 doubles every deviation from it (then directions are renormalised), 1 is unchanged;
     outside 0..3 is refused with the setting's name."""

@@ -44,6 +44,7 @@ compile = {compile}
 adam = "{adam}"
 amp = {amp}
 log_every = {log_every}
+threads = 1
 """
 
 
@@ -312,7 +313,8 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path, adam, amp, 
         assert list(csv.DictReader(f))[-1]["loss"] == list(csv.DictReader(g))[-1]["loss"]
     speed = load_checkpoint(tmp_path / "part" / "last.pt").provenance["speed"]
     bf16 = amp == "true" and native_bf16(torch.device("cpu"))
-    assert speed == {"compile": False, "amp": bf16, "adam": adam, "log_every": log_every, "math_attention": bf16}
+    assert speed == {"compile": False, "amp": bf16, "adam": adam, "log_every": log_every, "math_attention": bf16,
+                     "threads": 1}
     assert torch.load(tmp_path / "part" / "resume.pt", weights_only=True)["speed"] == speed
 
 
@@ -325,7 +327,10 @@ def test_speed_options_resolve_for_the_device():
     assert not resolve_speed({**TRAIN_DEFAULTS, "amp": False}, cpu).amp
     explicit = resolve_speed({**TRAIN_DEFAULTS, "compile": False, "adam": "foreach", "log_every": 20}, cpu)
     assert explicit == Speed(compile=False, amp=bf16, adam="foreach", log_every=20, math_attention=bf16)
-    for key, bad in [("compile", "yes"), ("adam", "lion"), ("log_every", -1)]:
+    assert auto.threads == 0, "auto: as many as the machine's load leaves"
+    assert resolve_speed({**TRAIN_DEFAULTS, "threads": 3}, cpu).threads == 3
+    for key, bad in [("compile", "yes"), ("adam", "lion"), ("log_every", -1), ("threads", 0), ("threads", "many"),
+                     ("threads", True)]:
         with pytest.raises(ValueError, match=key):
             resolve_speed({**TRAIN_DEFAULTS, key: bad}, cpu)
     assert loader_workers("auto", cpu, 1) == 1 and loader_workers(3, cpu, 1) == 3
