@@ -1,8 +1,7 @@
 """Generation speed of model_core on this machine, in absolute times: per-window time of each sampler and precision
-at both paper model sizes, 60 s of speech per precision (alone, and with a CPU-bound process beside it), and the
-whole command line for 60 s of speech with its defaults. Random weights for the per-window rows (speed does not
-depend on them); the bundled checkpoint for the end-to-end rows. Usage: python -m benchmarks.core [--device cpu|cuda]
-[--quick | --pairs N]. Run it with nothing else on the machine: the contention rows start their own competitor.
+at both paper model sizes, and auto's choice. Random weights (speed does not depend on them). Usage: python -m
+benchmarks.core [--device cpu|cuda] [--quick | --pairs N]. Run it with nothing else on the machine; the whole
+command beside busy processes is benchmarks/busy.py.
 
 --pairs N times only the whole command line against a yardstick measured in the same minutes: one TED Gesture
 window of the paper sampler in exact float32, the official code's own computation. A shared host's speed drifts by
@@ -11,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import statistics
 import subprocess
@@ -27,7 +25,8 @@ import torch
 from benchmarks.record import isa, markdown_table, record
 from model_core.network import ModelConfig, PoseDiffusion
 from model_core.pipeline import sample_window
-from model_core.precision import choose_precision, configure_threads, physical_cores
+from model_core.cpu import physical_cores
+from model_core.precision import choose_precision
 from model_core.settings import GenerationSettings, preset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,54 +50,32 @@ def time_window(model: PoseDiffusion, settings: GenerationSettings, device: torc
     return best
 
 
-def spin(stop) -> None:
-    """A CPU-bound competitor: one busy Python process, as a busy Blender or a second job would be."""
-    x = 0
-    while not stop.is_set():
-        x = (x * 31 + 7) % 1000003
-
-
-def speech_60s(folder: Path) -> Path:
-    """60 s of real speech: the example clip repeated, at its 22.05 kHz (resampled by the command, as a user's
-    recording would be)."""
+def speech_60s(folder: Path, seconds: float = 60) -> Path:
+    """60 s (or `seconds`) of real speech: the example clip repeated, at its 22.05 kHz (resampled by the command, as a
+    user's recording would be)."""
     data, sr = sf.read(ROOT / "examples" / "speech.wav", dtype="float32")
-    reps = int(np.ceil(60 * sr / len(data)))
-    path = folder / "speech60.wav"
-    sf.write(path, np.tile(data, reps)[:60 * sr], sr)
+    path = folder / f"speech{seconds:g}.wav"
+    sf.write(path, np.tile(data, int(np.ceil(seconds * sr / len(data))))[:int(seconds * sr)], sr)
     return path
 
 
-# How libgomp's threads wait between parallel regions: spin (ACTIVE), sleep at once (PASSIVE), or libgomp's default
-# when neither is set (spin for GOMP_SPINCOUNT = 300,000 rounds, then sleep), and shorter spins; last, the add-on's
-# worker beside Blender's UI: sleeping threads on one core less than the machine has (client.py).
-WAIT_POLICIES = {"ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"}, "unset (libgomp default)": {},
-                 "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"}, "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
-                 "PASSIVE, one core left (the add-on's worker)": {"OMP_WAIT_POLICY": "PASSIVE",
-                                                                  "OMP_NUM_THREADS": str(max(1, physical_cores() - 1))}}
-
-
-def run_cli(wav: Path, tmp: Path, precision: str, policy: dict, competitor: bool = False) -> tuple[float, dict]:
+def run_cli(wav: Path, tmp: Path, precision: str = "auto", policy: dict | None = None,
+            timeout: float | None = None) -> tuple[float, dict | None]:
     """Wall time of the whole command line (start-up, model load, generation, writing) for `wav`, defaults
-    otherwise, with the given OpenMP wait settings; auto measures once per cache folder, so it is timed cached."""
+    otherwise, with the given OpenMP settings; auto measures once per cache folder, so it is timed cached. A run
+    stopped at `timeout` gives (timeout, None)."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
-    env.update(policy, PYTHONPATH=str(ROOT), DIFFGESTURE_CACHE_DIR=str(tmp / "cache"))
+    env.update(policy or {}, PYTHONPATH=str(ROOT), DIFFGESTURE_CACHE_DIR=str(tmp / "cache"))
     cmd = [sys.executable, "-m", "model_core", "generate", str(wav), "-o", str(tmp / "out.npz"), "--precision",
-           precision]
-    if precision == "auto":
+           precision, "--quiet"]
+    if precision == "auto" and not (tmp / "cache").exists():
         subprocess.run(cmd, capture_output=True, env=env, check=True)  # the first run measures; time the next
-    stop = multiprocessing.Event()
-    spinner = multiprocessing.Process(target=spin, args=(stop,)) if competitor else None
-    if spinner:
-        spinner.start()
+    t0 = time.perf_counter()
     try:
-        t0 = time.perf_counter()
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-        wall = time.perf_counter() - t0
-    finally:
-        stop.set()
-        if spinner:
-            spinner.join()
-    return wall, json.loads(out.stdout)
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return float(timeout), None
+    return time.perf_counter() - t0, json.loads(out.stdout)
 
 
 def cli_against_yardstick(pairs: int) -> None:
@@ -133,10 +110,11 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=0,
                         help="only time the command line against the paper window, this many interleaved pairs")
     args = parser.parse_args()
+    if args.device == "cpu":
+        torch.set_num_threads(physical_cores())  # the per-window rows: every core, measured alone
     if args.pairs:
-        configure_threads()
         return cli_against_yardstick(args.pairs)
-    threads = configure_threads() if args.device == "cpu" else torch.get_num_threads()
+    threads = torch.get_num_threads()
     device = torch.device(args.device)
     variants = [("paper, 500 steps", preset("paper", precision=p)) for p in ("exact", "fp32")] + \
                [("fast, 25 steps (default)", GenerationSettings(steps=25, precision=p))
@@ -152,24 +130,9 @@ def main() -> None:
         auto, how = choose_precision(model, "auto", "fast", 1, 1.15, device)
         rows.append([name, "fast, 25 steps (default)", f"auto -> {auto}", how])
     table = markdown_table(["model", "sampler", "precision", "s / window"], rows)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = speech_60s(Path(tmp))
-        cli = []
-        for policy, env in WAIT_POLICIES.items():
-            for precision in ("exact", "fp32", "bf16", "auto") if policy == "ACTIVE" else ("auto",):
-                alone, meta = run_cli(wav, Path(tmp), precision, env)
-                loaded, _ = run_cli(wav, Path(tmp), precision, env, competitor=True)
-                cli.append([policy, precision if precision != "auto" else f"auto -> {meta['precision']}",
-                            f"{alone:.2f}", f"{loaded:.2f}", f"{loaded / alone:.2f}x"])
-    table += "\n\n" + markdown_table(["OpenMP wait", "precision", "s wall, alone",
-                                      "s wall, one CPU-bound process beside it", "slow-down"], cli)
     record(f"model_core generation speed ({device.type}, {threads} threads)", table,
-           f"CPU ISA: {isa()}; {physical_cores()} physical cores. Absolute times on this machine only. The second "
-           "table is `python -m model_core generate` on 60 s of speech with the bundled checkpoint (fast sampler, "
-           "25 steps), alone and with one busy Python process on the same cores (2 threads on 2 cores: the fair "
-           "share is 2/3 of the CPU, i.e. 1.5x). The add-on's worker runs as the last row beside Blender's UI and "
-           "as the unset row in a headless Blender; the CLI keeps libgomp's default.")
+           f"CPU ISA: {isa()}; {physical_cores()} physical cores. Absolute times on this machine only, measured "
+           "alone. Whole commands beside busy processes: benchmarks/busy.py.")
 
 
 if __name__ == "__main__":
