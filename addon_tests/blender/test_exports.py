@@ -1,7 +1,7 @@
 """The files other tools read. A take exported through Blender's FBX and glTF exporters starts at t = 0 (where its
 speech starts) under the take's name, and the .glb passes the Khronos glTF validator; the add-on's and the CLI's BVH
 read right in a third-party parser; the CLI's BVH stands upright, facing front, through Blender's BVH importer at its
-default settings, and plays at its own speed with Scale FPS ticked."""
+default settings, and plays at its own speed with Scale FPS or Update Scene FPS ticked (as README says)."""
 import importlib
 import json
 import os
@@ -74,7 +74,7 @@ def test_take_exports_start_at_zero_under_the_takes_name(addon, scene, speech_wa
 def test_cli_bvh_stands_upright_in_blenders_importer(empty_scene, speech_wav, tmp_path, capsys):
     """The CLI's BVH (the bundled model) at Blender's default import settings: one bone per joint, each name once, no
     zero-length joint, the nose above the hips and in front (-Y) of the neck; with Scale FPS in a 24 fps scene the
-    15 fps take lasts as long as its speech."""
+    15 fps take lasts as long as its speech; Update Scene FPS sets the scene to 15 fps."""
     path = tmp_path / "cli.bvh"
     subprocess.run([str(TORCH_PYTHON), "-m", "model_core", "generate", str(speech_wav), "-o", str(path), "--steps",
                     str(STEPS), "--seed", "1"], cwd=ROOT, check=True, capture_output=True,
@@ -104,3 +104,6 @@ def test_cli_bvh_stands_upright_in_blenders_importer(empty_scene, speech_wav, tm
     assert bpy.ops.import_anim.bvh(filepath=str(path), use_fps_scale=True) == {"FINISHED"}
     first, last = bpy.context.view_layer.objects.active.animation_data.action.frame_range
     assert last - first == pytest.approx((bvh["frames"] - 1) * 24 / 15, abs=1)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    assert bpy.ops.import_anim.bvh(filepath=str(path), update_scene_fps=True) == {"FINISHED"}
+    assert bpy.context.scene.render.fps / bpy.context.scene.render.fps_base == pytest.approx(15)
