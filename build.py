@@ -98,6 +98,30 @@ def setup_numpy1(torch_python: Path) -> Path:
     return folder
 
 
+# Third-party readers the export tests check files with, pinned: the Khronos glTF validator and a pure-Python BVH
+# parser other than Blender's
+GLTF_VALIDATOR = "gltf-validator@2.0.0-dev.3.10"
+BVH_PARSER = "bvh==0.3"
+
+
+def setup_checkers(python: Path) -> None:
+    """The glTF validator (npm, into .envs/npm) and the BVH parser (PyPI, into .envs/bvhparse), each in its own
+    folder; a note, not a failure, when one cannot be installed: the tests that need it then skip and say why."""
+    installs = {ENVS / "npm": ["npm", "install", "--no-audit", "--no-fund", "--prefix", ENVS / "npm", GLTF_VALIDATOR],
+                ENVS / "bvhparse": [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--target",
+                                    ENVS / "bvhparse", BVH_PARSER]}
+    for folder, cmd in installs.items():
+        stamp = folder / ".checker"
+        if stamp.exists() and stamp.read_text() == cmd[-1]:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        if shutil.which(str(cmd[0])) is None or subprocess.call([str(c) for c in cmd]) != 0:
+            print(f"note: {cmd[-1]} could not be installed into {folder}; the tests that check files with it skip")
+            continue
+        stamp.write_text(cmd[-1])
+
+
 def setup(names: tuple[str, ...] = MAIN_ENVS) -> dict[str, Path]:
     """System packages and the named environments (all by default; the demo needs only torch and blender)."""
     setup_system()
@@ -131,6 +155,7 @@ def cmd_test(args) -> None:
     """Run the core/training suite in the torch environment, then the add-on suite on Blender 4.5 and 5.0."""
     envs = setup()
     setup_numpy1(envs["torch"])
+    setup_checkers(envs["torch"])
     if not args.no_extension:
         build_extension()
     env = test_environ(envs)

@@ -13,3 +13,6 @@ LMDB_PYTHON = Path(os.environ.get("DIFFGESTURE_LMDB_PYTHON", ROOT / ".envs" / "t
 PYTHON = Path(sys.executable)
 # numpy 1.26 installed into a folder (build.py setup_numpy1); first on the torch env's path it replaces numpy 2
 NUMPY1 = Path(os.environ.get("DIFFGESTURE_NUMPY1", ROOT / ".envs" / "numpy1"))
+# third-party readers of the exported files (build.py setup_checkers): the Khronos glTF validator, the PyPI `bvh` parser
+GLTF_VALIDATOR = ROOT / ".envs" / "npm" / "node_modules" / "gltf-validator"
+BVH_PARSER = ROOT / ".envs" / "bvhparse"

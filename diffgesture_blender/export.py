@@ -1,6 +1,7 @@
 """A generated take as a file other tools read, through Blender's own exporters: FBX and glTF carry the armature,
-its meshes and that one action; BVH carries the armature's motion. The scene is left as it was (selection, active
-object, the armature's action, the frame range), so exporting changes nothing in the .blend."""
+its meshes and that one action, as one animation named after the take whose first frame (where its speech starts) is
+at t = 0; BVH carries the armature's motion. The scene is left as it was (selection, active object, the armature's
+action and NLA tracks, the frame range), so exporting changes nothing in the .blend."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,13 +41,12 @@ def export_take(context: bpy.types.Context, armature: bpy.types.Object, action: 
         scene.frame_start, scene.frame_end = (int(round(f)) for f in action.frame_range)
         suffix = path.suffix.lower()
         if suffix == ".fbx":
-            bpy.ops.export_scene.fbx(filepath=str(path), use_selection=True, object_types={"ARMATURE", "MESH"},
-                                     bake_anim=True, bake_anim_use_all_actions=False, bake_anim_use_nla_strips=False,
-                                     add_leaf_bones=False)
+            export_fbx(anim, action, path)
         elif suffix in (".glb", ".gltf"):
             bpy.ops.export_scene.gltf(filepath=str(path), use_selection=True,
                                       export_format="GLB" if suffix == ".glb" else "GLTF_SEPARATE",
-                                      export_animation_mode="ACTIVE_ACTIONS")
+                                      export_animation_mode="ACTIVE_ACTIONS", export_anim_slide_to_zero=True,
+                                      export_nla_strips_merged_animation_name=action.name)
         else:
             bpy.ops.export_anim.bvh(filepath=str(path), frame_start=scene.frame_start, frame_end=scene.frame_end)
     finally:
@@ -57,3 +57,22 @@ def export_take(context: bpy.types.Context, armature: bpy.types.Object, action: 
         for o in view_layer.objects:
             o.select_set(o in selected)
         view_layer.objects.active = active
+
+
+def export_fbx(anim: bpy.types.AnimData, action: bpy.types.Action, path: Path) -> None:
+    """Write the selection to an FBX whose one take is `action`, named after it and starting at t = 0: the exporter
+    starts a take at zero only for NLA strips (its scene take keeps the frame's own time, so frame 1 is 1/fps), so the
+    action goes on a strip of its own for the export, with the other tracks muted, and all is put back after."""
+    muted = {track: track.mute for track in anim.nla_tracks}
+    track = anim.nla_tracks.new()
+    try:
+        for other in muted:
+            other.mute = True
+        track.strips.new(action.name, int(action.frame_range[0]), action)
+        bpy.ops.export_scene.fbx(filepath=str(path), use_selection=True, object_types={"ARMATURE", "MESH"},
+                                 bake_anim=True, bake_anim_use_all_actions=False, bake_anim_use_nla_strips=True,
+                                 add_leaf_bones=False)
+    finally:
+        anim.nla_tracks.remove(track)
+        for other, mute in muted.items():
+            other.mute = mute

@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("speech", type=Path)
     g.add_argument("-o", "--output", type=Path, required=True,
                    help="output .npz (poses, directions, meta), or .bvh: the model's skeleton (fixed bone lengths, "
-                        "15 fps, +Z up, facing -Y), one file per variation")
+                        "15 fps, +Y up, facing +Z), one file per variation")
     _sampling_options(g)
     g.set_defaults(fn=cmd_generate)
     b = sub.add_parser("generate-batch", help="generate for many clips at once (resumable; torchrun shards it)",

@@ -1,10 +1,13 @@
 """Generated motion as a BVH file of the model's own skeleton, for tools other than Blender.
 
-The skeleton keeps its fixed bone lengths in the canonical frame (+Z up, facing -Y, metres); the rest pose is the
-dataset's mean pose. A joint with several bones leaving it (the neck: nose, both collarbones; a wrist: five fingers)
-cannot aim them all with one rotation, so every bone gets a BVH joint of its own, placed where the bone starts and
-named after it; its rotation turns the bone's rest direction onto the generated one by the shortest arc. Chained with
-the offsets, the BVH's joint positions are model_core.skeleton.to_joints of the generated directions.
+The skeleton keeps its fixed bone lengths (metres) in BVH's usual frame, +Y up and facing +Z: the canonical frame
+(+Z up, facing -Y) turned a quarter about X, which Blender's BVH importer turns back at its default axes (forward -Z,
+up Y), so the figure stands upright there and in other tools. The rest pose is the dataset's mean pose. A joint with
+several bones leaving it (the neck: nose, both collarbones; a wrist: five fingers) cannot aim them all with one
+rotation, so every bone gets a BVH joint of its own, placed where the bone starts and named after it (the spine, which
+starts at the root joint, is the ROOT); its rotation turns the bone's rest direction onto the generated one by the
+shortest arc. Chained with the offsets, the BVH's joint positions are model_core.skeleton.to_joints of the generated
+directions, turned by TO_BVH.
 """
 from __future__ import annotations
 
@@ -15,7 +18,10 @@ import numpy as np
 from .network import FPS
 from .skeleton import Skeleton, dataset_to_canonical
 
-CHANNELS = "Zrotation Xrotation Yrotation"  # a joint's rotation is Rz @ Rx @ Ry, the usual BVH order
+ROTATION = "Zrotation Xrotation Yrotation"  # a joint's rotation is Rz @ Rx @ Ry, the usual BVH order
+CHANNELS = {"ROOT": f"6 Xposition Yposition Zposition {ROTATION}", "JOINT": f"3 {ROTATION}"}
+# canonical (x, y, z) -> BVH (x, z, -y): up +Z -> +Y, facing -Y -> +Z
+TO_BVH = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 
 
 def shortest_arc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -44,32 +50,34 @@ def zxy_euler(r: np.ndarray) -> np.ndarray:
 
 
 def _layout(skel: Skeleton) -> tuple[list[int | None], np.ndarray]:
-    """For each bone: the bone it hangs from (None at the root joint), and its rest direction (canonical)."""
+    """For each bone: the bone it hangs from (None at the root joint), and its rest direction (BVH frame)."""
     ending_at = {child: b for b, (_, child) in enumerate(skel.pairs)}
     parent = [ending_at.get(p) for p, _ in skel.pairs]
-    rest = dataset_to_canonical(skel.mean, skel).astype(np.float64)
+    rest = dataset_to_canonical(skel.mean, skel).astype(np.float64) @ TO_BVH.T
     return parent, rest / np.linalg.norm(rest, axis=-1, keepdims=True)
 
 
 def write_bvh(path: str | Path, directions: np.ndarray, skel: Skeleton, fps: float = FPS) -> None:
     """Write canonical unit directions (frames, n_bones, 3) of one take as a BVH file at `fps`."""
-    dirs = np.asarray(directions, dtype=np.float64)
+    dirs = np.asarray(directions, dtype=np.float64) @ TO_BVH.T
+    dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)  # unit to float64: a near half turn magnifies float32 slack
     parent, rest = _layout(skel)
+    root, = (b for b, p in enumerate(parent) if p is None)  # one bone leaves the root joint: the spine
     glob = shortest_arc(np.broadcast_to(rest, dirs.shape), dirs)  # (F, B, 3, 3): each bone's rotation in the world
     local = np.empty_like(glob)
     for b, p in enumerate(parent):
         local[:, b] = glob[:, b] if p is None else np.swapaxes(glob[:, p], -1, -2) @ glob[:, b]
     angles = zxy_euler(local)  # (F, B, 3)
-    lines = ["HIERARCHY", f"ROOT {skel.joints[0]}", "{", "  OFFSET 0.000000 0.000000 0.000000",
-             f"  CHANNELS 6 Xposition Yposition Zposition {CHANNELS}"]
+    lines = ["HIERARCHY"]
     order: list[int] = []
 
     def emit(b: int, depth: int) -> None:
         pad = "  " * depth
         p = parent[b]
         offset = np.zeros(3) if p is None else skel.lengths[p] * rest[p]
-        lines.extend([f"{pad}JOINT {skel.bones[b]}", pad + "{", f"{pad}  OFFSET {_fmt(offset)}",
-                      f"{pad}  CHANNELS 3 {CHANNELS}"])
+        kind = "ROOT" if p is None else "JOINT"
+        lines.extend([f"{pad}{kind} {skel.bones[b]}", pad + "{", f"{pad}  OFFSET {_fmt(offset)}",
+                      f"{pad}  CHANNELS {CHANNELS[kind]}"])
         order.append(b)
         children = [c for c, q in enumerate(parent) if q == b]
         for c in children:
@@ -79,12 +87,10 @@ def write_bvh(path: str | Path, directions: np.ndarray, skel: Skeleton, fps: flo
                           f"{pad}  }}"])
         lines.append(pad + "}")
 
-    for b in (b for b, p in enumerate(parent) if p is None):
-        emit(b, 1)
-    lines += ["}", "MOTION", f"Frames: {len(dirs)}", f"Frame Time: {1.0 / fps:.7f}"]
-    root = "0.000000 0.000000 0.000000 0.000000 0.000000 0.000000"
+    emit(root, 0)
+    lines += ["MOTION", f"Frames: {len(dirs)}", f"Frame Time: {1.0 / fps:.7f}"]
     for f in range(len(dirs)):
-        lines.append(" ".join([root] + [_fmt(angles[f, b]) for b in order]))
+        lines.append(" ".join(["0.000000 0.000000 0.000000"] + [_fmt(angles[f, b]) for b in order]))
     Path(path).write_text("\n".join(lines) + "\n")
 
 

@@ -1,4 +1,5 @@
-"""The CLI's BVH export: it parses as BVH, runs at 15 fps, and its forward kinematics give model_core's joints."""
+"""The CLI's BVH export: it parses as BVH (here and in the PyPI `bvh` parser), runs at 15 fps, names every joint once,
+and its forward kinematics give model_core's joints turned into BVH's +Y up, facing +Z."""
 import os
 import subprocess
 import sys
@@ -6,7 +7,9 @@ import sys
 import numpy as np
 import pytest
 
+from addon_tests.checkers import read_bvh
 from addon_tests.paths import FIXTURES, ROOT
+from model_core.bvh import TO_BVH
 from model_core.checkpoint import convert_official
 from model_core.protocol import read_result
 from model_core.skeleton import get_skeleton, to_joints
@@ -99,12 +102,20 @@ def test_cli_bvh_parses_and_matches_the_skeletons_joints(tmp_path, name):
     for v, path in enumerate([tmp_path / "m.bvh", tmp_path / "m_v2.bvh"]):
         nodes, frames, frame_time, motion = parse_bvh(path.read_text())
         assert frames == result["poses"].shape[1] and frame_time == pytest.approx(1 / 15, abs=1e-6)
+        joints = [node["name"] for node in nodes if not node["end"]]
+        assert sorted(joints) == sorted(skel.bones), "one joint per bone, each named once"
         pos = forward_kinematics(nodes, motion)
-        expected = to_joints(result["directions"][v].astype(np.float64), skel)  # (frames, joints, 3)
+        expected = to_joints(result["directions"][v].astype(np.float64), skel) @ TO_BVH.T  # (frames, joints, 3)
         by_name = {node["name"]: k for k, node in enumerate(nodes)}
+        neck, nose = (nodes[by_name["neck_nose"] + k]["offset"] for k in (0, 1))  # the rest pose (the mean pose)
+        assert neck[1] > 0.2 and nose[2] > 0.05, ("+Y up, facing +Z", neck, nose)
         for b, (parent, child) in enumerate(skel.pairs):
             np.testing.assert_allclose(pos[:, by_name[skel.bones[b]]], expected[:, parent], atol=1e-4)
             end = by_name.get(f"{skel.bones[b]}_end")
             if end is not None:
                 np.testing.assert_allclose(pos[:, end], expected[:, child], atol=1e-4)
         assert sum(node["end"] for node in nodes) == sum(c not in {p for p, _ in skel.pairs} for _, c in skel.pairs)
+        third = read_bvh(path)
+        assert third["names"] == joints and third["lookup"] == list(range(len(joints)))
+        assert third["frames"] == third["rows"] == frames and third["frame_time"] == pytest.approx(1 / 15, abs=1e-6)
+        assert third["row_lengths"] == {third["channels"]} == {3 * len(joints) + 3}
