@@ -51,8 +51,8 @@ APT_LOCKS = tuple(Path(p) for p in ("/var/lib/dpkg/lock-frontend", "/var/lib/dpk
                                     "/var/cache/apt/archives/lock"))
 APT_LOCK_WAIT_S = 600
 # The lines of pip's and apt's output that show progress; the rest is dropped (and shown if the step fails).
-PIP_PROGRESS = ("Collecting", "Downloading", "Obtaining", "Building", "Installing collected", "Successfully",
-                "ERROR", "WARNING")
+PIP_PROGRESS = ("Collecting", "Downloading", "Processing", "Obtaining", "Building", "Installing collected",
+                "Successfully", "ERROR", "WARNING")
 APT_PROGRESS = ("Get:", "Setting up", "E:", "W:", "Err:")
 
 
