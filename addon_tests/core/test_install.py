@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,17 @@ def test_build_installs_the_package_editable(tmp_path):
     build.install_project(python, extras="")
     out = cli(python.parent, tmp_path, "info", "default")
     assert out.returncode == 0 and str(ROOT / "model_core" / "weights") in out.stdout, out.stderr
+
+
+def test_the_package_declares_what_the_addon_and_the_torch_environment_install():
+    """pyproject.toml's dependencies are the add-on environment's packages (so every command runs there), and
+    requirements/torch.txt pins all of them and the training extra (so build.py's install downloads nothing)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = {Requirement(r).name for r in project["dependencies"]}
+    train = {Requirement(r).name for r in project["optional-dependencies"]["train"]}
+    pinned = {Requirement(r).name for r in build.requirement_lines(build.ENV_REQUIREMENTS[build.PROJECT_ENV])}
+    assert core == set(ADDON_PACKAGES)
+    assert core | train <= pinned
 
 
 def test_a_step_shows_its_command_a_heartbeat_and_its_duration(capsys, monkeypatch):
