@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import os
 import queue
+import re
 import shutil
 import subprocess
 import sys
@@ -51,8 +52,9 @@ APT_LOCKS = tuple(Path(p) for p in ("/var/lib/dpkg/lock-frontend", "/var/lib/dpk
                                     "/var/cache/apt/archives/lock"))
 APT_LOCK_WAIT_S = 600
 # The lines of pip's and apt's output that show progress; the rest is dropped (and shown if the step fails).
+# pip's retries are kept: they are what a slow or unreachable index looks like.
 PIP_PROGRESS = ("Collecting", "Downloading", "Processing", "Obtaining", "Building", "Installing collected",
-                "Successfully", "ERROR", "WARNING")
+                "Successfully", "ERROR", "WARNING: Retrying")
 APT_PROGRESS = ("Get:", "Setting up", "E:", "W:", "Err:")
 
 
@@ -77,10 +79,10 @@ def _read_lines(stream, lines: queue.Queue) -> None:
     lines.put(None)
 
 
-def run_step(title: str, cmd: list[str | Path], keep=lambda line: True, **kw) -> tuple[int, list[str]]:
-    """Run one set-up command under a title, never silently (a CI log included): the output lines that `keep`
-    selects, a line every HEARTBEAT_S while none is shown, and at the end its duration, or on failure its last
-    lines; (exit code, every output line)."""
+def run_step(title: str, cmd: list[str | Path], show=lambda line: line, **kw) -> tuple[int, list[str]]:
+    """Run one set-up command under a title, never silently (a CI log included): its output lines as `show` words
+    them (None: not shown), a line every HEARTBEAT_S while none is shown, and at the end its duration, or on
+    failure its last lines; (exit code, every output line)."""
     cmd = [str(c) for c in cmd]
     print(f"== {title}\n   + {' '.join(cmd)}", flush=True)
     start = shown = time.monotonic()
@@ -93,14 +95,14 @@ def run_step(title: str, cmd: list[str | Path], keep=lambda line: True, **kw) ->
         try:
             line = lines.get(timeout=max(0.0, shown + HEARTBEAT_S - time.monotonic()))
         except queue.Empty:
-            print(f"   ... still {title}, {duration(time.monotonic() - start)} so far", flush=True)
+            print(f"   ... still {title.split(':')[0]}, {duration(time.monotonic() - start)} so far", flush=True)
             shown = time.monotonic()
             continue
         if line is None:
             break
         output.append(line)
-        if keep(line):
-            print(f"   {line}", flush=True)
+        if (shown_line := show(line)) is not None:
+            print(f"   {shown_line}", flush=True)
             shown = time.monotonic()
     rc = proc.wait()
     if rc:
@@ -111,9 +113,9 @@ def run_step(title: str, cmd: list[str | Path], keep=lambda line: True, **kw) ->
     return rc, output
 
 
-def step(title: str, cmd: list[str | Path], keep=lambda line: True, **kw) -> list[str]:
+def step(title: str, cmd: list[str | Path], show=lambda line: line, **kw) -> list[str]:
     """run_step that stops the build with the command's exit code if it fails; its output lines."""
-    rc, output = run_step(title, cmd, keep, **kw)
+    rc, output = run_step(title, cmd, show, **kw)
     if rc:
         sys.exit(rc)
     return output
@@ -122,7 +124,12 @@ def step(title: str, cmd: list[str | Path], keep=lambda line: True, **kw) -> lis
 def pip_install(python: Path, title: str, args: list[str | Path]) -> None:
     """`pip install ARGS` into an environment as a step showing what pip collects, downloads and installs."""
     step(title, [python, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off", *args],
-         keep=lambda line: line.startswith(PIP_PROGRESS))
+         show=pip_progress)
+
+
+def pip_progress(line: str) -> str | None:
+    """A line of pip's that shows progress, without the "(from REQUIREMENT ...)" that says why; else None."""
+    return re.sub(r" \(from .*\)$", "", line) if line.startswith(PIP_PROGRESS) else None
 
 
 def requirement_lines(req: Path) -> list[str]:
@@ -186,7 +193,8 @@ def apt_get(args: list[str], title: str = "", env: dict[str, str] | None = None)
         # apt waits for dpkg's lock itself (DPkg::Lock::Timeout) but not for the lists lock of `update` (apt 2.6)
         timeout = max(1, round(deadline - time.monotonic()))
         rc, output = run_step(title, ["apt-get", "-q", "-o", f"DPkg::Lock::Timeout={timeout}", *args],
-                              keep=lambda line: line.startswith(APT_PROGRESS), env=env)
+                              show=lambda line: line if line.startswith(APT_PROGRESS) else None,
+                              env=env)
         if rc == 100 and any("Could not get lock" in line for line in output) and time.monotonic() < deadline:
             print("   another package manager took the lock first: waiting again", flush=True)
             continue

@@ -184,12 +184,12 @@ def test_a_step_shows_its_command_a_heartbeat_and_its_duration(capsys, monkeypat
     monkeypatch.setattr(build, "HEARTBEAT_S", 0.5)
     start = time.monotonic()
     lines = build.step("waiting for a slow tool", ["sh", "-c", "sleep 2; echo noise; echo kept line"],
-                       keep=lambda line: line.startswith("kept"))
+                       show=lambda line: line.upper() if line.startswith("kept") else None)
     assert time.monotonic() - start >= 2
     out = capsys.readouterr().out
     assert out.startswith("== waiting for a slow tool")
     assert out.count("still waiting for a slow tool") >= 2
-    assert "\n   kept line\n" in out and "\n   noise" not in out
+    assert "\n   KEPT LINE\n" in out and "\n   noise" not in out
     assert lines == ["noise", "kept line"]
     assert out.rstrip().splitlines()[-1].startswith("   done in ")
 
