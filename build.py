@@ -10,9 +10,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import queue
+import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import tomllib
 import xml.etree.ElementTree as ET
 import zipfile
@@ -38,6 +42,20 @@ NUMPY1_REQUIREMENTS = ROOT / "requirements" / "numpy1.txt"
 TEST_SUITES = [("torch", "addon_tests/core"), ("blender", "addon_tests/blender"), ("blender5", "addon_tests/blender")]
 # Files of the repository that go into the extension zip besides the add-on package itself.
 EXTENSION_EXTRA = ["model_core", "blender_manifest.toml", "LICENSE"]
+# The environment that gets this repository's package (pyproject.toml) installed, editable, with its training extra:
+# its bin/ then holds the `diffgesture`, `diffgesture-train` and `diffgesture-evaluate` commands.
+PROJECT_ENV = "torch"
+HEARTBEAT_S = 15  # a set-up step that prints nothing says it is still working this often
+# apt and dpkg's lock files (apt-get update takes the lists lock, install the others), and how long set-up waits
+# for another package manager (unattended-upgrades, a second terminal) to let go of them.
+APT_LOCKS = tuple(Path(p) for p in ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/lists/lock",
+                                    "/var/cache/apt/archives/lock"))
+APT_LOCK_WAIT_S = 600
+# The lines of pip's and apt's output that show progress; the rest is dropped (and shown if the step fails).
+# pip's retries are kept: they are what a slow or unreachable index looks like.
+PIP_PROGRESS = ("Collecting", "Downloading", "Processing", "Obtaining", "Building", "Installing collected",
+                "Successfully", "ERROR", "WARNING: Retrying")
+APT_PROGRESS = ("Get:", "Setting up", "E:", "W:", "Err:")
 
 
 def run(cmd: list[str | Path], **kw) -> None:
@@ -46,6 +64,143 @@ def run(cmd: list[str | Path], **kw) -> None:
     rc = subprocess.call([str(c) for c in cmd], **kw)
     if rc:
         sys.exit(rc)
+
+
+def duration(seconds: float) -> str:
+    """Seconds as a person reads them: "8.2 s", "2 min 05 s"."""
+    whole = round(seconds)
+    return f"{whole // 60} min {whole % 60:02d} s" if whole >= 60 else f"{seconds:.1f} s"
+
+
+def _read_lines(stream, lines: queue.Queue) -> None:
+    """Hand a process's output over line by line, then None."""
+    for line in stream:
+        lines.put(line.rstrip("\n"))
+    lines.put(None)
+
+
+def run_step(title: str, cmd: list[str | Path], show=lambda line: line, **kw) -> tuple[int, list[str]]:
+    """Run one set-up command under a title, never silently (a CI log included): its output lines as `show` words
+    them (None: not shown), a line every HEARTBEAT_S while none is shown, and at the end its duration, or on
+    failure its last lines; (exit code, every output line)."""
+    cmd = [str(c) for c in cmd]
+    print(f"== {title}\n   + {' '.join(cmd)}", flush=True)
+    start = shown = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                            **kw)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
+    output = []
+    while True:
+        try:
+            line = lines.get(timeout=max(0.0, shown + HEARTBEAT_S - time.monotonic()))
+        except queue.Empty:
+            print(f"   ... still {title.split(':')[0]}, {duration(time.monotonic() - start)} so far", flush=True)
+            shown = time.monotonic()
+            continue
+        if line is None:
+            break
+        output.append(line)
+        if (shown_line := show(line)) is not None:
+            print(f"   {shown_line}", flush=True)
+            shown = time.monotonic()
+    rc = proc.wait()
+    if rc:
+        tail = "\n".join(f"   | {line}" for line in output[-20:])
+        print(f"   failed (exit {rc}) after {duration(time.monotonic() - start)}; its last lines:\n{tail}", flush=True)
+    else:
+        print(f"   done in {duration(time.monotonic() - start)}", flush=True)
+    return rc, output
+
+
+def step(title: str, cmd: list[str | Path], show=lambda line: line, **kw) -> list[str]:
+    """run_step that stops the build with the command's exit code if it fails; its output lines."""
+    rc, output = run_step(title, cmd, show, **kw)
+    if rc:
+        sys.exit(rc)
+    return output
+
+
+def pip_install(python: Path, title: str, args: list[str | Path]) -> None:
+    """`pip install ARGS` into an environment as a step showing what pip collects, downloads and installs."""
+    step(title, [python, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off", *args],
+         show=pip_progress)
+
+
+def pip_progress(line: str) -> str | None:
+    """A line of pip's that shows progress, without the "(from REQUIREMENT ...)" that says why; else None."""
+    return re.sub(r" \(from .*\)$", "", line) if line.startswith(PIP_PROGRESS) else None
+
+
+def requirement_lines(req: Path) -> list[str]:
+    """The requirements of a requirements file, without its comments."""
+    return [line.split("#")[0].strip() for line in req.read_text().splitlines() if line.split("#")[0].strip()]
+
+
+def lock_holders(paths: tuple[Path, ...] = APT_LOCKS) -> dict[Path, str]:
+    """The lock files among `paths` that a process holds now, each with who holds it, from /proc/locks (the fcntl
+    locks apt and dpkg take)."""
+    ids = {}
+    for path in paths:
+        if path.exists():
+            st = path.stat()
+            ids[f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"] = path
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return {}
+    held = {}
+    for fields in (line.split() for line in table.splitlines()):
+        if len(fields) > 5 and "->" not in fields and fields[5] in ids:  # "->": a process waiting, not holding
+            held[ids[fields[5]]] = describe_process(fields[4])
+    return held
+
+
+def describe_process(pid: str) -> str:
+    """"process 123 (apt-get install ...)", or "another process" when its id or command line cannot be read."""
+    try:
+        args = Path(f"/proc/{int(pid)}/cmdline").read_bytes().split(b"\0")
+    except (ValueError, OSError):
+        return "another process"
+    command = " ".join(a.decode(errors="replace") for a in args if a)
+    return f"process {pid} ({command[:80]})" if command else f"process {pid}"
+
+
+def wait_for_apt_locks(title: str, deadline: float) -> None:
+    """Before the step `title`: wait, saying what for and whom, while another package manager holds apt's or dpkg's
+    locks; stop the build when they are still held at `deadline`."""
+    said, last = "", 0.0
+    while held := lock_holders():
+        now = time.monotonic()
+        what = "; ".join(f"{path}, held by {who}" for path, who in held.items())
+        if now >= deadline:
+            sys.exit(f"gave up after {duration(APT_LOCK_WAIT_S)} waiting for {what}: let that package manager "
+                     f"finish (or stop it), then run this again")
+        if what != said or now - last >= HEARTBEAT_S:
+            print(f"== waiting for {what}: another package manager is at work; waiting up to "
+                  f"{duration(deadline - now)} more before {title}", flush=True)
+            said, last = what, now
+        time.sleep(0.5)
+
+
+def apt_get(args: list[str], title: str = "", env: dict[str, str] | None = None) -> None:
+    """`apt-get ARGS` that waits up to APT_LOCK_WAIT_S for apt's and dpkg's locks instead of failing with exit 100
+    when another package manager runs; stops the build if it fails otherwise."""
+    title = title or f"apt-get {' '.join(args)}"
+    deadline = time.monotonic() + APT_LOCK_WAIT_S
+    while True:
+        wait_for_apt_locks(title, deadline)
+        # apt waits for dpkg's lock itself (DPkg::Lock::Timeout) but not for the lists lock of `update` (apt 2.6)
+        timeout = max(1, round(deadline - time.monotonic()))
+        rc, output = run_step(title, ["apt-get", "-q", "-o", f"DPkg::Lock::Timeout={timeout}", *args],
+                              show=lambda line: line if line.startswith(APT_PROGRESS) else None,
+                              env=env)
+        if rc == 100 and any("Could not get lock" in line for line in output) and time.monotonic() < deadline:
+            print("   another package manager took the lock first: waiting again", flush=True)
+            continue
+        if rc:
+            sys.exit(rc)
+        return
 
 
 def env_python(name: str) -> Path:
@@ -61,39 +216,61 @@ def setup_system() -> None:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         sys.exit(f"missing system packages {missing}: install them with apt-get (needs root)")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    run(["apt-get", "update", "-qq"], env=env)
-    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
+    apt_get(["update"], "updating the package lists (apt-get update)", env)
+    apt_get(["install", "-y", "--no-install-recommends", *missing],
+            f"installing system packages: {', '.join(missing)}", env)
 
 
-def _fresh(req: Path, folder: Path) -> tuple[bool, Path, str]:
-    """Whether `folder` was installed from `req` as it is now: (fresh, stamp file, digest)."""
-    stamp = folder / ".requirements.sha256"
-    digest = hashlib.sha256(req.read_bytes()).hexdigest()
-    return stamp.exists() and stamp.read_text() == digest, stamp, digest
+def _fresh(source: Path, stamp: Path) -> tuple[bool, str]:
+    """Whether what `stamp` records was installed from `source` as it is now: (fresh, digest)."""
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    return stamp.exists() and stamp.read_text() == digest, digest
 
 
 def setup_env(name: str, base: str = sys.executable) -> Path:
     """Create (or refresh when its requirements changed) one virtual environment from `base`; return its
     interpreter."""
-    py = env_python(name)
-    fresh, stamp, digest = _fresh(ENV_REQUIREMENTS[name], ENVS / name)
-    if py.exists() and fresh:
-        return py
-    run([base, "-m", "venv", "--clear", ENVS / name])
-    run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", ENV_REQUIREMENTS[name]])
-    stamp.write_text(digest)
+    py, req = env_python(name), ENV_REQUIREMENTS[name]
+    stamp = ENVS / name / ".requirements.sha256"
+    fresh, digest = _fresh(req, stamp)
+    if not (py.exists() and fresh):
+        step(f"creating .envs/{name}", [base, "-m", "venv", "--clear", ENVS / name])
+        pip_install(py, f"installing .envs/{name} from {req.relative_to(ROOT)}: {', '.join(requirement_lines(req))}",
+                    ["-r", req])
+        stamp.write_text(digest)
+    if name == PROJECT_ENV:
+        setup_project(py)
     return py
+
+
+def install_project(python: Path, extras: str = "train") -> None:
+    """Install this repository's package editable into an environment that holds its dependencies (nothing is
+    downloaded): its commands then run from any folder, on this checkout's code."""
+    target = f"{ROOT}[{extras}]" if extras else str(ROOT)
+    pip_install(python, f"installing the diffgesture package (editable, {target}) into {python.parent.parent}",
+                ["--no-build-isolation", "-e", target])
+
+
+def setup_project(python: Path) -> None:
+    """install_project into the environment, again only when pyproject.toml changed or its command is missing."""
+    stamp = python.parent.parent / ".project.sha256"
+    fresh, digest = _fresh(ROOT / "pyproject.toml", stamp)
+    if not (fresh and (python.parent / "diffgesture").exists()):
+        install_project(python)
+        stamp.write_text(digest)
 
 
 def setup_numpy1(torch_python: Path) -> Path:
     """numpy 1.26 in a folder that, put first on the torch env's path, replaces its numpy 2 (for the tests that
     official checkpoints load under both numpy lines)."""
     folder = ENVS / "numpy1"
-    fresh, stamp, digest = _fresh(NUMPY1_REQUIREMENTS, folder)
+    stamp = folder / ".requirements.sha256"
+    fresh, digest = _fresh(NUMPY1_REQUIREMENTS, stamp)
     if not fresh:
         shutil.rmtree(folder, ignore_errors=True)
-        run([torch_python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--target", folder,
-             "-r", NUMPY1_REQUIREMENTS])
+        pip_install(torch_python, f"installing .envs/numpy1 from {NUMPY1_REQUIREMENTS.relative_to(ROOT)}: "
+                                  f"{', '.join(requirement_lines(NUMPY1_REQUIREMENTS))}",
+                    ["--target", folder, "-r", NUMPY1_REQUIREMENTS])
         stamp.write_text(digest)
     return folder
 

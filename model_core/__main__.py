@@ -201,10 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """`python -m model_core` and the `diffgesture` command: main(), then a quick exit."""
     code = main()
     # The result is written and closed; what is left is the interpreter tearing torch down, ~0.7 s of a command
     # that takes ~8 s. An exception skips this and exits the usual way.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+if __name__ == "__main__":
+    run()
