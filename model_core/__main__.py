@@ -141,7 +141,7 @@ def _sampling_options(g: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m model_core", description="DiffGesture: speech to gestures.")
+    parser = argparse.ArgumentParser(prog="diffgesture", description="DiffGesture: speech to gestures.")
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate gestures for a speech file")
     g.add_argument("speech", type=Path)

@@ -48,7 +48,7 @@ def read_manifest(manifest: Path, outdir: Path, seed: int = 0) -> list[Clip]:
     `output`) or a JSONL file of {"audio", "seed"?, "output"?}; relative paths are taken from the manifest's folder.
     Outputs default to OUTDIR/<audio name>.npz, numbered when two inputs share a name."""
     if manifest.is_dir():
-        rows = [{"audio": p} for p in sorted(manifest.iterdir()) if p.suffix.lower() in AUDIO_SUFFIXES]
+        rows = [{"audio": p.name} for p in sorted(manifest.iterdir()) if p.suffix.lower() in AUDIO_SUFFIXES]
         base = manifest
     elif manifest.suffix.lower() in (".csv", ".jsonl"):
         base = manifest.parent
