@@ -271,7 +271,7 @@ def save_result(ckpt, output: str | Path, poses: np.ndarray, settings: Generatio
                               "checkpoint's weights are broken (diverged training or damage); nothing was written")
     meta = {"skeleton": ckpt.skeleton.name, "fps": FPS, "seed": settings.seed, "checkpoint_sha256": ckpt.sha256,
             "settings": settings.to_dict(), "precision": settings.precision, "precision_choice": precision_choice,
-            "steps": settings.steps, "audio": str(audio_path), "duration": n_samples / SAMPLE_RATE,
+            "steps": settings.steps, "audio": str(Path(audio_path).absolute()), "duration": n_samples / SAMPLE_RATE,
             "device": str(next(ckpt.model.parameters()).device), "seconds": round(seconds, 3)}
     directions = directions_at(poses, settings.intensity, ckpt.skeleton)
     if Path(output).suffix.lower() == ".bvh":

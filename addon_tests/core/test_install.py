@@ -153,6 +153,10 @@ def test_every_command_runs_from_any_folder(installed, tmp_path):
     assert out.returncode == 0, out.stderr
     with np.load(work / "new.npz") as new:
         assert len(new["directions"]) == frames
+    # from another folder the take still finds its speech: generate recorded where the audio is, not how it was typed
+    out = cli(installed, tmp_path, "reroll", work / "take.npz", "--range", "5", "15", "-o", work / "again.npz",
+              "--checkpoint", work / "ted.pt", "--device", "cpu")
+    assert out.returncode == 0, out.stderr
 
     out = cli(installed, work, "generate-batch", "clips", "batch", *common)
     assert out.returncode == 0, out.stderr
