@@ -315,8 +315,14 @@ def _both_sides(table: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def _bvh_text(tree: str, joint_of: dict[str, str], scale: float = 100.0) -> str:
-    """A BVH file (Y-up, centimetres, as mocap files are) with one frame of rest pose."""
+def _bvh_text(tree: str, joint_of: dict[str, str], scale: float = 100.0, zero_ends: frozenset[str] = frozenset(),
+              lying: bool = False) -> str:
+    """A BVH file (Y-up, centimetres, as mocap files are) with one frame of rest pose.
+
+    zero_ends: joints whose End Site has a zero offset. lying: every OFFSET along +X, so the zero pose is one
+    straight line along X (as some motion-capture datasets write it), and the frame's rotations stand the figure up:
+    each joint turns +X onto the line to its one child that is apart from it (joints where branches part, such as
+    the hips, the chest and the hand, are zero-length forks in these files, as in CMU's)."""
     p = joints(spine=3)
     joint_of, ends = _both_sides(joint_of), _both_sides(BVH_ENDS)
     children: dict[str, list[str]] = {}
@@ -325,46 +331,70 @@ def _bvh_text(tree: str, joint_of: dict[str, str], scale: float = 100.0) -> str:
         for parent, child in zip(chain, chain[1:]):
             if child not in children.setdefault(parent, []):
                 children[parent].append(child)
-    channels, lines = 0, ["HIERARCHY"]
+    lines, values = ["HIERARCHY"], []
 
-    def y_up(v: Vector) -> str:
-        return " ".join(f"{c * scale:.4f}" for c in (v.x, v.z, -v.y))
+    def y_up(v: Vector) -> Vector:
+        return Vector((v.x, v.z, -v.y)) * scale
 
-    def write(name: str, parent_pos: Vector, depth: int) -> None:
-        nonlocal channels
+    def offset(v: Vector) -> str:
+        v = y_up(v)
+        return " ".join(f"{c:.4f}" for c in ((v.length, 0.0, 0.0) if lying else v))
+
+    def write(name: str, parent_pos: Vector, parent_turn: Matrix, depth: int) -> None:
         pos, ind = p[joint_of[name]], "  " * depth
-        n = 6 if depth == 0 else 3
-        channels += n
+        kids = children.get(name, [])
+        end = (pos if name in zero_ends else p[ends[name]] if name in ends else pos + Vector((0, 0, 0.05))) \
+            if not kids else None
+        apart = [p[joint_of[c]] - pos for c in kids if (p[joint_of[c]] - pos).length > 1e-9] or \
+            ([end - pos] if end is not None and (end - pos).length > 1e-9 else [])
+        assert len({tuple(round(c, 6) for c in v.normalized()) for v in apart}) <= 1, f"{name}: branches apart"
+        turn = Vector((1, 0, 0)).rotation_difference(y_up(apart[0])).to_matrix() if lying and apart else parent_turn
+        euler = (parent_turn.transposed() @ turn).to_euler("YXZ")  # the file's Zrotation Xrotation Yrotation
+        values.extend((list(y_up(pos)) if depth == 0 else []) + [math.degrees(a) for a in (euler.z, euler.x, euler.y)])
         lines.extend([f"{ind}{'ROOT' if depth == 0 else 'JOINT'} {name}", f"{ind}{{",
-                      f"{ind}  OFFSET {y_up(pos - parent_pos)}",
-                      f"{ind}  CHANNELS {n} " + ("Xposition Yposition Zposition " if n == 6 else "")
-                      + "Zrotation Xrotation Yrotation"])
-        for child in children.get(name, []):
-            write(child, pos, depth + 1)
-        if not children.get(name):
-            end = p[ends[name]] if name in ends else pos + Vector((0, 0, 0.05))
-            lines.extend([f"{ind}  End Site", f"{ind}  {{", f"{ind}    OFFSET {y_up(end - pos)}", f"{ind}  }}"])
+                      f"{ind}  OFFSET {offset(pos - parent_pos)}",
+                      f"{ind}  CHANNELS {6 if depth == 0 else 3} " + ("Xposition Yposition Zposition " if depth == 0
+                                                                     else "") + "Zrotation Xrotation Yrotation"])
+        for child in kids:
+            write(child, pos, turn, depth + 1)
+        if end is not None:
+            lines.extend([f"{ind}  End Site", f"{ind}  {{", f"{ind}    OFFSET {offset(end - pos)}", f"{ind}  }}"])
         lines.append(f"{ind}}}")
 
-    write("Hips", Vector((0, 0, 0)), 0)
-    lines += ["MOTION", "Frames: 1", "Frame Time: 0.0333333",
-              y_up(p["hips"]) + " 0.0000" * (channels - 3)]
+    write("Hips", Vector((0, 0, 0)), Matrix.Identity(3), 0)
+    lines += ["MOTION", "Frames: 1", "Frame Time: 0.0333333", " ".join(f"{v:.4f}" for v in values)]
     return "\n".join(lines) + "\n"
 
 
-def import_bvh(kind: str, name: str) -> bpy.types.Object:
-    """A CMU BVH ('cmu': MotionBuilder names, 'max': 3ds Max names) read by Blender's own BVH importer."""
+def import_bvh(kind: str, name: str, *, zero_ends: frozenset[str] = frozenset(), lying: bool = False) -> bpy.types.Object:
+    """A CMU BVH ('cmu': MotionBuilder names, 'max': 3ds Max names) read by Blender's own BVH importer (see _bvh_text
+    for zero_ends and lying). Its one frame of motion is cleared back to the rest pose, except for a lying file,
+    which keeps it as the file's standing pose."""
     tree, table = (BVH_CMU, BVH_CMU_JOINTS) if kind == "cmu" else (BVH_MAX, BVH_MAX_JOINTS)
     path = Path(tempfile.mkdtemp(prefix="dg-bvh-")) / f"{name}.bvh"
-    path.write_text(_bvh_text(tree, table))
+    path.write_text(_bvh_text(tree, table, zero_ends=frozenset(zero_ends), lying=lying))
     bpy.ops.import_anim.bvh(filepath=str(path), global_scale=0.01)
     obj = bpy.context.active_object
     obj.name = name
-    obj.animation_data_clear()
-    for pb in obj.pose.bones:
-        pb.location, pb.rotation_mode = (0, 0, 0), "QUATERNION"
-        pb.rotation_quaternion = (1, 0, 0, 0)
+    if not lying:
+        obj.animation_data_clear()
+        for pb in obj.pose.bones:
+            pb.location, pb.rotation_mode = (0, 0, 0), "QUATERNION"
+            pb.rotation_quaternion = (1, 0, 0, 0)
     return obj
+
+
+def without(rows: list[tuple], bones: set[str]) -> list[tuple]:
+    """Hierarchy rows minus some bones, their children hung from the removed bone's parent (a stylised character
+    without a neck, a chest or clavicles); each child keeps its own head joint."""
+    parent = {r[0]: r[1] for r in rows}
+
+    def kept(p):
+        while p in bones:
+            p = parent[p]
+        return p
+
+    return [(b, kept(p), h, t) for b, p, h, t in rows if b not in bones]
 
 
 def _cross_axis(head: Vector, tail: Vector) -> Vector:
@@ -377,11 +407,13 @@ def _cross_axis(head: Vector, tail: Vector) -> Vector:
 
 
 def build(rows: list[tuple], name: str, *, a_pose: bool = False, spine: int = 3, neck: int = 1, prefix: str = "",
-          roll_degrees: float = 0.0, y_up_cm: bool = False, cross_axis: bool = False) -> bpy.types.Object:
+          roll_degrees: float = 0.0, y_up_cm: bool = False, cross_axis: bool = False,
+          y_tails: bool = False) -> bpy.types.Object:
     """Build an armature from hierarchy rows in the current scene.
 
     y_up_cm: store it as glTF/FBX imports do (data Y-up in centimetres, object turned +90 about X, scale 0.01);
-    cross_axis: every bone's tail points across its limb (FBX without Automatic Bone Orientation)."""
+    cross_axis: every bone's tail points across its limb (FBX without Automatic Bone Orientation);
+    y_tails: every bone's tail along the world's +Y at the bone's length (FBX's default import)."""
     p = joints(a_pose, spine, neck)
     data = bpy.data.armatures.new(name)
     obj = bpy.data.objects.new(name, data)
@@ -397,6 +429,8 @@ def build(rows: list[tuple], name: str, *, a_pose: bool = False, spine: int = 3,
             t = h + Vector((0, 0, 0.05))
         if cross_axis:
             t = _cross_axis(h, t)
+        if y_tails:
+            t = h + Vector((0, (t - h).length, 0))
         eb = data.edit_bones.new(prefix + bone)
         eb.head, eb.tail, eb.roll = to_data @ h, to_data @ t, math.radians(roll_degrees)
         if parent:

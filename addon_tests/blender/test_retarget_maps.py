@@ -79,8 +79,8 @@ def test_partial_rig_and_hierarchy_checks(empty_scene):
     edit.remove(edit["mixamorig:Neck"])
     bpy.ops.object.mode_set(mode="OBJECT")
     det = bone_maps.detect(obj)
-    assert det.preset == "mixamo" and det.missing_required == ["neck", "left_forearm"]
-    assert "neck" in det.message and "left_forearm" in det.message
+    assert det.preset == "mixamo" and det.missing_required == ["left_forearm"] and "neck" not in det.mapping
+    assert "left_forearm" in det.message and "neck" not in det.message  # a missing neck is folded, not required
     problems = bone_maps.validate(obj, {**det.mapping, "neck": "nope", "left_forearm": "mixamorig:LeftForeArm",
                                         "tail": "mixamorig:Hips"})
     assert any("no bone named 'nope'" in p for p in problems)
