@@ -347,7 +347,7 @@ def _bvh_text(tree: str, joint_of: dict[str, str], scale: float = 100.0, zero_en
             if not kids else None
         apart = [p[joint_of[c]] - pos for c in kids if (p[joint_of[c]] - pos).length > 1e-9] or \
             ([end - pos] if end is not None and (end - pos).length > 1e-9 else [])
-        assert len({tuple(round(c, 6) for c in v.normalized()) for v in apart}) <= 1, f"{name}: branches apart"
+        assert not lying or len({tuple(round(c, 6) for c in v.normalized()) for v in apart}) <= 1, f"{name} forks"
         turn = Vector((1, 0, 0)).rotation_difference(y_up(apart[0])).to_matrix() if lying and apart else parent_turn
         euler = (parent_turn.transposed() @ turn).to_euler("YXZ")  # the file's Zrotation Xrotation Yrotation
         values.extend((list(y_up(pos)) if depth == 0 else []) + [math.degrees(a) for a in (euler.z, euler.x, euler.y)])
