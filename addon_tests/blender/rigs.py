@@ -278,6 +278,38 @@ def mpfb(fingers: bool = True) -> list[tuple]:
     return _sided(rows, {"l": "L", "r": "R"})
 
 
+def humanik(fingers: bool = True, accessories: bool = True) -> list[tuple]:
+    """A Unity humanoid character with Maya HumanIK names (Character1_Reference > Character1_Hips ..., roll bones on
+    the arm), and its accessories as such characters carry them: four sleeve chains round each forearm, hanging 40 cm
+    down, and two long twin-tail hair chains from the back of the head, above its joint, down to the waist."""
+    rows = [("Reference", None, "root", "hips"), ("Hips", "Reference", "hips", "spine0"),
+            ("Spine", "Hips", "spine0", "spine1"), ("Spine1", "Spine", "spine1", "spine2"),
+            ("Spine2", "Spine1", "spine2", "neck"), ("Neck", "Spine2", "neck", "head"), ("Head", "Neck", "head", "head_top"),
+            ("{S}Shoulder", "Spine2", "S_collar", "S_shoulder"), ("{S}Arm", "{S}Shoulder", "S_shoulder", "S_elbow"),
+            ("{S}ArmRoll", "{S}Arm", "S_upper_mid", "S_elbow"),
+            ("{S}ForeArm", "{S}Arm", "S_elbow", "S_wrist"), ("{S}ForeArmRoll", "{S}ForeArm", "S_fore_mid", "S_wrist"),
+            ("{S}Hand", "{S}ForeArm", "S_wrist", "S_middle1"),
+            ("{S}UpLeg", "Hips", "S_hip", "S_knee"), ("{S}Leg", "{S}UpLeg", "S_knee", "S_ankle"),
+            ("{S}Foot", "{S}Leg", "S_ankle", "S_ball"), ("{S}ToeBase", "{S}Foot", "S_ball", "S_toe")]
+    if fingers:
+        for f in FINGERS:
+            rows += [(f"{{S}}Hand{f.capitalize()}{i}", f"{{S}}Hand{f.capitalize()}{i - 1}" if i > 1 else "{S}Hand",
+                      f"S_{f}{i}", f"S_{f}{i + 1}") for i in (1, 2, 3)]
+    rows = [(f"Character1_{b}", p and f"Character1_{p}", h, t) for b, p, h, t in _sided(rows, {"l": "Left", "r": "Right"})]
+    if not accessories:
+        return rows
+    for side, x in (("L", 1.0), ("R", -1.0)):
+        forearm, cuff = f"Character1_{'Left' if x > 0 else 'Right'}ForeArm", f"{side.lower()}_fore_mid"
+        for k, (dy, dz) in enumerate(((0.04, 0.0), (0.0, 0.04), (-0.04, 0.0), (0.0, -0.04))):
+            joint = [(cuff, (0.05 * x + 0.02 * x * i, dy, dz - 0.1 * i)) for i in range(5)]
+            rows += [(f"Sleeve_{side}_{k}_{i}", f"Sleeve_{side}_{k}_{i - 1}" if i else forearm, joint[i], joint[i + 1])
+                     for i in range(4)]
+        joint = [("head", (0.08 * x + 0.03 * x * i, 0.06 + 0.02 * i, 0.06 - 0.09 * i)) for i in range(8)]
+        rows += [(f"Hair_TwinTail_{side}_{i:02d}", f"Hair_TwinTail_{side}_{i - 1:02d}" if i else "Character1_Head",
+                  joint[i], joint[i + 1]) for i in range(7)]
+    return rows
+
+
 BVH_CMU = """\
 Hips > LHipJoint > LeftUpLeg > LeftLeg > LeftFoot > LeftToeBase
 Hips > RHipJoint > RightUpLeg > RightLeg > RightFoot > RightToeBase
@@ -415,6 +447,11 @@ def build(rows: list[tuple], name: str, *, a_pose: bool = False, spine: int = 3,
     cross_axis: every bone's tail points across its limb (FBX without Automatic Bone Orientation);
     y_tails: every bone's tail along the world's +Y at the bone's length (FBX's default import)."""
     p = joints(a_pose, spine, neck)
+
+    def at(joint) -> Vector:
+        """A joint by name, or (joint, offset) for a point hung from one (an accessory's)."""
+        return p[joint] if isinstance(joint, str) else p[joint[0]] + Vector(joint[1])
+
     data = bpy.data.armatures.new(name)
     obj = bpy.data.objects.new(name, data)
     bpy.context.scene.collection.objects.link(obj)
@@ -422,8 +459,8 @@ def build(rows: list[tuple], name: str, *, a_pose: bool = False, spine: int = 3,
     to_data = Matrix.Diagonal((100, 100, 100, 1)) @ Matrix.Rotation(-math.pi / 2, 4, "X") if y_up_cm else Matrix()
     bpy.ops.object.mode_set(mode="EDIT")
     for bone, parent, head, tail in rows:
-        h = p[head]
-        t = p[tail] if tail else h + (h - p[next(r[2] for r in rows if r[0] == parent)]).normalized() * 0.05 \
+        h = at(head)
+        t = at(tail) if tail else h + (h - at(next(r[2] for r in rows if r[0] == parent))).normalized() * 0.05 \
             if parent else h + Vector((0, 0, 0.1))
         if (t - h).length < 1e-4:
             t = h + Vector((0, 0, 0.05))
@@ -446,7 +483,8 @@ def build(rows: list[tuple], name: str, *, a_pose: bool = False, spine: int = 3,
 
 FAMILIES = {"mixamo": dict(rows=mixamo, prefix="mixamorig:"), "ue4": dict(rows=ue4), "ue5": dict(rows=ue5, spine=5, neck=2),
             "vrm": dict(rows=vroid), "cc": dict(rows=cc, neck=2), "daz8": dict(rows=daz_genesis8, spine=4, neck=2, preset="daz"),
-            "daz9": dict(rows=daz_genesis9, spine=4, neck=2, preset="daz"), "mpfb": dict(rows=mpfb, spine=5, neck=3, a_pose=True)}
+            "daz9": dict(rows=daz_genesis9, spine=4, neck=2, preset="daz"), "mpfb": dict(rows=mpfb, spine=5, neck=3, a_pose=True),
+            "humanik": dict(rows=humanik, preset="mixamo")}
 
 
 def preset_of(family: str) -> str:

@@ -150,3 +150,39 @@ def test_a_character_lying_in_the_world_is_keyed_lying_with_a_word(empty_scene):
     mapping = bone_maps.detect(obj).mapping
     notes = retarget.rig_notes(obj, mapping, "ted_gesture", {"spine", "arms"})
     assert any("does not stand upright in the world" in n and "91 degrees from the world's up" in n for n in notes), notes
+
+
+def _renamed_bones(obj) -> dict[str, str]:
+    """Every bone renamed Bone000, Bone001 ... (no name says anything); returns old name -> new name."""
+    new = {}
+    for i, b in enumerate(obj.data.bones):
+        new[b.name] = f"Bone{i:03d}"
+        b.name = f"Bone{i:03d}"
+    return new
+
+
+@pytest.mark.parametrize("names", ["humanik", "meaningless"])
+def test_humanik_character_with_sleeves_and_twin_tails_maps_the_body(empty_scene, names):
+    """A Unity humanoid with Maya HumanIK names (Character1_*), four sleeve chains under each forearm and two twin-tail
+    hair chains under the head: the names map every body role (the rig's prefix dropped) and, with every bone renamed,
+    the structure alone finds the same bones (the hand, not the forearm the sleeves branch from; the head, not a hair
+    root above its joint); the arms, fingers, spine and neck then follow the generated vectors."""
+    obj = rigs.build_family("humanik", "Character1")
+    truth = {r: f"Character1_{b}" for r, b in {
+        "hips": "Hips", "spine": "Spine", "spine1": "Spine1", "spine2": "Spine2", "neck": "Neck", "head": "Head",
+        **{f"{s}_{r}": f"{s.capitalize()}{b}" for s in ("left", "right") for r, b in (
+            ("clavicle", "Shoulder"), ("upper_arm", "Arm"), ("forearm", "ForeArm"), ("hand", "Hand"))},
+        **{f"{s}_{f}{i}": f"{s.capitalize()}Hand{f.capitalize()}{i}" for s in ("left", "right")
+           for f in rigs.FINGERS for i in (1, 2, 3)}}.items()}
+    if names == "meaningless":
+        new = _renamed_bones(obj)
+        truth = {r: new[b] for r, b in truth.items()}
+    detection = bone_maps.detect(obj)
+    assert detection.preset == ("mixamo" if names == "humanik" else "structure"), detection.message
+    assert not detection.missing_required and detection.mapping == truth, detection.message
+    skel = sk.get_skeleton("ted_expressive")
+    empty_scene.render.fps = 30
+    dirs = motion(skel, seed=6)
+    retarget.apply_motion(obj, dirs, skel.name, detection.mapping, action_name=names)
+    only = [r for r in truth if r.endswith(("arm", "hand", "1", "2"))] + ["spine", "neck", "head_forward"]
+    assert check_directions(empty_scene, obj, detection.mapping, dirs, skel, np.eye(3), only) == 29 * 16
