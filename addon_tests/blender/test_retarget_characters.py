@@ -8,29 +8,10 @@ import pytest
 from mathutils import Vector
 
 from addon_tests.blender import rigs
-from addon_tests.blender.test_retarget import ARMS, check_directions, motion
+from addon_tests.blender.test_retarget import ARMS, check_directions, degrees, motion, world_turns
 from diffgesture_blender import retarget
 from diffgesture_blender.retarget import bone_maps
 from model_core import skeleton as sk
-
-
-def world_turns(obj, bones: list[str], frames) -> dict[str, np.ndarray]:
-    """Per bone, (frames, 3, 3): the world rotation each bone has turned by from its rest, at each scene frame."""
-    out = {b: [] for b in bones}
-    for f in frames:
-        bpy.context.scene.frame_set(f)
-        ev = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
-        for b in bones:
-            pb = ev.pose.bones[b]
-            posed = (ev.matrix_world @ pb.matrix).to_3x3().normalized()
-            rest = (ev.matrix_world @ pb.bone.matrix_local).to_3x3().normalized()
-            out[b].append(np.array(posed @ rest.inverted()))
-    return {b: np.array(v) for b, v in out.items()}
-
-
-def degrees(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Angles between rows of unit vectors."""
-    return np.degrees(np.arccos(np.clip(np.sum(a * b, -1), -1.0, 1.0)))
 
 
 def drive(obj, skeleton: str = "ted_expressive", seed: int = 3, mapping: dict[str, str] | None = None) -> dict[str, str]:
