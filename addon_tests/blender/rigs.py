@@ -278,6 +278,49 @@ def mpfb(fingers: bool = True) -> list[tuple]:
     return _sided(rows, {"l": "L", "r": "R"})
 
 
+def _biped_finger(prefix: str, sep: str):
+    """3ds Max Biped's finger names: Finger0 (thumb), Finger01, Finger02; Finger1 (index), Finger11 ..."""
+    return lambda f, i: f"{prefix}{{S}}{sep}Finger{FINGERS.index(f)}{'' if i == 1 else i - 1}"
+
+
+def biped(fingers: bool = True) -> list[tuple]:
+    """A 3ds Max Biped exported to FBX ('Bip01 L UpperArm'): the thighs under the first spine link, the clavicles
+    under the neck, four spine links, three bones a finger. Names and parents as Biped rigs in public game tools
+    list them."""
+    rows = [("Bip01", None, "hips", "spine0"), ("Bip01 Pelvis", "Bip01", "hips", "spine0"),
+            ("Bip01 Spine", "Bip01 Pelvis", "spine0", "spine1"), ("Bip01 Spine1", "Bip01 Spine", "spine1", "spine2"),
+            ("Bip01 Spine2", "Bip01 Spine1", "spine2", "spine3"), ("Bip01 Spine3", "Bip01 Spine2", "spine3", "neck"),
+            ("Bip01 Neck", "Bip01 Spine3", "neck", "head"), ("Bip01 Head", "Bip01 Neck", "head", "head_top"),
+            ("Bip01 {S} Clavicle", "Bip01 Neck", "S_collar", "S_shoulder"),
+            ("Bip01 {S} UpperArm", "Bip01 {S} Clavicle", "S_shoulder", "S_elbow"),
+            ("Bip01 {S} Forearm", "Bip01 {S} UpperArm", "S_elbow", "S_wrist"),
+            ("Bip01 {S} Hand", "Bip01 {S} Forearm", "S_wrist", "S_middle1"),
+            ("Bip01 {S} Thigh", "Bip01 Spine", "S_hip", "S_knee"), ("Bip01 {S} Calf", "Bip01 {S} Thigh", "S_knee", "S_ankle"),
+            ("Bip01 {S} Foot", "Bip01 {S} Calf", "S_ankle", "S_ball"), ("Bip01 {S} Toe0", "Bip01 {S} Foot", "S_ball", "S_toe")]
+    if fingers:
+        rows += _finger_rows("Bip01 {S} Hand", _biped_finger("Bip01 ", " "))
+    return _sided(rows, {"l": "L", "r": "R"})
+
+
+def valve_biped(fingers: bool = True) -> list[tuple]:
+    """Valve's Source engine biped ('ValveBiped.Bip01_L_UpperArm'): the pelvis carries the thighs and the spine,
+    Spine, Spine1, Spine2, Spine4, Neck1, Head1, three bones a finger."""
+    v = "ValveBiped.Bip01_"
+    rows = [(f"{v}Pelvis", None, "hips", "spine0"), (f"{v}Spine", f"{v}Pelvis", "spine0", "spine1"),
+            (f"{v}Spine1", f"{v}Spine", "spine1", "spine2"), (f"{v}Spine2", f"{v}Spine1", "spine2", "spine3"),
+            (f"{v}Spine4", f"{v}Spine2", "spine3", "neck"), (f"{v}Neck1", f"{v}Spine4", "neck", "head"),
+            (f"{v}Head1", f"{v}Neck1", "head", "head_top"),
+            (f"{v}{{S}}_Clavicle", f"{v}Spine4", "S_collar", "S_shoulder"),
+            (f"{v}{{S}}_UpperArm", f"{v}{{S}}_Clavicle", "S_shoulder", "S_elbow"),
+            (f"{v}{{S}}_Forearm", f"{v}{{S}}_UpperArm", "S_elbow", "S_wrist"),
+            (f"{v}{{S}}_Hand", f"{v}{{S}}_Forearm", "S_wrist", "S_middle1"),
+            (f"{v}{{S}}_Thigh", f"{v}Pelvis", "S_hip", "S_knee"), (f"{v}{{S}}_Calf", f"{v}{{S}}_Thigh", "S_knee", "S_ankle"),
+            (f"{v}{{S}}_Foot", f"{v}{{S}}_Calf", "S_ankle", "S_ball"), (f"{v}{{S}}_Toe0", f"{v}{{S}}_Foot", "S_ball", "S_toe")]
+    if fingers:
+        rows += _finger_rows(f"{v}{{S}}_Hand", _biped_finger(v, "_"))
+    return _sided(rows, {"l": "L", "r": "R"})
+
+
 def humanik(fingers: bool = True, accessories: bool = True) -> list[tuple]:
     """A Unity humanoid character with Maya HumanIK names (Character1_Reference > Character1_Hips ..., roll bones on
     the arm), and its accessories as such characters carry them: four sleeve chains round each forearm, hanging 40 cm
@@ -484,7 +527,8 @@ def build(rows: list[tuple], name: str, *, a_pose: bool = False, spine: int = 3,
 FAMILIES = {"mixamo": dict(rows=mixamo, prefix="mixamorig:"), "ue4": dict(rows=ue4), "ue5": dict(rows=ue5, spine=5, neck=2),
             "vrm": dict(rows=vroid), "cc": dict(rows=cc, neck=2), "daz8": dict(rows=daz_genesis8, spine=4, neck=2, preset="daz"),
             "daz9": dict(rows=daz_genesis9, spine=4, neck=2, preset="daz"), "mpfb": dict(rows=mpfb, spine=5, neck=3, a_pose=True),
-            "humanik": dict(rows=humanik, preset="mixamo")}
+            "humanik": dict(rows=humanik, preset="mixamo"), "biped": dict(rows=biped, spine=4),
+            "valve": dict(rows=valve_biped, spine=4, preset="biped")}
 
 
 def preset_of(family: str) -> str:

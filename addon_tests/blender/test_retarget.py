@@ -159,6 +159,9 @@ CASES = {
     "daz-genesis8-twists-in-series": dict(family="daz8"),
     "daz-genesis9": dict(family="daz9", a_pose=True),
     "mpfb-a-pose": dict(family="mpfb"),
+    "humanik-sleeves-twin-tails": dict(family="humanik", y_up_cm=True),
+    "biped-3ds-max": dict(family="biped"),
+    "valve-biped": dict(family="valve", y_up_cm=True),
 }
 
 
