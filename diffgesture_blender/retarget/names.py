@@ -20,7 +20,7 @@ _SEPARATORS = "_:. -"
 
 
 class BoneName(NamedTuple):
-    prefix: str  # 'ORG', 'MCH', 'DEF' or ''
+    prefix: str  # 'ORG', 'MCH' or ''
     side: str  # 'L', 'R' or ''
     base: str  # lower case, no separators, no side marker
 
