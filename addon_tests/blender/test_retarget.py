@@ -11,7 +11,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 import pytest
-from mathutils import Matrix, Quaternion
+from mathutils import Quaternion
 
 from addon_tests.blender import rigs
 from diffgesture_blender import retarget

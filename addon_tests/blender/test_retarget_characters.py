@@ -5,7 +5,6 @@ import math
 import bpy
 import numpy as np
 import pytest
-from mathutils import Vector
 
 from addon_tests.blender import rigs
 from addon_tests.blender.test_retarget import ARMS, check_directions, degrees, motion, world_turns
@@ -14,7 +13,8 @@ from diffgesture_blender.retarget import bone_maps
 from model_core import skeleton as sk
 
 
-def drive(obj, skeleton: str = "ted_expressive", seed: int = 3, mapping: dict[str, str] | None = None) -> dict[str, str]:
+def drive(obj, skeleton: str = "ted_expressive", seed: int = 3,
+          mapping: dict[str, str] | None = None) -> dict[str, str]:
     """Key the same 16 frames of motion onto the rig at 30 fps with a map (default: detected); returns the map."""
     bpy.context.scene.render.fps = 30
     mapping = mapping or bone_maps.detect(obj).mapping
@@ -43,12 +43,13 @@ def test_leaf_bones_turn_as_on_the_plain_rig_whatever_their_tails(empty_scene, c
     mapping = drive(plain)
     assert drive(imported) == mapping
     frames = range(1, 17)
-    want, got = world_turns(plain, list(mapping.values()), frames), world_turns(imported, list(mapping.values()), frames)
+    bones = list(mapping.values())
+    want, got = world_turns(plain, bones, frames), world_turns(imported, bones, frames)
     head = mapping["head"]
     head_up = degrees(want[head] @ UP, got[head] @ UP)
     assert degrees(want[head] @ UP, np.broadcast_to(UP, (16, 3))).max() > 10.0  # the head does turn
     assert head_up.max() < 0.1, f"{case}: the head's up is {head_up.max():.2f} degrees off"
-    for bone in mapping.values():  # the whole rotation: every axis it carries
+    for bone in bones:  # the whole rotation: every axis it carries
         off = max(degrees(want[bone][:, :, k], got[bone][:, :, k]).max() for k in range(3))
         assert off < 0.1, f"{case}: {bone} turns {off:.2f} degrees off the plain rig"
 
@@ -67,7 +68,8 @@ def test_a_zero_length_end_site_does_not_aim_the_head(empty_scene):
     assert degrees(want["Head"] @ UP, got["Head"] @ UP).max() < 3.0
 
 
-NO_NECK = {"no-neck": {"Neck"}, "no-neck-chest-clavicles": {"Neck", "Spine1", "Spine2", "LeftShoulder", "RightShoulder"}}
+NO_NECK = {"no-neck": {"Neck"},
+           "no-neck-chest-clavicles": {"Neck", "Spine1", "Spine2", "LeftShoulder", "RightShoulder"}}
 
 
 @pytest.mark.parametrize("case", list(NO_NECK))
@@ -88,7 +90,8 @@ def test_a_rig_without_neck_chest_or_clavicles_is_driven_with_one_note(empty_sce
     notes = retarget.rig_notes(obj, detection.mapping, skel.name, {"spine", "arms"})
     folded = [n for n in notes if n.startswith("no neck bone: the head carries the neck's share")]
     assert len(folded) == 1, notes
-    assert ("no chest bone" in folded[0] and "no left and right clavicle bones" in folded[0]) == (len(NO_NECK[case]) > 1)
+    everything = "no chest bone" in folded[0] and "no left and right clavicle bones" in folded[0]
+    assert everything == (len(NO_NECK[case]) > 1)
 
 
 def test_mocap_whose_zero_pose_lies_along_a_line_is_refused_saying_what_to_do(empty_scene):
@@ -130,7 +133,7 @@ def test_a_character_lying_in_the_world_is_keyed_lying_with_a_word(empty_scene):
     bpy.context.view_layer.update()
     mapping = bone_maps.detect(obj).mapping
     notes = retarget.rig_notes(obj, mapping, "ted_gesture", {"spine", "arms"})
-    assert any("does not stand upright in the world" in n and "91 degrees from the world's up" in n for n in notes), notes
+    assert any("does not stand upright" in n and "91 degrees from the world's up" in n for n in notes), notes
 
 
 def _renamed_bones(obj) -> dict[str, str]:

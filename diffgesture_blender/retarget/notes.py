@@ -53,10 +53,9 @@ def rig_notes(armature_obj, mapping: dict[str, str], skeleton_name: str, parts: 
     up = world_axes(armature_obj, heads, {r: b for r, b in mapping.items() if b in heads})[0]
     tilt = 0.0 if up is None else float(np.degrees(np.arccos(np.clip(up[2] / np.linalg.norm(up), -1.0, 1.0))))
     if tilt > STANDING_DEGREES:
-        notes.append(f"{armature_obj.name!r} does not stand upright in the world (its hips-to-head line is "
-                     f"{tilt:.0f} degrees from the "
-                     "world's up): the motion is keyed in the character's own frame and lies as its rest pose does; "
-                     "if that is not meant, pose it standing and apply the pose as rest pose")
+        notes.append(f"{armature_obj.name!r} does not stand upright in the world (its hips-to-head line is {tilt:.0f} "
+                     "degrees from the world's up): the motion is keyed in the character's own frame and lies as its "
+                     "rest pose does; if that is not meant, pose it standing and apply the pose as rest pose")
     scale = np.array(world_matrix(armature_obj).to_scale())
     if np.ptp(scale) > 1e-4 * np.abs(scale).max():
         notes.append(f"{armature_obj.name!r} has non-uniform scale ({', '.join(f'{v:g}' for v in scale)}): the "

@@ -82,7 +82,7 @@ def missing_required(mapping: dict[str, str]) -> list[str]:
 
 
 def folded(mapping: dict[str, str], parts: set[str]) -> list[str]:
-    """What takes the share of the neck, chest and clavicle bones a rig lacks, for the driven parts ('no X bone: ...')."""
+    """What takes the share of the neck, chest and clavicle bones a rig lacks, for the driven parts ('no X: ...')."""
     out = []
     if "spine" in parts and not any(r in mapping for r in ("neck", "neck1")):
         out.append("no neck bone: the head carries the neck's share")

@@ -3,10 +3,11 @@
 Per frame, parents first, each driven role aims the line from its bone's head to the head of the next mapped joint
 (roles.end_joint), whatever the bone's own axis, so rigs whose bones point across their limbs (FBX without automatic
 bone orientation) are aimed like any other. A leaf (the head, a hand without fingers, a fingertip) has no next joint,
-and its tail is wherever the importer put it (FBX: along +Y or across the limb; a BVH End Site of zero length: an
-arbitrary 0.1), so its rest direction comes from the character and the rest pose instead (`leaf_directions`): the
-character's up for the head and the spine, the line from the joint above for a limb (the forearm's for a hand). The swing is the shortest one from the pose the
-bone has under its posed parent with an identity local rotation, so rolls, T/A-poses and twist bones do not matter.
+and its tail is wherever the importer put it (FBX: along +Y or across the limb; a BVH End Site of zero length: a
+0.001 stub), so its rest direction comes from the character and the rest pose instead (`leaf_directions`): the
+character's up for the head, the line from the joint above for a limb (the forearm's for a hand). The swing is the
+shortest one from the pose the bone has under its posed parent with an identity local rotation, so rolls, T/A-poses
+and twist bones do not matter.
 Chains ('spine', 'neck') spread the swing evenly over their mapped bones, then the whole chain is aimed exactly.
 Twists: the hand turns about its segment so the index-to-pinky line matches the palm, the head about its own axis
 to face the nose. Bones between mapped ones (twist or helper bones) keep their current local rotation.

@@ -5,9 +5,9 @@ pelvis bone of their own) and the spine going up. The spine climbs to the chest,
 sideways beside the neck; the neck chain goes up to the head (the last bone that starts higher than the one before
 it with a good part of the neck-to-top height still above its head, and does not start a hanging chain such as a
 twin tail). The arms and the neck follow the child that carries them on furthest (Structure.main_line), not the
-longest branch, so accessories (sleeves, hair) hanging off a limb or the head do not lead them astray. Along an arm, the upper arm and forearm are long
-spans of comparable length (else the arm is left to the names), the bone before them the clavicle, the hand where
-the fingers branch or where the line has little left (_arm_roles). Left and right come from the feet (toes point
+longest branch, so accessories (sleeves, hair) hanging off a limb or the head do not lead them astray. Along an arm,
+the upper arm and forearm are long spans of comparable length (else the arm is left to the names), the bone before
+them the clavicle, the hand where the fingers branch or where the line has little left (_arm_roles). Left and right come from the feet (toes point
 forward) or, without feet, from the world's -Y as forward (Blender's convention).
 Below each hand, five finger chains (through carpal or palm bones where two fingers share one): the thumb is the one
 whose base lies off the line the other four bases make across the hand, and those four are ordered from the end
