@@ -324,7 +324,8 @@ def valve_biped(fingers: bool = True) -> list[tuple]:
 def humanik(fingers: bool = True, accessories: bool = True) -> list[tuple]:
     """A Unity humanoid character with Maya HumanIK names (Character1_Reference > Character1_Hips ..., roll bones on
     the arm), and its accessories as such characters carry them: four sleeve chains round each forearm, hanging 40 cm
-    down, and two long twin-tail hair chains from the back of the head, above its joint, down to the waist."""
+    down, two long twin-tail hair chains from the back of the head, above its joint, down to the waist, and a skirt
+    of six strands from the hips to the knees."""
     rows = [("Reference", None, "root", "hips"), ("Hips", "Reference", "hips", "spine0"),
             ("Spine", "Hips", "spine0", "spine1"), ("Spine1", "Spine", "spine1", "spine2"),
             ("Spine2", "Spine1", "spine2", "neck"), ("Neck", "Spine2", "neck", "head"), ("Head", "Neck", "head", "head_top"),
@@ -350,6 +351,11 @@ def humanik(fingers: bool = True, accessories: bool = True) -> list[tuple]:
         joint = [("head", (0.08 * x + 0.03 * x * i, 0.06 + 0.02 * i, 0.06 - 0.09 * i)) for i in range(8)]
         rows += [(f"Hair_TwinTail_{side}_{i:02d}", f"Hair_TwinTail_{side}_{i - 1:02d}" if i else "Character1_Head",
                   joint[i], joint[i + 1]) for i in range(7)]
+    for k in range(6):  # a skirt: six strands round the hips, from just below the hip joints down to the knees
+        out = Vector((math.sin(k * math.pi / 3), math.cos(k * math.pi / 3), 0.0))  # from the back round
+        joint = [("hips", tuple(out * (0.14 + 0.03 * i) + Vector((0, 0, -0.04 - 0.1 * i)))) for i in range(5)]
+        rows += [(f"Skirt_{k}_{i}", f"Skirt_{k}_{i - 1}" if i else "Character1_Hips", joint[i], joint[i + 1])
+                 for i in range(4)]
     return rows
 
 
@@ -391,13 +397,14 @@ def _both_sides(table: dict[str, str]) -> dict[str, str]:
 
 
 def _bvh_text(tree: str, joint_of: dict[str, str], scale: float = 100.0, zero_ends: frozenset[str] = frozenset(),
-              lying: bool = False) -> str:
+              lying: bool = False, captured: bool = False) -> str:
     """A BVH file (Y-up, centimetres, as mocap files are) with one frame of rest pose.
 
     zero_ends: joints whose End Site has a zero offset. lying: every OFFSET along +X, so the zero pose is one
     straight line along X (as some motion-capture datasets write it), and the frame's rotations stand the figure up:
-    each joint turns +X onto the line to its one child that is apart from it (joints where branches part, such as
-    the hips, the chest and the hand, are zero-length forks in these files, as in CMU's)."""
+    each joint turns its child's OFFSET onto the line to that child (joints where branches part, such as the hips, the
+    chest and the hand, are zero-length forks in these files, as in CMU's, so each joint has one child apart from it).
+    captured: as a real file's numbers leave it, the left side's OFFSETs 0.1 mm off the line."""
     p = joints(spine=3)
     joint_of, ends = _both_sides(joint_of), _both_sides(BVH_ENDS)
     children: dict[str, list[str]] = {}
@@ -411,29 +418,33 @@ def _bvh_text(tree: str, joint_of: dict[str, str], scale: float = 100.0, zero_en
     def y_up(v: Vector) -> Vector:
         return Vector((v.x, v.z, -v.y)) * scale
 
-    def offset(v: Vector) -> str:
-        v = y_up(v)
-        return " ".join(f"{c:.4f}" for c in ((v.length, 0.0, 0.0) if lying else v))
+    def written(v: Vector, name: str) -> Vector:
+        """The OFFSET written for a joint (or its End Site) lying v away from its parent."""
+        if not lying:
+            return y_up(v)
+        left = captured and name.startswith(("Left", "LThumb", "LHip"))
+        return Vector((y_up(v).length, 0.01 if left and v.length > 1e-9 else 0.0, 0.0))
 
     def write(name: str, parent_pos: Vector, parent_turn: Matrix, depth: int) -> None:
         pos, ind = p[joint_of[name]], "  " * depth
         kids = children.get(name, [])
         end = (pos if name in zero_ends else p[ends[name]] if name in ends else pos + Vector((0, 0, 0.05))) \
             if not kids else None
-        apart = [p[joint_of[c]] - pos for c in kids if (p[joint_of[c]] - pos).length > 1e-9] or \
-            ([end - pos] if end is not None and (end - pos).length > 1e-9 else [])
-        assert not lying or len({tuple(round(c, 6) for c in v.normalized()) for v in apart}) <= 1, f"{name} forks"
-        turn = Vector((1, 0, 0)).rotation_difference(y_up(apart[0])).to_matrix() if lying and apart else parent_turn
+        apart = [(p[joint_of[c]] - pos, c) for c in kids if (p[joint_of[c]] - pos).length > 1e-9] or \
+            ([(end - pos, name)] if end is not None and (end - pos).length > 1e-9 else [])
+        assert not lying or len(apart) <= 1, f"{name} forks"
+        turn = written(*apart[0]).rotation_difference(y_up(apart[0][0])).to_matrix() if lying and apart else parent_turn
         euler = (parent_turn.transposed() @ turn).to_euler("YXZ")  # the file's Zrotation Xrotation Yrotation
         values.extend((list(y_up(pos)) if depth == 0 else []) + [math.degrees(a) for a in (euler.z, euler.x, euler.y)])
         lines.extend([f"{ind}{'ROOT' if depth == 0 else 'JOINT'} {name}", f"{ind}{{",
-                      f"{ind}  OFFSET {offset(pos - parent_pos)}",
+                      f"{ind}  OFFSET " + " ".join(f"{c:.4f}" for c in written(pos - parent_pos, name)),
                       f"{ind}  CHANNELS {6 if depth == 0 else 3} " + ("Xposition Yposition Zposition " if depth == 0
                                                                      else "") + "Zrotation Xrotation Yrotation"])
         for child in kids:
             write(child, pos, turn, depth + 1)
         if end is not None:
-            lines.extend([f"{ind}  End Site", f"{ind}  {{", f"{ind}    OFFSET {offset(end - pos)}", f"{ind}  }}"])
+            lines.extend([f"{ind}  End Site", f"{ind}  {{",
+                          f"{ind}    OFFSET " + " ".join(f"{c:.4f}" for c in written(end - pos, name)), f"{ind}  }}"])
         lines.append(f"{ind}}}")
 
     write("Hips", Vector((0, 0, 0)), Matrix.Identity(3), 0)
@@ -441,13 +452,14 @@ def _bvh_text(tree: str, joint_of: dict[str, str], scale: float = 100.0, zero_en
     return "\n".join(lines) + "\n"
 
 
-def import_bvh(kind: str, name: str, *, zero_ends: frozenset[str] = frozenset(), lying: bool = False) -> bpy.types.Object:
+def import_bvh(kind: str, name: str, *, zero_ends: frozenset[str] = frozenset(), lying: bool = False,
+               captured: bool = False) -> bpy.types.Object:
     """A CMU BVH ('cmu': MotionBuilder names, 'max': 3ds Max names) read by Blender's own BVH importer (see _bvh_text
-    for zero_ends and lying). Its one frame of motion is cleared back to the rest pose, except for a lying file,
+    for zero_ends, lying and captured). Its one frame of motion is cleared back to the rest pose, except for a lying file,
     which keeps it as the file's standing pose."""
     tree, table = (BVH_CMU, BVH_CMU_JOINTS) if kind == "cmu" else (BVH_MAX, BVH_MAX_JOINTS)
     path = Path(tempfile.mkdtemp(prefix="dg-bvh-")) / f"{name}.bvh"
-    path.write_text(_bvh_text(tree, table, zero_ends=frozenset(zero_ends), lying=lying))
+    path.write_text(_bvh_text(tree, table, zero_ends=frozenset(zero_ends), lying=lying, captured=captured))
     bpy.ops.import_anim.bvh(filepath=str(path), global_scale=0.01)
     obj = bpy.context.active_object
     obj.name = name

@@ -94,13 +94,16 @@ def test_a_rig_without_neck_chest_or_clavicles_is_driven_with_one_note(empty_sce
     assert everything == (len(NO_NECK[case]) > 1)
 
 
-def test_mocap_whose_zero_pose_lies_along_a_line_is_refused_saying_what_to_do(empty_scene):
+@pytest.mark.parametrize("captured", [False, True])
+def test_mocap_whose_zero_pose_lies_along_a_line_is_refused_saying_what_to_do(empty_scene, captured):
     """A BVH whose every OFFSET runs along +X (its zero pose one straight line, its frames standing), through
-    Blender's own importer: the names map, but no character frame can be read from such a rest pose, so generating
-    refuses before changing anything and says what to do; done as it says, the motion follows the generated vectors."""
-    obj = rigs.import_bvh("cmu", "mocap", lying=True)
+    Blender's own importer, exact or as a real file's numbers leave it (its left side 0.1 mm off the line: then the
+    shoulders' line is not zero, runs across the spine, and was taken for the character's left, laying it down):
+    the names map, but no character frame can be read from such a rest pose, so generating refuses before changing
+    anything and says what to do; done as it says, the motion follows the generated vectors."""
+    obj = rigs.import_bvh("cmu", "mocap", lying=True, captured=captured)
     heads = np.array([obj.matrix_world @ b.head_local for b in obj.data.bones])
-    assert np.ptp(heads[:, 1:], axis=0).max() < 1e-6  # the rest skeleton: one line along world X
+    assert np.ptp(heads[:, 1:], axis=0).max() < 1e-3  # the rest skeleton: one line along world X
     detection = bone_maps.detect(obj)
     assert detection.preset == "mixamo" and not detection.missing_required, detection.message
     skel = sk.get_skeleton("ted_gesture")
@@ -147,10 +150,11 @@ def _renamed_bones(obj) -> dict[str, str]:
 
 @pytest.mark.parametrize("names", ["humanik", "meaningless"])
 def test_humanik_character_with_sleeves_and_twin_tails_maps_the_body(empty_scene, names):
-    """A Unity humanoid with Maya HumanIK names (Character1_*), four sleeve chains under each forearm and two twin-tail
-    hair chains under the head: the names map every body role (the rig's prefix dropped) and, with every bone renamed,
-    the structure alone finds the same bones (the hand, not the forearm the sleeves branch from; the head, not a hair
-    root above its joint); the arms, fingers, spine and neck then follow the generated vectors."""
+    """A Unity humanoid with Maya HumanIK names (Character1_*), four sleeve chains under each forearm, two twin-tail
+    hair chains under the head and a skirt: the names map every body role (the rig's prefix dropped) and, with every
+    bone renamed, the structure alone finds the same bones (the hand, not the forearm the sleeves branch from; the
+    head, not a hair root above its joint; left and right from the feet, not from skirt strands starting below the
+    hip joints); the arms, fingers, spine and neck then follow the generated vectors."""
     obj = rigs.build_family("humanik", "Character1")
     truth = {r: f"Character1_{b}" for r, b in {
         "hips": "Hips", "spine": "Spine", "spine1": "Spine1", "spine2": "Spine2", "neck": "Neck", "head": "Head",

@@ -68,6 +68,16 @@ def snap(v: np.ndarray, axes: np.ndarray, degrees: float = 10.0) -> np.ndarray:
 
 
 STANDING_DEGREES = 45.0  # the shoulders' line at least this far from the spine: a figure that stands (or lies) whole
+SHOULDERS_APART = 0.05  # the first pair of arm joints at least this fraction of the hips-to-head line apart
+
+
+def check_standing(up: np.ndarray | None, left: np.ndarray | None) -> None:
+    """Raise ValueError when measured axes (rig_axes) cannot be a standing figure's: left and right arm joints nearly
+    at one point (a motion-capture zero pose laid out along one line, its sides apart only by its numbers' noise)."""
+    if up is not None and left is not None and np.linalg.norm(left) < SHOULDERS_APART * np.linalg.norm(up):
+        raise ValueError(f"its rest pose is not a standing figure: its left and right arm joints are "
+                         f"{np.linalg.norm(left) / np.linalg.norm(up):.2g} of its hips-to-head length apart (a "
+                         "motion-capture zero pose laid out along one line?)")
 
 
 def character_frame(up: np.ndarray, left: np.ndarray) -> np.ndarray:

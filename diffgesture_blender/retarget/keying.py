@@ -10,7 +10,7 @@ import numpy as np
 
 from ..core import skeleton as sk
 from . import bone_maps, rigify
-from .frame import character_frame, snap, targets, world_axes
+from .frame import character_frame, check_standing, snap, targets, world_axes
 from .quat import Y, continuous, qaxis, slerp_resample, unit
 from .solve import RigRest, driven_roles, solve
 
@@ -40,11 +40,12 @@ def armature_frame(obj, heads: dict[str, np.ndarray], mapping: dict[str, str]) -
     10 degrees of one of the armature's axes are taken as that axis (a rest pose's lean or a head set forward
     should not tilt the motion). Only the object's rotation is undone (a non-uniform scale is warned about in
     rig_notes), so motion is keyed in the rig's space. A rest pose that is no standing figure is refused, saying
-    what to do (character_frame)."""
+    what to do (check_standing, character_frame)."""
     up, left, rot = world_axes(obj, heads, mapping)
-    up = rot[:, 2] if up is None else snap(up, rot)
-    left = rot[:, 0] if left is None else snap(left, rot)
     try:
+        check_standing(up, left)
+        up = rot[:, 2] if up is None else snap(up, rot)
+        left = rot[:, 0] if left is None else snap(left, rot)
         return rot.T @ character_frame(up, left)
     except ValueError as e:
         raise ValueError(f"cannot retarget onto {obj.name!r}: {e}. Pose it standing (a motion-capture file: go to "

@@ -1,7 +1,8 @@
 """Finding the humanoid in a rig from its hierarchy and rest geometry alone (pure; world-space rest positions).
 
 The hips are the first bone (from the root) where three long branches part: two legs going down (directly or under a
-pelvis bone of their own) and the spine going up. The spine climbs to the chest, where the two arms reach out
+pelvis bone of their own; the two reaching lowest, not a skirt's strands) and the spine going up. The spine climbs
+to the chest, where the two arms reach out
 sideways beside the neck; the neck chain goes up to the head (the last bone that starts higher than the one before
 it with a good part of the neck-to-top height still above its head, and does not start a hanging chain such as a
 twin tail). The arms and the neck follow the child that carries them on furthest (Structure.main_line), not the
@@ -109,8 +110,10 @@ def find_humanoid(parents: dict[str, str | None], heads: dict[str, np.ndarray],
     hips = next((b for b in _bfs(s) if len(_parting(s, b, size)) >= 3), None)
     if hips is None:
         return {}
-    branches = sorted(_parting(s, hips, size), key=lambda c: float(np.max(s.extent(c) @ UP)))
-    spine_start, legs = branches[-1], branches[:2]
+    branches = _parting(s, hips, size)
+    spine_start = max(branches, key=lambda c: float(np.max(s.extent(c) @ UP)))
+    # the legs reach the ground: the two branches reaching lowest, not a skirt's strands that start lower than them
+    legs = sorted((c for c in branches if c != spine_start), key=lambda c: float(np.min(s.extent(c) @ UP)))[:2]
     # climb the spine to the chest: the first bone where two branches reach far sideways (the arms; breast or rib
     # bones do not) beside the one that goes on up (the neck)
     line = [spine_start]
