@@ -137,6 +137,12 @@ def test_a_character_lying_in_the_world_is_keyed_lying_with_a_word(empty_scene):
     mapping = bone_maps.detect(obj).mapping
     notes = retarget.rig_notes(obj, mapping, "ted_gesture", {"spine", "arms"})
     assert any("does not stand upright" in n and "91 degrees from the world's up" in n for n in notes), notes
+    skel = sk.get_skeleton("ted_gesture")
+    empty_scene.render.fps = 30
+    dirs = motion(skel, seed=2)
+    retarget.apply_motion(obj, dirs, skel.name, mapping, action_name="lying")
+    world = np.array(obj.matrix_world.to_3x3().normalized())  # the figure's own frame, turned with the object
+    assert check_directions(empty_scene, obj, mapping, dirs, skel, world, ARMS + ("spine",)) == 5 * 16
 
 
 def _renamed_bones(obj) -> dict[str, str]:
