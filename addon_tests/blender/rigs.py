@@ -278,6 +278,87 @@ def mpfb(fingers: bool = True) -> list[tuple]:
     return _sided(rows, {"l": "L", "r": "R"})
 
 
+def _biped_finger(prefix: str, sep: str):
+    """3ds Max Biped's finger names: Finger0 (thumb), Finger01, Finger02; Finger1 (index), Finger11 ..."""
+    return lambda f, i: f"{prefix}{{S}}{sep}Finger{FINGERS.index(f)}{'' if i == 1 else i - 1}"
+
+
+def biped(fingers: bool = True) -> list[tuple]:
+    """A 3ds Max Biped exported to FBX ('Bip01 L UpperArm'): the thighs under the first spine link, the clavicles
+    under the neck, four spine links, three bones a finger. Names and parents as Biped rigs in public game tools
+    list them."""
+    rows = [("Bip01", None, "hips", "spine0"), ("Bip01 Pelvis", "Bip01", "hips", "spine0"),
+            ("Bip01 Spine", "Bip01 Pelvis", "spine0", "spine1"), ("Bip01 Spine1", "Bip01 Spine", "spine1", "spine2"),
+            ("Bip01 Spine2", "Bip01 Spine1", "spine2", "spine3"), ("Bip01 Spine3", "Bip01 Spine2", "spine3", "neck"),
+            ("Bip01 Neck", "Bip01 Spine3", "neck", "head"), ("Bip01 Head", "Bip01 Neck", "head", "head_top"),
+            ("Bip01 {S} Clavicle", "Bip01 Neck", "S_collar", "S_shoulder"),
+            ("Bip01 {S} UpperArm", "Bip01 {S} Clavicle", "S_shoulder", "S_elbow"),
+            ("Bip01 {S} Forearm", "Bip01 {S} UpperArm", "S_elbow", "S_wrist"),
+            ("Bip01 {S} Hand", "Bip01 {S} Forearm", "S_wrist", "S_middle1"),
+            ("Bip01 {S} Thigh", "Bip01 Spine", "S_hip", "S_knee"), ("Bip01 {S} Calf", "Bip01 {S} Thigh", "S_knee", "S_ankle"),
+            ("Bip01 {S} Foot", "Bip01 {S} Calf", "S_ankle", "S_ball"), ("Bip01 {S} Toe0", "Bip01 {S} Foot", "S_ball", "S_toe")]
+    if fingers:
+        rows += _finger_rows("Bip01 {S} Hand", _biped_finger("Bip01 ", " "))
+    return _sided(rows, {"l": "L", "r": "R"})
+
+
+def valve_biped(fingers: bool = True) -> list[tuple]:
+    """Valve's Source engine biped ('ValveBiped.Bip01_L_UpperArm'): the pelvis carries the thighs and the spine,
+    Spine, Spine1, Spine2, Spine4, Neck1, Head1, three bones a finger."""
+    v = "ValveBiped.Bip01_"
+    rows = [(f"{v}Pelvis", None, "hips", "spine0"), (f"{v}Spine", f"{v}Pelvis", "spine0", "spine1"),
+            (f"{v}Spine1", f"{v}Spine", "spine1", "spine2"), (f"{v}Spine2", f"{v}Spine1", "spine2", "spine3"),
+            (f"{v}Spine4", f"{v}Spine2", "spine3", "neck"), (f"{v}Neck1", f"{v}Spine4", "neck", "head"),
+            (f"{v}Head1", f"{v}Neck1", "head", "head_top"),
+            (f"{v}{{S}}_Clavicle", f"{v}Spine4", "S_collar", "S_shoulder"),
+            (f"{v}{{S}}_UpperArm", f"{v}{{S}}_Clavicle", "S_shoulder", "S_elbow"),
+            (f"{v}{{S}}_Forearm", f"{v}{{S}}_UpperArm", "S_elbow", "S_wrist"),
+            (f"{v}{{S}}_Hand", f"{v}{{S}}_Forearm", "S_wrist", "S_middle1"),
+            (f"{v}{{S}}_Thigh", f"{v}Pelvis", "S_hip", "S_knee"), (f"{v}{{S}}_Calf", f"{v}{{S}}_Thigh", "S_knee", "S_ankle"),
+            (f"{v}{{S}}_Foot", f"{v}{{S}}_Calf", "S_ankle", "S_ball"), (f"{v}{{S}}_Toe0", f"{v}{{S}}_Foot", "S_ball", "S_toe")]
+    if fingers:
+        rows += _finger_rows(f"{v}{{S}}_Hand", _biped_finger(v, "_"))
+    return _sided(rows, {"l": "L", "r": "R"})
+
+
+def humanik(fingers: bool = True, accessories: bool = True) -> list[tuple]:
+    """A Unity humanoid character with Maya HumanIK names (Character1_Reference > Character1_Hips ..., roll bones on
+    the arm), and its accessories as such characters carry them: four sleeve chains round each forearm, hanging 40 cm
+    down, two long twin-tail hair chains from the back of the head, above its joint, down to the waist, and a skirt
+    of six strands from the hips to the knees."""
+    rows = [("Reference", None, "root", "hips"), ("Hips", "Reference", "hips", "spine0"),
+            ("Spine", "Hips", "spine0", "spine1"), ("Spine1", "Spine", "spine1", "spine2"),
+            ("Spine2", "Spine1", "spine2", "neck"), ("Neck", "Spine2", "neck", "head"), ("Head", "Neck", "head", "head_top"),
+            ("{S}Shoulder", "Spine2", "S_collar", "S_shoulder"), ("{S}Arm", "{S}Shoulder", "S_shoulder", "S_elbow"),
+            ("{S}ArmRoll", "{S}Arm", "S_upper_mid", "S_elbow"),
+            ("{S}ForeArm", "{S}Arm", "S_elbow", "S_wrist"), ("{S}ForeArmRoll", "{S}ForeArm", "S_fore_mid", "S_wrist"),
+            ("{S}Hand", "{S}ForeArm", "S_wrist", "S_middle1"),
+            ("{S}UpLeg", "Hips", "S_hip", "S_knee"), ("{S}Leg", "{S}UpLeg", "S_knee", "S_ankle"),
+            ("{S}Foot", "{S}Leg", "S_ankle", "S_ball"), ("{S}ToeBase", "{S}Foot", "S_ball", "S_toe")]
+    if fingers:
+        for f in FINGERS:
+            rows += [(f"{{S}}Hand{f.capitalize()}{i}", f"{{S}}Hand{f.capitalize()}{i - 1}" if i > 1 else "{S}Hand",
+                      f"S_{f}{i}", f"S_{f}{i + 1}") for i in (1, 2, 3)]
+    rows = [(f"Character1_{b}", p and f"Character1_{p}", h, t) for b, p, h, t in _sided(rows, {"l": "Left", "r": "Right"})]
+    if not accessories:
+        return rows
+    for side, x in (("L", 1.0), ("R", -1.0)):
+        forearm, cuff = f"Character1_{'Left' if x > 0 else 'Right'}ForeArm", f"{side.lower()}_fore_mid"
+        for k, (dy, dz) in enumerate(((0.04, 0.0), (0.0, 0.04), (-0.04, 0.0), (0.0, -0.04))):
+            joint = [(cuff, (0.05 * x + 0.02 * x * i, dy, dz - 0.1 * i)) for i in range(5)]
+            rows += [(f"Sleeve_{side}_{k}_{i}", f"Sleeve_{side}_{k}_{i - 1}" if i else forearm, joint[i], joint[i + 1])
+                     for i in range(4)]
+        joint = [("head", (0.08 * x + 0.03 * x * i, 0.06 + 0.02 * i, 0.06 - 0.09 * i)) for i in range(8)]
+        rows += [(f"Hair_TwinTail_{side}_{i:02d}", f"Hair_TwinTail_{side}_{i - 1:02d}" if i else "Character1_Head",
+                  joint[i], joint[i + 1]) for i in range(7)]
+    for k in range(6):  # a skirt: six strands round the hips, from just below the hip joints down to the knees
+        out = Vector((math.sin(k * math.pi / 3), math.cos(k * math.pi / 3), 0.0))  # from the back round
+        joint = [("hips", tuple(out * (0.14 + 0.03 * i) + Vector((0, 0, -0.04 - 0.1 * i)))) for i in range(5)]
+        rows += [(f"Skirt_{k}_{i}", f"Skirt_{k}_{i - 1}" if i else "Character1_Hips", joint[i], joint[i + 1])
+                 for i in range(4)]
+    return rows
+
+
 BVH_CMU = """\
 Hips > LHipJoint > LeftUpLeg > LeftLeg > LeftFoot > LeftToeBase
 Hips > RHipJoint > RightUpLeg > RightLeg > RightFoot > RightToeBase
@@ -315,8 +396,15 @@ def _both_sides(table: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def _bvh_text(tree: str, joint_of: dict[str, str], scale: float = 100.0) -> str:
-    """A BVH file (Y-up, centimetres, as mocap files are) with one frame of rest pose."""
+def _bvh_text(tree: str, joint_of: dict[str, str], scale: float = 100.0, zero_ends: frozenset[str] = frozenset(),
+              lying: bool = False, captured: bool = False) -> str:
+    """A BVH file (Y-up, centimetres, as mocap files are) with one frame of rest pose.
+
+    zero_ends: joints whose End Site has a zero offset. lying: every OFFSET along +X, so the zero pose is one
+    straight line along X (as some motion-capture datasets write it), and the frame's rotations stand the figure up:
+    each joint turns its child's OFFSET onto the line to that child (joints where branches part, such as the hips, the
+    chest and the hand, are zero-length forks in these files, as in CMU's, so each joint has one child apart from it).
+    captured: as a real file's numbers leave it, the left side's OFFSETs 0.1 mm off the line."""
     p = joints(spine=3)
     joint_of, ends = _both_sides(joint_of), _both_sides(BVH_ENDS)
     children: dict[str, list[str]] = {}
@@ -325,46 +413,75 @@ def _bvh_text(tree: str, joint_of: dict[str, str], scale: float = 100.0) -> str:
         for parent, child in zip(chain, chain[1:]):
             if child not in children.setdefault(parent, []):
                 children[parent].append(child)
-    channels, lines = 0, ["HIERARCHY"]
+    lines, values = ["HIERARCHY"], []
 
-    def y_up(v: Vector) -> str:
-        return " ".join(f"{c * scale:.4f}" for c in (v.x, v.z, -v.y))
+    def y_up(v: Vector) -> Vector:
+        return Vector((v.x, v.z, -v.y)) * scale
 
-    def write(name: str, parent_pos: Vector, depth: int) -> None:
-        nonlocal channels
+    def written(v: Vector, name: str) -> Vector:
+        """The OFFSET written for a joint (or its End Site) lying v away from its parent."""
+        if not lying:
+            return y_up(v)
+        left = captured and name.startswith(("Left", "LThumb", "LHip"))
+        return Vector((y_up(v).length, 0.01 if left and v.length > 1e-9 else 0.0, 0.0))
+
+    def write(name: str, parent_pos: Vector, parent_turn: Matrix, depth: int) -> None:
         pos, ind = p[joint_of[name]], "  " * depth
-        n = 6 if depth == 0 else 3
-        channels += n
+        kids = children.get(name, [])
+        end = (pos if name in zero_ends else p[ends[name]] if name in ends else pos + Vector((0, 0, 0.05))) \
+            if not kids else None
+        apart = [(p[joint_of[c]] - pos, c) for c in kids if (p[joint_of[c]] - pos).length > 1e-9] or \
+            ([(end - pos, name)] if end is not None and (end - pos).length > 1e-9 else [])
+        assert not lying or len(apart) <= 1, f"{name} forks"
+        turn = written(*apart[0]).rotation_difference(y_up(apart[0][0])).to_matrix() if lying and apart else parent_turn
+        euler = (parent_turn.transposed() @ turn).to_euler("YXZ")  # the file's Zrotation Xrotation Yrotation
+        values.extend((list(y_up(pos)) if depth == 0 else []) + [math.degrees(a) for a in (euler.z, euler.x, euler.y)])
         lines.extend([f"{ind}{'ROOT' if depth == 0 else 'JOINT'} {name}", f"{ind}{{",
-                      f"{ind}  OFFSET {y_up(pos - parent_pos)}",
-                      f"{ind}  CHANNELS {n} " + ("Xposition Yposition Zposition " if n == 6 else "")
-                      + "Zrotation Xrotation Yrotation"])
-        for child in children.get(name, []):
-            write(child, pos, depth + 1)
-        if not children.get(name):
-            end = p[ends[name]] if name in ends else pos + Vector((0, 0, 0.05))
-            lines.extend([f"{ind}  End Site", f"{ind}  {{", f"{ind}    OFFSET {y_up(end - pos)}", f"{ind}  }}"])
+                      f"{ind}  OFFSET " + " ".join(f"{c:.4f}" for c in written(pos - parent_pos, name)),
+                      f"{ind}  CHANNELS {6 if depth == 0 else 3} " + ("Xposition Yposition Zposition " if depth == 0
+                                                                     else "") + "Zrotation Xrotation Yrotation"])
+        for child in kids:
+            write(child, pos, turn, depth + 1)
+        if end is not None:
+            lines.extend([f"{ind}  End Site", f"{ind}  {{",
+                          f"{ind}    OFFSET " + " ".join(f"{c:.4f}" for c in written(end - pos, name)), f"{ind}  }}"])
         lines.append(f"{ind}}}")
 
-    write("Hips", Vector((0, 0, 0)), 0)
-    lines += ["MOTION", "Frames: 1", "Frame Time: 0.0333333",
-              y_up(p["hips"]) + " 0.0000" * (channels - 3)]
+    write("Hips", Vector((0, 0, 0)), Matrix.Identity(3), 0)
+    lines += ["MOTION", "Frames: 1", "Frame Time: 0.0333333", " ".join(f"{v:.4f}" for v in values)]
     return "\n".join(lines) + "\n"
 
 
-def import_bvh(kind: str, name: str) -> bpy.types.Object:
-    """A CMU BVH ('cmu': MotionBuilder names, 'max': 3ds Max names) read by Blender's own BVH importer."""
+def import_bvh(kind: str, name: str, *, zero_ends: frozenset[str] = frozenset(), lying: bool = False,
+               captured: bool = False) -> bpy.types.Object:
+    """A CMU BVH ('cmu': MotionBuilder names, 'max': 3ds Max names) read by Blender's own BVH importer (see _bvh_text
+    for zero_ends, lying and captured). Its one frame of motion is cleared back to the rest pose, except for a lying file,
+    which keeps it as the file's standing pose."""
     tree, table = (BVH_CMU, BVH_CMU_JOINTS) if kind == "cmu" else (BVH_MAX, BVH_MAX_JOINTS)
     path = Path(tempfile.mkdtemp(prefix="dg-bvh-")) / f"{name}.bvh"
-    path.write_text(_bvh_text(tree, table))
+    path.write_text(_bvh_text(tree, table, zero_ends=frozenset(zero_ends), lying=lying, captured=captured))
     bpy.ops.import_anim.bvh(filepath=str(path), global_scale=0.01)
     obj = bpy.context.active_object
     obj.name = name
-    obj.animation_data_clear()
-    for pb in obj.pose.bones:
-        pb.location, pb.rotation_mode = (0, 0, 0), "QUATERNION"
-        pb.rotation_quaternion = (1, 0, 0, 0)
+    if not lying:
+        obj.animation_data_clear()
+        for pb in obj.pose.bones:
+            pb.location, pb.rotation_mode = (0, 0, 0), "QUATERNION"
+            pb.rotation_quaternion = (1, 0, 0, 0)
     return obj
+
+
+def without(rows: list[tuple], bones: set[str]) -> list[tuple]:
+    """Hierarchy rows minus some bones, their children hung from the removed bone's parent (a stylised character
+    without a neck, a chest or clavicles); each child keeps its own head joint."""
+    parent = {r[0]: r[1] for r in rows}
+
+    def kept(p):
+        while p in bones:
+            p = parent[p]
+        return p
+
+    return [(b, kept(p), h, t) for b, p, h, t in rows if b not in bones]
 
 
 def _cross_axis(head: Vector, tail: Vector) -> Vector:
@@ -377,12 +494,19 @@ def _cross_axis(head: Vector, tail: Vector) -> Vector:
 
 
 def build(rows: list[tuple], name: str, *, a_pose: bool = False, spine: int = 3, neck: int = 1, prefix: str = "",
-          roll_degrees: float = 0.0, y_up_cm: bool = False, cross_axis: bool = False) -> bpy.types.Object:
+          roll_degrees: float = 0.0, y_up_cm: bool = False, cross_axis: bool = False,
+          y_tails: bool = False) -> bpy.types.Object:
     """Build an armature from hierarchy rows in the current scene.
 
     y_up_cm: store it as glTF/FBX imports do (data Y-up in centimetres, object turned +90 about X, scale 0.01);
-    cross_axis: every bone's tail points across its limb (FBX without Automatic Bone Orientation)."""
+    cross_axis: every bone's tail points across its limb (FBX without Automatic Bone Orientation);
+    y_tails: every bone's tail along the world's +Y at the bone's length (FBX's default import)."""
     p = joints(a_pose, spine, neck)
+
+    def at(joint) -> Vector:
+        """A joint by name, or (joint, offset) for a point hung from one (an accessory's)."""
+        return p[joint] if isinstance(joint, str) else p[joint[0]] + Vector(joint[1])
+
     data = bpy.data.armatures.new(name)
     obj = bpy.data.objects.new(name, data)
     bpy.context.scene.collection.objects.link(obj)
@@ -390,13 +514,15 @@ def build(rows: list[tuple], name: str, *, a_pose: bool = False, spine: int = 3,
     to_data = Matrix.Diagonal((100, 100, 100, 1)) @ Matrix.Rotation(-math.pi / 2, 4, "X") if y_up_cm else Matrix()
     bpy.ops.object.mode_set(mode="EDIT")
     for bone, parent, head, tail in rows:
-        h = p[head]
-        t = p[tail] if tail else h + (h - p[next(r[2] for r in rows if r[0] == parent)]).normalized() * 0.05 \
+        h = at(head)
+        t = at(tail) if tail else h + (h - at(next(r[2] for r in rows if r[0] == parent))).normalized() * 0.05 \
             if parent else h + Vector((0, 0, 0.1))
         if (t - h).length < 1e-4:
             t = h + Vector((0, 0, 0.05))
         if cross_axis:
             t = _cross_axis(h, t)
+        if y_tails:
+            t = h + Vector((0, (t - h).length, 0))
         eb = data.edit_bones.new(prefix + bone)
         eb.head, eb.tail, eb.roll = to_data @ h, to_data @ t, math.radians(roll_degrees)
         if parent:
@@ -412,7 +538,9 @@ def build(rows: list[tuple], name: str, *, a_pose: bool = False, spine: int = 3,
 
 FAMILIES = {"mixamo": dict(rows=mixamo, prefix="mixamorig:"), "ue4": dict(rows=ue4), "ue5": dict(rows=ue5, spine=5, neck=2),
             "vrm": dict(rows=vroid), "cc": dict(rows=cc, neck=2), "daz8": dict(rows=daz_genesis8, spine=4, neck=2, preset="daz"),
-            "daz9": dict(rows=daz_genesis9, spine=4, neck=2, preset="daz"), "mpfb": dict(rows=mpfb, spine=5, neck=3, a_pose=True)}
+            "daz9": dict(rows=daz_genesis9, spine=4, neck=2, preset="daz"), "mpfb": dict(rows=mpfb, spine=5, neck=3, a_pose=True),
+            "humanik": dict(rows=humanik, preset="mixamo"), "biped": dict(rows=biped, spine=4),
+            "valve": dict(rows=valve_biped, spine=4, preset="biped")}
 
 
 def preset_of(family: str) -> str:

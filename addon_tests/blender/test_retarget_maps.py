@@ -16,11 +16,22 @@ from diffgesture_blender.retarget.roles import FINGERS, REQUIRED_ROLES
     ("J_Bip_L_UpperArm", ("", "L", "jbipupperarm")),
     ("leftUpperArm", ("", "L", "upperarm")), ("Left_Upper_Arm", ("", "L", "upperarm")),
     ("spine.003", ("", "", "spine003")), ("f_index.01.R", ("", "R", "findex01")), ("Head", ("", "", "head")),
-    ("ORG-upper_arm.L", ("ORG", "L", "upperarm")), ("DEF-spine.006", ("DEF", "", "spine006")),
+    ("ORG-upper_arm.L", ("ORG", "L", "upperarm")), ("DEF-spine.006", ("", "", "spine006")),
     ("MCH-hand_fk.R", ("MCH", "R", "handfk")),
+    # rig prefixes dropped: Maya HumanIK, 3ds Max Biped, Valve, Character Creator, a Rigify deform-only export
+    ("Character1_LeftForeArm", ("", "L", "forearm")), ("Bip01 L UpperArm", ("", "L", "upperarm")),
+    ("Bip001 R Forearm", ("", "R", "forearm")), ("ValveBiped.Bip01_L_Hand", ("", "L", "hand")),
+    ("CC_Base_L_Upperarm", ("", "L", "upperarm")), ("DEF-upper_arm.R", ("", "R", "upperarm")),
 ])
 def test_parse(name, key):
     assert parse(name) == key
+
+
+def test_a_prefix_every_bone_shares_is_dropped(empty_scene):
+    """A rig whose every bone carries its character's name ('Hero_LeftArm', 'Hero_Hips' ...) matches by the rest."""
+    obj = rigs.build([(f"Hero_{b}", p and f"Hero_{p}", h, t) for b, p, h, t in rigs.mixamo(fingers=False)], "Hero")
+    det = bone_maps.detect(obj)
+    assert det.preset == "mixamo" and det.mapping["left_upper_arm"] == "Hero_LeftArm" and det.covered == 14
 
 
 def test_mirror_name():
@@ -79,8 +90,8 @@ def test_partial_rig_and_hierarchy_checks(empty_scene):
     edit.remove(edit["mixamorig:Neck"])
     bpy.ops.object.mode_set(mode="OBJECT")
     det = bone_maps.detect(obj)
-    assert det.preset == "mixamo" and det.missing_required == ["neck", "left_forearm"]
-    assert "neck" in det.message and "left_forearm" in det.message
+    assert det.preset == "mixamo" and det.missing_required == ["left_forearm"] and "neck" not in det.mapping
+    assert "left_forearm" in det.message and "neck" not in det.message  # a missing neck is folded, not required
     problems = bone_maps.validate(obj, {**det.mapping, "neck": "nope", "left_forearm": "mixamorig:LeftForeArm",
                                         "tail": "mixamorig:Hips"})
     assert any("no bone named 'nope'" in p for p in problems)

@@ -1,7 +1,7 @@
 """Retargeting canonical direction vectors onto humanoid armatures, and the bone maps that say which bone is what.
 
 roles.py      the one role table (segments, chains, twists, parts, required roles)
-names.py      bone names parsed into prefix (ORG-/MCH-/DEF-), side and base
+names.py      bone names parsed into prefix (ORG-/MCH-), side and base, rig prefixes (Character1_, Bip01 ...) dropped
 presets.py    bone-map files: the shipped presets (presets/*.json) and users' saved maps
 detect.py     auto-detection (pure): preset names checked against the hierarchy, vetoed and filled by structure
 structure.py  the humanoid found from the hierarchy and rest geometry alone, fingers included (pure)

@@ -67,14 +67,41 @@ def snap(v: np.ndarray, axes: np.ndarray, degrees: float = 10.0) -> np.ndarray:
     return np.sign(cos[k]) * axes[:, k] if abs(cos[k]) >= np.cos(np.radians(degrees)) else v
 
 
+STANDING_DEGREES = 45.0  # the shoulders' line at least this far from the spine: a figure that stands (or lies) whole
+SHOULDERS_APART = 0.05  # the first pair of arm joints at least this fraction of the hips-to-head line apart
+
+
+def check_standing(up: np.ndarray | None, left: np.ndarray | None) -> None:
+    """Raise ValueError when measured axes (rig_axes) cannot be a standing figure's: left and right arm joints nearly
+    at one point (a motion-capture zero pose laid out along one line, its sides apart only by its numbers' noise)."""
+    if up is not None and left is not None and np.linalg.norm(left) < SHOULDERS_APART * np.linalg.norm(up):
+        raise ValueError(f"its rest pose is not a standing figure: its left and right arm joints are "
+                         f"{np.linalg.norm(left) / np.linalg.norm(up):.2g} of its hips-to-head length apart (a "
+                         "motion-capture zero pose laid out along one line?)")
+
+
 def character_frame(up: np.ndarray, left: np.ndarray) -> np.ndarray:
-    """Rotation (3x3) taking canonical vectors to the rig's: columns left, back, up; left is made perpendicular."""
+    """Rotation (3x3) taking canonical vectors to the rig's: columns left, back, up; left is made perpendicular.
+
+    Refuses a rest pose whose shoulders' line runs near its spine (a motion-capture zero pose laid out along one
+    line): no frame read from it is the character's."""
     z = unit(np.asarray(up, dtype=np.float64))
     x = np.asarray(left, dtype=np.float64) - np.dot(left, z) * z
-    if np.linalg.norm(x) < 1e-6 * np.linalg.norm(left):
-        raise ValueError("the rig's left-right line runs along its spine: cannot tell which way it faces")
+    if np.linalg.norm(x) < np.sin(np.radians(STANDING_DEGREES)) * np.linalg.norm(left):
+        raise ValueError(f"its rest pose is not a standing figure: the line between its shoulders runs within "
+                         f"{STANDING_DEGREES:g} degrees of the line from its hips to its head (a motion-capture zero "
+                         "pose laid out along one line?)")
     x = unit(x)
     return np.stack([x, np.cross(z, x), z], axis=1)
+
+
+def world_axes(obj, heads: dict[str, np.ndarray], mapping: dict[str, str]) -> tuple[np.ndarray | None, ...]:
+    """The rig's up and left (rig_axes) in world space from armature-space bone heads, and the object's world
+    rotation (3x3, its scale taken out)."""
+    world = world_matrix(obj)
+    m, rot = np.array(world), np.array(world.to_quaternion().to_matrix())
+    heads_w = {mapping[r]: m[:3, :3] @ heads[mapping[r]] + m[:3, 3] for r in mapping if mapping[r] in heads}
+    return (*rig_axes(heads_w, mapping), rot)
 
 
 def world_matrix(obj):

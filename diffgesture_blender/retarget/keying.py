@@ -10,7 +10,7 @@ import numpy as np
 
 from ..core import skeleton as sk
 from . import bone_maps, rigify
-from .frame import character_frame, rig_axes, snap, targets, world_matrix
+from .frame import character_frame, check_standing, snap, targets, world_axes
 from .quat import Y, continuous, qaxis, slerp_resample, unit
 from .solve import RigRest, driven_roles, solve
 
@@ -38,16 +38,19 @@ def armature_frame(obj, heads: dict[str, np.ndarray], mapping: dict[str, str]) -
 
     Without a spine or a pair of arm bones the armature's own +Z / +X stand in for up / left; measured axes within
     10 degrees of one of the armature's axes are taken as that axis (a rest pose's lean or a head set forward
-    should not tilt the motion). Only the object's
-    rotation is undone (a non-uniform scale is warned about in rig_notes), so motion is keyed in the rig's space.
-    """
-    world = world_matrix(obj)
-    m, rot = np.array(world), np.array(world.to_quaternion().to_matrix())
-    heads_w = {mapping[r]: m[:3, :3] @ heads[mapping[r]] + m[:3, 3] for r in mapping if mapping[r] in heads}
-    up, left = rig_axes(heads_w, mapping)
-    up = rot[:, 2] if up is None else snap(up, rot)
-    left = rot[:, 0] if left is None else snap(left, rot)
-    return rot.T @ character_frame(up, left)
+    should not tilt the motion). Only the object's rotation is undone (a non-uniform scale is warned about in
+    rig_notes), so motion is keyed in the rig's space. A rest pose that is no standing figure is refused, saying
+    what to do (check_standing, character_frame)."""
+    up, left, rot = world_axes(obj, heads, mapping)
+    try:
+        check_standing(up, left)
+        up = rot[:, 2] if up is None else snap(up, rot)
+        left = rot[:, 0] if left is None else snap(left, rot)
+        return rot.T @ character_frame(up, left)
+    except ValueError as e:
+        raise ValueError(f"cannot retarget onto {obj.name!r}: {e}. Pose it standing (a motion-capture file: go to "
+                         "its first frame), then in Pose Mode select every bone and use Pose > Apply > Apply Pose as "
+                         "Rest Pose, and generate again") from None
 
 
 PATHS = {"QUATERNION": ("rotation_quaternion", 4), "AXIS_ANGLE": ("rotation_axis_angle", 4)}  # else Euler
@@ -138,7 +141,7 @@ def solve_motion(armature_obj, directions, skeleton_name: str, mapping: dict[str
     if controls is not None:
         driven = {r for r in driven if mapping[r] in controls}
         constants = rigify.switches(armature_obj)
-    local = solve(rig, mapping, driven, tg, frame @ np.array([0.0, -1.0, 0.0]))
+    local = solve(rig, mapping, driven, tg, frame)
     if controls is not None:
         local = {controls[b]: q for b, q in local.items()}
     return local, constants

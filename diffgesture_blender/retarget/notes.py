@@ -5,8 +5,8 @@ import numpy as np
 
 from ..core import skeleton as sk
 from . import rigify
-from .frame import target_keys, world_matrix
-from .roles import PARTS, TABLE, missing_required
+from .frame import STANDING_DEGREES, target_keys, world_axes, world_matrix
+from .roles import PARTS, TABLE, folded, missing_required
 
 
 def rig_notes(armature_obj, mapping: dict[str, str], skeleton_name: str, parts: set[str]) -> list[str]:
@@ -24,6 +24,8 @@ def rig_notes(armature_obj, mapping: dict[str, str], skeleton_name: str, parts: 
     missing = missing_required(mapping)
     if missing:
         notes.append(f"partial rig: not driven (no bone mapped): {', '.join(missing)}")
+    if mapping and (spared := folded(mapping, parts)):
+        notes.append("; ".join(spared))
     bones = [mapping[r] for r in sorted({r for p in parts for r in PARTS[p] if r in mapping})]
     if rigify.is_rigify(armature_obj):
         seen, _, controls = rigify.view(armature_obj, mapping)
@@ -47,6 +49,13 @@ def rig_notes(armature_obj, mapping: dict[str, str], skeleton_name: str, parts: 
     if with_drivers:
         notes.append("drivers on the rotation of these driven bones override the generated keys (remove or mute "
                      "them to see the motion): " + ", ".join(with_drivers))
+    heads = {b.name: np.array(b.head_local) for b in armature_obj.data.bones}
+    up = world_axes(armature_obj, heads, {r: b for r, b in mapping.items() if b in heads})[0]
+    tilt = 0.0 if up is None else float(np.degrees(np.arccos(np.clip(up[2] / np.linalg.norm(up), -1.0, 1.0))))
+    if tilt > STANDING_DEGREES:
+        notes.append(f"{armature_obj.name!r} does not stand upright in the world (its hips-to-head line is {tilt:.0f} "
+                     "degrees from the world's up): the motion is keyed in the character's own frame and lies as its "
+                     "rest pose does; if that is not meant, pose it standing and apply the pose as rest pose")
     scale = np.array(world_matrix(armature_obj).to_scale())
     if np.ptp(scale) > 1e-4 * np.abs(scale).max():
         notes.append(f"{armature_obj.name!r} has non-uniform scale ({', '.join(f'{v:g}' for v in scale)}): the "

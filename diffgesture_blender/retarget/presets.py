@@ -14,7 +14,7 @@ import json
 from functools import cache
 from pathlib import Path
 
-from .names import BoneName, parse
+from .names import BoneName, parse, shared_prefix
 from .roles import ROLES, TABLE, mirror_role
 
 FORMAT, VERSION = "diffgesture-bone-map", 1
@@ -69,11 +69,15 @@ def role_keys(aliases: dict[str, list[str]], mirror: bool) -> dict[str, list[Bon
 
 
 def match(bone_names: list[str], aliases: dict[str, list[str]], mirror: bool) -> dict[str, str]:
-    """Map roles onto bone names: the exact name first, then by key; earlier aliases win."""
+    """Map roles onto bone names: the exact name first, then by key (then by key without a prefix all the rig's bones
+    share); earlier aliases win."""
     exact = set(bone_names)
     by_key: dict[BoneName, str] = {}
     for n in bone_names:
         by_key.setdefault(parse(n), n)
+    cut = len(shared_prefix(bone_names))
+    for n in bone_names if cut else ():
+        by_key.setdefault(parse(n[cut:]), n)
     mapping = {}
     for role, keys in role_keys(aliases, mirror).items():
         names = aliases.get(role, [])

@@ -4,6 +4,8 @@ Detection (the hierarchy a map must have), solving (joint-to-joint segments, cha
 required roles) all read `TABLE`. A role's segment runs from the head of its bone to the head of the first mapped
 role in `to` (the next joint), or to its own tail when none is mapped (a leaf such as the head or a fingertip).
 Chain roles ("spine", "neck") share one swing spread over their mapped bones, aimed at the chain's end joint.
+Required are the roles without which the figure cannot gesture: the spine, the head, the upper arms and forearms. A
+rig without a neck, chest or clavicle bone is driven all the same (`folded` says what takes the missing share).
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def _table() -> dict[str, Role]:
         chain = "spine" if r in SPINE_ROLES else "neck"
         later = centre[k + 1:] if chain == "spine" else NECK_ROLES[NECK_ROLES.index(r) + 1:]
         roles.append(Role(r, "spine", centre[k - 1] if k else "hips", later, chain, chain,
-                          "face" if r == "head" else None, r in ("spine", "neck", "head")))
+                          "face" if r == "head" else None, r in ("spine", "head")))
     for s in SIDES:
         arm = [f"{s}_{r}" for r in ARM_ROLES]
         for k, r in enumerate(ARM_ROLES):
@@ -77,6 +79,20 @@ def mirror_role(role: str) -> str:
 
 def missing_required(mapping: dict[str, str]) -> list[str]:
     return [r for r in REQUIRED_ROLES if r not in mapping]
+
+
+def folded(mapping: dict[str, str], parts: set[str]) -> list[str]:
+    """What takes the share of the neck, chest and clavicle bones a rig lacks, for the driven parts ('no X: ...')."""
+    out = []
+    if "spine" in parts and not any(r in mapping for r in ("neck", "neck1")):
+        out.append("no neck bone: the head carries the neck's share")
+    if "spine" in parts and not any(r in mapping for r in SPINE_ROLES[1:]):
+        out.append("no chest bone: the spine carries the chest's share")
+    sides = [s for s in SIDES if f"{s}_clavicle" not in mapping and f"{s}_upper_arm" in mapping]
+    if "arms" in parts and sides:
+        out.append(f"no {' and '.join(sides)} clavicle bone{'s' * (len(sides) > 1)}: the upper arms swing from the "
+                   "chest, without the shoulders' own shrug")
+    return out
 
 
 def mapped_above(role: str, mapping: dict[str, str]) -> str | None:

@@ -1,9 +1,13 @@
 """The solver: local bone rotations that aim each driven role's segment at its target (pure numpy, armature space).
 
 Per frame, parents first, each driven role aims the line from its bone's head to the head of the next mapped joint
-(roles.end_joint; a leaf's own tail), whatever the bone's own axis, so rigs whose bones point across their limbs
-(FBX without automatic bone orientation) are aimed like any other. The swing is the shortest one from the pose the
-bone has under its posed parent with an identity local rotation, so rolls, T/A-poses and twist bones do not matter.
+(roles.end_joint), whatever the bone's own axis, so rigs whose bones point across their limbs (FBX without automatic
+bone orientation) are aimed like any other. A leaf (the head, a hand without fingers, a fingertip) has no next joint,
+and its tail is wherever the importer put it (FBX: along +Y or across the limb; a BVH End Site of zero length: a
+0.001 stub), so its rest direction comes from the character and the rest pose instead (`leaf_directions`): the
+character's up for the head, the line from the joint above for a limb (the forearm's for a hand). The swing is the
+shortest one from the pose the bone has under its posed parent with an identity local rotation, so rolls, T/A-poses
+and twist bones do not matter.
 Chains ('spine', 'neck') spread the swing evenly over their mapped bones, then the whole chain is aimed exactly.
 Twists: the hand turns about its segment so the index-to-pinky line matches the palm, the head about its own axis
 to face the nose. Bones between mapped ones (twist or helper bones) keep their current local rotation.
@@ -14,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .quat import IDENTITY, Y, qbetween, qconj, qmul, qpow, qrot, twist_onto
-from .roles import PARTS, TABLE, end_joint
+from .quat import IDENTITY, Y, qbetween, qconj, qmul, qpow, qrot, twist_onto, unit
+from .roles import PARTS, TABLE, end_joint, mapped_above
 
 
 @dataclass
@@ -68,10 +72,43 @@ def segments(rig: RigRest, mapping: dict[str, str], driven: set[str]) -> dict[st
     return out
 
 
+def _line_from_above(rig: RigRest, mapping: dict[str, str], role: str) -> np.ndarray | None:
+    """The rest line to the head of a role's bone from the nearest mapped joint above that is apart from it."""
+    above = mapped_above(role, mapping)
+    while above is not None:
+        step = rig.head[mapping[role]] - rig.head[mapping[above]]
+        if np.linalg.norm(step) > 1e-6:
+            return step
+        above = mapped_above(above, mapping)
+    return None
+
+
+def leaf_directions(rig: RigRest, mapping: dict[str, str], driven: set[str], up: np.ndarray) -> dict[str, np.ndarray]:
+    """Bone -> rest vector (in its own frame) standing for the tail of each driven leaf: along the character's up
+    (armature space) for a centre role, else along the line from the nearest mapped joint above that is apart from
+    it; as long as the bone, unless the bone is under a quarter of that line (a zero-length BVH End Site's 0.001
+    tail), then as long as the line. The bone's own tail only when no joint above is apart from it."""
+    out = {}
+    for role in driven:
+        if end_joint(role, mapping) is not None:
+            continue
+        bone, step = mapping[role], _line_from_above(rig, mapping, role)
+        if step is None:
+            out[bone] = Y * rig.length[bone]
+            continue
+        direction = unit(np.asarray(up, dtype=np.float64)) if TABLE[role].part == "spine" else unit(step)
+        span = float(np.linalg.norm(step))
+        out[bone] = qrot(qconj(rig.rest[bone]), direction) * (rig.length[bone] if rig.length[bone] >= 0.25 * span
+                                                               else span)
+    return out
+
+
 def solve(rig: RigRest, mapping: dict[str, str], driven: set[str], tg: dict[str, np.ndarray],
-          forward: np.ndarray) -> dict[str, np.ndarray]:
-    """Local rotations (frames, 4) of the driven bones; targets tg and the character's forward in armature space."""
+          frame: np.ndarray) -> dict[str, np.ndarray]:
+    """Local rotations (frames, 4) of the driven bones; targets tg and the character frame (armature from canonical,
+    3x3) in armature space."""
     n = len(next(iter(tg.values())))
+    forward, leaf = frame @ np.array([0.0, -1.0, 0.0]), leaf_directions(rig, mapping, driven, frame[:, 2])
     world: dict[str, np.ndarray] = {}
     local: dict[str, np.ndarray] = {}
     under: dict[str, np.ndarray] = {}  # orientation under the posed parent with an identity local rotation
@@ -100,10 +137,10 @@ def solve(rig: RigRest, mapping: dict[str, str], driven: set[str], tg: dict[str,
             local[b] = qmul(qconj(under[b]), world[b])
 
     def vector(path: list[str], end: str | None) -> np.ndarray:
-        """Posed vector from the head of path[0], through the bones of the path, to the end joint (or last tail)."""
+        """Posed vector from the head of path[0], through the bones of the path, to the end joint (or the leaf's)."""
         v = sum((qrot(world[a], offset(a, b)) for a, b in zip(path, path[1:])), np.zeros((n, 3)))
         last = path[-1]
-        return v + qrot(world[last], offset(last, end) if end else Y * rig.length[last])
+        return v + qrot(world[last], offset(last, end) if end else leaf.get(last, Y * rig.length[last]))
 
     def turn(q: np.ndarray, bones: list[str]) -> None:
         """Rotate bones[0] and the posed bones below it on its path (bones[1:]) by the world rotation q."""
@@ -138,7 +175,7 @@ def solve(rig: RigRest, mapping: dict[str, str], driven: set[str], tg: dict[str,
             return
         b = seg.twist[0]
         below = seg.path[seg.path.index(b):]  # the twist turns b about its own segment, the bones below it along
-        axis = vector(below, seg.end) if b == seg.path[0] else qrot(world[b], Y)
+        axis = vector(below, seg.end) if b == seg.path[0] else qrot(world[b], leaf.get(b, Y))
         axis = axis / np.linalg.norm(axis, axis=-1, keepdims=True)
         turn(twist_onto(axis, qrot(world[b], reference[0]), reference[1]), below)
 

@@ -1,11 +1,14 @@
 """Finding the humanoid in a rig from its hierarchy and rest geometry alone (pure; world-space rest positions).
 
 The hips are the first bone (from the root) where three long branches part: two legs going down (directly or under a
-pelvis bone of their own) and the spine going up. The spine climbs to the chest, where the two arms reach out
+pelvis bone of their own; the two reaching lowest, not a skirt's strands) and the spine going up. The spine climbs
+to the chest, where the two arms reach out
 sideways beside the neck; the neck chain goes up to the head (the last bone that starts higher than the one before
-it with a good part of the neck-to-top height still above its head). Along an arm, the upper arm and forearm are long
-spans of comparable length (else the arm is left to the names), the bone before them the clavicle, the hand where
-the fingers branch or where the line has little left (_arm_roles). Left and right come from the feet (toes point
+it with a good part of the neck-to-top height still above its head, and does not start a hanging chain such as a
+twin tail). The arms and the neck follow the child that carries them on furthest (Structure.main_line), not the
+longest branch, so accessories (sleeves, hair) hanging off a limb or the head do not lead them astray. Along an arm,
+the upper arm and forearm are long spans of comparable length (else the arm is left to the names), the bone before
+them the clavicle, the hand where the fingers branch or where the line has little left (_arm_roles). Left and right come from the feet (toes point
 forward) or, without feet, from the world's -Y as forward (Blender's convention).
 Below each hand, five finger chains (through carpal or palm bones where two fingers share one): the thumb is the one
 whose base lies off the line the other four bases make across the hand, and those four are ordered from the end
@@ -28,6 +31,7 @@ class Structure:
         self.children: dict[str | None, list[str]] = {}
         for b, p in parents.items():
             self.children.setdefault(p, []).append(b)
+        self._extent: dict[str, np.ndarray] = {}
         self.reach: dict[str, float] = {}  # longest joint-to-joint path below a bone's head
         for b in self._post_order():
             ends = [np.linalg.norm(self.heads[c] - self.heads[b]) + self.reach[c] for c in self.children.get(b, [])]
@@ -45,21 +49,36 @@ class Structure:
         return self.reach[b] + float(np.linalg.norm(self.heads[b] - self.heads[self.parents[b]])) \
             if self.parents[b] else self.reach[b]
 
-    def main_line(self, b: str) -> list[str]:
-        """b and then, each time, the child with the longest reach, down to a leaf."""
+    def main_line(self, b: str, along: bool = False) -> list[str]:
+        """b and then, each time, the child with the longest reach, down to a leaf. along: the child reaching furthest
+        along the line so far (from b's head to the last bone's head) once there is one, for a limb or the neck,
+        where a sleeve or a long hair chain can outreach the hand or the head top."""
         line = [b]
-        while self.children.get(line[-1]):
-            line.append(max(self.children[line[-1]], key=lambda c: self.branch(c)))
+        while kids := self.children.get(line[-1], []):
+            heading = self.heads[line[-1]] - self.heads[b]
+            if along and np.linalg.norm(heading) > 1e-9:
+                line.append(max(kids, key=lambda c: float(np.max((self.extent(c) - self.heads[b]) @ heading))))
+            else:
+                line.append(max(kids, key=self.branch))
         return line
+
+    def hangs(self, b: str) -> bool:
+        """b starts a chain that hangs (hair, a tail, a skirt's strand): one bone after another, no branching, none
+        of them, nor b's tail, rising a tenth of the chain's reach above b's head."""
+        below, line = self.extent(b), self.main_line(b)
+        rise = max(float(np.max((below - self.heads[b]) @ UP)), float((self.tails[b] - self.heads[b]) @ UP))
+        return len(line) > 1 and len(below) == len(line) and rise < 0.1 * self.reach[b]
 
     def extent(self, b: str) -> np.ndarray:
         """Every head below b (b included)."""
-        out, todo = [], [b]
-        while todo:
-            x = todo.pop()
-            out.append(self.heads[x])
-            todo.extend(self.children.get(x, []))
-        return np.array(out)
+        if b not in self._extent:
+            out, todo = [], [b]
+            while todo:
+                x = todo.pop()
+                out.append(self.heads[x])
+                todo.extend(self.children.get(x, []))
+            self._extent[b] = np.array(out)
+        return self._extent[b]
 
 
 def _long_children(s: Structure, b: str, size: float) -> list[str]:
@@ -91,8 +110,10 @@ def find_humanoid(parents: dict[str, str | None], heads: dict[str, np.ndarray],
     hips = next((b for b in _bfs(s) if len(_parting(s, b, size)) >= 3), None)
     if hips is None:
         return {}
-    branches = sorted(_parting(s, hips, size), key=lambda c: float(np.max(s.extent(c) @ UP)))
-    spine_start, legs = branches[-1], branches[:2]
+    branches = _parting(s, hips, size)
+    spine_start = max(branches, key=lambda c: float(np.max(s.extent(c) @ UP)))
+    # the legs reach the ground: the two branches reaching lowest, not a skirt's strands that start lower than them
+    legs = sorted((c for c in branches if c != spine_start), key=lambda c: float(np.min(s.extent(c) @ UP)))[:2]
     # climb the spine to the chest: the first bone where two branches reach far sideways (the arms; breast or rib
     # bones do not) beside the one that goes on up (the neck)
     line = [spine_start]
@@ -103,13 +124,15 @@ def find_humanoid(parents: dict[str, str | None], heads: dict[str, np.ndarray],
     chest = line[-1]
     arms = arms[-2:]
     neck_line = s.main_line(max((c for c in s.children[chest] if c not in arms),
-                                key=lambda c: float(np.max(s.extent(c) @ UP))))
-    arm_lines = [s.main_line(c) for c in arms]
+                                key=lambda c: float(np.max(s.extent(c) @ UP))), along=True)
+    arm_lines = [s.main_line(c, along=True) for c in arms]
     top = max(max(float(s.tails[b] @ UP) for b in neck_line), float(np.max(s.extent(neck_line[0]) @ UP)))
     base = float(s.heads[neck_line[0]] @ UP)
     rise = [float(s.heads[b] @ UP) for b in neck_line]
     joints = [b for k, b in enumerate(neck_line) if k == 0 or rise[k] - rise[k - 1] > 0.01 * (top - base)]
-    head = [b for b in joints if top - float(s.heads[b] @ UP) >= 0.3 * (top - base)][-1]  # not an eye at its joint
+    # not an eye at its joint, nor the root of a hair chain that starts above the head's joint
+    heads = [b for b in joints if top - float(s.heads[b] @ UP) >= 0.3 * (top - base)]
+    head = ([b for b in heads if not s.hangs(b)] or heads)[-1]
     necks = neck_line[:neck_line.index(head)]
     mapping = {"hips": hips, "head": head}
     spine = line if len(line) <= 5 else line[:4] + line[-1:]
@@ -159,8 +182,9 @@ def _left_axis(s: Structure, legs: list[str]) -> np.ndarray:
 def _arm_roles(s: Structure, line: list[str], side: str) -> dict[str, str]:
     """Clavicle, upper arm, forearm and hand along one arm's main line.
 
-    The hand is where the fingers branch (a bone with three or more child chains), else any bone after which the line
-    goes on for less than half the arm (a hand and its fingers). The shoulder and elbow are two joints before it whose
+    The hand is where the fingers branch (a bone with three or more child chains; a forearm carrying sleeve chains is
+    one too, and loses to the hand on the proportions below), else any bone after which the line goes on for less
+    than half the arm (a hand and its fingers). The shoulder and elbow are two joints before it whose
     upper-arm and forearm spans are of comparable length (ratio 0.5 to 2): among the choices spanning at least half
     the longest one, the ratio nearest 1.1 (an upper arm is a little longer than a forearm). Spans, not bones: a limb
     split into a bend and a twist bone in series (Daz Genesis 8, MakeHuman) is one span."""
@@ -168,15 +192,14 @@ def _arm_roles(s: Structure, line: list[str], side: str) -> dict[str, str]:
     if len(line) < 3:
         return {}
     steps = [float(np.linalg.norm(q - p)) for p, q in zip(joints, joints[1:])]
-    hand = next((k for k in range(2, len(line))
-                 if sum(len(s.main_line(c)) >= 2 for c in s.children.get(line[k], [])) >= 3), None)
+    hands = [k for k in range(2, len(line)) if sum(len(s.main_line(c)) >= 2 for c in s.children.get(line[k], [])) >= 3]
     spans = []
-    for w in [hand] if hand is not None else range(2, len(line)):
+    for w in hands or range(2, len(line)):
         beyond = sum(steps[w:])
         for a in range(w):
             for b in range(a + 1, w):
                 up, fore = float(np.linalg.norm(joints[b] - joints[a])), float(np.linalg.norm(joints[w] - joints[b]))
-                if fore > 0 and 0.5 <= up / fore <= 2.0 and (hand is not None or beyond <= 0.45 * (up + fore)):
+                if fore > 0 and 0.5 <= up / fore <= 2.0 and (hands or beyond <= 0.45 * (up + fore)):
                     spans.append((a, b, w, up + fore, up / fore))
     if not spans:
         return {}  # no upper arm and forearm of comparable length: say nothing about this arm
