@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -291,6 +292,28 @@ def own_state(env_dir: str | Path) -> str:
 
 
 # -- creating the environment --------------------------------------------------------------------------------
+# pip's warning when a connection to an index fails: the tries left, the urllib3 error, its text, the page's path
+PIP_RETRY = re.compile(r"WARNING: Retrying \(Retry\(total=(\d+).*\)\) after connection broken by "
+                       r"'(\w+)\((.*)\)': (\S+)$")
+CONNECTION_ERRORS = {"NameResolutionError": "its name could not be resolved",
+                     "ConnectTimeoutError": "no connection within pip's timeout",
+                     "ReadTimeoutError": "no answer within pip's timeout"}
+
+
+def retry_in_words(line: str) -> tuple[str, int] | None:
+    """pip's long retry warning (cut short in the preferences, it says nothing) as what failed in words and the
+    tries left, e.g. ('no connection to the index for /simple/torch/ (connection refused)', 2); None for other lines."""
+    match = PIP_RETRY.match(line)
+    if match is None:
+        return None
+    left, error, detail, path = match.groups()
+    if error == "NewConnectionError":  # its text ends "...: [Errno 111] Connection refused"
+        why = re.sub(r"\[Errno -?\d+\] ", "", detail.rpartition(": ")[2]).strip("'\")").lower()
+    else:
+        why = CONNECTION_ERRORS.get(error, error)
+    return f"no connection to the index for {path} ({why})", int(left)
+
+
 class InstallerBusy(RuntimeError):
     """Another Blender is creating an environment in the same folder."""
 
@@ -504,14 +527,21 @@ class EnvironmentBuilder:
             return -1, str(e)
         self._record_step(self._proc.pid)
         first_error = ""  # pip's first ERROR line, or an exception's (the reason; later lines repeat it)
+        unreached = ""  # the last index pip retried: why a package was not found
         for line in self._proc.stdout:
             log.write(line)
             log.flush()
             line = line.strip()
             if line:
                 self.last_line = line
+                retry = retry_in_words(line)
+                if retry:
+                    unreached = retry[0]
+                    self.last_line = f"{unreached}: pip tries again ({retry[1]} left)"
                 if not first_error and (line.startswith("ERROR:") or line.split(" ", 1)[0].endswith("Error:")):
                     first_error = line.removeprefix("ERROR:").strip()
         code = self._proc.wait()
         self._record_step(None)
-        return code, first_error or self.last_line or f"exit code {code}"
+        reason = first_error or self.last_line or f"exit code {code}"
+        return code, f"{reason}; {unreached}" if code and unreached else reason
+

@@ -307,6 +307,46 @@ def test_unreachable_torch_index_is_said_in_words_and_the_install_goes_on_from_t
     assert f"torch {env.TORCH_VERSION} cuda False" in log  # the last step imported what was installed
 
 
+def test_while_pip_retries_an_index_the_preferences_say_so_in_words_and_so_does_the_error(addon, clean_env,
+                                                                                          silent_index, monkeypatch):
+    """Both indexes accept connections and never answer: PyTorch's is left out (noted), pip's retries of the user's
+    are shown as a sentence instead of its long WARNING line, and the failure names the index it could not reach."""
+    monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "1")
+    monkeypatch.setenv("PIP_RETRIES", "2")
+    clean_env.torch_python = ""
+    assert bpy.ops.diffgesture.create_environment() == {"FINISHED"}
+    builder = addon.operators.DIFFGESTURE_OT_create_environment.builder
+    seen, deadline = set(), time.monotonic() + 180
+    while not builder.done:
+        assert time.monotonic() < deadline, builder.log_path.read_text()
+        seen.update(draw_preferences(addon))
+        time.sleep(0.05)
+    assert "no connection to the index for /simple/pip/ (no answer within pip's timeout): pip tries again (1 left)" \
+        in seen, seen
+    assert not any("Retrying" in t for t in seen), seen
+    assert builder.notes == [f"PyTorch's index is unreachable ({silent_index}/whl/cpu: no answer within "
+                             f"{env.PROBE_TIMEOUT:g} s); installing from your own index ({silent_index}/simple)"]
+    assert re.fullmatch(rf"installing PyTorch \(cpu\) and the core's requirements failed: Could not find a version "
+                        rf"that satisfies the requirement torch=={env.TORCH_VERSION} \(from versions: none\); no "
+                        rf"connection to the index for /simple/\w+/ \(no answer within pip's timeout\) "
+                        rf"\(see {re.escape(str(builder.log_path))}\)", builder.error), builder.error
+    assert "WARNING: Retrying (Retry(total=1" in builder.log_path.read_text()  # the log keeps pip's own words
+
+
+def test_retry_in_words_reads_each_connection_failure():
+    line = ("WARNING: Retrying (Retry(total={}, connect=None, read=None, redirect=None, status=None)) after connection "
+            "broken by '{}': /whl/cpu/torch/")
+    refused = ("NewConnectionError('<pip._vendor.urllib3.connection.HTTPConnection object at 0x7f5d>: Failed to "
+               "establish a new connection: [Errno 111] Connection refused')")
+    unresolved = ("NameResolutionError(\"<pip._vendor.urllib3.connection.HTTPSConnection object at 0x7f5d>: Failed "
+                  "to resolve 'download.pytorch.org' ([Errno -3] Temporary failure in name resolution)\")")
+    assert env.retry_in_words(line.format(0, refused)) == \
+        ("no connection to the index for /whl/cpu/torch/ (connection refused)", 0)
+    assert env.retry_in_words(line.format(2, unresolved)) == \
+        ("no connection to the index for /whl/cpu/torch/ (its name could not be resolved)", 2)
+    assert env.retry_in_words("Collecting torch==2.13.0") is None
+
+
 def test_probe_names_each_way_an_index_is_unreachable(serve, silent_server, tmp_path):
     assert env.unreachable(f"http://127.0.0.1:{free_port()}/whl/cpu") == "the connection was refused"
     began = time.monotonic()
