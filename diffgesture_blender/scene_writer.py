@@ -54,7 +54,7 @@ def write_motion(scene: bpy.types.Scene, request: Request, armature_name: str, m
     if not MIN_FPS <= fps <= MAX_FPS:  # keys are resampled to the scene's rate: bound their number
         raise ValueError(f"the scene's frame rate is {fps:g} fps; set it within {MIN_FPS}-{MAX_FPS} fps "
                          "(Output Properties > Format)")
-    end = r.start_frame + math.ceil(meta["duration"] * fps)  # the sound's end (its strip's frame_final_end)
+    end = r.start_frame + math.ceil(meta["duration"] * fps)  # at or past the sound's end (Blender rounds it)
     notes = list(notes)
     channel = free_channel(scene, r.start_frame, end) if r.add_sound else None
     if r.add_sound and channel is None:
@@ -80,7 +80,8 @@ def write_motion(scene: bpy.types.Scene, request: Request, armature_name: str, m
             actions.insert(0, action.name)
         first, last = take.frames()  # the keys' frames (every variation has as many)
         scene.frame_start = min(scene.frame_start, first)
-        scene.frame_end = max(scene.frame_end, last, *([end - 1] if strip else []))  # the keys, and a strip's sound
+        sound_end = scene.sequence_editor.strips_all[strip].frame_final_end - 1 if strip else last  # its last frame
+        scene.frame_end = max(scene.frame_end, last, sound_end)  # the keys, and the whole sound when a strip plays it
     _skeletons[str(resolve_checkpoint(r.checkpoint))] = meta["skeleton"]
     noted = set(r.parts)
     if not r.insist_fingers and not (has_fingers(meta["skeleton"]) and any(role in mapping for role in
