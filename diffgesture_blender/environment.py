@@ -2,19 +2,26 @@
 saying in one sentence what is wrong with an interpreter that cannot run the worker.
 
 Pure logic (no bpy): `gpu_info` asks nvidia-smi, `pip_plan` turns that into install commands, `EnvironmentBuilder`
-runs them in a thread (one installer per folder, guarded by a lock file) and writes everything to a readable log
-file that the preferences show; `diagnose` names the missing interpreter or packages and what to press.
+runs them in a thread (one installer per folder, guarded by a lock file; PyTorch's index is dropped, with a note,
+when it does not answer within seconds) and writes everything to a readable log file that the preferences show;
+`own_state` says in a sentence whether the environment is ready, being created or incomplete; `diagnose` names the
+missing interpreter or packages and what to press.
 """
 from __future__ import annotations
 
 import atexit
 import json
 import os
+import re
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,6 +33,8 @@ WORKER_MODULES = ("numpy", "torch", "soundfile")  # what the worker imports from
 TORCH_INDEX = "https://download.pytorch.org/whl/"
 PREFERENCES_PATH = "Edit > Preferences > Add-ons > DiffGesture"
 CREATE_HINT = f"press Create Environment in {PREFERENCES_PATH}"
+PROBE_TIMEOUT = 5.0  # seconds PyTorch's index has to answer before the install goes on without it
+LOG_FINISHED, LOG_FAILED = "== finished", "== FAILED: "  # the log's last line once a build has ended
 
 
 @dataclass(frozen=True)
@@ -52,11 +61,11 @@ class Plan:
         """PyPI's torch is the right build on macOS; elsewhere the cpu/CUDA variants come from PyTorch's index."""
         return sys.platform != "darwin"
 
-    def pip_args(self, user_extra_indexes: list[str] = ()) -> list[str]:
+    def pip_args(self, user_extra_indexes: list[str] = (), torch_index: bool = True) -> list[str]:
         """Arguments after `python -m pip`: the user's own index (pip's configuration, PyPI by default) stays the
-        main one; PyTorch's index is added as an extra, after the user's extras (a command-line option replaces the
-        configured one, so those are repeated)."""
-        extras = [*user_extra_indexes, *([self.index_url] if self.needs_torch_index else [])]
+        main one; PyTorch's index is added as an extra (unless torch_index is False: it did not answer), after the
+        user's extras (a command-line option replaces the configured one, so those are repeated)."""
+        extras = [*user_extra_indexes, *([self.index_url] if self.needs_torch_index and torch_index else [])]
         return ["install", "--disable-pip-version-check",
                 *(arg for url in extras for arg in ("--extra-index-url", url)), *self.packages]
 
@@ -140,9 +149,13 @@ def diagnose(python: str | Path, own: bool, remedy: str = "") -> str | None:
     own: the interpreter is the extension's environment (not one the user chose). remedy: replaces the advice
     (the headless command names --torch-python instead of the preferences)."""
     python = Path(python)
-    if own and any(venv_python(b.env_dir) == python for b in _running.values()):
+    builder = installer(python.parent.parent) if own else None  # venv_python: the folder's bin/python
+    if builder == os.getpid():
         return f"the torch environment is still being created: wait for Create Environment to finish (its " \
                f"progress is in {PREFERENCES_PATH})"
+    if builder is not None:
+        return f"another Blender (PID {builder}) is creating the torch environment: wait for it to finish there, " \
+               "then try again"
     if not python.exists():
         problem = ("there is no torch environment yet" if own else f"the Torch Python {python} does not exist")
         advice = CREATE_HINT if own else f"correct or clear Torch Python in {PREFERENCES_PATH} (cleared, the " \
@@ -161,26 +174,146 @@ def diagnose(python: str | Path, own: bool, remedy: str = "") -> str | None:
     return f"the Torch Python {python} lacks {names}: {remedy or advice}"
 
 
-def user_indexes(python: str | Path) -> tuple[str | None, list[str]]:
-    """The index and extra indexes the user configured for pip (PIP_* variables, pip.conf), as `python`'s pip sees
-    them: (index-url or None for PyPI, [extra-index-url ...])."""
+def pip_config(python: str | Path) -> dict[str, str]:
+    """pip's configured options (PIP_* variables, pip.conf) as `python`'s pip sees them, by pip's precedence:
+    environment variables, then the install command's section, then [global]; {} when pip cannot say."""
     try:
         out = subprocess.run([str(python), "-m", "pip", "config", "list"], capture_output=True, text=True,
                              timeout=60, env=clean_env())
     except (OSError, subprocess.TimeoutExpired):
-        return None, []
+        return {}
     values: dict[str, dict[str, str]] = {}
     for line in out.stdout.splitlines():
         key, sep, value = line.partition("=")
         section, _, name = key.rpartition(".")
-        if sep and name in ("index-url", "extra-index-url"):
+        if sep:
             values.setdefault(name, {})[section] = value.strip().strip("'\"")
-    # pip's precedence: environment variables, then the install command's section, then [global]
-    pick = {n: next((v[s] for s in (":env:", "install", "global") if s in v), None) for n, v in values.items()}
-    return pick.get("index-url"), (pick.get("extra-index-url") or "").split()
+    order = (":env:", "install", "global")
+    return {n: next(v[s] for s in order if s in v) for n, v in values.items() if any(s in v for s in order)}
+
+
+def user_indexes(config: dict[str, str]) -> tuple[str | None, list[str]]:
+    """The index and extra indexes of pip's configuration (pip_config): (index-url or None for PyPI, [extras])."""
+    return config.get("index-url"), config.get("extra-index-url", "").split()
+
+
+def unreachable(url: str, proxy: str | None = None, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Why an http(s) index cannot be reached within `timeout` seconds (name not found, refused, no answer), in
+    words; None once anything answers (an error status or a certificate problem included: pip judges those).
+    proxy: pip's own (its configuration); the proxy variables of the environment apply as for pip."""
+    if not url.startswith(("http://", "https://")):
+        return None  # a local (file:) index: pip reads it without the network
+    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({"http": proxy, "https": proxy})]
+                                           if proxy else []))
+    why: list[str | None] = [f"no answer within {timeout:g} s"]  # stays so when even the name lookup hangs
+
+    def probe() -> None:
+        try:
+            opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            why[0] = None
+        except urllib.error.HTTPError:
+            why[0] = None
+        except urllib.error.URLError as e:
+            why[0] = None if isinstance(e.reason, ssl.SSLError) else _in_words(e.reason, timeout)
+        except OSError as e:  # a timeout while reading the answer
+            why[0] = _in_words(e, timeout)
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return why[0]
+
+
+def _in_words(reason: object, timeout: float) -> str:
+    """A socket error as a few words: the name, a refusal, a timeout, or the system's own text."""
+    if isinstance(reason, socket.gaierror):
+        return "its name could not be resolved"
+    if isinstance(reason, ConnectionRefusedError):
+        return "the connection was refused"
+    if isinstance(reason, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    return getattr(reason, "strerror", None) or str(reason)
+
+
+# -- the state of the extension's environment ---------------------------------------------------------------
+def lock_path(env_dir: str | Path) -> Path:
+    """The lock file beside the folder while a Blender creates the environment in it."""
+    return Path(env_dir).parent / "torch-env.lock"
+
+
+def log_path(env_dir: str | Path) -> Path:
+    """The log of the last Create Environment for the folder."""
+    return Path(env_dir).parent / "torch-env-install.log"
+
+
+def installer(env_dir: str | Path) -> int | None:
+    """The PID of the Blender creating the environment in `env_dir` now (this one included), from its lock; None
+    when none is (no lock, or one left by a Blender that is gone)."""
+    lock = lock_path(env_dir)
+    try:
+        owner = json.loads(lock.read_text()).get("owner")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if owner == os.getpid():
+        return owner if lock in _running else None
+    return owner if isinstance(owner, int) and pid_alive(owner) else None
+
+
+def last_outcome(env_dir: str | Path) -> str | None:
+    """How the last Create Environment for the folder ended, from its log's last line: 'finished', 'cancelled',
+    'failed' or 'interrupted' (the log stops mid-way: Blender quit or crashed); None without a log."""
+    try:
+        with open(log_path(env_dir), "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return None
+    last = lines[-1] if lines else ""
+    if last == LOG_FINISHED:
+        return "finished"
+    if last.startswith(LOG_FAILED):
+        return "cancelled" if last.startswith(LOG_FAILED + "cancelled") else "failed"
+    return "interrupted"
+
+
+def own_state(env_dir: str | Path) -> str:
+    """A sentence for the preferences: the extension's environment is being created (here or by another Blender),
+    absent, incomplete after a cancel, failure or quit, or in use."""
+    python, builder = venv_python(env_dir), installer(env_dir)
+    if builder == os.getpid():
+        return "The extension's environment is being created (progress below)"
+    if builder is not None:
+        return f"Another Blender (PID {builder}) is creating the extension's environment: wait for it to finish"
+    if not python.is_file():
+        return "No environment yet: press Create Environment"
+    how = {"cancelled": "was cancelled", "failed": "failed", "interrupted": "did not finish"}.get(last_outcome(env_dir))
+    if how:
+        return f"The extension's environment is incomplete (creating it {how}): press Create Environment"
+    return f"Using the extension's environment: {python}"
 
 
 # -- creating the environment --------------------------------------------------------------------------------
+# pip's warning when a connection to an index fails: the tries left, the urllib3 error, its text, the page's path
+PIP_RETRY = re.compile(r"WARNING: Retrying \(Retry\(total=(\d+).*\)\) after connection broken by "
+                       r"'(\w+)\((.*)\)': (\S+)$")
+CONNECTION_ERRORS = {"NameResolutionError": "its name could not be resolved",
+                     "ConnectTimeoutError": "no connection within pip's timeout",
+                     "ReadTimeoutError": "no answer within pip's timeout"}
+
+
+def retry_in_words(line: str) -> tuple[str, int] | None:
+    """pip's long retry warning (cut short in the preferences, it says nothing) as what failed in words and the
+    tries left, e.g. ('no connection to the index for /simple/torch/ (connection refused)', 2); None for other lines."""
+    match = PIP_RETRY.match(line)
+    if match is None:
+        return None
+    left, error, detail, path = match.groups()
+    if error == "NewConnectionError":  # its text ends "...: [Errno 111] Connection refused"
+        why = re.sub(r"\[Errno -?\d+\] ", "", detail.rpartition(": ")[2]).strip("'\")").lower()
+    else:
+        why = CONNECTION_ERRORS.get(error, error)
+    return f"no connection to the index for {path} ({why})", int(left)
+
+
 class InstallerBusy(RuntimeError):
     """Another Blender is creating an environment in the same folder."""
 
@@ -230,8 +363,7 @@ class EnvironmentBuilder:
                  on_done: Callable[[], None] | None = None):
         self.env_dir, self.plan, self.on_done = Path(env_dir), plan, on_done
         self.python = python or base_python()
-        self.log_path = self.env_dir.parent / "torch-env-install.log"
-        self.lock_path = self.env_dir.parent / "torch-env.lock"
+        self.log_path, self.lock_path = log_path(self.env_dir), lock_path(self.env_dir)
         self.stage, self.fraction = "waiting", 0.0
         self.error: str | None = None
         self.done = False
@@ -344,12 +476,7 @@ class EnvironmentBuilder:
                 break
             self.stage, self.fraction, self.stage_started = stage, i / len(steps), time.monotonic()
             if cmd[1:] == ["-m", "pip"]:  # the install step: the user's index stays, PyTorch's is added
-                index, extras = user_indexes(cmd[0])
-                cmd = [*cmd, *self.plan.pip_args(extras)]
-                log.write(f"Index: {index or 'PyPI (pip default)'} (your pip configuration is kept)"
-                          + (f"; extra: {', '.join(extras)}" if extras else "")
-                          + (f"; PyTorch's {self.plan.variant} index added as an extra: {self.plan.index_url}\n"
-                             if self.plan.needs_torch_index else "\n"))
+                cmd = [*cmd, *self._install_args(cmd[0], log)]
             log.write(f"== {stage}\n$ {' '.join(cmd)}\n")
             log.flush()
             code, reason = self._step(cmd, log)
@@ -362,7 +489,33 @@ class EnvironmentBuilder:
             self.stage, self.fraction, self.last_line = "done", 1.0, ""
         if self._cancelled:
             self.error = f"cancelled while {self.stage}; {CREATE_HINT} to start again"
-        log.write(f"\n== {'FAILED: ' + self.error if self.error else 'finished'}\n")
+        log.write(f"\n{LOG_FAILED + self.error if self.error else LOG_FINISHED}\n")
+
+    def _install_args(self, python: str, log) -> list[str]:
+        """pip's arguments for the install step, written to the log: the user's own index stays the main one;
+        PyTorch's is added as an extra when it answers within PROBE_TIMEOUT, and otherwise left out with a note
+        (pip would retry it for minutes: the install goes on from the user's index alone)."""
+        config = pip_config(python)
+        index, extras = user_indexes(config)
+        own = index or "PyPI"
+        with_torch = self.plan.needs_torch_index
+        if with_torch:
+            self.last_line = f"checking that PyTorch's index answers: {self.plan.index_url}"
+            why = unreachable(self.plan.index_url, config.get("proxy"))
+            if why:
+                with_torch = False
+                self.note(f"PyTorch's index is unreachable ({self.plan.index_url}: {why}); installing from your own "
+                          f"index ({own})", log)
+        log.write(f"Index: {index or 'PyPI (pip default)'} (your pip configuration is kept)"
+                  + (f"; extra: {', '.join(extras)}" if extras else "")
+                  + (f"; PyTorch's {self.plan.variant} index added as an extra: {self.plan.index_url}\n"
+                     if with_torch else "\n"))
+        return self.plan.pip_args(extras, with_torch)
+
+    def note(self, text: str, log) -> None:
+        """Tell the user something about the build: in the preferences (with the plan) and in the log."""
+        self.notes.append(text)
+        log.write(f"Note: {text}\n")
 
     def _step(self, cmd: list[str], log) -> tuple[int, str]:
         """Run one command, copying its output to the log line by line; its exit code and its last error line."""
@@ -374,14 +527,21 @@ class EnvironmentBuilder:
             return -1, str(e)
         self._record_step(self._proc.pid)
         first_error = ""  # pip's first ERROR line, or an exception's (the reason; later lines repeat it)
+        unreached = ""  # the last index pip retried: why a package was not found
         for line in self._proc.stdout:
             log.write(line)
             log.flush()
             line = line.strip()
             if line:
                 self.last_line = line
+                retry = retry_in_words(line)
+                if retry:
+                    unreached = retry[0]
+                    self.last_line = f"{unreached}: pip tries again ({retry[1]} left)"
                 if not first_error and (line.startswith("ERROR:") or line.split(" ", 1)[0].endswith("Error:")):
                     first_error = line.removeprefix("ERROR:").strip()
         code = self._proc.wait()
         self._record_step(None)
-        return code, first_error or self.last_line or f"exit code {code}"
+        reason = first_error or self.last_line or f"exit code {code}"
+        return code, f"{reason}; {unreached}" if code and unreached else reason
+

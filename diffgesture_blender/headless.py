@@ -205,6 +205,8 @@ def run(reqs: list[Request]) -> tuple[list[dict], list[dict]]:
             placed = ""
         results.append(summary.to_dict())
         frame = summary.frame_end + 1
+        if summary.sound_strip:  # the clip's sound may end a frame or two after its last key
+            frame = max(frame, bpy.context.scene.sequence_editor.strips_all[summary.sound_strip].frame_final_end)
     return results, errors
 
 

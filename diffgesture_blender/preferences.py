@@ -50,11 +50,9 @@ class DiffGesturePreferences(bpy.types.AddonPreferences):
         from .worker_host import HOST
         layout = self.layout
         layout.prop(self, "torch_python")
-        own = environment.venv_python(env_dir())
         if not self.torch_python:
-            layout.label(text=f"Using the extension's environment: {own}" if own.is_file() else
-                         "No environment yet: press Create Environment", icon="INFO")
-        elif own.is_file():  # both exist: say which one wins and offer the other
+            layout.label(text=environment.own_state(env_dir()), icon="INFO")
+        elif environment.venv_python(env_dir()).is_file():  # both exist: say which one wins and offer the other
             row = layout.row()
             row.label(text="Torch Python is used (cleared, the extension's environment would be)", icon="INFO")
             row.operator(operators.DIFFGESTURE_OT_use_extension_environment.bl_idname)

@@ -26,7 +26,7 @@ class Summary:
     audio: str
     armature: str
     actions: list[str]  # one per variation; the first is assigned to the armature
-    frame_start: int
+    frame_start: int  # the scene frames of the first and the last key
     frame_end: int
     duration: float  # seconds of audio
     skeleton: str
@@ -54,7 +54,7 @@ def write_motion(scene: bpy.types.Scene, request: Request, armature_name: str, m
     if not MIN_FPS <= fps <= MAX_FPS:  # keys are resampled to the scene's rate: bound their number
         raise ValueError(f"the scene's frame rate is {fps:g} fps; set it within {MIN_FPS}-{MAX_FPS} fps "
                          "(Output Properties > Format)")
-    end = r.start_frame + math.ceil(meta["duration"] * fps)
+    end = r.start_frame + math.ceil(meta["duration"] * fps)  # at or past the sound's end (Blender rounds it)
     notes = list(notes)
     channel = free_channel(scene, r.start_frame, end) if r.add_sound else None
     if r.add_sound and channel is None:
@@ -70,21 +70,24 @@ def write_motion(scene: bpy.types.Scene, request: Request, armature_name: str, m
                                            start_frame=r.start_frame, action_name=names[v], parts=set(r.parts),
                                            nla_strip=r.nla_strip, partial=r.allow_partial)
             action.use_fake_user = len(directions) > 1
-            action[takes.KEY] = takes.Take(
+            take = takes.Take(
                 audio=str(Path(r.audio).resolve()), checkpoint=r.checkpoint,
                 checkpoint_sha256=meta["checkpoint_sha256"], skeleton=meta["skeleton"], start_frame=r.start_frame,
                 scene_fps=fps, src_fps=float(meta["fps"]), duration=float(meta["duration"]),
                 settings=dict(meta["settings"]), bone_map=dict(mapping), parts=sorted(r.parts),
-                allow_partial=r.allow_partial, poses=result["poses"][v], sound=sound).to_property()
+                allow_partial=r.allow_partial, poses=result["poses"][v], sound=sound)
+            action[takes.KEY] = take.to_property()
             actions.insert(0, action.name)
-        scene.frame_start = min(scene.frame_start, r.start_frame)
-        scene.frame_end = max(scene.frame_end, end)
+        first, last = take.frames()  # the keys' frames (every variation has as many)
+        scene.frame_start = min(scene.frame_start, first)
+        sound_end = scene.sequence_editor.strips_all[strip].frame_final_end - 1 if strip else last  # its last frame
+        scene.frame_end = max(scene.frame_end, last, sound_end)  # the keys, and the whole sound when a strip plays it
     _skeletons[str(resolve_checkpoint(r.checkpoint))] = meta["skeleton"]
     noted = set(r.parts)
     if not r.insist_fingers and not (has_fingers(meta["skeleton"]) and any(role in mapping for role in
                                                                            retarget.PARTS["fingers"])):
         noted.discard("fingers")  # "fingers when possible": no warning that they were not possible
-    return Summary(audio=str(r.audio), armature=obj.name, actions=actions, frame_start=r.start_frame, frame_end=end,
+    return Summary(audio=str(r.audio), armature=obj.name, actions=actions, frame_start=first, frame_end=last,
                    duration=meta["duration"], skeleton=meta["skeleton"], sound_strip=strip, seconds=meta["seconds"],
                    device=meta["device"],
                    notes=notes + retarget.rig_notes(obj, mapping, meta["skeleton"], noted))

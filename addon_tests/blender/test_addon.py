@@ -36,6 +36,7 @@ def wav_seconds(path: Path) -> float:
 
 
 def test_generate_operator_keys_audio_span_and_adds_sound(addon, scene, speech_wav):
+    scene.frame_end = 20  # shorter than the clip: Generate widens it
     assert bpy.ops.diffgesture.generate() == {"FINISHED"}
     rig, seconds = scene.diffgesture.armature, wav_seconds(speech_wav)
     assert rig.animation_data.action.name == speech_wav.stem
@@ -43,7 +44,8 @@ def test_generate_operator_keys_audio_span_and_adds_sound(addon, scene, speech_w
     assert first == 11 and abs(last - (11 + seconds * 24)) <= 24 / 15 + 1  # spans the audio at 24 fps
     strips = list(scene.sequence_editor.strips_all)
     assert [(s.type, s.frame_start) for s in strips] == [("SOUND", 11)]
-    assert scene.frame_end >= 11 + seconds * 24 - 1
+    # the range ends with the keys or the sound as Blender plays it (its strip rounds seconds * 24 frames)
+    assert scene.frame_end == max(last, strips[0].frame_final_end - 1) >= 11 + round(seconds * 24) - 1
     assert never_touched_torch(), TorchImportWatch.attempts
 
 
@@ -58,6 +60,8 @@ def test_modal_loop_keeps_the_worker_warm_and_refuses_a_second_run(addon, scene)
         gen.close()
     result, reports = drive_modal(addon)
     assert result == {"FINISHED"}, reports
+    first, last = keyframe_span(scene.diffgesture.armature)  # the report names the keys' frames, not the sound's
+    assert re.search(rf": frames {first:.0f}-{last:.0f} on Rig \(", reports[-1][1]) and first == 11, reports
     assert addon.worker_host.HOST.pid() == pid  # same process served both requests
     assert len(bpy.data.actions) == 2
 
@@ -409,7 +413,12 @@ def test_folder_clips_follow_the_existing_sound_and_progress_lines_do_not_repeat
                                 "--torch-python", str(TORCH_PYTHON)]) == 0
     err = capsys.readouterr().err
     first, second = json.loads(summary.read_text())["results"]
-    assert first["frame_start"] == existing.frame_final_end and second["frame_start"] == first["frame_end"] + 1
+    for result in (first, second):  # the frames reported are those of the action's first and last keys
+        keys = bpy.data.actions[result["actions"][0]].frame_range
+        assert (result["frame_start"], result["frame_end"]) == (round(keys[0]), round(keys[1])), (result, keys[:])
+    first_sound = scene.sequence_editor.strips_all[first["sound_strip"]]
+    assert first["frame_start"] == existing.frame_final_end
+    assert second["frame_start"] == max(first["frame_end"] + 1, first_sound.frame_final_end)  # after its keys and voice
     assert (f"a.wav: the clips were placed after the sound strips already in the sequencer: the first starts at "
             f"frame {existing.frame_final_end}, not 1") in err
     sounds = sorted((s.frame_final_start, s.frame_final_end) for s in scene.sequence_editor.strips_all)

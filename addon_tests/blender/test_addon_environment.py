@@ -1,6 +1,8 @@
 """The torch environment: the plan (pure), its builder, and in real Blender what Generate, Check, Create and Cancel
 tell a user who has no environment, a broken one or their own. No network: pip only ever sees a package index on a
-closed or silent local port, and the environments without packages are real venvs."""
+closed or silent local port, or a local one serving small wheels built here (never torch itself), and the
+environments without packages are real venvs."""
+import http.server
 import json
 import os
 import re
@@ -8,7 +10,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+import zipfile
 from pathlib import Path
 
 import bpy
@@ -88,17 +92,22 @@ def no_index(monkeypatch):
 
 
 @pytest.fixture
-def silent_index(monkeypatch, no_index):
-    """A package index that accepts connections and never answers: pip waits, so an install can be interrupted."""
+def silent_server():
+    """A server on loopback that accepts connections and never answers; its URL."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(16)
-    url = f"http://127.0.0.1:{server.getsockname()[1]}"
-    monkeypatch.setenv("PIP_INDEX_URL", url + "/simple")
-    monkeypatch.setenv("DIFFGESTURE_TORCH_INDEX", url + "/whl")
-    monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "300")
-    yield url
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
     server.close()
+
+
+@pytest.fixture
+def silent_index(monkeypatch, no_index, silent_server):
+    """A package index that accepts connections and never answers: pip waits, so an install can be interrupted."""
+    monkeypatch.setenv("PIP_INDEX_URL", silent_server + "/simple")
+    monkeypatch.setenv("DIFFGESTURE_TORCH_INDEX", silent_server + "/whl")
+    monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "300")
+    return silent_server
 
 
 @pytest.fixture
@@ -113,11 +122,64 @@ def clean_env(addon):
             ops.builder.wait(60)
             ops.builder = None
         shutil.rmtree(own_env(addon), ignore_errors=True)
+        env.log_path(own_env(addon)).unlink(missing_ok=True)  # a new user: no earlier build to report on
         addon.worker_host.HOST.forget_check()
     clean()
     yield prefs
     clean()
     prefs.torch_python = str(TORCH_PYTHON)
+
+
+def wheel(folder: Path, name: str, version: str, files: dict[str, str]) -> Path:
+    """A minimal pure-Python wheel holding `files` (path -> source), in folder/name/ as an index serves it."""
+    dist = f"{name}-{version}"
+    files = {**files, f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                        "Tag: py3-none-any\n"}
+    files[f"{dist}.dist-info/RECORD"] = "".join(f"{path},,\n" for path in [*files, f"{dist}.dist-info/RECORD"])
+    path = folder / name / f"{dist}-py3-none-any.whl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as z:
+        for member, text in files.items():
+            z.writestr(member, text)
+    return path
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Serve folders over HTTP on loopback (a directory listing is a PEP 503 project page); returns url(folder)."""
+    servers = []
+
+    def url(folder: Path) -> str:
+        handler = lambda *a, **k: QuietHandler(*a, directory=str(folder), **k)  # noqa: E731
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+    yield url
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def wheel_index(monkeypatch, no_index, serve, tmp_path):
+    """The user's own index (PIP_INDEX_URL) on loopback, holding small stand-ins for torch, numpy and soundfile
+    that the builder's last step can import (torch.__version__, torch.cuda.is_available())."""
+    folder = tmp_path / "simple"
+    wheel(folder, "torch", env.TORCH_VERSION, {"torch/__init__.py": f"from . import cuda\n__version__ = "
+                                                                    f"{env.TORCH_VERSION!r}\n",
+                                              "torch/cuda.py": "def is_available():\n    return False\n"})
+    wheel(folder, "numpy", "1.26.4", {"numpy/__init__.py": "__version__ = '1.26.4'\n"})
+    wheel(folder, "soundfile", "0.12.1", {"soundfile.py": "__version__ = '0.12.1'\n"})
+    url = serve(folder)
+    monkeypatch.setenv("PIP_INDEX_URL", url)
+    return url
 
 
 def free_port() -> int:
@@ -186,7 +248,12 @@ def test_every_missing_package_is_one_sentence_with_the_button(addon, scene, cle
     assert "Traceback" not in report[0]
 
 
-def test_unreachable_index_fails_with_pips_reason_and_keeps_the_users_index(addon, clean_env, no_index):
+def test_a_missing_torch_fails_with_pips_reason_and_keeps_the_users_index(addon, clean_env, no_index, serve,
+                                                                          tmp_path, monkeypatch):
+    """The user's index is a closed port, PyTorch's answers but holds nothing: pip's own reason, the user's index
+    kept as the main one and PyTorch's added as an extra, and the preferences call the result incomplete."""
+    torch_index = serve(tmp_path) + "/whl"
+    monkeypatch.setenv("DIFFGESTURE_TORCH_INDEX", torch_index)
     clean_env.torch_python = ""
     assert run_check(addon)[0].startswith("Check failed")
     assert bpy.ops.diffgesture.create_environment() == {"FINISHED"}
@@ -200,13 +267,93 @@ def test_unreachable_index_fails_with_pips_reason_and_keeps_the_users_index(addo
     assert builder.error == (f"installing PyTorch (cpu) and the core's requirements failed: Could not find a version "
                              f"that satisfies the requirement torch=={env.TORCH_VERSION} (from versions: none) "
                              f"(see {builder.log_path})")
-    assert builder.error in draw_preferences(addon)
+    texts = draw_preferences(addon)
+    assert builder.error in texts and builder.notes == []  # PyTorch's index answered: nothing to say about it
+    assert "The extension's environment is incomplete (creating it failed): press Create Environment" in texts
     log = builder.log_path.read_text()
     assert (f"Index: http://127.0.0.1:{no_index}/simple (your pip configuration is kept); PyTorch's cpu index added "
-            f"as an extra: http://127.0.0.1:{no_index}/whl/cpu") in log
-    assert f"--extra-index-url http://127.0.0.1:{no_index}/whl/cpu torch=={env.TORCH_VERSION}" in log
+            f"as an extra: {torch_index}/cpu") in log
+    assert f"--extra-index-url {torch_index}/cpu torch=={env.TORCH_VERSION}" in log
     assert "--index-url" not in log.replace("--extra-index-url", "")
     assert not builder.lock_path.exists()
+
+
+def test_unreachable_torch_index_is_said_in_words_and_the_install_goes_on_from_the_users_index(
+        addon, clean_env, wheel_index, silent_server, monkeypatch):
+    """PyTorch's index accepts connections and never answers (a firewall that drops them): within PROBE_TIMEOUT the
+    builder says so, leaves it out, and installs from the user's own index; pip alone would wait 300 s for it."""
+    monkeypatch.setenv("DIFFGESTURE_TORCH_INDEX", silent_server + "/whl")
+    monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "300")
+    clean_env.torch_python = ""
+    assert bpy.ops.diffgesture.create_environment() == {"FINISHED"}
+    builder = addon.operators.DIFFGESTURE_OT_create_environment.builder
+    installing = f"installing PyTorch ({builder.plan.variant}) and the core's requirements"
+    wait_for(lambda: builder.stage == installing or builder.done, 300, "the install step")
+    assert "The extension's environment is being created (progress below)" in draw_preferences(addon)
+    began = time.monotonic()
+    builder.wait(120)  # pip alone would wait 300 s for PyTorch's index
+    took = time.monotonic() - began
+    assert builder.done and builder.error is None, builder.log_path.read_text()
+    note = (f"PyTorch's index is unreachable ({silent_server}/whl/cpu: no answer within {env.PROBE_TIMEOUT:g} s); "
+            f"installing from your own index ({wheel_index})")
+    texts = draw_preferences(addon)
+    assert builder.notes == [note] and note in texts
+    assert f"Using the extension's environment: {env.venv_python(own_env(addon))}" in texts
+    assert env.PROBE_TIMEOUT <= took < env.PROBE_TIMEOUT + 60, took  # the probe's wait, then a local install
+    log = builder.log_path.read_text()
+    assert f"Note: {note}\nIndex: {wheel_index} (your pip configuration is kept)\n" in log
+    assert "--extra-index-url" not in log and "Retrying" not in log
+    assert f"Successfully installed numpy-1.26.4 soundfile-0.12.1 torch-{env.TORCH_VERSION}" in log
+    assert f"torch {env.TORCH_VERSION} cuda False" in log  # the last step imported what was installed
+
+
+def test_while_pip_retries_an_index_the_preferences_say_so_in_words_and_so_does_the_error(addon, clean_env,
+                                                                                          silent_index, monkeypatch):
+    """Both indexes accept connections and never answer: PyTorch's is left out (noted), pip's retries of the user's
+    are shown as a sentence instead of its long WARNING line, and the failure names the index it could not reach."""
+    monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "1")
+    monkeypatch.setenv("PIP_RETRIES", "2")
+    clean_env.torch_python = ""
+    assert bpy.ops.diffgesture.create_environment() == {"FINISHED"}
+    builder = addon.operators.DIFFGESTURE_OT_create_environment.builder
+    seen, deadline = set(), time.monotonic() + 180
+    while not builder.done:
+        assert time.monotonic() < deadline, builder.log_path.read_text()
+        seen.update(draw_preferences(addon))
+        time.sleep(0.05)
+    assert "no connection to the index for /simple/pip/ (no answer within pip's timeout): pip tries again (1 left)" \
+        in seen, seen
+    assert not any("Retrying" in t for t in seen), seen
+    assert builder.notes == [f"PyTorch's index is unreachable ({silent_index}/whl/cpu: no answer within "
+                             f"{env.PROBE_TIMEOUT:g} s); installing from your own index ({silent_index}/simple)"]
+    assert re.fullmatch(rf"installing PyTorch \(cpu\) and the core's requirements failed: Could not find a version "
+                        rf"that satisfies the requirement torch=={env.TORCH_VERSION} \(from versions: none\); no "
+                        rf"connection to the index for /simple/\w+/ \(no answer within pip's timeout\) "
+                        rf"\(see {re.escape(str(builder.log_path))}\)", builder.error), builder.error
+    assert "WARNING: Retrying (Retry(total=1" in builder.log_path.read_text()  # the log keeps pip's own words
+
+
+def test_retry_in_words_reads_each_connection_failure():
+    line = ("WARNING: Retrying (Retry(total={}, connect=None, read=None, redirect=None, status=None)) after connection "
+            "broken by '{}': /whl/cpu/torch/")
+    refused = ("NewConnectionError('<pip._vendor.urllib3.connection.HTTPConnection object at 0x7f5d>: Failed to "
+               "establish a new connection: [Errno 111] Connection refused')")
+    unresolved = ("NameResolutionError(\"<pip._vendor.urllib3.connection.HTTPSConnection object at 0x7f5d>: Failed "
+                  "to resolve 'download.pytorch.org' ([Errno -3] Temporary failure in name resolution)\")")
+    assert env.retry_in_words(line.format(0, refused)) == \
+        ("no connection to the index for /whl/cpu/torch/ (connection refused)", 0)
+    assert env.retry_in_words(line.format(2, unresolved)) == \
+        ("no connection to the index for /whl/cpu/torch/ (its name could not be resolved)", 2)
+    assert env.retry_in_words("Collecting torch==2.13.0") is None
+
+
+def test_probe_names_each_way_an_index_is_unreachable(serve, silent_server, tmp_path):
+    assert env.unreachable(f"http://127.0.0.1:{free_port()}/whl/cpu") == "the connection was refused"
+    began = time.monotonic()
+    assert env.unreachable(silent_server + "/whl/cpu", timeout=1) == "no answer within 1 s"
+    assert time.monotonic() - began < 3
+    assert env.unreachable(serve(tmp_path) + "/no/such/page") is None  # a 404 is an answer: pip judges it
+    assert env.unreachable(tmp_path.as_uri()) is None  # a local index needs no network
 
 
 def test_cancel_stops_pip_and_a_second_create_is_refused(addon, scene, clean_env, silent_index):
@@ -223,12 +370,17 @@ def test_cancel_stops_pip_and_a_second_create_is_refused(addon, scene, clean_env
     with pytest.raises(RuntimeError, match=r"^Error: the torch environment is still being created: wait for Create "
                                            r"Environment to finish \(its progress is in Edit > Preferences"):
         bpy.ops.diffgesture.generate()
-    assert "<diffgesture.cancel_environment>" in draw_preferences(addon)
+    texts = draw_preferences(addon)
+    assert "<diffgesture.cancel_environment>" in texts
+    assert "The extension's environment is being created (progress below)" in texts  # its python exists already
     assert bpy.ops.diffgesture.cancel_environment() == {"FINISHED"}
     builder.wait(30)
     assert builder.done and builder.error == ("cancelled while updating pip; press Create Environment in "
                                               "Edit > Preferences > Add-ons > DiffGesture to start again")
     assert not env.pid_alive(pip) and not builder.lock_path.exists()
+    assert env.venv_python(own_env(addon)).is_file()
+    assert "The extension's environment is incomplete (creating it was cancelled): press Create Environment" in \
+        draw_preferences(addon)
     assert bpy.ops.diffgesture.cancel_environment.poll() is False
 
 
@@ -262,14 +414,21 @@ def test_quitting_stops_pip(addon, tmp_path, silent_index):
     assert not (tmp_path / "torch-env.lock").exists()
 
 
-def test_create_refuses_while_another_blender_installs_and_takes_over_when_it_is_gone(addon, clean_env,
-                                                                                       silent_index):
+def test_while_another_blender_installs_everything_says_to_wait_and_create_takes_over_when_it_is_gone(
+        addon, scene, clean_env, silent_index):
     clean_env.torch_python = ""
     proc, pip = other_blender(addon, own_env(addon))
     try:
         with pytest.raises(RuntimeError, match=rf"Another Blender \(PID {proc.pid}\) is already creating the "
                                                rf"environment in {re.escape(str(own_env(addon)))}: wait for it"):
             bpy.ops.diffgesture.create_environment()
+        wait = (f"another Blender (PID {proc.pid}) is creating the torch environment: wait for it to finish there, "
+                "then try again")
+        with pytest.raises(RuntimeError, match=f"^Error: {re.escape(wait)}\\. Nothing was changed"):
+            bpy.ops.diffgesture.generate()
+        assert run_check(addon) == [f"Check failed: {wait}"]
+        assert (f"Another Blender (PID {proc.pid}) is creating the extension's environment: wait for it to finish"
+                in draw_preferences(addon))
         proc.kill()  # that Blender crashed: its pip goes on alone
         proc.wait()
         assert env.pid_alive(pip)
