@@ -40,7 +40,7 @@ TRAIN_DEFAULTS = {"epochs": 500, "batch_size": 128, "lr": 5e-4, "betas": [0.5, 0
                   "null_cond_prob": 0.1, "seed": 0, "amp": True, "out": "runs/train", "export_every_epochs": 50,
                   "save_every_minutes": 10.0, "export_path": "", "export_dtype": "float32", "max_steps": 0,
                   "max_minutes": 0.0, "compile": "auto", "adam": "auto", "log_every": 0, "init_from": "",
-                  "compact_state": "", "compact_every_steps": 0}
+                  "init_sha256": "", "compact_state": "", "compact_every_steps": 0}
 DATA_DEFAULTS = {"motion_filters": True, "min_words": 2, "workers": "auto"}
 ADAM_KINDS = ("fused", "foreach", "for-loop")
 
@@ -277,8 +277,12 @@ class Trainer:
         return max(states, key=lambda s: s["step"], default=None)  # on a tie the run folder's
 
     def _warm_start(self, path: Path) -> None:
-        """Start from a checkpoint's weights (a fresh optimiser): fine-tuning the bundled model."""
+        """Start from a checkpoint's weights (a fresh optimiser): fine-tuning the bundled model. With [train]
+        init_sha256 the file must be that one (a run that exports over its own source must not restart from it)."""
         ckpt = load_checkpoint(path)
+        if self.t["init_sha256"] and ckpt.sha256 != self.t["init_sha256"]:
+            raise CheckpointError(f"{path} has sha256 {ckpt.sha256}, the config's warm start is "
+                                  f"{self.t['init_sha256']}: restore that file (git) or resume the run (--resume)")
         if ckpt.model.cfg.to_dict() != self.model.cfg.to_dict():
             raise CheckpointError(f"{path} has model {ckpt.model.cfg.to_dict()}, the config {self.model.cfg.to_dict()}: "
                                   "warm start needs the same architecture")

@@ -355,10 +355,13 @@ def test_compact_state_resumes_a_warm_started_run_on_a_fresh_machine(tiny_data, 
     assert prov["init_from"] == str(tmp_path / "source" / "last.pt") and prov["step"] == 8
 
 
-def test_warm_start_refuses_another_architecture(tiny_data, tmp_path):
+def test_warm_start_refuses_another_architecture_or_file(tiny_data, tmp_path):
     cfg = load_config(_config(tmp_path, tiny_data, "warm"))
     cfg["train"]["init_from"] = str(ROOT / "model_core" / "weights" / "demo_ted_gesture.pt")
     with pytest.raises(CheckpointError, match="same architecture"):
+        Trainer(cfg, tmp_path / "warm")
+    cfg["train"]["init_sha256"] = "0" * 64
+    with pytest.raises(CheckpointError, match="restore that file"):
         Trainer(cfg, tmp_path / "warm")
 
 
