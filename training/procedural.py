@@ -25,6 +25,7 @@ import argparse
 import itertools
 import json
 import multiprocessing
+import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -73,6 +74,9 @@ def speak(text: str, voice: str, rate: float, pitch: float, tmp: Path) -> np.nda
         cmd = ["text2wave", "-eval", f"(voice_{name})", tmp / "utt.txt", "-o", raw]
     else:
         raise ValueError(f"unknown synthesizer in voice {voice!r}: use espeak-ng, flite or festival")
+    if not shutil.which(str(cmd[0])):
+        raise RuntimeError(f"{cmd[0]} is not installed (voice {voice}): `python3 build.py setup` installs the "
+                           "synthesizers")
     subprocess.run([str(c) for c in cmd], check=True, capture_output=True)
     if synth != "espeak-ng":
         subprocess.run(["sox", "-D", raw, wav, "tempo", "-s", f"{rate:.4f}", "pitch", f"{100 * pitch:.1f}"],
