@@ -28,6 +28,7 @@ DIST = ROOT / "dist"
 OUT = ROOT / "out"
 APT_PACKAGES = [
     "espeak-ng", "sox", "ffmpeg",
+    "flite", "festival", "festvox-kallpc16k", "festvox-kdlpc16k", "festvox-us-slt-hts",  # procedural speech voices
     # shared libraries behind the bpy wheel (BLENDER_NOTES.md), and Mesa for Workbench renders
     "libx11-6", "libxrender1", "libxfixes3", "libxi6", "libxkbcommon0", "libsm6", "libgl1",
     "libegl1", "libegl-mesa0", "libgl1-mesa-dri",
@@ -409,16 +410,17 @@ def cmd_bench(args) -> None:
 
 
 # The demo's procedural data (training/configs/demo.toml reads these folders): split -> (clips, seed).
-DEMO_DATA = {"train": (720, 0), "val": (24, 1)}
+DEMO_DATA = {"train": (720, 0, "train"), "val": (24, 1, "train"), "val_voice": (12, 2, "held-out")}
 
 
 def cmd_train_demo(args) -> None:
     """Train the bundled demo checkpoint on the procedural dataset (made first when missing; resumable)."""
     envs = setup()
     env = test_environ(envs)
-    for split, (clips, seed) in DEMO_DATA.items():  # --keep: made again only when missing or another recipe
+    for split, (clips, seed, voices) in DEMO_DATA.items():  # --keep: made again only when missing or another recipe
         run([envs["torch"], "-m", "training.procedural", ROOT / "runs" / "data" / "procedural_ted_gesture" / split,
-             "--clips", clips, "--seed", seed, "--jobs", os.cpu_count() or 1, "--keep"], cwd=ROOT, env=env)
+             "--clips", clips, "--seed", seed, "--voices", voices, "--jobs", os.cpu_count() or 1, "--keep"],
+            cwd=ROOT, env=env)
     run([envs["torch"], "-m", "training.train", "--config", "training/configs/demo.toml", *args.train_args],
         cwd=ROOT, env=env)
 

@@ -10,7 +10,9 @@ and "mean pose" (every frame the dataset mean). Without --extractor, one is trai
 
 The gesture measure (gesture_measure) asks whether the motion reads as gesture, on whole clips generated as the
 product runs: forearms still in pauses, spread over the gesture space in speech, faster in speech than in pauses,
-no tremor at rest (GESTURE_TARGETS). Two more uses:
+no tremor at rest (GESTURE_TARGETS), and smooth strokes rather than a wiggle (hf_share: the share of the forearm
+motion's power above 4 Hz, which needs no pauses; human within HF_FACTOR of MOCAP_HF_SHARE), for both arms pooled
+and each arm alone, with a verdict that says which targets the speech let it measure. Two more uses:
     python -m training.evaluate --data Y                            # the data's own motion
     python -m training.evaluate --checkpoint X --speech a.wav [--variations 4] [--samplers fast:25]
 """
@@ -33,7 +35,8 @@ from model_core.settings import GenerationSettings, preset
 from model_core.skeleton import to_directions
 
 from .data import WindowDataset
-from .metrics import BeatConsistency, diversity, fgd, joint_mae, load_extractor, train_extractor
+from .metrics import (HF_CUTOFF, BeatConsistency, diversity, fgd, forearm_velocity_power, joint_mae,
+                      load_extractor, train_extractor)
 from .procedural import voiced_frames
 
 
@@ -133,13 +136,19 @@ def speech_silence_speeds(poses: np.ndarray, audio: np.ndarray, skel) -> tuple[n
     return speed[voiced], speed[~voiced]
 
 
-# ---- the gesture measure (issue 14): does the motion read as gesture? --------------------------------------------
+# ---- the gesture measure (issues 14, 25): does the motion read as gesture? ---------------------------------------
 
 PAUSE_MARGIN = 6  # frames (0.4 s) trimmed from each side of a silence: retraction and preparation are gesture phases
 # Targets for data and models: name -> (direction, threshold); units deg/s, deg, ratio, deg/s^2.
 GESTURE_TARGETS = {"pause_speed": ("<=", 12.0), "speech_spread": (">=", 18.0), "speech_pause_ratio": (">=", 2.5),
                    "rest_jitter": ("<=", 120.0)}
+PAUSE_TARGETS = ("pause_speed", "speech_pause_ratio", "rest_jitter")  # measurable only where the speech pauses
 STILL_SPEED = 1.0  # deg/s: pause speeds below this count as still in the ratio (it would divide by ~0 otherwise)
+ARMS = ("left", "right")
+# Smoothness without pauses: the share of forearm motion power above metrics.HF_CUTOFF in motion capture of people
+# talking (training/mocap.py, MODEL_CARD.md); the target is within HF_FACTOR of it. None: not measured yet.
+MOCAP_HF_SHARE: float | None = None
+HF_FACTOR = 1.5
 
 
 def pause_frames(voiced: np.ndarray, margin: int = PAUSE_MARGIN) -> np.ndarray:
@@ -151,53 +160,90 @@ def pause_frames(voiced: np.ndarray, margin: int = PAUSE_MARGIN) -> np.ndarray:
 def forearm_directions(poses: np.ndarray, skel) -> np.ndarray:
     """Unit directions (frames, 2, 3) of the left and right forearms."""
     dirs = to_directions(poses, skel)
-    return dirs[:, [skel.bone_index("left_forearm"), skel.bone_index("right_forearm")]].astype(np.float64)
+    return dirs[:, [skel.bone_index(f"{arm}_forearm") for arm in ARMS]].astype(np.float64)
 
 
-def gesture_stats(poses: np.ndarray, audio: np.ndarray, skel, margin: int = PAUSE_MARGIN) -> dict[str, float]:
-    """Sums and counts of one clip for gesture_measure (forearm speeds and accelerations in degrees)."""
+def gesture_stats(poses: np.ndarray, audio: np.ndarray, skel, margin: int = PAUSE_MARGIN) -> dict[str, np.ndarray]:
+    """Per-arm sums (arrays over ARMS) and frame counts of one clip for gesture_measure (degrees, and the forearm
+    velocity power above metrics.HF_CUTOFF and in all, weighted by the clip's frames)."""
     d = forearm_directions(poses, skel)
     n = len(d)
     voiced = voiced_frames(audio, n)
     pause = pause_frames(voiced, margin)
-    speed = np.degrees(np.arccos(np.clip((d[1:] * d[:-1]).sum(-1), -1, 1))).mean(-1) * FPS  # (n-1,)
-    accel = np.degrees(np.linalg.norm(d[2:] - 2 * d[1:-1] + d[:-2], axis=-1)).mean(-1) * FPS ** 2  # (n-2,)
+    speed = np.degrees(np.arccos(np.clip((d[1:] * d[:-1]).sum(-1), -1, 1))) * FPS  # (n-1, arms)
+    accel = np.degrees(np.linalg.norm(d[2:] - 2 * d[1:-1] + d[:-2], axis=-1)) * FPS ** 2  # (n-2, arms)
     in_pause2 = pause[1:] & pause[:-1]
     in_pause3 = pause[2:] & pause[1:-1] & pause[:-2]
     in_speech2 = voiced[1:] & voiced[:-1]
-    spread = 0.0
+    spread = np.zeros(len(ARMS))
     if voiced.sum() > 1:
         sd = d[voiced]
         mean = sd.mean(0)
         mean /= np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-9)
         ang = np.degrees(np.arccos(np.clip((sd * mean).sum(-1), -1, 1)))
-        spread = float(np.sqrt((ang ** 2).mean(0)).mean())
-    return {"pause_speed": float(speed[in_pause2].sum()), "pause_speed_n": int(in_pause2.sum()),
-            "speech_speed": float(speed[in_speech2].sum()), "speech_speed_n": int(in_speech2.sum()),
-            "jitter": float(accel[in_pause3].sum()), "jitter_n": int(in_pause3.sum()),
-            "spread": spread * int(voiced.sum()), "spread_n": int(voiced.sum())}
+        spread = np.sqrt((ang ** 2).mean(0))
+    spectrum = forearm_velocity_power(d)
+    high, power = np.zeros(len(ARMS)), np.zeros(len(ARMS))
+    if spectrum is not None:
+        psd, freqs = spectrum
+        high, power = psd[:, freqs > HF_CUTOFF].sum(-1) * (n - 1), psd.sum(-1) * (n - 1)
+    return {"pause_speed": speed[in_pause2].sum(0), "pause_speed_n": int(in_pause2.sum()),
+            "speech_speed": speed[in_speech2].sum(0), "speech_speed_n": int(in_speech2.sum()),
+            "jitter": accel[in_pause3].sum(0), "jitter_n": int(in_pause3.sum()),
+            "spread": spread * int(voiced.sum()), "spread_n": int(voiced.sum()), "hf_power": high, "power": power}
+
+
+def _measure(tot: dict, arm: int | slice) -> dict[str, float]:
+    """The measure of one arm (an index) or of both (slice(None): each arm's means averaged) from pooled sums."""
+    def mean(key: str) -> float:
+        return float(np.mean(tot[key][arm]) / tot[f"{key}_n"]) if tot.get(f"{key}_n") else float("nan")
+    pause, speech = mean("pause_speed"), mean("speech_speed")
+    power = float(np.sum(tot["power"][arm])) if tot else 0.0
+    return {"pause_speed": pause, "speech_spread": mean("spread"),
+            "speech_pause_ratio": speech / max(pause, STILL_SPEED), "rest_jitter": mean("jitter"),
+            "hf_share": float(np.sum(tot["hf_power"][arm])) / power if power > 1e-12 else float("nan"),
+            "speech_speed": speech}
 
 
 def gesture_measure(clips: Iterable[tuple[np.ndarray, np.ndarray]], skel, margin: int = PAUSE_MARGIN
-                    ) -> dict[str, float]:
-    """Pooled over clips of (normalised poses at 15 fps, 16 kHz audio): forearm speed in pauses (deg/s), forearm
-    direction spread in speech (RMS angle to the clip's mean speech direction, deg), speech/pause forearm speed
-    ratio, rest jitter (mean forearm angular acceleration in pauses, deg/s^2). NaN where a clip set has no pauses."""
-    tot: dict[str, float] = {}
+                    ) -> dict:
+    """Pooled over clips of (normalised poses at 15 fps, 16 kHz audio), both forearms averaged and per arm ("arms"):
+    forearm speed in pauses (deg/s), forearm direction spread in speech (RMS angle to the clip's mean speech
+    direction, deg), speech/pause forearm speed ratio, rest jitter (mean forearm angular acceleration in pauses,
+    deg/s^2), and hf_share: the share of the forearm velocity's power above metrics.HF_CUTOFF (needs no pauses).
+    NaN where a clip set has no pauses."""
+    tot: dict = {}
     for poses, audio in clips:
         for k, v in gesture_stats(poses, audio, skel, margin).items():
             tot[k] = tot.get(k, 0) + v
-    def mean(key: str) -> float:
-        return tot[key] / tot[f"{key}_n"] if tot.get(f"{key}_n") else float("nan")
-    pause, speech = mean("pause_speed"), mean("speech_speed")
-    return {"pause_speed": pause, "speech_spread": mean("spread"),
-            "speech_pause_ratio": speech / max(pause, STILL_SPEED), "rest_jitter": mean("jitter"),
-            "speech_speed": speech, "pause_frames": int(tot.get("pause_speed_n", 0))}
+    return {**_measure(tot, slice(None)), "pause_frames": int(tot.get("pause_speed_n", 0)),
+            "arms": {name: _measure(tot, i) for i, name in enumerate(ARMS)}}
 
 
 def meets_targets(measure: dict[str, float]) -> dict[str, bool]:
-    """Which of GESTURE_TARGETS a gesture_measure result meets."""
+    """Which of GESTURE_TARGETS a gesture_measure result (or one arm's) meets; NaN meets none."""
     return {k: bool(measure[k] <= t if op == "<=" else measure[k] >= t) for k, (op, t) in GESTURE_TARGETS.items()}
+
+
+def hf_target() -> tuple[float, float] | None:
+    """The hf_share range that counts as human (within HF_FACTOR of MOCAP_HF_SHARE); None while uncalibrated."""
+    return None if MOCAP_HF_SHARE is None else (MOCAP_HF_SHARE / HF_FACTOR, MOCAP_HF_SHARE * HF_FACTOR)
+
+
+def verdict(measure: dict) -> dict:
+    """Pass or fail per target for both arms and each arm, None where it cannot be measured: the pause targets in
+    speech without pauses (pause_frames 0), hf_share while MOCAP_HF_SHARE is unknown. "passed": every measurable
+    target met by both arms pooled and by each arm alone (both arms take part)."""
+    hf = hf_target()
+    def one(m: dict) -> dict[str, bool | None]:
+        out: dict[str, bool | None] = dict(meets_targets(m))
+        if not measure["pause_frames"]:
+            out.update(dict.fromkeys(PAUSE_TARGETS))
+        out["hf_share"] = None if hf is None else bool(hf[0] <= m["hf_share"] <= hf[1])
+        return out
+    rows = {"both": one(measure), **{arm: one(m) for arm, m in measure["arms"].items()}}
+    return {"targets": rows, "passed": all(v is not False for r in rows.values() for v in r.values()),
+            "not_measured": sorted({k for r in rows.values() for k, v in r.items() if v is None})}
 
 
 def clip_motion(model, ds: WindowDataset, settings: GenerationSettings | None, n_clips: int,
@@ -235,7 +281,7 @@ def markdown_table(result: dict) -> str:
     def f(v: float, nd: int) -> str:
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
     lines = ["| method | FGD | BC | Diversity | joint MAE | speech/silence | " + GESTURE_HEADER + " s / window |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["rows"].items():
         lines.append(f"| {name} | {f(r.get('fgd'), 3)} | {f(r.get('bc'), 3)} | {f(r.get('diversity'), 3)} | "
                      f"{f(r.get('joint_mae'), 4)} | {f(r.get('speech_silence'), 2)} | "
@@ -243,17 +289,33 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-GESTURE_HEADER = "pause °/s (≤ 12) | spread ° (≥ 18) | speech/pause (≥ 2.5) | jitter °/s² (≤ 120) |"
+GESTURE_HEADER = ("pause °/s (≤ 12) | spread ° (≥ 18) | speech/pause (≥ 2.5) | jitter °/s² (≤ 120) | "
+                  "power > 4 Hz (mocap ×/÷ 1.5) |")
+GESTURE_COLUMNS = (("pause_speed", 1), ("speech_spread", 1), ("speech_pause_ratio", 2), ("rest_jitter", 0),
+                   ("hf_share", 3))
 
 
 def gesture_cells(m: dict | None) -> str:
-    """The gesture measure as four table cells, a target missed marked with '✗'."""
+    """The gesture measure as five table cells, both arms and then each arm (L, R); a target missed marked '✗'."""
     if not m:
-        return "n/a | n/a | n/a | n/a |"
-    ok = meets_targets(m)
-    return " ".join(f"{m[k]:.{nd}f}{'' if ok[k] else ' ✗'} |" if not math.isnan(m[k]) else "n/a |"
-                    for k, nd in (("pause_speed", 1), ("speech_spread", 1), ("speech_pause_ratio", 2),
-                                  ("rest_jitter", 0)))
+        return "n/a | " * len(GESTURE_COLUMNS)
+    rows = verdict(m)["targets"]
+    def cell(v: dict, ok: dict, k: str, nd: int) -> str:
+        return "n/a" if math.isnan(v[k]) else f"{v[k]:.{nd}f}{' ✗' if ok[k] is False else ''}"
+    return " ".join(f"{cell(m, rows['both'], k, nd)} (L {cell(m['arms']['left'], rows['left'], k, nd)}, "
+                    f"R {cell(m['arms']['right'], rows['right'], k, nd)}) |" for k, nd in GESTURE_COLUMNS)
+
+
+def verdict_line(measure: dict) -> str:
+    """One line saying whether the motion meets the targets it can be measured on, and which it could not."""
+    v = verdict(measure)
+    missed = [f"{k} ({', '.join(arm for arm, r in v['targets'].items() if r[k] is False)})"
+              for k in v["targets"]["both"] if any(r[k] is False for r in v["targets"].values())]
+    why = {k: "no pauses of 1.2 s or more" if k in PAUSE_TARGETS else "no motion capture value (MOCAP_HF_SHARE)"
+           for k in v["not_measured"]}
+    return (f"verdict: {'meets' if v['passed'] else 'misses'} the targets"
+            + (f"; missed: {', '.join(missed)}" if missed else "")
+            + (f"; not measured: {', '.join(f'{k} ({w})' for k, w in why.items())}" if why else ""))
 
 
 def measure_speech(checkpoint: str, speech: str, settings: GenerationSettings) -> dict[str, float]:
@@ -294,14 +356,14 @@ def main(argv: list[str] | None = None) -> None:
         settings = replace(settings, bn_mode="eval", trim=True, variations=a.variations, seed=a.seed)
         result = {"checkpoint": a.checkpoint, "speech": a.speech, "settings": settings.to_dict(),
                   "gesture": measure_speech(a.checkpoint, a.speech, settings)}
-        print(f"| {GESTURE_HEADER}\n| {gesture_cells(result['gesture'])}")
+        print(f"| {GESTURE_HEADER}\n| {gesture_cells(result['gesture'])}\n{verdict_line(result['gesture'])}")
     elif not a.data:
         p.error("give --data (and --checkpoint to evaluate a model)")
     elif not a.checkpoint:
         ds = WindowDataset(a.data, motion_filters=False, min_words=0)
         result = {"data": a.data, "data_sha256": ds.sha256, "clips": a.motion_clips,
                   "gesture": gesture_measure(clip_motion(None, ds, None, a.motion_clips), ds.skeleton)}
-        print(f"| {GESTURE_HEADER}\n| {gesture_cells(result['gesture'])}")
+        print(f"| {GESTURE_HEADER}\n| {gesture_cells(result['gesture'])}\n{verdict_line(result['gesture'])}")
     else:
         result = evaluate(a.checkpoint, a.data, (a.samplers or "paper").split(","), a.extractor, a.baselines, a.batch_size,
                           a.max_batches, a.device, a.seed, a.motion_clips, a.motion_only)

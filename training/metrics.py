@@ -248,6 +248,33 @@ class BeatConsistency:
         return self.total / self.count if self.count else float("nan")
 
 
+# ---- smoothness without pauses (issue 25) --------------------------------------------------------------------
+
+HF_CUTOFF = 4.0  # Hz: strokes and holds of real gesture put little of the forearms' motion power above this
+HF_SEGMENT = 32  # frames per Welch segment (2.1 s at 15 fps, bins 0.47 Hz apart; 4 Hz falls between bins 8 and 9)
+
+
+def forearm_velocity_power(dirs: np.ndarray, fps: float = FPS) -> tuple[np.ndarray, np.ndarray] | None:
+    """Welch power spectrum (arms, frequencies) of each forearm direction's velocity, and its frequencies (Hz).
+
+    dirs: unit forearm directions (frames, arms, 3) sampled at `fps`. The velocity d(t+1) - d(t) times fps is a
+    3-vector whose length is the angular speed (rad/s); its three components' spectra (Hann windows of HF_SEGMENT
+    frames, half overlap, mean removed) are summed. None when the clip is shorter than one segment."""
+    vel = np.diff(np.asarray(dirs, np.float64), axis=0) * fps
+    if len(vel) < HF_SEGMENT:
+        return None
+    from scipy.signal import welch
+    freqs, power = welch(vel, fs=fps, nperseg=HF_SEGMENT, axis=0, detrend="constant")
+    return power.sum(axis=-1).T, freqs
+
+
+def high_frequency_share(power: np.ndarray, freqs: np.ndarray) -> np.ndarray:
+    """Share of the power above HF_CUTOFF per row of `power` (arms) from forearm_velocity_power; NaN without motion."""
+    total = power.sum(axis=-1)
+    high = power[..., freqs > HF_CUTOFF].sum(axis=-1)
+    return np.where(total > 1e-12, high / np.maximum(total, 1e-12), np.nan)  # NaN: an arm that does not move
+
+
 def joint_mae(gen: np.ndarray, target: np.ndarray, skel: Skeleton, n_pre: int = 4) -> float:
     """Mean |joint difference| on frames n_pre.. after chaining with fixed bone lengths (no renormalisation)."""
     j_gen = to_joints(to_directions(gen, skel, normalize=False), skel)

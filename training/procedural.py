@@ -1,7 +1,10 @@
-"""A procedural co-speech dataset: real synthetic speech (espeak-ng) with rule-driven gesture. NOT human motion.
+"""A procedural co-speech dataset: real synthetic speech (espeak-ng, flite, festival) with rule-driven gesture. NOT
+human motion.
 
 It exists so that tests, CI and the bundled demo checkpoint have real audio-driven data without downloads. The
-audio is espeak-ng speech (varied voices, rates, pitches, silent pauses between sentences). The motion follows
+audio is speech from three offline synthesizers (varied voices, rates, pitches and loudness, silent pauses between
+sentences); the voices in HELD_OUT_VOICES never go into training data (--voices held-out makes evaluation clips
+from them). The motion follows
 what the gesture literature describes (McNeill, "Hand and Mind", 1992; Kendon, "Gesture", 2004, ch. 7):
   - gesture units span speech phrases; they end, and the hands retract to a still rest pose, in pauses longer
     than about 0.5 s (REST_PAUSE); shorter pauses keep the unit going;
@@ -14,7 +17,7 @@ what the gesture literature describes (McNeill, "Hand and Mind", 1992; Kendon, "
   - rest is exactly still: no noise, sway or breathing on any bone while the hands rest.
 Hand paths are minimum-jerk moves between key positions in the torso's frame, solved to arm directions with
 two-bone IK, in the canonical character frame, and converted with model_core.skeleton.canonical_to_poses.
-Everything is deterministic given the seed (espeak-ng and librosa are deterministic).
+Everything is deterministic given the seed (the synthesizers, sox without dither and librosa are deterministic).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import argparse
 import itertools
 import json
 import multiprocessing
+import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -38,8 +42,15 @@ from model_core.skeleton import Skeleton, canonical_to_poses, dataset_to_canonic
 
 from .data import Clip, write_dataset
 
-VOICES = ("en", "en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan")
-VARIANTS = ("", "+m3", "+f2", "+f4", "+m7")
+ESPEAK_VOICES = tuple(f"espeak-ng:{v}{variant}" for v in ("en", "en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp",
+                                                               "en-029", "en-gb-x-gbclan")
+                      for variant in ("", "+m3", "+f2", "+f4", "+m7"))
+FLITE_VOICES = tuple(f"flite:{v}" for v in ("kal16", "slt", "rms", "awb"))  # flite's built-in voices
+FESTIVAL_VOICES = tuple(f"festival:{v}" for v in ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts"))
+# Voices kept out of the training data, for evaluation on a voice the model never heard (issue 25): one place.
+HELD_OUT_VOICES = ("flite:awb",)
+TRAIN_VOICES = tuple(v for v in ESPEAK_VOICES + FLITE_VOICES + FESTIVAL_VOICES if v not in HELD_OUT_VOICES)
+VOICE_SETS = {"train": TRAIN_VOICES, "held-out": HELD_OUT_VOICES}
 WORDS = ("we", "think", "about", "the", "future", "every", "single", "day", "and", "it", "really", "matters",
          "because", "people", "change", "their", "world", "when", "they", "believe", "this", "idea", "is",
          "simple", "but", "powerful", "so", "let", "me", "show", "you", "what", "happened", "next", "one",
@@ -48,38 +59,71 @@ WORDS = ("we", "think", "about", "the", "future", "every", "single", "day", "and
 HOP = SAMPLE_RATE / FPS
 
 
-def speak(text: str, voice: str, rate: int, pitch: int, tmp: Path) -> np.ndarray:
-    """One utterance from espeak-ng as 16 kHz float32 (resampled by model_core.audio.load_audio)."""
-    wav = tmp / "utt.wav"
-    subprocess.run(["espeak-ng", "-w", str(wav), "-v", voice, "-s", str(rate), "-p", str(pitch), text],
-                   check=True, capture_output=True)
+def speak(text: str, voice: str, rate: float, pitch: float, tmp: Path) -> np.ndarray:
+    """One utterance as 16 kHz float32 from a voice "synthesizer:name" (ESPEAK_VOICES, FLITE_VOICES,
+    FESTIVAL_VOICES), `rate` times the voice's own speed and `pitch` semitones off its own pitch: espeak-ng sets both
+    itself, flite's and festival's speech is changed by sox (tempo, pitch; no dither, so the same every time)."""
+    synth, name = voice.split(":", 1)
+    wav, raw = tmp / "utt.wav", tmp / "raw.wav"
+    if synth == "espeak-ng":
+        cmd = ["espeak-ng", "-w", wav, "-v", name, "-s", round(160 * rate), "-p", round(50 + 8 * pitch), text]
+    elif synth == "flite":
+        cmd = ["flite", "-voice", name, "-t", text, "-o", raw]
+    elif synth == "festival":
+        (tmp / "utt.txt").write_text(text)
+        cmd = ["text2wave", "-eval", f"(voice_{name})", tmp / "utt.txt", "-o", raw]
+    else:
+        raise ValueError(f"unknown synthesizer in voice {voice!r}: use espeak-ng, flite or festival")
+    if not shutil.which(str(cmd[0])):
+        raise RuntimeError(f"{cmd[0]} is not installed (voice {voice}): `python3 build.py setup` installs the "
+                           "synthesizers")
+    subprocess.run([str(c) for c in cmd], check=True, capture_output=True)
+    if synth != "espeak-ng":
+        subprocess.run(["sox", "-D", raw, wav, "tempo", "-s", f"{rate:.4f}", "pitch", f"{100 * pitch:.1f}"],
+                       check=True, capture_output=True)
     return load_audio(wav)
 
 
-def make_speech(rng: np.random.Generator, duration: float, tmp: Path) -> tuple[np.ndarray, list]:
-    """Sentences separated by silences (0.2-2.5 s) until `duration` seconds; returns audio and word timings."""
-    voice = VOICES[rng.integers(len(VOICES))] + VARIANTS[rng.integers(len(VARIANTS))]
-    rate, pitch = int(rng.integers(120, 200)), int(rng.integers(25, 80))
+def pick_voice(rng: np.random.Generator, voices: tuple[str, ...]) -> str:
+    """A synthesizer with equal chances among those in `voices`, then one of its voices."""
+    synths = sorted({v.split(":", 1)[0] for v in voices})
+    synth = synths[rng.integers(len(synths))]
+    own = [v for v in voices if v.startswith(f"{synth}:")]
+    return own[rng.integers(len(own))]
+
+
+def make_speech(rng: np.random.Generator, duration: float, tmp: Path, voices: tuple[str, ...] = TRAIN_VOICES
+                ) -> tuple[np.ndarray, list, str]:
+    """Sentences in one voice, separated by silences (0.2-2.5 s), until `duration` seconds; rate (0.75-1.25x),
+    pitch (+-3 semitones) per clip and loudness per sentence varied. Returns audio, word timings and the voice."""
+    voice = pick_voice(rng, voices)
+    rate, pitch = float(rng.uniform(0.75, 1.25)), float(rng.uniform(-3.0, 3.0))
     parts = [np.zeros(int(rng.uniform(0.3, 1.5) * SAMPLE_RATE), np.float32)]
     words, t = [], len(parts[0]) / SAMPLE_RATE
     while t < duration:
         sentence = [str(w) for w in rng.choice(WORDS, size=int(rng.integers(3, 14)))]
         if len(sentence) > 6 and rng.random() < 0.4:
             sentence[len(sentence) // 2] += ","
-        utt = speak(" ".join(sentence) + ".", voice, rate, pitch, tmp) * rng.uniform(0.4, 1.0)
+        utt = speak(" ".join(sentence) + ".", voice, rate, pitch, tmp)
+        utt = utt / max(float(np.abs(utt).max()), 1e-6) * rng.uniform(0.3, 0.95)  # the same range for every voice
         dur = len(utt) / SAMPLE_RATE
         words += [(w.strip(","), t + dur * i / len(sentence), t + dur * (i + 1) / len(sentence))
                   for i, w in enumerate(sentence)]
         gap = np.zeros(int(rng.choice([rng.uniform(0.2, 0.6), rng.uniform(0.8, 2.5)]) * SAMPLE_RATE), np.float32)
         parts += [utt, gap]
         t += dur + len(gap) / SAMPLE_RATE
-    return np.concatenate(parts), words
+    return np.concatenate(parts), words, voice
 
 
 def loudness(audio: np.ndarray, n_frames: int) -> np.ndarray:
-    """RMS per 15 fps frame, scaled to 0..1 by the clip's 95th percentile."""
-    rms = np.array([np.sqrt(np.mean(audio[int(i * HOP): int((i + 1) * HOP)] ** 2) + 1e-12) for i in range(n_frames)])
-    return np.clip(rms / max(np.percentile(rms, 95), 1e-6), 0, 1)
+    """RMS per 15 fps frame, scaled to 0..1 by the clip's 95th percentile. Frame i covers samples [i HOP, (i+1) HOP);
+    samples past the audio's end count as silence, so frames beyond it (model_core.pipeline.output_frames keeps the
+    frame at the instant the audio ends) are silent rather than NaN."""
+    edges = (np.arange(n_frames + 1) * HOP).astype(np.int64)
+    energy = np.r_[0.0, np.cumsum(np.square(np.asarray(audio, np.float64)))]
+    inside = np.minimum(edges, len(audio))
+    rms = np.sqrt((energy[inside[1:]] - energy[inside[:-1]]) / np.diff(edges) + 1e-12)
+    return np.clip(rms / max(np.percentile(rms, 95), 1e-6), 0, 1) if n_frames else rms
 
 
 def voiced_frames(audio: np.ndarray, n_frames: int) -> np.ndarray:
@@ -400,39 +444,44 @@ def _fingers(out: np.ndarray, hand: np.ndarray, rest: np.ndarray, skel: Skeleton
             out[:, b] = np.einsum("tij,tjk,k->ti", hand, np.broadcast_to(local, c.shape), rest[b])
 
 
-def make_clip(skel: Skeleton, seed: int, index: int, duration: float, tmp: Path) -> Clip:
-    """One procedural clip of about `duration` seconds; deterministic given (seed, index)."""
+def make_clip(skel: Skeleton, seed: int, index: int, duration: float, tmp: Path,
+              voices: tuple[str, ...] = TRAIN_VOICES) -> Clip:
+    """One procedural clip of about `duration` seconds in one of `voices`; deterministic given (seed, index)."""
     rng = np.random.default_rng([seed, index])
-    audio, words = make_speech(rng, duration, tmp)
+    audio, words, voice = make_speech(rng, duration, tmp, voices)
     n_frames = int(len(audio) / HOP)
     dirs = gesture_motion(analyse_speech(audio, n_frames), n_frames, skel, rng)
     poses = canonical_to_poses(dirs.astype(np.float32), skel)
-    return Clip(f"procedural_{seed}_{index:05d}", poses, audio, words, {"kind": "procedural"})
+    return Clip(f"procedural_{seed}_{index:05d}", poses, audio, words, {"kind": "procedural", "voice": voice})
 
 
-def _clip_job(args: tuple[str, int, int, float]) -> Clip:
+def _clip_job(args: tuple[str, int, int, float, tuple[str, ...]]) -> Clip:
     """make_clip in a worker process, with a scratch folder of its own."""
-    skeleton, seed, index, duration = args
+    skeleton, seed, index, duration, voices = args
     with tempfile.TemporaryDirectory() as tmp:
-        return make_clip(get_skeleton(skeleton), seed, index, duration, Path(tmp))
+        return make_clip(get_skeleton(skeleton), seed, index, duration, Path(tmp), voices)
 
 
 RULES = "gesture-phases-2"  # names the motion rules: data made by other rules is remade, not reused
+SPEECH = "three-synthesizers-1"  # names the speech rules (make_speech, speak), as RULES the motion's
 
 
-def recipe(n_clips: int, seed: int, duration: float) -> dict:
+def recipe(n_clips: int, seed: int, duration: float, voices: str = "train") -> dict:
     """The index's source entry: everything the data depends on besides the skeleton."""
-    return {"kind": "procedural", "rules": RULES, "seed": seed, "n_clips": n_clips, "duration": duration,
+    return {"kind": "procedural", "rules": RULES, "speech": SPEECH, "voices": list(VOICE_SETS[voices]),
+            "seed": seed, "n_clips": n_clips, "duration": duration,
             "note": "synthetic speech, rule-based gesture; not human motion"}
 
 
-def build(out: str | Path, skeleton: str, n_clips: int, seed: int = 0, duration: float = 20.0, jobs: int = 1) -> dict:
-    """Write n_clips procedural clips for `skeleton` to `out` in the project's clip format.
+def build(out: str | Path, skeleton: str, n_clips: int, seed: int = 0, duration: float = 20.0, jobs: int = 1,
+          voices: str = "train") -> dict:
+    """Write n_clips procedural clips for `skeleton` to `out` in the project's clip format, in the voices of
+    VOICE_SETS[voices] ("train", or "held-out" for evaluation on unheard voices).
 
     jobs > 1 makes clips in that many processes; the result is the same, clip for clip, as with one."""
     skel = get_skeleton(skeleton)
-    source = recipe(n_clips, seed, duration)
-    work = [(skeleton, seed, i, duration) for i in range(n_clips)]
+    source = recipe(n_clips, seed, duration, voices)
+    work = [(skeleton, seed, i, duration, VOICE_SETS[voices]) for i in range(n_clips)]
     if jobs <= 1 or n_clips <= 1:
         clips: Iterable[Clip] = map(_clip_job, work)
     else:
@@ -473,16 +522,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--duration", type=float, default=20.0, help="approximate seconds per clip")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (the data does not depend on it)")
+    p.add_argument("--voices", default="train", choices=sorted(VOICE_SETS),
+                   help="train: the training voices; held-out: only HELD_OUT_VOICES, for evaluation")
     p.add_argument("--keep", action="store_true",
                    help="leave OUT alone when it already holds this recipe (same rules, skeleton, clips, seed)")
     a = p.parse_args(argv)
     index_path = Path(a.out) / "index.json"
     if a.keep and index_path.exists():
         index = json.loads(index_path.read_text())
-        if index.get("skeleton") == a.skeleton and index.get("source") == recipe(a.clips, a.seed, a.duration):
+        if index.get("skeleton") == a.skeleton and index.get("source") == recipe(a.clips, a.seed, a.duration,
+                                                                                 a.voices):
             print(f"{a.out}: up to date (sha256 {index['sha256'][:12]})")
             return
-    index = build(a.out, a.skeleton, a.clips, a.seed, a.duration, a.jobs)
+    index = build(a.out, a.skeleton, a.clips, a.seed, a.duration, a.jobs, a.voices)
     print(f"{len(index['clips'])} clips, {index['n_frames']} frames ({index['n_frames'] / FPS / 60:.1f} min), "
           f"sha256 {index['sha256'][:12]}")
 

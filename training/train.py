@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from model_core.checkpoint import save_native
+from model_core.checkpoint import CheckpointError, load_checkpoint, save_native
 from model_core.cpu import adapt_threads
 from model_core.precision import cpu_native_bf16
 from model_core.network import ModelConfig, PoseDiffusion
@@ -42,7 +42,8 @@ from .data import WindowDataset
 TRAIN_DEFAULTS = {"epochs": 500, "batch_size": 128, "lr": 5e-4, "betas": [0.5, 0.999], "grad_clip": 10.0,
                   "null_cond_prob": 0.1, "seed": 0, "amp": True, "out": "runs/train", "export_every_epochs": 50,
                   "save_every_minutes": 10.0, "export_path": "", "export_dtype": "float32", "max_steps": 0,
-                  "max_minutes": 0.0, "compile": "auto", "adam": "auto", "log_every": 0,
+                  "max_minutes": 0.0, "compile": "auto", "adam": "auto", "log_every": 0, "init_from": "",
+                  "init_sha256": "", "compact_state": "", "compact_every_steps": 0,
                   "threads": "auto"}
 DATA_DEFAULTS = {"motion_filters": True, "min_words": 2, "workers": "auto"}
 ADAM_KINDS = ("fused", "foreach", "for-loop")
@@ -183,6 +184,24 @@ def _set_rng_state(state: dict, gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def round_moments(opt: torch.optim.Optimizer) -> None:
+    """Round Adam's moments to bfloat16 precision in place (bf16 keeps float32's range: no moment underflows)."""
+    with torch.no_grad():
+        for state in opt.state.values():
+            for k in MOMENTS:
+                if k in state:
+                    state[k].copy_(state[k].to(torch.bfloat16))
+
+
+def compact_optimizer_state(state_dict: dict) -> dict:
+    """An Adam state dict with its moments stored as bfloat16 (load_state_dict casts them back exactly)."""
+    return {**state_dict, "state": {i: {k: v.to(torch.bfloat16) if k in MOMENTS else v for k, v in st.items()}
+                                    for i, st in state_dict["state"].items()}}
+
+
 class EpochBatches:
     """Batch sampler of a run's one DataLoader: the batches left in the current epoch, set before each pass, so that
     the loading processes persist across epochs."""
@@ -250,20 +269,47 @@ class Trainer:
         self.read_tick = time.monotonic()
         if self.rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-        if resume and (out / "resume.pt").exists():
-            self._load_resume(out / "resume.pt")
+        self.init_note: dict = {}  # the warm start's source, recorded in provenance
+        state = self._resume_source() if resume else None
+        if state is not None:
+            self._load_resume(state)
+        elif self.t["init_from"]:
+            self._warm_start(Path(self.t["init_from"]))
 
     # ---- state -----------------------------------------------------------------------------------------------
-    def _load_resume(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    def _resume_source(self) -> dict | None:
+        """The state to resume from: the run folder's resume.pt or the compact state (the repository's copy, for a
+        fresh machine), whichever is further on; None when there is neither."""
+        paths = [self.out / "resume.pt"] + ([Path(self.t["compact_state"])] if self.t["compact_state"] else [])
+        states = [torch.load(p, map_location="cpu", weights_only=True) for p in paths if p.is_file()]
+        return max(states, key=lambda s: s["step"], default=None)  # on a tie the run folder's
+
+    def _warm_start(self, path: Path) -> None:
+        """Start from a checkpoint's weights (a fresh optimiser): fine-tuning the bundled model. With [train]
+        init_sha256 the file must be that one (a run that exports over its own source must not restart from it)."""
+        ckpt = load_checkpoint(path)
+        if self.t["init_sha256"] and ckpt.sha256 != self.t["init_sha256"]:
+            raise CheckpointError(f"{path} has sha256 {ckpt.sha256}, the config's warm start is "
+                                  f"{self.t['init_sha256']}: restore that file (git) or resume the run (--resume)")
+        if ckpt.model.cfg.to_dict() != self.model.cfg.to_dict():
+            raise CheckpointError(f"{path} has model {ckpt.model.cfg.to_dict()}, the config "
+                                  f"{self.model.cfg.to_dict()}: warm start needs the same architecture")
+        self.model.load_state_dict(ckpt.model.state_dict())
+        self.init_note = {"init_from": str(path), "init_sha256": ckpt.sha256}
+
+    def _load_resume(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
+        self.opt.load_state_dict(state["optimizer"])  # bf16 moments of a compact state become float32 here
         for group in self.opt.param_groups:  # the saved groups carry the saving run's Adam kind; use this run's
             group["fused"], group["foreach"] = self.opt.defaults["fused"], self.opt.defaults["foreach"]
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
         self.elapsed, self.epoch_losses, self.losses = state["elapsed"], state["epoch_losses"], state["losses"]
+        self.init_note = state.get("init", {})
         _set_rng_state(state["rng"][self.rank], self.gen)
         if self.rank == 0:
+            for name, text in state.get("logs", {}).items():  # a compact state carries the logs to a fresh machine
+                if not (self.out / name).exists():
+                    (self.out / name).write_text(text)
             self._truncate_log(self.out / "steps.csv", "step", self.step)
             self._truncate_log(self.out / "epochs.csv", "epoch", self.epoch - 1)
 
@@ -280,8 +326,14 @@ class Trainer:
                     w.writeheader()
                     w.writerows(r for r in rows if int(r[key]) <= last)
 
-    def save_resume(self) -> None:
-        """Write resume.pt atomically (rank 0), with every rank's random-generator states."""
+    def save_resume(self, compact: bool = False) -> None:
+        """Write resume.pt atomically (rank 0), with every rank's random-generator states.
+
+        compact: write the compact state instead ([train] compact_state, to keep in the repository): the weights in
+        float32, Adam's moments rounded to bfloat16 (also in this run's own optimiser, so that a run resumed from
+        the file and one that goes on compute the same), the logs; about 8 bytes per parameter."""
+        if compact:
+            round_moments(self.opt)
         rng = _rng_state(self.gen)
         states = [None] * self.world
         if self.world > 1:
@@ -293,10 +345,17 @@ class Trainer:
         payload = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "epoch": self.epoch,
                    "batch_in_epoch": self.batch_in_epoch, "step": self.step, "elapsed": self.elapsed,
                    "epoch_losses": self.epoch_losses, "losses": self.losses, "rng": states,
-                   "speed": self.speed_record()}
-        tmp = self.out / "resume.pt.tmp"
+                   "speed": self.speed_record(), "init": self.init_note}
+        path = self.out / "resume.pt"
+        if compact:
+            payload["optimizer"] = compact_optimizer_state(payload["optimizer"])
+            payload["logs"] = {n: (self.out / n).read_text() for n in ("steps.csv", "epochs.csv")
+                               if (self.out / n).exists()}
+            path = Path(self.t["compact_state"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
         torch.save(payload, tmp)
-        tmp.replace(self.out / "resume.pt")
+        tmp.replace(path)
 
     def param_checksums(self) -> list[str]:
         """sha256 of this rank's state, gathered from every rank (they must agree under DDP).
@@ -325,7 +384,7 @@ class Trainer:
                 "epoch": self.epoch, "step": self.step, "train_minutes": round(self.elapsed / 60, 2),
                 "metrics": {"train_loss_last_epoch": self.epoch_losses[-1] if self.epoch_losses else None},
                 "torch": str(torch.__version__), "world_size": self.world, "device": self.device.type,
-                "speed": self.speed_record(), "rank_state_sha256": checksums}
+                "speed": self.speed_record(), "rank_state_sha256": checksums, **self.init_note}
         save_native(self.out / name, self.model, self.skeleton, prov)
         if self.t["export_path"]:
             Path(self.t["export_path"]).parent.mkdir(parents=True, exist_ok=True)
@@ -427,6 +486,9 @@ class Trainer:
                 if adapt:
                     adapt_threads()
                 stop = bool(max_steps and self.step >= max_steps)
+                if t["compact_state"] and t["compact_every_steps"] and self.step % t["compact_every_steps"] == 0:
+                    self._read_losses()  # the logs the state carries end at this step
+                    self.save_resume(compact=True)
                 if not (stop or self.step % self.speed.log_every == 0 or self.batch_in_epoch == len(batches)):
                     continue
                 self._read_losses()
@@ -457,6 +519,8 @@ class Trainer:
                 if t["export_every_epochs"] and self.epoch % t["export_every_epochs"] == 0:
                     self.export(f"checkpoint_{self.epoch:03d}.pt")
         self.progress.close()
+        if t["compact_state"]:
+            self.save_resume(compact=True)
         self.save_resume()
         self.export("last.pt")
         if self.world > 1:

@@ -157,3 +157,24 @@ def test_evaluate_reports_the_measure_for_samplers_and_baselines(fresh, ckpt):
     assert rows["fast:2"]["gesture"] != rows["shuffled audio (fast:2)"]["gesture"]
     table = markdown_table(result)
     assert "spread ° (≥ 18)" in table and "✗" in table  # a target missed is marked (the mean pose's spread)
+
+
+def test_speech_comes_from_three_synthesizers_and_one_voice_stays_out(tmp_path):
+    """espeak-ng, flite and festival each speak (real audio, the same twice, rate and pitch applied); clips draw
+    from all three; the held-out voice is never in training data and is the only voice of --voices held-out."""
+    synths = {v.split(":")[0] for v in procedural.TRAIN_VOICES}
+    assert synths == {"espeak-ng", "flite", "festival"} and not set(procedural.HELD_OUT_VOICES) & set(
+        procedural.TRAIN_VOICES)
+    for synth in sorted(synths):
+        voice = next(v for v in procedural.TRAIN_VOICES if v.startswith(f"{synth}:"))
+        normal = procedural.speak("we think about the future.", voice, 1.0, 0.0, tmp_path)
+        again = procedural.speak("we think about the future.", voice, 1.0, 0.0, tmp_path)
+        fast = procedural.speak("we think about the future.", voice, 1.25, 2.0, tmp_path)
+        assert np.array_equal(normal, again), voice
+        assert len(normal) > 0.8 * 16000 and np.sqrt(np.mean(normal ** 2)) > 0.01, voice
+        assert len(fast) < 0.9 * len(normal), f"{voice}: rate 1.25 speaks faster"
+    picked = {procedural.pick_voice(np.random.default_rng(i), procedural.TRAIN_VOICES) for i in range(60)}
+    assert {v.split(":")[0] for v in picked} == synths and not picked & set(procedural.HELD_OUT_VOICES)
+    index = procedural.build(tmp_path / "voice", "ted_gesture", n_clips=1, seed=3, duration=4.0, voices="held-out")
+    assert [c["meta"]["voice"] for c in index["clips"]] == list(procedural.HELD_OUT_VOICES)
+    assert index["source"] != procedural.recipe(1, 3, 4.0)  # train and held-out data are different recipes

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from addon_tests.paths import ROOT
-from model_core.checkpoint import load_checkpoint
+from model_core.checkpoint import CheckpointError, load_checkpoint
 from model_core.network import ModelConfig, PoseDiffusion
 from model_core.skeleton import TED_EXPRESSIVE, TED_GESTURE, from_directions, to_directions
 from training import data, metrics, procedural
@@ -316,6 +316,55 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path, adam, amp, 
     assert speed == {"compile": False, "amp": bf16, "adam": adam, "log_every": log_every, "math_attention": bf16,
                      "threads": 1}
     assert torch.load(tmp_path / "part" / "resume.pt", weights_only=True)["speed"] == speed
+
+
+def test_compact_state_resumes_a_warm_started_run_on_a_fresh_machine(tiny_data, tmp_path):
+    """Warm start from a checkpoint and a compact state every 3 steps: a run stopped at step 6 whose run folder is
+    then gone (a fresh machine with only the repository's copy) resumes from the compact file and ends bit for bit
+    where a run that went on ends; the file holds float32 weights and bfloat16 Adam moments (~8 bytes/parameter)."""
+    source = Trainer(load_config(_config(tmp_path, tiny_data, "source")), tmp_path / "source")
+    source.run(max_steps=2)
+
+    def config(name: str) -> dict:
+        cfg = load_config(_config(tmp_path, tiny_data, name))
+        cfg["train"].update(init_from=str(tmp_path / "source" / "last.pt"), compact_every_steps=3,
+                            compact_state=str(tmp_path / "repo" / f"{name}.pt"))
+        return cfg
+
+    full = Trainer(config("full"), tmp_path / "full")
+    for k, v in source.model.state_dict().items():
+        assert torch.equal(full.model.state_dict()[k], v), k
+    full.run(max_steps=8)
+    Trainer(config("part"), tmp_path / "part").run(max_steps=6)
+    shutil.rmtree(tmp_path / "part")
+    resumed = Trainer(config("part"), tmp_path / "part", resume=True)
+    assert resumed.step == 6
+    resumed.run(max_steps=8)
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k
+    for a, b in zip(full.opt.state_dict()["state"].values(), resumed.opt.state_dict()["state"].values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+    with open(tmp_path / "part" / "steps.csv") as f, open(tmp_path / "full" / "steps.csv") as g:
+        assert [r["loss"] for r in csv.DictReader(f)] == [r["loss"] for r in csv.DictReader(g)]
+    state = torch.load(tmp_path / "repo" / "part.pt", weights_only=True)
+    assert {v.dtype for v in state["model"].values() if v.is_floating_point()} == {torch.float32}
+    assert {st[k].dtype for st in state["optimizer"]["state"].values() for k in ("exp_avg", "exp_avg_sq")} == {
+        torch.bfloat16}
+    n_params = sum(p.numel() for p in full.model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in full.model.buffers())
+    assert os.path.getsize(tmp_path / "repo" / "part.pt") < 8 * n_params + buffers + 200_000
+    prov = load_checkpoint(tmp_path / "part" / "last.pt").provenance
+    assert prov["init_from"] == str(tmp_path / "source" / "last.pt") and prov["step"] == 8
+
+
+def test_warm_start_refuses_another_architecture_or_file(tiny_data, tmp_path):
+    cfg = load_config(_config(tmp_path, tiny_data, "warm"))
+    cfg["train"]["init_from"] = str(ROOT / "model_core" / "weights" / "demo_ted_gesture.pt")
+    with pytest.raises(CheckpointError, match="same architecture"):
+        Trainer(cfg, tmp_path / "warm")
+    cfg["train"]["init_sha256"] = "0" * 64
+    with pytest.raises(CheckpointError, match="restore that file"):
+        Trainer(cfg, tmp_path / "warm")
 
 
 def test_speed_options_resolve_for_the_device():
