@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import replacing
 from .network import FPS
 from .skeleton import Skeleton, dataset_to_canonical
 
@@ -52,7 +53,24 @@ def _layout(skel: Skeleton) -> tuple[list[int | None], np.ndarray]:
 
 
 def write_bvh(path: str | Path, directions: np.ndarray, skel: Skeleton, fps: float = FPS) -> None:
-    """Write canonical unit directions (frames, n_bones, 3) of one take as a BVH file at `fps`."""
+    """Write canonical unit directions (frames, n_bones, 3) of one take as a BVH file at `fps`, all or nothing
+    (files.replacing; the caller checks the path first: output_paths in pipeline.py)."""
+    with replacing(path) as tmp:
+        tmp.write_text(bvh_text(directions, skel, fps))
+
+
+def is_own_bvh(path: Path, skel: Skeleton) -> bool:
+    """Whether a file is a BVH that write_bvh made for this skeleton: its hierarchy is the one write_bvh writes."""
+    header = bvh_text(np.zeros((0, len(skel.bones), 3)), skel).split("MOTION\n")[0] + "MOTION\n"
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(header.encode())) == header.encode()
+    except OSError:
+        return False
+
+
+def bvh_text(directions: np.ndarray, skel: Skeleton, fps: float = FPS) -> str:
+    """The BVH file of canonical unit directions (frames, n_bones, 3) of one take at `fps`."""
     dirs = np.asarray(directions, dtype=np.float64)
     parent, rest = _layout(skel)
     glob = shortest_arc(np.broadcast_to(rest, dirs.shape), dirs)  # (F, B, 3, 3): each bone's rotation in the world
@@ -85,7 +103,7 @@ def write_bvh(path: str | Path, directions: np.ndarray, skel: Skeleton, fps: flo
     root = "0.000000 0.000000 0.000000 0.000000 0.000000 0.000000"
     for f in range(len(dirs)):
         lines.append(" ".join([root] + [_fmt(angles[f, b]) for b in order]))
-    Path(path).write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(v: np.ndarray) -> str:
