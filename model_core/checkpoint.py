@@ -354,8 +354,8 @@ def save_native(path: str | Path, model: PoseDiffusion, skeleton: Skeleton, prov
     payload = {"format": NATIVE_FORMAT, "format_version": NATIVE_VERSION, "config": model.cfg.to_dict(),
                "skeleton": skeleton.name, "mean_dir_vec": list(skeleton.mean_dir_vec),
                "provenance": provenance or {}, "state_dict": state, "tensors_sha256": tensors_sha256(state)}
-    with replacing(path) as tmp:
-        torch.save(payload, tmp)
+    with replacing(path) as tmp, open(tmp, "wb") as f:  # a file object: the archive's folder is named "archive",
+        torch.save(payload, f)                           # not after the temporary file (the same bytes every time)
 
 
 def is_native_file(path: Path) -> bool:
