@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import replacing
+from .files import write_text
 from .network import FPS
 from .skeleton import Skeleton, dataset_to_canonical
 
@@ -54,9 +54,8 @@ def _layout(skel: Skeleton) -> tuple[list[int | None], np.ndarray]:
 
 def write_bvh(path: str | Path, directions: np.ndarray, skel: Skeleton, fps: float = FPS) -> None:
     """Write canonical unit directions (frames, n_bones, 3) of one take as a BVH file at `fps`, all or nothing
-    (files.replacing; the caller checks the path first: output_paths in pipeline.py)."""
-    with replacing(path) as tmp:
-        tmp.write_text(bvh_text(directions, skel, fps))
+    (files.write_text; the caller checks the path first: output_paths in pipeline.py)."""
+    write_text(path, bvh_text(directions, skel, fps))
 
 
 def is_own_bvh(path: Path, skel: Skeleton) -> bool:
