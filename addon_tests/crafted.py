@@ -1,6 +1,8 @@
-"""Hostile inputs for the reliability tests: checkpoints that run code, a worker that hangs (stdlib only)."""
+"""Hostile inputs for the reliability tests: checkpoints that run code, a worker that hangs, a device node (stdlib
+only)."""
 import os
 import pickle
+import stat
 import zipfile
 from pathlib import Path
 
@@ -92,3 +94,14 @@ def with_declared_size(src: Path, dst: Path, member_suffix: str, size: int) -> P
         at = raw.find(b"PK\x01\x02", at + 4)
     dst.write_bytes(bytes(raw))
     return dst
+
+
+def device_node(folder: Path) -> Path:
+    """A character device of our own to aim writers at (the same device as /dev/full): a writer that replaced it
+    destroys nothing shared. Where nodes cannot be made (not root), /dev/full itself, which then cannot be replaced."""
+    path = folder / "full"
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    except PermissionError:
+        return Path("/dev/full")
+    return path

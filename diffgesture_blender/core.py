@@ -1,4 +1,5 @@
-"""The torch-free parts of model_core (skeleton tables, settings, worker protocol and client) as the add-on sees them.
+"""The torch-free parts of model_core (skeleton tables, settings, worker protocol and client, the rule for files)
+as the add-on sees them.
 
 Inside the built extension model_core is bundled next to the add-on; in a source checkout it is the repository's
 top-level package. The add-on never imports anything else from model_core: the rest runs in the worker.
@@ -6,10 +7,10 @@ top-level package. The add-on never imports anything else from model_core: the r
 from pathlib import Path
 
 try:
-    from .model_core import client, protocol, settings, skeleton
+    from .model_core import client, files, protocol, settings, skeleton
     CORE_PARENT = Path(__file__).resolve().parent
 except ImportError:
-    from model_core import client, protocol, settings, skeleton
+    from model_core import client, files, protocol, settings, skeleton
     CORE_PARENT = Path(skeleton.__file__).resolve().parent.parent
 
-__all__ = ["client", "protocol", "settings", "skeleton", "CORE_PARENT"]
+__all__ = ["client", "files", "protocol", "settings", "skeleton", "CORE_PARENT"]

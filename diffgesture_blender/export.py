@@ -4,28 +4,52 @@ at t = 0; BVH carries the armature's motion. The scene is left as it was (select
 action and NLA tracks, the frame range), so exporting changes nothing in the .blend."""
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import bpy
 
+from . import core
+
 EXPORT_SUFFIXES = (".fbx", ".glb", ".gltf", ".bvh")
+# (the format's first bytes, the creator Blender records) of what each exporter writes
+EXPORT_SIGNATURES = {".fbx": (b"Kaydara FBX Binary", b"Blender"), ".glb": (b"glTF", b"Blender I/O"),
+                     ".gltf": (b"{", b"Blender I/O"), ".bvh": (b"HIERARCHY", b"")}
 
 
-def check_export_path(path: Path) -> Path:
-    """The absolute path to export to, or ValueError naming what is wrong (checked before generating)."""
-    path = Path(bpy.path.abspath(str(path))).resolve()
+def check_export_path(path: Path, keep: tuple = ()) -> Path:
+    """The absolute path to export to, or ValueError naming what is wrong (checked before generating): a new file,
+    or an earlier export of the same format that Blender wrote (core.files.check_output), none of the `keep` files."""
+    path = Path(os.path.abspath(bpy.path.abspath(str(path))))
     if path.suffix.lower() not in EXPORT_SUFFIXES:
         raise ValueError(f"cannot export to {path.name}: choose a file ending in {', '.join(EXPORT_SUFFIXES)}")
-    if not path.parent.is_dir():
-        raise ValueError(f"cannot export to {path}: the folder {path.parent} does not exist")
-    if path.is_dir():
-        raise ValueError(f"cannot export to {path}: it is a folder")
-    return path
+    return core.files.check_output(path, keep, ours=is_blender_export, what="the export",
+                                   kind=f"a {path.suffix.lower()} file Blender exported")
+
+
+def is_blender_export(path: Path) -> bool:
+    """Whether a file is what Blender's exporter for its suffix writes, by its first bytes: the format's signature
+    and, where the format records one, Blender as its creator (a BVH records none)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    signature, creator = EXPORT_SIGNATURES[path.suffix.lower()]
+    return head.startswith(signature) and creator in head
 
 
 def export_take(context: bpy.types.Context, armature: bpy.types.Object, action: bpy.types.Action, path: Path) -> None:
-    """Write `action` on `armature` (and the meshes it deforms, for FBX/glTF) to `path` by its suffix."""
+    """Write `action` on `armature` (and the meshes it deforms, for FBX/glTF) to `path` by its suffix, after
+    check_export_path, through a temporary file renamed over it when done (core.files.replacing; a .gltf names its
+    .bin after itself, so it is written in place)."""
     path = check_export_path(path)
+    with contextlib.nullcontext(path) if path.suffix.lower() == ".gltf" else core.files.replacing(path) as target:
+        _export(context, armature, action, target)
+
+
+def _export(context: bpy.types.Context, armature: bpy.types.Object, action: bpy.types.Action, path: Path) -> None:
     scene, view_layer = context.scene, context.view_layer
     selected = [o for o in view_layer.objects if o.select_get()]
     active, range_ = view_layer.objects.active, (scene.frame_start, scene.frame_end)

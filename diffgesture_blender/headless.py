@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import bpy
 
@@ -25,6 +26,7 @@ from .worker_host import HOST, environment_problem
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+BLEND_COMPRESSED = (b"\x28\xb5\x2f\xfd", b"\x1f\x8b\x08\x00")  # zstd (Blender 3.0 on), gzip (before)
 TORCH_PYTHON_HINT = ("pass --torch-python with the interpreter of an environment that has torch, or press Create "
                      "Environment in the add-on's preferences")
 
@@ -126,8 +128,12 @@ def requests(args: argparse.Namespace) -> list[Request]:
     problem = environment_problem(reqs[0].python, remedy=TORCH_PYTHON_HINT)
     if problem:
         raise UsageError(problem)
-    if args.save_bone_map:
-        bone_maps.save_file(bpy.data.objects[args.armature], args.save_bone_map, mapping)
+    if args.save_bone_map:  # its path was checked with the others (check_output_paths)
+        try:
+            bone_maps.save_file(bpy.data.objects[args.armature], args.save_bone_map, mapping, run_inputs(args))
+        except (OSError, ValueError) as e:
+            why = getattr(e, "strerror", None) or e
+            raise UsageError(f"could not save --save-bone-map {args.save_bone_map}: {why}") from None
     return reqs
 
 
@@ -257,7 +263,8 @@ def change_take(args: argparse.Namespace, summary: dict) -> int:
         summary["errors"].append({"error": str(e)})
         return EXIT_USAGE
     except Exception as e:  # the scene writer put everything back; headless always ends with its summary
-        summary["errors"].append({"error": f"Could not apply the intensity: {e}. Nothing was changed"})
+        what = "prepare the re-roll" if args.action == "reroll" else "apply the intensity"
+        summary["errors"].append({"error": f"Could not {what}: {e}. Nothing was changed"})
         return EXIT_FAILED
     with stdout_to_stderr():
         summary["results"], summary["errors"] = run(reqs)
@@ -282,21 +289,32 @@ def main(argv: list[str]) -> int:
     except UsageError as e:
         summary["errors"].append({"error": str(e)})
         return report(summary, args, EXIT_USAGE)
-    try:
-        export_path = check_export_path(Path(args.export)) if args.export else None
-    except ValueError as e:
-        summary["errors"].append({"error": str(e)})
-        return report(summary, args, EXIT_USAGE)
     with stdout_to_stderr():
         summary["results"], summary["errors"] = run(reqs)
-        if export_path is not None:
+        if args.export:
             for result in summary["results"]:
-                target = export_path if len(reqs) == 1 else export_path.with_name(
-                    f"{export_path.stem}-{Path(result['audio']).stem}{export_path.suffix}")
-                export_take(bpy.context, bpy.data.objects[result["armature"]],
-                            bpy.data.actions[result["actions"][0]], target)
-                result["export"] = str(target)
+                export(result, export_targets(args)[result["audio"]], summary["errors"])
     return save_and_report(summary, args)
+
+
+def export_targets(args: argparse.Namespace) -> dict[str, Path]:
+    """--export for each audio file: the path itself for one file; with a folder, each file's name added to the
+    stem."""
+    path, files = Path(args.export), audio_files(Path(args.audio))
+    if len(files) == 1:
+        return {str(files[0]): path}
+    return {str(f): path.with_name(f"{path.stem}-{f.stem}{path.suffix}") for f in files}
+
+
+def export(result: dict, target: Path, errors: list[dict]) -> None:
+    """Export one generated take (--export); an exporter's failure is that file's error, the motion stays."""
+    try:
+        export_take(bpy.context, bpy.data.objects[result["armature"]], bpy.data.actions[result["actions"][0]],
+                    target)
+        result["export"] = str(target)
+    except (OSError, RuntimeError, ValueError) as e:
+        errors.append({"audio": result["audio"], "error": f"could not export to {target}: "
+                                                          f"{getattr(e, 'strerror', None) or e}"})
 
 
 def save_and_report(summary: dict, args: argparse.Namespace) -> int:
@@ -304,27 +322,81 @@ def save_and_report(summary: dict, args: argparse.Namespace) -> int:
     if args.output and summary["results"]:
         output = Path(args.output).resolve()
         # an unsaved file has only absolute paths: keep them (Blender would make them all relative to the output)
-        try:
+        try:  # checked again: nothing may have taken its place while generating
+            core.files.check_output(args.output, run_inputs(args), is_blend_file, "--output", "a .blend file")
             with stdout_to_stderr():
                 bpy.ops.wm.save_as_mainfile(filepath=str(output), copy=True, relative_remap=bool(bpy.data.filepath))
             summary["output"] = str(output)
-        except (RuntimeError, OSError) as e:
+        except (RuntimeError, OSError, ValueError) as e:
             summary["errors"].append({"error": f"could not save {output}: {e}"})
     summary["ok"] = not summary["errors"]
     summary["worker_pid"] = HOST.pid()
     return report(summary, args, EXIT_OK if summary["ok"] else EXIT_FAILED)
 
 
+def run_inputs(args: argparse.Namespace) -> list[str]:
+    """The files this run reads, which it must never write: the open .blend, the audio, the bone map, the
+    checkpoint."""
+    named = [bpy.data.filepath, getattr(args, "bone_map", None), getattr(args, "checkpoint", None)]
+    audio = getattr(args, "audio", None)
+    if audio:
+        named += [str(f) for f in Path(audio).iterdir()] if Path(audio).is_dir() else [audio]
+    return [str(p) for p in named if p]
+
+
+def outputs(args: argparse.Namespace) -> list[tuple[str, Path, Callable[[Path], bool], str]]:
+    """(flag, path, recogniser of this project's own kind, that kind) of every file the command writes."""
+    found = [("--output", args.output, is_blend_file, "a .blend file"),
+             ("--json", None if args.json == "-" else args.json, is_summary_file, "a DiffGesture summary"),
+             ("--save-bone-map", getattr(args, "save_bone_map", None), presets.is_bone_map_file,
+              "a DiffGesture bone map")]
+    return [(flag, Path(value), ours, kind) for flag, value, ours, kind in found if value]
+
+
 def check_output_paths(args: argparse.Namespace) -> None:
-    """--output and --json must name files in existing folders: checked before anything is generated."""
-    for flag, value in (("--output", args.output), ("--json", args.json)):
-        if not value or (flag == "--json" and value == "-"):
-            continue
-        path = Path(value)
-        if path.is_dir():
-            raise UsageError(f"{flag} {path} is a folder; name a file in it")
-        if not path.parent.is_dir():
-            raise UsageError(f"{flag}: the folder {path.parent} does not exist")
+    """Every file the command writes (--output, --json, --save-bone-map, --export), checked before anything runs by
+    the one rule (core.files.check_output): a new file, or one of the kind this project writes there; never this
+    run's inputs, never a folder, a device, a FIFO or a link, never two of them the same file. When one is refused
+    none is written, --json included (the summary goes to stdout alone)."""
+    try:
+        check_paths(args)
+    except ValueError as e:
+        args.json = None
+        raise UsageError(str(e)) from None
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """check_output_paths' checks; ValueError naming the first path refused."""
+    inputs, taken = run_inputs(args), {}
+    for flag, path, ours, kind in outputs(args):
+        taken[flag] = core.files.check_output(path, inputs, ours, what=flag, kind=kind)
+    if getattr(args, "export", None):
+        for target in export_targets(args).values():
+            taken[f"--export {target.name}"] = check_export_path(target, tuple(inputs))
+    seen: dict[str, str] = {}
+    for flag, path in taken.items():
+        other = seen.setdefault(os.path.abspath(path), flag)
+        if other != flag:
+            raise ValueError(f"{other} and {flag} name the same file {path}; name two files")
+
+
+def is_blend_file(path: Path) -> bool:
+    """Whether a file is a .blend (plain, or compressed as Blender compresses them): what saving may replace, as
+    Blender's own Save As does."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(7) == b"BLENDER" or f.seek(0) == 0 and f.read(4) in BLEND_COMPRESSED
+    except OSError:
+        return False
+
+
+def is_summary_file(path: Path) -> bool:
+    """Whether a file is a JSON summary this command wrote (what --json may replace)."""
+    try:
+        doc = core.files.read_json(path, 64 << 20, "the summary")
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and {"ok", "results", "errors", "exit_code"} <= set(doc)
 
 
 def report(summary: dict, args: argparse.Namespace, code: int) -> int:
@@ -333,10 +405,13 @@ def report(summary: dict, args: argparse.Namespace, code: int) -> int:
     text = json.dumps(summary, indent=2)
     print(text, flush=True)
     if args.json and args.json != "-":
-        try:
-            Path(args.json).write_text(text + "\n", encoding="utf-8")
-        except OSError as e:
-            print(f"diffgesture: error: could not write --json {args.json}: {e.strerror or e}", file=sys.stderr)
+        try:  # checked again: a refused --json is never written, even to say it was refused
+            target = core.files.check_output(args.json, run_inputs(args), is_summary_file, "--json",
+                                             "a DiffGesture summary")
+            core.files.write_text(target, text + "\n")
+        except (OSError, ValueError) as e:
+            print(f"diffgesture: error: could not write --json {args.json}: {getattr(e, 'strerror', None) or e}",
+                  file=sys.stderr)
             code = max(code, EXIT_FAILED)
     for result in summary["results"]:
         for note in result["notes"]:

@@ -278,10 +278,11 @@ class DIFFGESTURE_OT_save_bone_map(bpy.types.Operator, ExportHelper):
         return context.scene.diffgesture.armature is not None
 
     def execute(self, context):
+        keep = [bpy.data.filepath] if bpy.data.filepath else []
         try:
-            bone_maps.save_file(context.scene.diffgesture.armature, self.filepath)
-        except OSError as e:
-            self.report({"ERROR"}, f"Could not save the bone map: {e}")
+            bone_maps.save_file(context.scene.diffgesture.armature, bpy.path.abspath(self.filepath), keep=keep)
+        except (OSError, ValueError) as e:  # a path the rule refuses (core.files), a full disk, a read-only folder
+            self.report({"ERROR"}, f"Could not save the bone map: {getattr(e, 'strerror', None) or e}")
             return {"CANCELLED"}
         self.report({"INFO"}, f"Bone map saved to {self.filepath}")
         return {"FINISHED"}
@@ -307,6 +308,7 @@ class DIFFGESTURE_OT_load_bone_map(bpy.types.Operator, ImportHelper):
             return {"CANCELLED"}
         bone_maps.set_bone_map(obj, mapping)
         self.report({"INFO"}, f"Bone map loaded: {len(mapping)} roles mapped")
+        return {"FINISHED"}
 
 
 class DIFFGESTURE_OT_export(bpy.types.Operator):
@@ -333,8 +335,8 @@ class DIFFGESTURE_OT_export(bpy.types.Operator):
         obj = context.scene.diffgesture.armature
         try:
             export_take(context, obj, obj.animation_data.action, Path(self.filepath))
-        except (ValueError, RuntimeError) as e:  # a bad path, or the exporter's own error
-            self.report({"ERROR"}, str(e))
+        except (ValueError, RuntimeError, OSError) as e:  # a path the rule refuses, or the exporter's own error
+            self.report({"ERROR"}, str(getattr(e, "strerror", None) or e))
             return {"CANCELLED"}
         self.report({"INFO"}, f"exported {obj.animation_data.action.name} to {self.filepath}")
         return {"FINISHED"}

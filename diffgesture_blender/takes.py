@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -102,18 +103,70 @@ class Take:
 
 
 def read(action: bpy.types.Action | None) -> Take | None:
-    """The record of an action the add-on generated, or None (another action, or no action)."""
+    """The record of an action the add-on generated, or None (another action, or no action). Every field and the
+    poses' size are checked (check_fields, protocol.check_take) before the poses are read: UsageError naming the
+    field when the record is damaged."""
     prop = action.get(KEY) if action is not None else None
     if prop is None:
         return None
+    source = f"the DiffGesture record of the action {action.name!r}"
     try:
-        fields = json.loads(prop["fields"])
+        fields = core.files.parse_json(prop["fields"], f"{source} is damaged: its fields")
         shape = tuple(int(x) for x in prop["shape"])
-        poses = np.array(prop["poses"].to_list() if hasattr(prop["poses"], "to_list") else prop["poses"],
-                         np.float32).reshape(shape)
-        return Take(**fields, poses=poses)
+        check_fields(fields, source)
+        core.protocol.check_take({"skeleton": fields["skeleton"], "fps": fields["src_fps"],
+                                  "duration": fields["duration"], "settings": fields["settings"]}, (1, *shape), source)
+        values = prop["poses"]
+        if len(values) != math.prod(shape):
+            raise ValueError(f"{source} is damaged: it holds {len(values)} pose values for shape {shape}")
+        poses = np.array(values.to_list() if hasattr(values, "to_list") else values, np.float32).reshape(shape)
     except (KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"the DiffGesture record of the action {action.name!r} is damaged ({e}); generate it again")
+        message = str(e) if str(e).startswith(source) else f"{source} is damaged ({e})"
+        raise UsageError(message if message.endswith("generate it again") else f"{message}; generate it again") \
+            from None
+    if not np.isfinite(poses).all():
+        raise UsageError(f"{source} is damaged: its poses hold non-finite values (NaN or Inf); generate it again")
+    return Take(**fields, poses=poses)
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+MAX_FRAME = 1_048_574  # Blender's last frame
+FIELD_CHECKS = {  # field: (test, what it must be)
+    "audio": (lambda v: isinstance(v, str), "a path"), "checkpoint": (lambda v: isinstance(v, str), "a path"),
+    "checkpoint_sha256": (lambda v: isinstance(v, str), "a text"), "skeleton": (lambda v: isinstance(v, str), "a name"),
+    "start_frame": (lambda v: _int(v) and abs(v) <= MAX_FRAME, f"a whole frame within -{MAX_FRAME}..{MAX_FRAME}"),
+    "scene_fps": (lambda v: _number(v) and 1 <= v <= 1000, "a frame rate within 1..1000"),
+    "src_fps": (lambda v: _number(v) and 1 <= v <= 1000, "a frame rate within 1..1000"),
+    "duration": (_number, "a number of seconds"), "settings": (lambda v: isinstance(v, dict), "a table"),
+    "bone_map": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for kv in v.items() for x in kv),
+                 "a table of role: bone names"),
+    "parts": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of part names"),
+    "allow_partial": (lambda v: isinstance(v, bool), "true or false"),
+    "rerolls": (lambda v: isinstance(v, list) and all(isinstance(r, list) and len(r) == 3 and all(map(_int, r))
+                                                      for r in v), "a list of [first, last, seed]"),
+    "sound": (lambda v: v is None or isinstance(v, str), "a sound's name or null"),
+}
+
+
+def check_fields(fields, source: str) -> None:
+    """Refuse a take record's fields (all but the poses) that are missing, unknown or of the wrong type or range."""
+    if not isinstance(fields, dict):
+        raise ValueError(f"{source} is damaged: its fields are not a table")
+    required = {f.name for f in dataclasses.fields(Take) if f.default is dataclasses.MISSING and
+                f.default_factory is dataclasses.MISSING} - {"poses"}
+    problems = [f"unknown field {name!r}" for name in fields if name not in FIELD_CHECKS]
+    problems += [f"no {name!r}" for name in sorted(required - set(fields))]
+    problems += [f"{name} must be {what}, not {repr(fields[name])[:40]}" for name, (test, what) in FIELD_CHECKS.items()
+                 if name in fields and not test(fields[name])]
+    if problems:
+        raise ValueError(f"{source} is damaged: {problems[0]}")
 
 
 def current(obj: bpy.types.Object | None) -> tuple[bpy.types.Action, Take]:

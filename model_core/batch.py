@@ -23,11 +23,11 @@ import torch
 
 from .audio import AUDIO_SUFFIXES, SAMPLE_RATE, AudioError, load_audio
 from .network import PoseDiffusion
-from .pipeline import ClipRun, resolved, sample_window, save_result
-from .checkpoint import CheckpointError
-from .protocol import check_output, read_result
+from .pipeline import ClipRun, output_paths, resolved, sample_window, save_result
+from .files import parse_json, read_small, regular_file_problem
+from .protocol import read_result
 from .samplers import RowGenerators
-from .settings import GenerationSettings, resolve_checkpoint
+from .settings import RANGES, GenerationSettings, resolve_checkpoint
 
 GROUP_BATCHES = 4  # a group holds this many batches' worth of clips
 
@@ -36,73 +36,121 @@ class ManifestError(ValueError):
     """A manifest that cannot be read; the message names the line."""
 
 
+MAX_MANIFEST_BYTES = 1 << 30  # a 100k-row manifest is a few MB
+
+
 @dataclass
 class Clip:
     audio: Path
     output: Path
     seed: int
+    problem: str = ""  # why the manifest's row cannot run: reported as failed and skipped, as a bad clip is
 
 
 def read_manifest(manifest: Path, outdir: Path, seed: int = 0) -> list[Clip]:
     """Clips from a folder of audio files (sorted by name), a CSV with an `audio` column (optional `seed`,
     `output`) or a JSONL file of {"audio", "seed"?, "output"?}; relative paths are taken from the manifest's folder.
-    Outputs default to OUTDIR/<audio name>.npz, numbered when two inputs share a name."""
+    Outputs default to OUTDIR/<audio name>.npz, numbered when two inputs share a name. A row that cannot run (a bad
+    seed or output, an output another row writes or reads) keeps its place with its `problem` said; a manifest that
+    cannot be read at all is a ManifestError."""
     if manifest.is_dir():
-        rows = [{"audio": p.name} for p in sorted(manifest.iterdir()) if p.suffix.lower() in AUDIO_SUFFIXES]
+        rows = [(i, {"audio": p.name}) for i, p in enumerate(sorted(manifest.iterdir()), 1)
+                if p.suffix.lower() in AUDIO_SUFFIXES]
         base = manifest
     elif manifest.suffix.lower() in (".csv", ".jsonl"):
         base = manifest.parent
         try:
-            text = manifest.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
+            text = read_small(manifest, MAX_MANIFEST_BYTES, "the manifest").decode("utf-8")
+        except (ValueError, UnicodeDecodeError) as e:
             raise ManifestError(f"cannot read the manifest {manifest}: {e}") from None
         rows = _csv_rows(text, manifest) if manifest.suffix.lower() == ".csv" else _jsonl_rows(text, manifest)
     else:
         raise ManifestError(f"the manifest must be a folder of audio files, a .csv or a .jsonl file: {manifest}")
-    clips, taken = [], set()
-    for row in rows:
-        audio = base / Path(row["audio"])
-        out = row.get("output")
-        if out:
-            output = outdir / Path(out).name
-        else:
-            output, n = outdir / f"{audio.stem}.npz", 2
-            while output in taken:
-                output, n = outdir / f"{audio.stem}-{n}.npz", n + 1
-        taken.add(output)
-        clips.append(Clip(audio, output, int(row["seed"]) if row.get("seed") not in (None, "") else seed))
+    clips = [_clip(row, line, base, outdir, seed, manifest) for line, row in rows]
+    _number_outputs(clips, [row for _, row in rows], [line for line, _ in rows], manifest)
     return clips
 
 
-def _csv_rows(text: str, manifest: Path) -> list[dict]:
+def _clip(row, line: int, base: Path, outdir: Path, seed: int, manifest: Path) -> Clip:
+    """One row as a clip (its default output still unnumbered), with its problem if it has one."""
+    problem = _row_problem(row)
+    if problem:
+        named = row.get("audio") if isinstance(row, dict) and isinstance(row.get("audio"), str) else ""
+        return Clip(base / (named or f"line-{line}"), outdir / f"line-{line}.npz", seed,
+                    f"{manifest} line {line}: {problem}")
+    audio = base / Path(row["audio"])
+    out = row.get("output")
+    output = outdir / Path(out).name if out else outdir / f"{audio.stem}.npz"
+    return Clip(audio, output, int(row["seed"]) if row.get("seed") not in (None, "") else seed)
+
+
+def _number_outputs(clips: list[Clip], rows: list, lines: list[int], manifest: Path) -> None:
+    """Number the default outputs of inputs that share a name (NAME-2.npz ...), each counter kept, so that planning
+    stays linear; an output that two rows name, or that is another row's audio, is a problem of the later row."""
+    written: dict[Path, int] = {}
+    audio = {os.path.abspath(c.audio): line for c, line in zip(clips, lines) if not c.problem}
+    following: dict[Path, int] = {}
+    for clip, row, line in zip(clips, rows, lines):
+        if clip.problem:
+            continue
+        if not row.get("output"):
+            first = clip.output
+            n = following.get(first, 2)
+            while clip.output in written:
+                clip.output, n = first.with_name(f"{first.stem}-{n}.npz"), n + 1
+            following[first] = n
+        if clip.output in written:
+            clip.problem = (f"{manifest} line {line}: its output {clip.output} is also the output of line "
+                            f"{written[clip.output]}")
+        elif os.path.abspath(clip.output) in audio:
+            clip.problem = (f"{manifest} line {line}: its output {clip.output} is the audio of line "
+                            f"{audio[os.path.abspath(clip.output)]}; name another file")
+        else:
+            written[clip.output] = line
+
+
+def _csv_rows(text: str, manifest: Path) -> list[tuple[int, dict]]:
     reader = csv.DictReader(text.splitlines())
-    if not reader.fieldnames or "audio" not in reader.fieldnames:
-        raise ManifestError(f"{manifest}: the first line must name the columns, one of them 'audio'")
-    rows = list(reader)
-    for i, row in enumerate(rows, 2):
-        _check_row(row, manifest, i)
-    return rows
+    try:
+        if not reader.fieldnames or "audio" not in reader.fieldnames:
+            raise ManifestError(f"{manifest}: the first line must name the columns, one of them 'audio'")
+        return [(reader.line_num, row) for row in reader]
+    except csv.Error as e:  # a field over csv's limit (128 KiB), a NUL ...
+        raise ManifestError(f"{manifest} line {reader.line_num + 1}: {e}") from None
 
 
-def _jsonl_rows(text: str, manifest: Path) -> list[dict]:
+def _jsonl_rows(text: str, manifest: Path) -> list[tuple[int, object]]:
     rows = []
     for i, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                row = json.loads(line)
-            except ValueError:
-                raise ManifestError(f"{manifest} line {i}: not JSON") from None
-            rows.append(_check_row(row, manifest, i))
+                rows.append((i, parse_json(line, "the row")))
+            except ValueError as e:
+                rows.append((i, str(e)))  # reported as that row's problem
     return rows
 
 
-def _check_row(row, manifest: Path, line: int) -> dict:
+def _row_problem(row) -> str:
+    """Why a manifest row cannot run ("" when it can): its audio, seed and output are checked here."""
+    if isinstance(row, str):
+        return row
     if not isinstance(row, dict) or not isinstance(row.get("audio"), str) or not row["audio"]:
-        raise ManifestError(f"{manifest} line {line}: needs an 'audio' path")
-    seed = row.get("seed")
-    if seed not in (None, "") and not (isinstance(seed, int) or (isinstance(seed, str) and seed.strip().isdigit())):
-        raise ManifestError(f"{manifest} line {line}: seed must be a whole number, not {seed!r}")
-    return row
+        return "needs an 'audio' path"
+    seed, out = row.get("seed"), row.get("output")
+    low, high = RANGES["seed"]
+    if seed not in (None, "") and not (isinstance(seed, int) and not isinstance(seed, bool) or
+                                       isinstance(seed, str) and seed.strip().isascii() and seed.strip().isdigit()):
+        return f"seed must be a whole number, not {str(seed)[:40]!r}"
+    if seed not in (None, "") and not (len(str(seed).strip()) <= 20 and low <= int(seed) <= high):
+        return f"seed must be within {low}..{high}, not {str(seed)[:40]}"
+    if out not in (None, "") and not isinstance(out, str):
+        return f"output must be a file name, not {str(out)[:40]!r}"
+    for field in ("audio", "output"):
+        if "\0" in (row.get(field) or ""):
+            return f"{field} contains a NUL character"
+    if out and Path(out).name in ("", ".", ".."):
+        return f"output must be a file name, not {out[:40]!r}"
+    return ""
 
 
 def shard(clips: list[Clip], group: int, rank: int, world: int) -> list[Clip]:
@@ -113,6 +161,8 @@ def shard(clips: list[Clip], group: int, rank: int, world: int) -> list[Clip]:
 
 def finished(clip: Clip) -> bool:
     """Whether the clip's output is already a complete result file (resume skips it)."""
+    if regular_file_problem(clip.output):  # missing, or something read_result must not open (a FIFO blocks)
+        return False
     try:
         read_result(clip.output)
         return True
@@ -136,11 +186,27 @@ def run_batch(ckpt, clips: list[Clip], settings: GenerationSettings, batch: int 
     report = BatchReport([], [], [])
     todo = []
     for clip in clips:
-        (report.skipped.append(str(clip.output)) if finished(clip) else todo.append(clip))
+        if clip.problem or not finished(clip):
+            _plan(ckpt, clip, settings, todo, report, log)
+        else:
+            report.skipped.append(str(clip.output))
     group = GROUP_BATCHES * batch
     for start in range(0, len(todo), group):
         _run_group(ckpt, todo[start:start + group], settings, how, batch, report, on_window, log)
     return report
+
+
+def _plan(ckpt, clip: Clip, settings: GenerationSettings, todo: list[Clip], report: BatchReport,
+          log: Callable[[str], None]) -> None:
+    """Add the clip to `todo`, or report it as failed when its row or its output cannot be used (before any work)."""
+    try:
+        if clip.problem:
+            raise ValueError(clip.problem)
+        output_paths(clip.output, settings.variations, ckpt.skeleton, (clip.audio,))
+        todo.append(clip)
+    except ValueError as e:
+        report.failed.append({"audio": str(clip.audio), "error": str(e)})
+        log(f"skipped {clip.audio}: {e}")
 
 
 def _run_group(ckpt, clips: list[Clip], settings: GenerationSettings, how: str, batch: int, report: BatchReport,
@@ -153,9 +219,8 @@ def _run_group(ckpt, clips: list[Clip], settings: GenerationSettings, how: str, 
         while queue and len(slots) < batch:
             clip = queue.pop(0)
             try:
-                check_output(clip.output, keep=(clip.audio,))
                 audio = load_audio(clip.audio)
-            except (AudioError, ValueError) as e:  # unreadable audio, or an output that must not be replaced
+            except (AudioError, ValueError) as e:  # unreadable audio
                 report.failed.append({"audio": str(clip.audio), "error": str(e)})
                 log(f"skipped {clip.audio}: {e}")
                 continue
@@ -175,7 +240,7 @@ def _run_group(ckpt, clips: list[Clip], settings: GenerationSettings, how: str, 
             try:
                 report.done.append(save_result(ckpt, clip.output, run.poses(), run.settings, clip.audio,
                                                len(run.audio), how, time.perf_counter() - t0))
-            except CheckpointError as e:  # non-finite motion: nothing was written
+            except ValueError as e:  # non-finite motion (CheckpointError), or the output taken meanwhile: not written
                 report.failed.append({"audio": str(clip.audio), "error": str(e)})
                 log(f"failed {clip.audio}: {e}")
         slots = [s for s in slots if not s[1].done]
@@ -188,6 +253,8 @@ def total_windows(clips: list[Clip]) -> int | None:
     total = 0
     for clip in clips:
         try:
+            if regular_file_problem(clip.audio):  # sf.info would block on a FIFO; load_audio reports it
+                return None
             info = sf.info(str(clip.audio))
             total += window_count(int(info.frames / info.samplerate * SAMPLE_RATE))
         except (RuntimeError, OSError, ValueError, ZeroDivisionError):  # reported when loaded; the bar has no total

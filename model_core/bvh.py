@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import write_text
 from .network import FPS
 from .skeleton import Skeleton, dataset_to_canonical
 
@@ -58,7 +59,23 @@ def _layout(skel: Skeleton) -> tuple[list[int | None], np.ndarray]:
 
 
 def write_bvh(path: str | Path, directions: np.ndarray, skel: Skeleton, fps: float = FPS) -> None:
-    """Write canonical unit directions (frames, n_bones, 3) of one take as a BVH file at `fps`."""
+    """Write canonical unit directions (frames, n_bones, 3) of one take as a BVH file at `fps`, all or nothing
+    (files.write_text; the caller checks the path first: output_paths in pipeline.py)."""
+    write_text(path, bvh_text(directions, skel, fps))
+
+
+def is_own_bvh(path: Path, skel: Skeleton) -> bool:
+    """Whether a file is a BVH that write_bvh made for this skeleton: its hierarchy is the one write_bvh writes."""
+    header = bvh_text(np.zeros((0, len(skel.bones), 3)), skel).split("MOTION\n")[0] + "MOTION\n"
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(header.encode())) == header.encode()
+    except OSError:
+        return False
+
+
+def bvh_text(directions: np.ndarray, skel: Skeleton, fps: float = FPS) -> str:
+    """The BVH file of canonical unit directions (frames, n_bones, 3) of one take at `fps`."""
     dirs = np.asarray(directions, dtype=np.float64) @ TO_BVH.T
     dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)  # unit to float64: a near half turn magnifies float32 slack
     parent, rest = _layout(skel)
@@ -91,7 +108,7 @@ def write_bvh(path: str | Path, directions: np.ndarray, skel: Skeleton, fps: flo
     lines += ["MOTION", f"Frames: {len(dirs)}", f"Frame Time: {1.0 / fps:.7f}"]
     for f in range(len(dirs)):
         lines.append(" ".join(["0.000000 0.000000 0.000000"] + [_fmt(angles[f, b]) for b in order]))
-    Path(path).write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(v: np.ndarray) -> str:

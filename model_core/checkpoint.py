@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .files import check_output, replacing
 from .network import ModelConfig, PoseDiffusion
 from .skeleton import Skeleton, get_skeleton
 
@@ -353,10 +354,18 @@ def save_native(path: str | Path, model: PoseDiffusion, skeleton: Skeleton, prov
     payload = {"format": NATIVE_FORMAT, "format_version": NATIVE_VERSION, "config": model.cfg.to_dict(),
                "skeleton": skeleton.name, "mean_dir_vec": list(skeleton.mean_dir_vec),
                "provenance": provenance or {}, "state_dict": state, "tensors_sha256": tensors_sha256(state)}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with replacing(path) as tmp, open(tmp, "wb") as f:  # a file object: the archive's folder is named "archive",
+        torch.save(payload, f)                           # not after the temporary file (the same bytes every time)
+
+
+def is_native_file(path: Path) -> bool:
+    """Whether a file is a native checkpoint (save_native's format), judged from its small pickle alone."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            pickles = [i for i in z.infolist() if i.filename.endswith("/data.pkl") and i.file_size < 1 << 20]
+            return len(pickles) == 1 and NATIVE_FORMAT.encode() in z.read(pickles[0])
+    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError):
+        return False
 
 
 def _load_native(payload: dict, path: Path) -> Checkpoint:
@@ -424,7 +433,9 @@ def _load(path: Path) -> Checkpoint:
 
 
 def convert_official(src: str | Path, dst: str | Path) -> Checkpoint:
-    """Convert an official checkpoint to the native format (dropping the unused word vocabularies)."""
+    """Convert an official checkpoint to the native format (dropping the unused word vocabularies). The destination
+    is checked first (files.check_output): a new file, or a native checkpoint other than the source."""
+    check_output(dst, keep=(src,), what="the destination", ours=is_native_file, kind="a native DiffGesture checkpoint")
     ckpt = load_checkpoint(src)
     prov = dict(ckpt.provenance, converted_from=Path(src).name, source_sha256=ckpt.sha256)
     save_native(dst, ckpt.model, ckpt.skeleton, prov)

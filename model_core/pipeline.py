@@ -258,28 +258,43 @@ def generate(model: PoseDiffusion, audio: np.ndarray, settings: GenerationSettin
     return run.poses()
 
 
+def output_paths(output: str | Path, variations: int, skel, keep: tuple = ()) -> list[Path]:
+    """The files a generation writes, each checked before any work starts (files.check_output): the .npz result
+    file, or for a .bvh path a BVH of the model's skeleton per variation (the first at `output`, the others
+    numbered NAME_v2.bvh ...). Each may be new or this project's own file of that kind, never one of `keep`."""
+    from .files import check_output
+    from .protocol import check_result_output
+    output = Path(output)
+    if output.suffix.lower() != ".bvh":
+        return [check_result_output(output, keep)]
+    from .bvh import is_own_bvh
+    paths = [output if v == 0 else output.with_name(f"{output.stem}_v{v + 1}.bvh") for v in range(variations)]
+    return [check_output(p, keep, ours=lambda q: is_own_bvh(q, skel), kind=f"a BVH DiffGesture wrote for the "
+                         f"{skel.name} skeleton") for p in paths]
+
+
 def save_result(ckpt, output: str | Path, poses: np.ndarray, settings: GenerationSettings, audio_path: str | Path,
                 n_samples: int, precision_choice: str, seconds: float) -> dict:
-    """Write one generation's result: the .npz result file (poses, canonical directions, metadata), or for a .bvh
-    path a BVH of the model's skeleton per variation (the first at `output`, the others numbered); return its
-    summary. Non-finite motion is a CheckpointError and nothing is written."""
+    """Write one generation's result to output_paths(output): the .npz result file (poses, canonical directions,
+    metadata), or a BVH of the model's skeleton per variation; return its summary. Non-finite motion is a
+    CheckpointError and nothing is written."""
     from .protocol import write_result
     from .skeleton import directions_at
-    if not np.isfinite(poses).all():  # nothing non-finite is ever written or keyed
+    directions = directions_at(poses, settings.intensity, ckpt.skeleton)
+    if not (np.isfinite(poses).all() and np.isfinite(directions).all()):  # nothing non-finite is written or keyed
         from .checkpoint import CheckpointError
         raise CheckpointError(f"the model produced non-finite motion (NaN or Inf) for {Path(audio_path).name}: the "
-                              "checkpoint's weights are broken (diverged training or damage); nothing was written")
+                              "checkpoint's weights or its mean pose are broken (diverged training or damage); "
+                              "nothing was written")
     meta = {"skeleton": ckpt.skeleton.name, "fps": FPS, "seed": settings.seed, "checkpoint_sha256": ckpt.sha256,
             "settings": settings.to_dict(), "precision": settings.precision, "precision_choice": precision_choice,
             "steps": settings.steps, "audio": str(Path(audio_path).absolute()), "duration": n_samples / SAMPLE_RATE,
             "device": str(next(ckpt.model.parameters()).device), "seconds": round(seconds, 3)}
-    directions = directions_at(poses, settings.intensity, ckpt.skeleton)
+    paths = output_paths(output, len(poses), ckpt.skeleton, (audio_path,))  # again: nothing took their place since
     if Path(output).suffix.lower() == ".bvh":
         from .bvh import write_bvh
-        output = Path(output)
-        for v in range(len(directions)):
-            write_bvh(output if v == 0 else output.with_name(f"{output.stem}_v{v + 1}.bvh"), directions[v],
-                      ckpt.skeleton)
+        for path, take in zip(paths, directions):
+            write_bvh(path, take, ckpt.skeleton)
     else:
         write_result(output, poses, directions, meta)
     return {"frames": int(poses.shape[1]), "variations": int(poses.shape[0]), **meta}
@@ -298,9 +313,8 @@ def generate_file(ckpt, audio_path: str, output: str, settings: GenerationSettin
                   progress: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None) -> dict:
     """Load speech, generate on the checkpoint's current device, write the result file; return its metadata."""
     from .audio import load_audio
-    from .protocol import check_output
     settings.validate()
-    check_output(output, keep=(audio_path,))
+    output_paths(output, settings.variations, ckpt.skeleton, (audio_path,))
     audio = load_audio(audio_path)
     if progress is not None:  # a sign of life before auto precision's first measurement (under a second when idle)
         progress(Progress(0, window_count(len(audio)), 0, steps_run(settings, ckpt.model.schedule.num_steps)))

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .cpu import cpu_name, load_per_core
+from .files import check_output, read_json, write_text
 from .network import PoseDiffusion
 
 CALIBRATION_ROUNDS = 3  # rounds per measurement, candidates taking turns; the median round is kept
@@ -31,6 +32,7 @@ MEASURED_RUNS = 3  # runs (processes) that measure a combination before its choi
 # A measurement taken while the machine was busy (1-minute load average per physical core above this) is kept only
 # until a run starts on a quiet machine, which measures again: a busy machine's milliseconds are not this CPU's.
 BUSY_LOAD = 0.5
+MAX_CACHE_BYTES = 4 << 20  # an entry is ~300 bytes: thousands of combinations
 PACKINGS_KEPT = 2  # MKL-packed copies of the denoiser's weights kept per model (see packed_denoiser)
 _memo: dict[str, tuple[str, str]] = {}
 # Per model, kept beside it rather than in it, so that the model still copies and pickles: its denoiser's parameter
@@ -164,10 +166,10 @@ def choose_precision(model: PoseDiffusion, precision: str, sampler: str, variati
     if key in _memo:
         return _memo[key]
     path = cache_file()
-    try:
-        cache = json.loads(path.read_text())
+    try:  # a FIFO, a device, a huge or deeply nested file is no cache: measured again, and left alone
+        cache = read_json(path, MAX_CACHE_BYTES, "the precision cache")
         cache = cache if isinstance(cache, dict) else {}
-    except (OSError, ValueError):
+    except ValueError:
         cache = {}
     runs = _valid_runs(cache.get(key), names)
     load = load_per_core()
@@ -183,12 +185,11 @@ def choose_precision(model: PoseDiffusion, precision: str, sampler: str, variati
         times = _medians(runs, names)
         cache[key] = {"choice": min(times, key=times.get), "ms_per_step": times, "runs": runs}
         how = f"auto, measured now ({_runs(len(runs))}): {_describe(times)}"
-        try:
+        try:  # the cache file is this project's own, unless it is a folder, a link or a special file
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache, indent=1))
-            tmp.replace(path)
-        except OSError:  # a read-only home: measure again next time
+            write_text(check_output(path, ours=lambda _: True, what="the precision cache"),
+                       json.dumps(cache, indent=1))
+        except (OSError, ValueError):  # a read-only home, or no file to replace: measure again next time
             pass
     _memo[key] = (min(times, key=times.get), how)
     return _memo[key]

@@ -16,17 +16,20 @@ The client that starts a worker and speaks this protocol is client.py.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import math
 import zipfile
 from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
+from .files import check_output, parse_json, replacing
+
 PROTOCOL_VERSION = 1
 TAG = f"DGW{PROTOCOL_VERSION} "
 RESULT_FORMAT = "diffgesture-poses"
+MAX_META_BYTES = 1 << 20  # a result's metadata is a few hundred bytes of JSON
+MAX_TAKE_SECONDS = 3600  # a take longer than an hour is not re-rolled or rescaled (its poses would be 6.8 M values)
 # Each request type and the reply type that answers it: adding a request is a line here and a handler in worker.py.
 REQUESTS: dict[str, str] = {"generate": "result", "reroll": "result", "info": "info", "ping": "pong"}
 # Requests about other requests or the worker itself; they get no reply.
@@ -72,24 +75,10 @@ def decode(line: bytes | str, sender: str = "the worker") -> dict:
     return msg
 
 
-def check_output(path: str | Path, keep: tuple = ()) -> Path:
-    """Where a result may go: a new file, or an existing DiffGesture result, in an existing folder; never a folder,
-    a device, one of the `keep` files (the inputs) or any other existing file. Checked before generating."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise ValueError(f"the output folder does not exist: {path.parent}")
-    if not path.exists():
-        return path
-    if path.is_dir():
-        raise ValueError(f"the output path is a folder; name a file in it: {path}")
-    if not path.is_file():
-        raise ValueError(f"the output path is a device or another special file; refusing to replace it: {path}")
-    if any(Path(k).exists() and path.samefile(k) for k in keep):
-        raise ValueError(f"the output would overwrite the input {path}; name another file")
-    if not is_result_file(path):
-        raise ValueError(f"the output {path} exists and is not a DiffGesture result; refusing to overwrite it "
-                         "(name a new file or delete it first)")
-    return path
+def check_result_output(path: str | Path, keep: tuple = ()) -> Path:
+    """Where a result file may go (files.check_output): a new file, or an earlier DiffGesture result that is none of
+    the `keep` files (the inputs). Checked before generating."""
+    return check_output(path, keep, ours=is_result_file)
 
 
 def is_result_file(path: Path) -> bool:
@@ -104,17 +93,57 @@ def is_result_file(path: Path) -> bool:
 def write_result(path: str | Path, poses: np.ndarray, directions: np.ndarray, meta: dict) -> None:
     """Save generated motion: normalised poses (V, F, D), canonical unit directions (V, F, bones, 3), metadata.
     Written to a new temporary file beside `path` and renamed over it; nothing is left behind when writing fails."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, poses=poses.astype(np.float32), directions=directions.astype(np.float32),
+                 meta=np.array(json.dumps({"format": RESULT_FORMAT, **meta})))
+
+
+def check_take(meta: dict, shape: tuple, source: str) -> None:
+    """Refuse a take (a result file's meta and poses shape (V, F, D), or a Blender take record's) whose fields are
+    of the wrong type or out of range, or whose poses are not what its skeleton and duration make: checked before
+    the poses are read or anything is sized after them. ValueError naming `source` and the field."""
+    from .settings import RANGES
+    from .skeleton import SKELETONS
+
+    def bad(field: str, why: str) -> ValueError:
+        return ValueError(f"{source} is damaged: {field} {why}; generate it again")
+    if not isinstance(meta, dict):
+        raise bad("its metadata", "is not a table")
+    if not isinstance(meta.get("settings", {}), dict):
+        raise bad("'settings'", f"must be a table, not {type(meta['settings']).__name__}")
+    skel = SKELETONS.get(meta.get("skeleton")) if isinstance(meta.get("skeleton"), str) else None
+    if skel is None:
+        raise bad("'skeleton'", f"is {str(meta.get('skeleton'))[:40]!r}, not one of {', '.join(SKELETONS)}")
+    duration = meta.get("duration")
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0 < duration <= MAX_TAKE_SECONDS:
+        raise bad("'duration'", f"must be a number of seconds within 0..{MAX_TAKE_SECONDS}, not "
+                                f"{str(duration)[:40]}")
+    fps = meta.get("fps")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 1 <= fps <= 1000:
+        raise bad("'fps'", f"must be a frame rate within 1..1000, not {str(fps)[:40]}")
+    low, high = RANGES["variations"]
+    most = math.ceil((duration + 5) * fps)  # whole windows end at most 2 s past the audio, a fade 8 frames later
+    if not (len(shape) == 3 and low <= shape[0] <= high and 1 <= shape[1] <= most and shape[2] == skel.pose_dim):
+        raise bad("its poses", f"have shape {tuple(shape)[:4]}; a {duration:.1f} s take of {skel.name} holds "
+                               f"(variations {low}..{high}, at most {most} frames, {skel.pose_dim})")
+
+
+def result_header(path: str | Path) -> tuple[dict, tuple]:
+    """A result file's metadata and its poses' shape, read without reading the poses (a take is checked by
+    check_take before they are); ValueError when the file is not a readable result."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, poses=poses.astype(np.float32), directions=directions.astype(np.float32),
-                     meta=np.array(json.dumps({"format": RESULT_FORMAT, **meta})))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with zipfile.ZipFile(path) as z:
+            if z.getinfo("meta.npy").file_size > MAX_META_BYTES:
+                raise ValueError(f"{Path(path).name} is damaged: its metadata is over {MAX_META_BYTES >> 10} KiB")
+            with z.open("meta.npy") as f:
+                meta = np.lib.format.read_array(f, allow_pickle=False)
+            with z.open("poses.npy") as f:
+                version = np.lib.format.read_magic(f)
+                shape = (np.lib.format.read_array_header_1_0(f) if version == (1, 0) else
+                         np.lib.format.read_array_header_2_0(f))[0]
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as e:
+        raise ValueError(f"{Path(path).name} is not a readable DiffGesture result ({type(e).__name__})") from None
+    return parse_json(str(meta), f"the metadata of {Path(path).name}"), tuple(shape)
 
 
 def read_result(path: str | Path) -> dict:

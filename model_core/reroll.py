@@ -110,13 +110,17 @@ def reroll(model: PoseDiffusion, audio: np.ndarray, poses: np.ndarray, start: in
 
 
 def read_take(path: str | Path) -> dict:
-    """A result file to re-roll (protocol.read_result), or ValueError saying why it is not one."""
-    from .protocol import is_result_file, read_result
+    """A result file to re-roll (protocol.read_result), or ValueError saying why it is not one; its metadata and
+    its poses' shape are checked (protocol.check_take) before the poses are read."""
+    from .files import regular_file_problem
+    from .protocol import check_take, is_result_file, read_result, result_header
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"result file not found: {path}")
+    problem = regular_file_problem(path)
+    if problem:
+        raise ValueError(f"the result file {path} {problem}")
     if not is_result_file(path):
         raise ValueError(f"{path} is not a DiffGesture result (.npz written by generate or reroll)")
+    check_take(*result_header(path), path.name)
     return read_result(path)
 
 
@@ -127,9 +131,9 @@ def reroll_file(ckpt, result_path: str | Path, audio_path: str | Path, output: s
     summary. The take's own settings are used, with `overrides` (the new seed ...); the take must come from this
     checkpoint and this audio."""
     from .audio import load_audio
-    from .protocol import check_output
-    check_output(output, keep=(audio_path,))
+    from .pipeline import output_paths
     take = read_take(result_path)
+    output_paths(output, len(take["poses"]), ckpt.skeleton, (audio_path, result_path))
     meta = take["meta"]
     if meta.get("checkpoint_sha256") != ckpt.sha256:
         raise ValueError(f"{Path(result_path).name} was generated with another checkpoint (sha256 "

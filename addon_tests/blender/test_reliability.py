@@ -396,9 +396,9 @@ def test_headless_ends_with_json_and_exit_code_when_writing_fails(addon, scene, 
 
 
 @pytest.mark.parametrize("flag, name, message", [
-    ("--output", "missing/o.blend", "--output: the folder {d}/missing does not exist"),
-    ("--json", "missing/s.json", "--json: the folder {d}/missing does not exist"),
-    ("--output", ".", "--output {d} is a folder; name a file in it"),
+    ("--output", "missing/o.blend", "--output folder does not exist: {d}/missing"),
+    ("--json", "missing/s.json", "--json folder does not exist: {d}/missing"),
+    ("--output", ".", "--output path is a folder; name a file in it: {d}"),
 ], ids=["output-missing-folder", "json-missing-folder", "output-folder"])
 def test_headless_output_paths_are_checked_before_generating(addon, scene, speech_wav, tmp_path, capsys, flag, name,
                                                              message):

@@ -176,7 +176,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     ("unrelated file", "exists and is not a DiffGesture result; refusing to overwrite it"),
     ("missing folder", "the output folder does not exist"),
     ("folder", "the output path is a folder"),
-    ("device", "the output path is a device or another special file; refusing to replace it: /dev/full"),
+    ("device", "the output path is a device or another special file (a FIFO, a socket); refusing to replace it: "
+               "/dev/full"),
 ], ids=["input", "unrelated-file", "missing-folder", "folder", "dev-full"])
 def test_cli_output_paths_are_checked_before_generating(ckpt, speech, tmp_path, target, message):
     audio = tmp_path / "speech.wav"

@@ -14,10 +14,12 @@ import json
 from functools import cache
 from pathlib import Path
 
+from ..core import files
 from .names import BoneName, parse, shared_prefix
 from .roles import ROLES, TABLE, mirror_role
 
 FORMAT, VERSION = "diffgesture-bone-map", 1
+MAX_FILE_BYTES = 1 << 20  # a map of every role with a few aliases each is a few KB
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 
@@ -90,15 +92,23 @@ def match(bone_names: list[str], aliases: dict[str, list[str]], mirror: bool) ->
 def read_file(path: str | Path) -> tuple[str | None, dict[str, list[str]], bool]:
     """Read a bone-map file; raises BoneMapFileError (or OSError) with the path in the message."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise BoneMapFileError(f"{path} is not valid JSON: {e}") from None
+    try:  # a FIFO or a device is refused unopened, a huge, non-UTF-8 or deeply nested file with a message
+        doc = files.read_json(path, MAX_FILE_BYTES, "the bone map")
+    except ValueError as e:
+        raise BoneMapFileError(str(e)) from None
     return parse_map(doc, str(path))
+
+
+def is_bone_map_file(path: Path) -> bool:
+    """Whether a file is a bone map (this format): what saving a map may replace."""
+    try:
+        return read_file(path) is not None
+    except (BoneMapFileError, OSError):
+        return False
 
 
 def write_file(path: str | Path, mapping: dict[str, str], family: str | None) -> None:
     """Save a bone map (both sides spelled out) that read_file and the presets' matching can apply."""
     bones = {r: mapping[r] for r in ROLES if mapping.get(r)}
     doc = {"format": FORMAT, "version": VERSION, "family": family, "mirror": False, "bones": bones}
-    Path(path).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    files.write_text(path, json.dumps(doc, indent=1) + "\n")  # all or nothing; the caller checks the path first
