@@ -1,5 +1,5 @@
 """Hostile inputs for the reliability tests: checkpoints that run code, a worker that hangs, a device node (stdlib
-only)."""
+only at import); and the voiced tone the core tests speak with."""
 import os
 import pickle
 import stat
@@ -104,4 +104,13 @@ def device_node(folder: Path) -> Path:
         os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
     except PermissionError:
         return Path("/dev/full")
+    return path
+
+
+def voiced_tone(path: Path, seconds: float) -> Path:
+    """A 180 Hz tone whose loudness swells at 3 Hz, at 16 kHz: speech-like enough to gesture to, the same every run."""
+    import numpy as np
+    import soundfile as sf
+    t = np.arange(int(seconds * 16000)) / 16000
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 16000)
     return path

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
-from addon_tests.crafted import device_node
+from addon_tests.crafted import device_node, voiced_tone
 from addon_tests.paths import FIXTURES, ROOT
 from model_core.batch import read_manifest
 from model_core.client import WorkerClient, WorkerError
@@ -26,10 +25,7 @@ NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("audio") / "speech.wav"
-    t = np.arange(32000) / 16000
-    sf.write(path, (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 16000)
-    return path
+    return voiced_tone(tmp_path_factory.mktemp("audio") / "speech.wav", 2)
 
 
 def run_cli(*args, timeout: float = 300, **env) -> subprocess.CompletedProcess:

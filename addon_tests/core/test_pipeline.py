@@ -1,7 +1,6 @@
 """Long-audio generation: window arithmetic, seeds carried across windows, blending, cancel, variations."""
 import copy
 import json
-import os
 import statistics
 
 import numpy as np

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from addon_tests.crafted import stalling_interpreter
+from addon_tests.crafted import stalling_interpreter, voiced_tone
 from addon_tests.paths import ROOT
 from model_core import checkpoint, pipeline
 from model_core.client import WorkerClient, WorkerError
@@ -29,10 +29,7 @@ NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # so that "no GPU" holds on a machine tha
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory) -> Path:
     """Two seconds of a voiced tone: enough for one window."""
-    path = tmp_path_factory.mktemp("audio") / "speech.wav"
-    t = np.arange(32000) / 16000
-    sf.write(path, (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 16000)
-    return path
+    return voiced_tone(tmp_path_factory.mktemp("audio") / "speech.wav", 2)
 
 
 def test_cuda_requested_without_a_gpu_falls_back_and_says_so(ckpt, speech, tmp_path):

@@ -15,10 +15,9 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
+from addon_tests.crafted import voiced_tone
 from addon_tests.paths import ROOT
 from model_core import cpu
 from model_core.cpu import CpuSample, ThreadGovernor, physical_cores, threads_for
@@ -149,10 +148,7 @@ def test_progress_lines_in_a_log_and_a_redrawn_line_on_a_terminal():
 @pytest.fixture(scope="module")
 def ten_seconds(tmp_path_factory) -> Path:
     """Ten seconds of a modulated voiced tone: five windows."""
-    path = tmp_path_factory.mktemp("audio") / "ten.wav"
-    t = np.arange(160000) / 16000
-    sf.write(path, (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32), 16000)
-    return path
+    return voiced_tone(tmp_path_factory.mktemp("audio") / "ten.wav", 10)
 
 
 def test_a_long_cli_run_writes_progress_to_stderr_and_only_json_to_stdout(ckpt, ten_seconds, tmp_path):

@@ -14,8 +14,6 @@ they turn with the chest and the neck as the solver assumes (Rigify's defaults, 
 """
 from __future__ import annotations
 
-import numpy as np
-
 SWITCH = 'pose.bones["{bone}"]["IK_FK"]'
 
 
