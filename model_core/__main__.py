@@ -6,22 +6,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable
 
 from . import cpu, import_torch  # cpu first: its first look at the load covers the start-up
-from .progress import ProgressPrinter
+from .progress import window_progress
 from .settings import (BN_MODES, DEFAULT_FAST_STEPS, DEFAULT_GUIDANCE, PRECISIONS, PRESETS, SOLVERS,
                        GenerationSettings, preset, resolve_checkpoint)
-
-
-def window_progress(what: str, quiet: bool) -> tuple[ProgressPrinter, Callable]:
-    """A printer of windows done (steps inside a window count as a fraction of it) and the pipeline's callback."""
-    printer = ProgressPrinter(what, "window", quiet=quiet)
-
-    def show(p) -> None:
-        printer.total = p.windows
-        printer.update(p.window + p.step / max(p.steps, 1))
-    return printer, show
 
 
 def generation_settings(args: argparse.Namespace) -> GenerationSettings:

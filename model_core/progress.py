@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Callable, TextIO
 
 
 def _seconds(s: float) -> str:
@@ -77,3 +77,14 @@ class ProgressPrinter:
             self.stream.write("\n")
             self.stream.flush()
             self.drawn = False
+
+
+def window_progress(what: str, quiet: bool = False) -> tuple[ProgressPrinter, Callable]:
+    """A printer of windows done and the pipeline's progress callback for it (steps inside a window count as a
+    fraction of the window; pipeline.Progress)."""
+    printer = ProgressPrinter(what, "window", quiet=quiet)
+
+    def show(p) -> None:
+        printer.total = p.windows
+        printer.update(p.window + p.step / max(p.steps, 1))
+    return printer, show

@@ -23,7 +23,7 @@ import json
 import math
 import time
 from dataclasses import replace
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ import torch
 from model_core.checkpoint import load_checkpoint
 from model_core.network import FPS
 from model_core.pipeline import generate, resolve_device, sample_window
+from model_core.progress import ProgressPrinter, window_progress
 from model_core.settings import GenerationSettings, preset
 from model_core.skeleton import to_directions
 
@@ -80,7 +81,7 @@ def score(gen: list[np.ndarray], real: list[np.ndarray], audio: list[np.ndarray]
 
 def evaluate(checkpoint: str, data: str, samplers: list[str], extractor_path: str | None = None,
              baselines: bool = False, batch_size: int = 128, max_batches: int = 0, device: str = "auto",
-             seed: int = 0, motion_clips: int = 4, motion_only: bool = False) -> dict:
+             seed: int = 0, motion_clips: int = 4, motion_only: bool = False, quiet: bool = False) -> dict:
     """Metrics per sampler (and baseline) on the dataset's windows, as a dict of rows; with motion_clips, also
     the speech/silence arm-speed ratio and the gesture measure on that many whole clips (motion_only: just those)."""
     ckpt = load_checkpoint(checkpoint)
@@ -102,17 +103,24 @@ def evaluate(checkpoint: str, data: str, samplers: list[str], extractor_path: st
     runs = [(label, s, False) for label, s in map(parse_sampler, samplers)]
     if baselines:
         runs.append((f"shuffled audio ({runs[0][0]})", runs[0][1], True))
-    for label, settings, shuffle in runs:
+    progress = ProgressPrinter("evaluate", "part", len(runs) * (len(batches) + motion_clips), quiet=quiet)
+    for r, (label, settings, shuffle) in enumerate(runs):
         t0 = time.perf_counter()
         gen = []
         for i, (p, a) in enumerate(batches):
             if shuffle:  # a derangement: every clip gets another clip's audio
                 a = a.roll(1, dims=0)
             gen.append(generate_batch(model, p.to(dev), a.to(dev), settings, seed + i))
+            progress.update(r * (len(batches) + motion_clips) + i + 1, f"{label}: batch {i + 1}/{len(batches)}")
         rows[label] = {**scored(gen), "seconds_per_window":
                        (time.perf_counter() - t0) / (len(batches) * batch_size) if batches else None}
         if motion_clips:
-            rows[label].update(motion_rows(clip_motion(model, ds, settings, motion_clips, shuffle), ds.skeleton))
+            def clip_done(i: int) -> None:
+                progress.update((r + 1) * (len(batches) + motion_clips) - motion_clips + i,
+                                f"{label}: whole clip {i}/{motion_clips}")
+            rows[label].update(motion_rows(clip_motion(model, ds, settings, motion_clips, shuffle, clip_done),
+                                           ds.skeleton))
+    progress.close()
     if baselines:
         rows["mean pose"] = {**scored([np.zeros_like(r) for r in real]), "seconds_per_window": 0.0}
     rows["real (reference)"] = {**scored(real), "seconds_per_window": 0.0}
@@ -247,12 +255,13 @@ def verdict(measure: dict) -> dict:
 
 
 def clip_motion(model, ds: WindowDataset, settings: GenerationSettings | None, n_clips: int,
-                shuffle: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+                shuffle: bool = False, done: Callable[[int], None] | None = None
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(poses, own audio) of whole held-out clips: the true motion (settings None) or generated ones.
 
     Generated clips use the long-audio pipeline (WavEncoder in eval mode, as the product runs) on their own audio
     or, with shuffle, on the next clip's audio; they are scored against their own, so a model that ignores the
-    audio lands near the shuffled value."""
+    audio lands near the shuffled value. done(i) is told when the i-th clip is ready."""
     clips = ds.index["clips"][:n_clips]
     audio = [np.asarray(ds.audio[c["sample_offset"]: c["sample_offset"] + c["n_samples"]], np.float32) / 32767
              for c in clips]
@@ -264,6 +273,8 @@ def clip_motion(model, ds: WindowDataset, settings: GenerationSettings | None, n
             source = audio[(i + 1) % len(clips)] if shuffle else audio[i]
             poses = generate(model, source, replace(settings, bn_mode="eval", trim=True))[0]
         out.append((poses[:c["n_frames"]], audio[i]))
+        if done is not None:
+            done(i + 1)
     return out
 
 
@@ -318,12 +329,15 @@ def verdict_line(measure: dict) -> str:
             + (f"; not measured: {', '.join(f'{k} ({w})' for k, w in why.items())}" if why else ""))
 
 
-def measure_speech(checkpoint: str, speech: str, settings: GenerationSettings) -> dict[str, float]:
+def measure_speech(checkpoint: str, speech: str, settings: GenerationSettings, quiet: bool = False
+                   ) -> dict[str, float]:
     """The gesture measure of a checkpoint's motion for one speech file, pooled over settings.variations."""
     from model_core.audio import load_audio
     ckpt = load_checkpoint(checkpoint)
     audio = load_audio(speech)
-    poses = generate(ckpt.model, audio, settings)
+    progress, show = window_progress("evaluate", quiet)
+    poses = generate(ckpt.model, audio, settings, progress=show)
+    progress.close()
     return gesture_measure([(p, audio) for p in poses], ckpt.skeleton)
 
 
@@ -348,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--motion-only", action="store_true",
                    help="only speech/silence and the gesture measure on whole clips (no FGD, BC, Diversity)")
     p.add_argument("--json", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     a = p.parse_args(argv)
     if a.speech:
         if not a.checkpoint:
@@ -355,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = parse_sampler(a.samplers.split(",")[0])[1] if a.samplers else GenerationSettings()
         settings = replace(settings, bn_mode="eval", trim=True, variations=a.variations, seed=a.seed)
         result = {"checkpoint": a.checkpoint, "speech": a.speech, "settings": settings.to_dict(),
-                  "gesture": measure_speech(a.checkpoint, a.speech, settings)}
+                  "gesture": measure_speech(a.checkpoint, a.speech, settings, a.quiet)}
         print(f"| {GESTURE_HEADER}\n| {gesture_cells(result['gesture'])}\n{verdict_line(result['gesture'])}")
     elif not a.data:
         p.error("give --data (and --checkpoint to evaluate a model)")
@@ -365,8 +380,8 @@ def main(argv: list[str] | None = None) -> None:
                   "gesture": gesture_measure(clip_motion(None, ds, None, a.motion_clips), ds.skeleton)}
         print(f"| {GESTURE_HEADER}\n| {gesture_cells(result['gesture'])}\n{verdict_line(result['gesture'])}")
     else:
-        result = evaluate(a.checkpoint, a.data, (a.samplers or "paper").split(","), a.extractor, a.baselines, a.batch_size,
-                          a.max_batches, a.device, a.seed, a.motion_clips, a.motion_only)
+        result = evaluate(a.checkpoint, a.data, (a.samplers or "paper").split(","), a.extractor, a.baselines,
+                          a.batch_size, a.max_batches, a.device, a.seed, a.motion_clips, a.motion_only, a.quiet)
         print(markdown_table(result))
     if a.json:
         with open(a.json, "w") as f:

@@ -14,7 +14,7 @@ import pytest
 from addon_tests.paths import ROOT
 from model_core.network import FPS, SAMPLE_RATE
 from model_core.pipeline import output_frames
-from model_core.bvh import write_bvh
+from model_core.bvh import TO_BVH, write_bvh
 from model_core.skeleton import TED_GESTURE, dataset_to_canonical, from_directions
 from training import evaluate, mocap, procedural
 from training.metrics import HF_CUTOFF, forearm_velocity_power, high_frequency_share
@@ -156,7 +156,7 @@ def test_bvh_takes_map_to_forearm_directions_and_the_same_measure(tmp_path):
     dirs = forearm_take(150, FPS, [(0.9, 0.6), (5.0, 0.05)])
     write_bvh(tmp_path / "take.bvh", dirs, TED_GESTURE)
     got = mocap.forearm_directions(mocap.read_bvh(tmp_path / "take.bvh"), names, hips=None)
-    np.testing.assert_allclose(got, dirs[:, forearms], atol=1e-5)
+    np.testing.assert_allclose(got, dirs[:, forearms] @ TO_BVH.T, atol=1e-5)  # in the file's axes (+Y up)
     shares = mocap.hf_shares([tmp_path / "take.bvh"], forearms=names, hips=None)
     direct = high_frequency_share(*forearm_velocity_power(dirs[:, forearms]))
     np.testing.assert_allclose(shares["pooled"][:2], direct, atol=1e-4)
@@ -165,7 +165,7 @@ def test_bvh_takes_map_to_forearm_directions_and_the_same_measure(tmp_path):
     write_bvh(tmp_path / "take60.bvh", slow, TED_GESTURE, fps=60.0)
     got = mocap.forearm_directions(mocap.read_bvh(tmp_path / "take60.bvh"), names, hips=None)
     assert len(got) == 60
-    np.testing.assert_allclose(got[3:-3], slow[::4, forearms][3:-3], atol=2e-3)  # the filter's edges aside
+    np.testing.assert_allclose(got[3:-3], slow[::4, forearms][3:-3] @ TO_BVH.T, atol=2e-3)  # the filter's edges aside
     (tmp_path / "bad.bvh").write_text("HIERARCHY\nROOT Hips\n{\n}\nMOTION\nFrames: 99999999\nFrame Time: 0.01\n0\n")
     with pytest.raises(ValueError, match="declares 99999999 frames"):
         mocap.read_bvh(tmp_path / "bad.bvh")
