@@ -72,7 +72,10 @@ def main() -> None:
     parser.add_argument("--busy", default="0,1,4,16", help="numbers of busy processes, comma-separated")
     parser.add_argument("--seconds", type=float, default=60, help="speech length (default 60)")
     parser.add_argument("--timeout", type=float, default=240, help="seconds before a run is stopped")
+    parser.add_argument("--rows", default="", help="only the rows whose names contain one of these comma-separated "
+                        "words (e.g. worker,1 thread)")
     args = parser.parse_args()
+    wanted = [w for w in args.rows.split(",") if w] or [""]
     loads = [int(n) for n in args.busy.split(",")]
     times: dict[str, dict[int, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,7 +83,8 @@ def main() -> None:
         wav = speech_60s(tmp, args.seconds)
         run_cli(wav, tmp)  # auto precision measured once, quiet, before any load
         cache = {"DIFFGESTURE_CACHE_DIR": str(tmp / "cache")}
-        workers = {"worker, headless Blender (shipped)": WorkerClient(sys.executable, core_parent=ROOT, env=cache),
+        workers = {"worker, headless Blender (shipped)": WorkerClient(sys.executable, core_parent=ROOT, env=cache,
+                                                                      beside_ui=False),
                    "worker beside Blender's UI (PASSIVE, a core left)": WorkerClient(sys.executable, core_parent=ROOT,
                                                                                      beside_ui=True, env=cache)}
         for client in workers.values():
@@ -89,9 +93,13 @@ def main() -> None:
         for n in loads:
             with busy(n):
                 for name, policy in cli_policies().items():
+                    if not any(w in name for w in wanted):
+                        continue
                     times.setdefault(name, {})[n] = run_cli(wav, tmp, policy=policy, timeout=args.timeout)[0]
                     print(f"{n} busy: {name}: {times[name][n]:.2f} s", flush=True)
                 for name, client in workers.items():
+                    if not any(w in name for w in wanted):
+                        continue
                     if not client.alive():
                         client.start()
                     times.setdefault(name, {})[n] = time_worker(client, wav, tmp / "w.npz", args.timeout)
@@ -102,9 +110,10 @@ def main() -> None:
     for name, by_load in times.items():
         cells = []
         for n in loads:
-            best = min(t[n] for row, t in times.items() if not row.startswith("worker"))
+            best = min((t[n] for row, t in times.items() if not row.startswith("worker")), default=None)
             t = by_load[n]
-            cells.append(f"> {args.timeout:.0f} s" if t >= args.timeout else f"{t:.2f} s ({t / best:.2f}x)")
+            ratio = f" ({t / best:.2f}x)" if best else ""
+            cells.append(f"> {args.timeout:.0f} s" if t >= args.timeout else f"{t:.2f} s{ratio}")
         rows.append([name, *cells])
     record(f"The command and the worker on a busy machine ({args.seconds:g} s of speech)",
            markdown_table(["threads", *[("alone" if n == 0 else f"beside {n} busy") for n in loads]], rows),

@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.record import machine, markdown_table, record
 from model_core.network import ModelConfig, PoseDiffusion
-from training.data import WINDOW_SAMPLES
+from model_core.timing import TRAIN_CLIP_SAMPLES
 from training.train import (LossModule, Speed, compile_model, load_config, make_adam, native_bf16, optimizer_step,
                             resolve_speed)
 
@@ -59,7 +59,7 @@ class Run:
         self.opt = make_adam(self.model.parameters(), t["lr"], tuple(t["betas"]), speed.adam)
         self.gen = torch.Generator(device).manual_seed(0)
         self.x0 = 0.3 * torch.randn(batch, self.model.cfg.n_poses, self.model.cfg.pose_dim, device=device)
-        self.audio = 0.1 * torch.randn(batch, WINDOW_SAMPLES, device=device)
+        self.audio = 0.1 * torch.randn(batch, TRAIN_CLIP_SAMPLES, device=device)
         start = time.perf_counter()
         self.steps(2)  # the first compiles (forward and backward); the second runs what was compiled
         self.warmup_s = time.perf_counter() - start

@@ -1,7 +1,8 @@
 """DiffGesture core: skeletons, audio, network, samplers, long-audio pipeline, checkpoints, worker and CLI.
 
-Pure Python + torch/numpy; never imports bpy. `skeleton`, `settings`, `protocol` and `client` need no torch, so the
-Blender add-on can import them.
+Pure Python + torch/numpy; never imports bpy. `skeleton`, `settings`, `protocol`, `client` and `files` need no torch,
+so the Blender add-on can import them; nor do `timing` (rates and windows), `cpu` (cores, load, threads), `progress`
+and `bvh`.
 """
 __version__ = "0.1.0"
 

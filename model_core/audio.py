@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-SAMPLE_RATE = 16000
+from .timing import SAMPLE_RATE
+
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}  # what a folder of speech is searched for
 MIN_RATE, MAX_RATE = 4_000, 384_000
 MAX_FRAMES = 1 << 28  # per channel, at the file's rate: 1 GiB as mono float32 (93 min at 48 kHz, 4.6 h at 16 kHz)

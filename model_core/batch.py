@@ -21,13 +21,14 @@ from typing import Callable
 
 import torch
 
-from .audio import AUDIO_SUFFIXES, SAMPLE_RATE, AudioError, load_audio
+from .audio import AUDIO_SUFFIXES, AudioError, load_audio
 from .network import PoseDiffusion
 from .pipeline import ClipRun, output_paths, resolved, sample_window, save_result
 from .files import parse_json, read_small, regular_file_problem
 from .protocol import read_result
 from .samplers import RowGenerators
 from .settings import RANGES, GenerationSettings, resolve_checkpoint
+from .timing import SAMPLE_RATE, window_count
 
 GROUP_BATCHES = 4  # a group holds this many batches' worth of clips
 
@@ -238,8 +239,9 @@ def _run_group(ckpt, clips: list[Clip], settings: GenerationSettings, how: str, 
             on_window(len(runs))
         for clip, run, t0 in [s for s in slots if s[1].done]:
             try:
-                report.done.append(save_result(ckpt, clip.output, run.poses(), run.settings, clip.audio,
-                                               len(run.audio), how, time.perf_counter() - t0))
+                report.done.append({"output": str(clip.output), **save_result(
+                    ckpt, clip.output, run.poses(), run.settings, clip.audio, len(run.audio), how,
+                    time.perf_counter() - t0)})
             except ValueError as e:  # non-finite motion (CheckpointError), or the output taken meanwhile: not written
                 report.failed.append({"audio": str(clip.audio), "error": str(e)})
                 log(f"failed {clip.audio}: {e}")
@@ -249,7 +251,6 @@ def _run_group(ckpt, clips: list[Clip], settings: GenerationSettings, how: str, 
 def total_windows(clips: list[Clip]) -> int | None:
     """Windows the clips will take, from their headers (for the progress bar); None when a header cannot be read."""
     import soundfile as sf
-    from .pipeline import window_count
     total = 0
     for clip in clips:
         try:
@@ -295,7 +296,7 @@ def main(args, settings: GenerationSettings) -> int:
     report = run_batch(ckpt, mine, settings, args.batch, on_window=on_window, log=printer.log)
     printer.close()
     print(json.dumps({"rank": rank, "world_size": world, "done": len(report.done), "skipped_existing":
-                      len(report.skipped), "failed": report.failed, "outputs": [d["audio"] for d in report.done]}),
+                      len(report.skipped), "failed": report.failed, "outputs": [d["output"] for d in report.done]}),
           flush=True)
     failed = len(report.failed) if world == 1 else failures_of_all_ranks(len(report.failed))
     return 1 if failed else 0

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .files import write_text
-from .network import FPS
 from .skeleton import Skeleton, dataset_to_canonical
+from .timing import FPS
 
 ROTATION = "Zrotation Xrotation Yrotation"  # a joint's rotation is Rz @ Rx @ Ry, the usual BVH order
 CHANNELS = {"ROOT": f"6 Xposition Yposition Zposition {ROTATION}", "JOINT": f"3 {ROTATION}"}

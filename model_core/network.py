@@ -16,8 +16,6 @@ from torch import nn
 from .samplers import add_noise
 
 AUDIO_FEAT_DIM = 32
-SAMPLE_RATE = 16000
-FPS = 15
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ Memory stays bounded: only the current window's tensors live on the device, fini
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +15,12 @@ import numpy as np
 import torch
 
 from .cpu import adapt_threads
-from .network import FPS, SAMPLE_RATE, PoseDiffusion
+from .network import PoseDiffusion
 from .precision import choose_precision, guided_step
 from .samplers import RowGenerators, ddim_timesteps, make_sampler, randn
 from .settings import GenerationSettings
+from .timing import FPS, SAMPLE_RATE, WINDOW_SAMPLES, output_frames, window_count, window_start
 
-WINDOW_SAMPLES = int(34 / 15 * SAMPLE_RATE)  # 36,266: the official long-audio window
-STRIDE_SECONDS = 2.0
-UNIT_SECONDS = 34 / 15
 
 
 class Cancelled(Exception):
@@ -40,18 +37,6 @@ class Progress:
     @property
     def fraction(self) -> float:
         return (self.window + self.step / max(self.steps, 1)) / max(self.windows, 1)
-
-
-def window_count(n_samples: int, sr: int = SAMPLE_RATE) -> int:
-    """Number of windows the official long-audio generator uses for a clip of n_samples."""
-    duration = n_samples / sr
-    return 1 if duration < UNIT_SECONDS else math.ceil((duration - UNIT_SECONDS) / STRIDE_SECONDS) + 1
-
-
-def output_frames(n_samples: int, trim: bool = True, sr: int = SAMPLE_RATE) -> int:
-    """Frames produced for a clip: whole windows (34 + 30 (K-1)), or cut to the clip's span at 15 fps."""
-    full = 34 + 30 * (window_count(n_samples, sr) - 1)
-    return min(full, math.floor(n_samples / sr * FPS) + 1) if trim else full
 
 
 def steps_run(settings: GenerationSettings, num_steps: int) -> int:
@@ -71,13 +56,8 @@ def resolve_device(name: str = "auto") -> tuple[torch.device, str]:
                                  f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); using the CPU")
 
 
-def _window_start(n_samples: int, i: int) -> int:
-    """First sample of window i, as the official code places it (start time / duration of the clip)."""
-    return math.floor(STRIDE_SECONDS * i / (n_samples / SAMPLE_RATE) * n_samples)
-
-
 def _window_audio(audio: np.ndarray, i: int) -> np.ndarray:
-    return audio_window(audio, _window_start(len(audio), i))
+    return audio_window(audio, window_start(len(audio), i))
 
 
 def audio_window(audio: np.ndarray, start: int) -> np.ndarray:
@@ -237,7 +217,7 @@ class ClipRun:
         poses = np.concatenate(self.chunks, axis=1)
         keep = output_frames(len(self.audio), trim=True)
         if self.settings.fade_out:
-            last = len(self.audio) - _window_start(len(self.audio), self.n_win - 1)  # samples before padding
+            last = len(self.audio) - window_start(len(self.audio), self.n_win - 1)  # samples before padding
             poses, fade_end = fade_out(poses, max(0, WINDOW_SAMPLES - last))
             keep = max(keep, fade_end)  # trimming keeps the whole fade
         poses = poses[:, :keep] if self.settings.trim else poses

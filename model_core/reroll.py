@@ -19,10 +19,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .network import FPS, SAMPLE_RATE, PoseDiffusion
+from .network import PoseDiffusion
 from .pipeline import ClipRun, KnownFrames, Progress, resolved, save_result
 from .samplers import add_noise, randn
 from .settings import GenerationSettings
+from .timing import FPS, SAMPLE_RATE
 
 BLEND = 3  # frames of the range at each end cross-faded with the kept motion
 HOLD = 8  # kept frames after the range that the last window holds (when the clip has them)

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from model_core.network import FPS, SAMPLE_RATE
+from model_core.timing import FPS, SAMPLE_RATE, TRAIN_CLIP_SAMPLES
 from model_core.skeleton import Skeleton, from_directions, get_skeleton, joints_to_directions, to_joints
 
 from .legacy_lmdb import legacy_records
@@ -31,7 +31,6 @@ VERSION = 1
 N_POSES = 34
 STRIDE = 10
 CACHE_FRAMES = int(round(N_POSES * 1.25))  # 42: the span the official LMDB cache keeps per window
-WINDOW_SAMPLES = 36267  # the official training clip length for 34 frames
 WRIST_JOINTS = {"ted_gesture": (6, 9), "ted_expressive": (6, 7)}
 
 
@@ -85,7 +84,7 @@ def read_index(root: str | Path) -> dict:
     return index
 
 
-def fixed_length_audio(audio: np.ndarray, length: int = WINDOW_SAMPLES) -> np.ndarray:
+def fixed_length_audio(audio: np.ndarray, length: int = TRAIN_CLIP_SAMPLES) -> np.ndarray:
     """Cut to `length` samples or extend the end by mirroring (np.pad 'symmetric', as the official loader)."""
     if len(audio) >= length:
         return audio[:length]
@@ -166,7 +165,7 @@ class WindowDataset(torch.utils.data.Dataset):
         ci, s, a = (int(v) for v in self.windows[i])
         c = self.index["clips"][ci]
         poses = np.array(self.poses[c["frame_offset"] + s: c["frame_offset"] + s + N_POSES], dtype=np.float32)
-        end = min(a + WINDOW_SAMPLES, c["n_samples"])
+        end = min(a + TRAIN_CLIP_SAMPLES, c["n_samples"])
         audio = np.asarray(self.audio[c["sample_offset"] + a: c["sample_offset"] + end], dtype=np.float32) / 32767
         return torch.from_numpy(poses), torch.from_numpy(fixed_length_audio(audio).astype(np.float32))
 

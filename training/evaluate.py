@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from model_core.checkpoint import load_checkpoint
-from model_core.network import FPS
+from model_core.timing import FPS
 from model_core.pipeline import generate, resolve_device, sample_window
 from model_core.progress import ProgressPrinter, window_progress
 from model_core.settings import GenerationSettings, preset

@@ -18,7 +18,7 @@ from scipy import linalg
 from torch import nn
 
 from model_core.checkpoint import read_official
-from model_core.network import FPS, SAMPLE_RATE
+from model_core.timing import FPS, SAMPLE_RATE
 from model_core.skeleton import Skeleton, get_skeleton, to_directions, to_joints
 
 FGD_FAILED = 1e10  # what the official evaluator reports when the Frechet distance fails

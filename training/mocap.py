@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model_core.network import FPS
+from model_core.timing import FPS
 
 from .metrics import forearm_velocity_power, high_frequency_share
 

@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from model_core.audio import load_audio
-from model_core.network import FPS, SAMPLE_RATE
+from model_core.timing import FPS, SAMPLE_RATE
 from model_core.skeleton import Skeleton, canonical_to_poses, dataset_to_canonical, get_skeleton, to_joints
 
 from .data import Clip, write_dataset

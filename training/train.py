@@ -441,7 +441,8 @@ class Trainer:
             self._log("steps.csv", {"step": row["step"], "epoch": row["epoch"], "loss": f"{v:.6f}",
                                     "samples_per_s": f"{rate:.2f}", "elapsed_s": row["elapsed_s"]})
         self.pending = []
-        self.progress.update(self.step, f"epoch {self.epoch}, loss {values[-1]:.4f}")
+        left = f"; this session stops in {_minutes(self.session_end - now)}" if self.session_end else ""
+        self.progress.update(self.step, f"epoch {self.epoch}, loss {values[-1]:.4f}{left}")
 
     def run(self, max_steps: int = 0, max_minutes: float = 0.0, quiet: bool = False) -> None:
         """Train until the configured epochs, max_steps (total) or max_minutes (this session) are reached.
@@ -453,6 +454,7 @@ class Trainer:
         if t["batch_size"] % self.world:
             raise ValueError(f"batch_size {t['batch_size']} (global) is not divisible by {self.world} processes")
         start = last_save = self.read_tick = time.monotonic()
+        self.session_end = start + 60 * max_minutes if max_minutes else 0.0
         per_epoch = len(epoch_batches(self.sampler, self.epoch, t["batch_size"] // self.world))
         self.progress = ProgressPrinter("train", "step", max_steps or t["epochs"] * per_epoch,
                                         quiet=quiet or self.rank != 0, every=10.0, start_at=self.step)
@@ -526,6 +528,10 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
             dist.destroy_process_group()
+
+
+def _minutes(seconds: float) -> str:
+    return f"{max(0.0, seconds) / 60:.0f} min"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -85,6 +85,7 @@ def test_cli_and_torchrun_give_the_same_files(ckpt, clips, tmp_path):
     assert one.returncode == 1, one.stderr  # one file failed, the rest were made
     summary = json.loads(one.stdout)
     assert summary["done"] == 5 and summary["failed"][0]["audio"].endswith("broken.wav")
+    assert sorted(summary["outputs"]) == sorted(str(p) for p in (tmp_path / "one").glob("*.npz")), "files written"
     two = run("-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "model_core", "generate-batch",
               clips / "manifest.csv", tmp_path / "two", *common)
     ranks = [json.loads(line) for line in two.stdout.splitlines() if line.startswith("{")]

@@ -30,6 +30,10 @@ def test_model_core_imports_neither_bpy_nor_training():
 def test_addon_facing_modules_need_no_torch():
     loaded = imported_after("import model_core.skeleton, model_core.protocol, model_core.client")
     assert "numpy" in loaded and "torch" not in loaded and "bpy" not in loaded
+    # time and windows, CPU facts, progress, the file rule and the BVH writer: torch-free too
+    loaded = imported_after("import model_core.timing, model_core.cpu, model_core.progress, model_core.files, "
+                            "model_core.bvh")
+    assert "model_core" in loaded and not loaded & {"torch", "bpy"}
 
 
 def test_settings_and_the_cli_parser_import_neither_torch_nor_bpy():

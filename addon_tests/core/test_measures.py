@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from addon_tests.paths import ROOT
-from model_core.network import FPS, SAMPLE_RATE
-from model_core.pipeline import output_frames
+from model_core.timing import FPS, SAMPLE_RATE, output_frames
 from model_core.bvh import TO_BVH, write_bvh
 from model_core.skeleton import TED_GESTURE, dataset_to_canonical, from_directions
 from training import evaluate, mocap, procedural

@@ -9,7 +9,8 @@ import torch
 
 from model_core.network import ModelConfig, PoseDiffusion
 from model_core import precision
-from model_core.pipeline import Cancelled, Progress, generate, output_frames, window_count
+from model_core.pipeline import Cancelled, Progress, generate
+from model_core.timing import output_frames, window_count
 from model_core.settings import GenerationSettings
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_core.network import FPS
+from model_core.timing import FPS
 from model_core.skeleton import TED_GESTURE, from_directions
 from training import data, procedural
 from training.evaluate import (GESTURE_TARGETS, clip_motion, evaluate, forearm_directions, gesture_measure,
