@@ -32,8 +32,6 @@ MAX_META_BYTES = 1 << 20  # a result's metadata is a few hundred bytes of JSON
 MAX_TAKE_SECONDS = 3600  # a take longer than an hour is not re-rolled or rescaled (its poses would be 6.8 M values)
 # Each request type and the reply type that answers it: adding a request is a line here and a handler in worker.py.
 REQUESTS: dict[str, str] = {"generate": "result", "reroll": "result", "info": "info", "ping": "pong"}
-# Requests about other requests or the worker itself; they get no reply.
-CONTROLS = ("cancel", "shutdown")
 
 
 class ErrorKind(str, Enum):

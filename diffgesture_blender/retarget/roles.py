@@ -16,7 +16,6 @@ SIDES = ("left", "right")
 SPINE_ROLES = ("spine", "spine1", "spine2", "spine3", "spine4")  # from the hips upwards
 NECK_ROLES = ("neck", "neck1", "head")  # the neck chain ends with the head
 ARM_ROLES = ("clavicle", "upper_arm", "forearm", "hand")
-FINGER_ROLES = tuple(f"{f}{i}" for f in FINGERS for i in (1, 2, 3))
 
 
 @dataclass(frozen=True)
