@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.core import ROOT, run_cli, speech_60s
+from benchmarks.core import ROOT, run_cli, speech_clip
 from benchmarks.record import isa, markdown_table, record
 from model_core.client import WorkerClient
 from model_core.cpu import cpu_name, physical_cores
@@ -80,7 +80,7 @@ def main() -> None:
     times: dict[str, dict[int, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        wav = speech_60s(tmp, args.seconds)
+        wav = speech_clip(tmp, args.seconds)
         run_cli(wav, tmp)  # auto precision measured once, quiet, before any load
         cache = {"DIFFGESTURE_CACHE_DIR": str(tmp / "cache")}
         workers = {"worker, headless Blender (shipped)": WorkerClient(sys.executable, core_parent=ROOT, env=cache,

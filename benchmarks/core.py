@@ -50,7 +50,7 @@ def time_window(model: PoseDiffusion, settings: GenerationSettings, device: torc
     return best
 
 
-def speech_60s(folder: Path, seconds: float = 60) -> Path:
+def speech_clip(folder: Path, seconds: float = 60) -> Path:
     """60 s (or `seconds`) of real speech: the example clip repeated, at its 22.05 kHz (resampled by the command, as a
     user's recording would be)."""
     data, sr = sf.read(ROOT / "examples" / "speech.wav", dtype="float32")
@@ -86,7 +86,7 @@ def cli_against_yardstick(pairs: int) -> None:
     time_window(model, paper, torch.device("cpu"))  # warm: the first window also pays for first-use allocations
     rows, ratios = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        wav = speech_60s(Path(tmp))
+        wav = speech_clip(Path(tmp))
         for i in range(pairs):
             cli, meta = run_cli(wav, Path(tmp), "auto", {})
             window = time_window(model, paper, torch.device("cpu"))
