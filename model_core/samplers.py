@@ -10,6 +10,9 @@ Each sampler exposes `timesteps` (schedule indices, high to low) and `step(eps, 
   is made temporally shared exactly like the stabilizer's.
 * DPMSolverSampler: K-step DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), deterministic and second order, so
   fewer steps reach the same sample; it draws no noise after x_T.
+* RenoiseSampler: K steps that predict x_0 and noise it afresh to the next level (the multistep sampling of
+  consistency models, Song et al. 2023, Algorithm 1) on steps dense near t = 0; nothing of the network's noise
+  estimate is carried to the next step, and below t0 the fresh noise is the stabilizer's.
 """
 from __future__ import annotations
 
@@ -97,7 +100,20 @@ def lambda_timesteps(schedule: VarianceSchedule, k: int) -> list[int]:
         raise ValueError(f"the fast sampler needs 1..{n} steps, got {k}")
     abar = schedule.alpha_bars[1:].double().numpy()
     lam = 0.5 * (np.log(abar) - np.log1p(-abar))  # decreasing in t
-    ts = [int(np.argmin(np.abs(lam - x))) + 1 for x in np.linspace(lam[-1], lam[0], k)]
+    return _distinct([int(np.argmin(np.abs(lam - x))) + 1 for x in np.linspace(lam[-1], lam[0], k)], n)
+
+
+def quadratic_timesteps(num_steps: int, k: int) -> list[int]:
+    """K schedule indices from T down to 1, quadratic in t (DDIM's "quad" spacing, Song et al. 2021, appendix D.2):
+    steps are dense near t = 0, where the last rounding of the pose is decided: for K = 10, 500 ... 26, 7, 1."""
+    if not 1 <= k <= num_steps:
+        raise ValueError(f"the fast sampler needs 1..{num_steps} steps, got {k}")
+    return _distinct([int(round(x * x)) + 1 for x in np.linspace(math.sqrt(num_steps - 1), 0, k)], num_steps)
+
+
+def _distinct(ts: list[int], n: int) -> list[int]:
+    """Indices made strictly decreasing from T = n down to 1 by nudging the ones that rounding made equal."""
+    k = len(ts)
     for i in range(k - 2, -1, -1):  # strictly decreasing from the bottom up ...
         ts[i] = max(ts[i], ts[i + 1] + 1)
     ts[0] = n
@@ -172,13 +188,48 @@ class DPMSolverSampler:
         return sigma_ratio * x - math.sqrt(ab_prev) * math.expm1(-h) * d
 
 
+class RenoiseSampler:
+    """x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) z: the x_0 prediction noised afresh to the next level.
+
+    DDIM carries the network's noise estimate to the next step (with weight sqrt(1 - abar_prev - s^2)); on this
+    model that estimate holds a frame-to-frame wiggle, which DDIM returns as jitter in held poses (eta = 0 leaves
+    the wiggle of x_T almost untouched). Here every step starts from the prediction and new noise only, frame-shared
+    below t0 as the stabilizer's (paper eq. 9); the last step returns the prediction itself."""
+
+    def __init__(self, schedule: VarianceSchedule, steps: int = 10, stabilizer: bool = True,
+                 t0: int = STABILIZER_T0):
+        self.s = schedule
+        self.stabilizer = stabilizer
+        self.t0 = t0
+        self.timesteps = quadratic_timesteps(schedule.num_steps, steps)
+
+    def step(self, eps: torch.Tensor, i: int, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        t = self.timesteps[i]
+        t_prev = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else 0
+        ab, ab_prev = self.s.alpha_bars[t], self.s.alpha_bars[t_prev]
+        x0 = (x - torch.sqrt(1 - ab) * eps) / torch.sqrt(ab)
+        if t_prev == 0:
+            return x0
+        if self.stabilizer and t < self.t0:
+            z = stabilized_noise(x.shape, t, self.t0, x, gen)
+        else:
+            z = randn(x.shape, gen, x.device, x.dtype)
+        return torch.sqrt(ab_prev) * x0 + torch.sqrt(1 - ab_prev) * z
+
+
+Sampler = PaperSampler | DDIMSampler | DPMSolverSampler | RenoiseSampler
+
+
 def make_sampler(name: str, schedule: VarianceSchedule, steps: int = 50, stabilizer: bool = True,
-                 eta: float = 0.0, solver: str = "ddim") -> PaperSampler | DDIMSampler | DPMSolverSampler:
-    """'paper' -> the official 500-step sampler; 'fast' -> `steps` steps of DDIM or DPM-Solver++(2M) ("dpm")."""
+                 eta: float = 0.0, solver: str = "ddim") -> Sampler:
+    """'paper' -> the official 500-step sampler; 'fast' -> `steps` steps of DDIM, DPM-Solver++(2M) ("dpm") or
+    prediction-and-fresh-noise ("renoise")."""
     if name == "paper":
         return PaperSampler(schedule, stabilizer=stabilizer)
     if name == "fast" and solver == "dpm":
         return DPMSolverSampler(schedule, steps=steps)
+    if name == "fast" and solver == "renoise":
+        return RenoiseSampler(schedule, steps=steps, stabilizer=stabilizer)
     if name == "fast":
         return DDIMSampler(schedule, steps=steps, eta=eta, stabilizer=stabilizer)
     raise ValueError(f"unknown sampler {name!r}: use 'paper' or 'fast'")

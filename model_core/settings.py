@@ -12,7 +12,9 @@ from pathlib import Path
 SAMPLERS = ("fast", "paper")
 BN_MODES = ("eval", "official")
 PRECISIONS = ("auto", "exact", "fp32", "bf16")
-SOLVERS = ("ddim", "dpm")  # the fast sampler's update: DDIM (eta sets its noise) or DPM-Solver++(2M), deterministic
+# The fast sampler's update: DDIM (eta sets its noise), DPM-Solver++(2M) (deterministic) or "renoise" (each step's
+# x_0 prediction noised afresh, samplers.RenoiseSampler; eta unused)
+SOLVERS = ("ddim", "dpm", "renoise")
 # The fast sampler's default number of steps (K = 25 matched K = 50 on the demo model).
 DEFAULT_FAST_STEPS = 25
 DEFAULT_GUIDANCE = 1.15  # the official classifier-free guidance scale
@@ -38,7 +40,7 @@ class GenerationSettings:
     guidance: float = DEFAULT_GUIDANCE
     stabilizer: bool = True
     eta: float = 1.0  # fast sampler noise: 1 = ancestral (DDPM-like) steps, 0 = deterministic DDIM
-    solver: str = "ddim"  # fast sampler only: "ddim" or "dpm" (DPM-Solver++(2M), no noise after x_T; eta unused)
+    solver: str = "ddim"  # fast sampler only: one of SOLVERS
     seed: int = 0
     variations: int = 1
     bn_mode: str = "eval"  # "eval": running statistics; "official": batch statistics as the official scripts
