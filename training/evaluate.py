@@ -350,8 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--speech", default=None, help="with --checkpoint: only the gesture measure on this speech file")
     p.add_argument("--variations", type=int, default=4, help="variations generated for --speech")
     p.add_argument("--samplers", default=None,
-                   help="comma list: paper, fast:K, ddim0:K, ddim1:K, dpm:K, renoise:K (default paper; --speech: the first one, "
-                        "default the product's)")
+                   help="comma list: paper, fast:K, ddim0:K, ddim1:K, dpm:K, renoise:K (default paper; --speech: "
+                        "the first one, default the product's)")
     p.add_argument("--extractor", default=None, help="official or trained FGD extractor (default: train one)")
     p.add_argument("--baselines", action="store_true", help="add shuffled-audio and mean-pose baselines")
     p.add_argument("--batch-size", type=int, default=128)
