@@ -367,6 +367,15 @@ def test_warm_start_refuses_another_architecture_or_file(tiny_data, tmp_path):
         Trainer(cfg, tmp_path / "warm")
 
 
+def test_the_demo_recipe_starts_from_its_pinned_file():
+    """build.py train-demo reproduces the bundled model from the file the recipe names, not from the bundled file
+    its exports overwrite: that file is in the repository with the pinned digest."""
+    t = load_config(ROOT / "training" / "configs" / "demo.toml")["train"]
+    init = ROOT / t["init_from"]
+    assert init.resolve() != (ROOT / t["export_path"]).resolve()
+    assert load_checkpoint(init).sha256 == t["init_sha256"]
+
+
 def test_speed_options_resolve_for_the_device():
     cpu = torch.device("cpu")
     auto = resolve_speed(TRAIN_DEFAULTS, cpu)
