@@ -18,7 +18,7 @@ from .cpu import adapt_threads
 from .network import PoseDiffusion
 from .precision import choose_precision, guided_step
 from .samplers import RowGenerators, ddim_timesteps, make_sampler, randn
-from .settings import GenerationSettings
+from .settings import DEVICES, GenerationSettings
 from .timing import FPS, SAMPLE_RATE, WINDOW_SAMPLES, output_frames, window_count, window_start
 
 
@@ -45,9 +45,10 @@ def steps_run(settings: GenerationSettings, num_steps: int) -> int:
 
 
 def resolve_device(name: str = "auto") -> tuple[torch.device, str]:
-    """'auto' | 'cuda' | 'cpu' -> a device and a note saying why when the request could not be honoured."""
-    if name not in ("auto", "cuda", "cpu") and not name.startswith("cuda:"):
-        raise ValueError(f"device must be auto, cuda or cpu, not {name!r}")
+    """'auto' | 'cuda' | 'cpu' (settings.DEVICES) or 'cuda:N' -> a device and a note saying why when the request
+    could not be honoured."""
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise ValueError(f"device must be one of {', '.join(DEVICES)} or cuda:N, not {name!r}")
     if name == "cpu":
         return torch.device("cpu"), ""
     if torch.cuda.is_available():
