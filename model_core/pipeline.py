@@ -214,21 +214,22 @@ class ClipRun:
         self.w += 1
 
     def poses(self) -> np.ndarray:
-        """The finished clip: the windows joined, faded, trimmed and scaled by intensity as the settings say."""
+        """The finished clip as sampled: the windows joined, faded and trimmed as the settings say (their intensity
+        is applied where the poses become directions: skeleton.directions_at)."""
         poses = np.concatenate(self.chunks, axis=1)
         keep = output_frames(len(self.audio), trim=True)
         if self.settings.fade_out:
             last = len(self.audio) - window_start(len(self.audio), self.n_win - 1)  # samples before padding
             poses, fade_end = fade_out(poses, max(0, WINDOW_SAMPLES - last))
             keep = max(keep, fade_end)  # trimming keeps the whole fade
-        poses = poses[:, :keep] if self.settings.trim else poses
-        return poses * np.float32(self.settings.intensity) if self.settings.intensity != 1 else poses
+        return poses[:, :keep] if self.settings.trim else poses
 
 
 def generate(model: PoseDiffusion, audio: np.ndarray, settings: GenerationSettings | None = None,
              progress: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None,
              seed_poses: np.ndarray | None = None) -> np.ndarray:
-    """Normalised poses (variations, frames, pose_dim) at 15 fps for a mono 16 kHz waveform of any length.
+    """Normalised poses as sampled (variations, frames, pose_dim) at 15 fps for a mono 16 kHz waveform of any length;
+    settings.intensity is applied to them by skeleton.at_intensity where they are used.
 
     seed_poses: optional (4, pose_dim) normalised poses to continue from; without it window 0 has no seed."""
     settings = settings or GenerationSettings()
@@ -256,9 +257,9 @@ def output_paths(output: str | Path, variations: int, skel, keep: tuple = ()) ->
 
 def save_result(ckpt, output: str | Path, poses: np.ndarray, settings: GenerationSettings, audio_path: str | Path,
                 n_samples: int, precision_choice: str, seconds: float) -> dict:
-    """Write one generation's result to output_paths(output): the .npz result file (poses, canonical directions,
-    metadata), or a BVH of the model's skeleton per variation; return its summary. Non-finite motion is a
-    CheckpointError and nothing is written."""
+    """Write one generation's result to output_paths(output): the .npz result file (the poses as sampled, canonical
+    directions at the settings' intensity, metadata), or a BVH of the model's skeleton per variation (directions);
+    return its summary. Non-finite motion is a CheckpointError and nothing is written."""
     from .protocol import write_result
     from .skeleton import directions_at
     directions = directions_at(poses, settings.intensity, ckpt.skeleton)
