@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from .cpu import adapt_threads
-from .network import PoseDiffusion
+from .network import PoseDiffusion, VarianceSchedule
 from .precision import choose_precision, guided_step
-from .samplers import RowGenerators, ddim_timesteps, make_sampler, randn
+from .samplers import RowGenerators, Sampler, make_sampler, randn
 from .settings import DEVICES, GenerationSettings
 from .timing import FPS, SAMPLE_RATE, WINDOW_SAMPLES, output_frames, window_count, window_start
 
@@ -39,9 +39,15 @@ class Progress:
         return (self.window + self.step / max(self.steps, 1)) / max(self.windows, 1)
 
 
-def steps_run(settings: GenerationSettings, num_steps: int) -> int:
-    """Denoising steps per window that `settings` really runs (the paper sampler ignores `steps`)."""
-    return num_steps if settings.sampler == "paper" else len(ddim_timesteps(num_steps, settings.steps))
+def sampler_for(settings: GenerationSettings, schedule: VarianceSchedule) -> Sampler:
+    """The sampler `settings` name, on a model's noise schedule."""
+    return make_sampler(settings.sampler, schedule, settings.steps, settings.stabilizer, settings.eta, settings.solver)
+
+
+def steps_run(settings: GenerationSettings, schedule: VarianceSchedule) -> int:
+    """Denoising steps per window that `settings` really runs, as their sampler reports them: its timesteps (the
+    paper sampler ignores `steps`; a fast one may merge steps that round to the same index)."""
+    return len(sampler_for(settings, schedule).timesteps)
 
 
 def resolve_device(name: str = "auto") -> tuple[torch.device, str]:
@@ -105,8 +111,7 @@ def denoise(model: PoseDiffusion, context: torch.Tensor, settings: GenerationSet
     under torch.inference_mode() (sample_window does). known: see KnownFrames; it is applied to x_T too."""
     cfg = model.cfg
     sched = model.schedule
-    sampler = make_sampler(settings.sampler, sched, settings.steps, settings.stabilizer, settings.eta,
-                           settings.solver)
+    sampler = sampler_for(settings, sched)
     b, device = context.shape[0], context.device
     null = model.null_context(b)
     x = randn((b, cfg.n_poses, cfg.pose_dim), gen_cpu).to(device)
@@ -134,7 +139,7 @@ def sample_window(model: PoseDiffusion, audio: torch.Tensor, pre_seq: torch.Tens
     adapt_threads()
     if context is None:
         context = model.context(audio, pre_seq, batch_stats=settings.bn_mode == "official")
-    n = steps_run(settings, model.schedule.num_steps)
+    n = steps_run(settings, model.schedule)
     for i, (_, x) in enumerate(denoise(model, context, settings, gen_cpu, gen_dev, known)):
         if on_step is not None:
             on_step(i + 1, n)
@@ -288,7 +293,7 @@ def resolved(settings: GenerationSettings, model: PoseDiffusion, batch: int = 1)
     device = next(model.parameters()).device
     precision, how = choose_precision(model, settings.precision, settings.sampler, batch * settings.variations,
                                       settings.guidance, device)
-    return dataclasses.replace(settings, precision=precision, steps=steps_run(settings, model.schedule.num_steps)), how
+    return dataclasses.replace(settings, precision=precision, steps=steps_run(settings, model.schedule)), how
 
 
 def generate_file(ckpt, audio_path: str, output: str, settings: GenerationSettings,
@@ -299,7 +304,7 @@ def generate_file(ckpt, audio_path: str, output: str, settings: GenerationSettin
     output_paths(output, settings.variations, ckpt.skeleton, (audio_path,))
     audio = load_audio(audio_path)
     if progress is not None:  # a sign of life before auto precision's first measurement (under a second when idle)
-        progress(Progress(0, window_count(len(audio)), 0, steps_run(settings, ckpt.model.schedule.num_steps)))
+        progress(Progress(0, window_count(len(audio)), 0, steps_run(settings, ckpt.model.schedule)))
     settings, how = resolved(settings, ckpt.model)
     t0 = time.perf_counter()
     poses = generate(ckpt.model, audio, settings, progress=progress, cancel=cancel)

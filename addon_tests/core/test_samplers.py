@@ -111,3 +111,15 @@ def test_timesteps():
     assert ddim_timesteps(500, 1) == [1]
     with pytest.raises(ValueError, match="1..500"):
         ddim_timesteps(500, 0)
+
+
+def test_the_steps_run_are_the_samplers_own(schedule):
+    """pipeline.steps_run asks the sampler the settings name: the paper sampler runs all T steps whatever `steps`
+    says, a fast one its K timesteps, DDIM or DPM-Solver++."""
+    from model_core.pipeline import sampler_for, steps_run
+    from model_core.settings import GenerationSettings, preset
+    assert isinstance(sampler_for(preset("paper", steps=7), schedule), PaperSampler)
+    assert steps_run(preset("paper", steps=7), schedule) == 500
+    for solver, kind in (("ddim", DDIMSampler), ("dpm", DPMSolverSampler)):
+        settings = GenerationSettings(steps=7, solver=solver)
+        assert isinstance(sampler_for(settings, schedule), kind) and steps_run(settings, schedule) == 7
