@@ -196,8 +196,8 @@ def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str] = tuple(
             parser.add_argument(o.flag, dest=name, action="store_const", const=not o.default,
                                 help=f"turn {'off' if o.default else 'on'} {o.help} ({default})")
         elif name == "preset":
-            parser.add_argument("--preset", "--sampler", dest=name, default=o.default, choices=o.choices,
-                                help=f"{o.help} ({default})")
+            parser.add_argument("--preset", "--sampler", dest=name, type=o.kind, default=o.default,
+                                choices=o.choices, help=f"{o.help} ({default})")
         else:
             parser.add_argument(o.flag, dest=name, type=o.kind, choices=o.choices, required=required,
                                 help=f"{o.help}{span}" + ("" if required else f" ({default})"))
