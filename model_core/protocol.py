@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
+import zlib
 from enum import Enum
 from pathlib import Path
 
@@ -149,12 +150,16 @@ def result_header(path: str | Path) -> tuple[dict, tuple]:
 
 
 def read_result(path: str | Path) -> dict:
-    """Load a result file: {'poses', 'directions', 'meta'} (meta holds skeleton, fps, seed, checkpoint hash ...)."""
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        if meta.get("format") != RESULT_FORMAT:
-            raise ValueError(f"{path} is not a DiffGesture result file")
-        return {"poses": z["poses"], "directions": z["directions"], "meta": meta}
+    """Load a result file: {'poses', 'directions', 'meta'} (meta holds skeleton, fps, seed, checkpoint hash ...);
+    ValueError when it is damaged (a member that fails its checksum or does not decompress)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("format") != RESULT_FORMAT:
+                raise ValueError(f"{path} is not a DiffGesture result file")
+            return {"poses": z["poses"], "directions": z["directions"], "meta": meta}
+    except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+        raise ValueError(f"{Path(path).name} is not a readable DiffGesture result ({type(e).__name__})") from None
 
 
 def sampled_poses(result: dict, source: str) -> np.ndarray:
