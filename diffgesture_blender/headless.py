@@ -24,7 +24,6 @@ from .retarget import bone_maps, presets
 from .request import PARTS, Request, UsageError, sampling, validate
 from .worker_host import HOST, environment_problem
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 BLEND_COMPRESSED = (b"\x28\xb5\x2f\xfd", b"\x1f\x8b\x08\x00")  # zstd (Blender 3.0 on), gzip (before)
 TORCH_PYTHON_HINT = ("pass --torch-python with the interpreter of an environment that has torch, or press Create "
@@ -40,17 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--armature", required=True, help="name of the armature object")
     g.add_argument("--output", help="save the .blend here (without it nothing is saved)")
     g.add_argument("--checkpoint", help="native or official checkpoint (default: the preferences' / bundled one)")
-    g.add_argument("--sampler", choices=tuple(core.settings.PRESETS), default="fast",
-                   help="settings preset: fast (default), or paper = the official sampling (500 steps, BatchNorm "
-                        "batch statistics, whole windows, exact float32); the options below change it")
-    g.add_argument("--steps", type=int,
-                   help=f"denoising steps of the fast sampler (default {core.settings.DEFAULT_FAST_STEPS})")
-    g.add_argument("--seed", type=int, help="default 0")
-    g.add_argument("--variations", type=int, help="default 1")
-    g.add_argument("--guidance", type=float, help=f"default {core.settings.DEFAULT_GUIDANCE}")
-    g.add_argument("--intensity", type=float,
-                   help="gesture amplitude about the rest pose: 0 = rest, 1 = as sampled (default), 2 = twice as wide")
-    g.add_argument("--no-stabilizer", action="store_true")
+    core.settings.add_arguments(g)
     g.add_argument("--start-frame", type=int, default=1)
     g.add_argument("--no-sound", action="store_true", help="do not add sound strips")
     g.add_argument("--pack-sound", action="store_true",
@@ -60,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "checkpoint and the rig have them; naming fingers warns when they cannot be)")
     g.add_argument("--allow-partial", action="store_true",
                    help="animate only the mapped bones when the rig lacks some required ones")
-    g.add_argument("--device", choices=("auto", "cuda", "cpu"), help="default: the preferences' device")
+    g.add_argument("--device", choices=tuple(core.settings.DEVICES), help="default: the preferences' device")
     g.add_argument("--export", help="also export each generated take (the armature, its meshes and the action) "
                                     "with Blender's exporters: .fbx, .glb/.gltf or .bvh; with a folder of audio each "
                                     "file's name is added to the stem")
@@ -80,14 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the new seed (default: the take's seed + 1 + the number of its earlier re-rolls)")
     r.add_argument("--audio", help="the take's speech, when its file has moved (default: the take's packed or "
                                    "linked sound, else the file it recorded)")
-    r.add_argument("--device", choices=("auto", "cuda", "cpu"), help="default: the preferences' device")
+    r.add_argument("--device", choices=tuple(core.settings.DEVICES), help="default: the preferences' device")
     r.add_argument("--torch-python", help="interpreter of the torch environment (default: the preferences')")
     i = sub.add_parser("set-intensity", help="key the armature's generated action again at another intensity",
                        description="The armature's current action, which DiffGesture generated, is keyed again from "
                                    "its recorded motion with the gesture amplitude scaled about the rest pose (0 = "
                                    "rest, 1 = as sampled, 2 = twice as wide); no worker is needed.")
     i.add_argument("--armature", required=True, help="name of the armature object")
-    i.add_argument("--intensity", type=float, required=True, help="0..3")
+    core.settings.add_arguments(i, ("intensity",), required=True)
     for cmd in (r, i):
         cmd.add_argument("--output", help="save the .blend here (without it nothing is saved)")
         cmd.add_argument("--json", help="also write the summary to this file ('-': stdout only)")
@@ -97,9 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 def audio_files(path: Path) -> list[Path]:
     """The file itself, or the audio files of a folder in name order."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in core.files.AUDIO_SUFFIXES)
         if not files:
-            raise UsageError(f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in {path}")
+            raise UsageError(f"no audio files ({', '.join(sorted(core.files.AUDIO_SUFFIXES))}) in {path}")
         return files
     return [path]
 
@@ -113,9 +102,8 @@ def requests(args: argparse.Namespace) -> list[Request]:
         raise UsageError(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     files = audio_files(Path(args.audio))
     mapping = bone_map(args)
-    settings = sampling(args.sampler, steps=args.steps, seed=args.seed, variations=args.variations,
-                        guidance=args.guidance, intensity=args.intensity,
-                        stabilizer=False if args.no_stabilizer else None)
+    name, values = core.settings.chosen(args)
+    settings = sampling(name, **values)
     reqs = [Request(audio=f, armature=args.armature, python=args.torch_python or prefs.python,
                     checkpoint=args.checkpoint or prefs.checkpoint, device=args.device or prefs.device,
                     settings=settings, start_frame=args.start_frame, add_sound=not args.no_sound,

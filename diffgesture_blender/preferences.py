@@ -7,7 +7,7 @@ from pathlib import Path
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from . import environment
+from . import core, environment
 
 
 def env_dir() -> Path:
@@ -42,8 +42,8 @@ class DiffGesturePreferences(bpy.types.AddonPreferences):
     checkpoint: StringProperty(
         name="Default Checkpoint", subtype="FILE_PATH",
         description="Native or official checkpoint used by default; empty: the bundled checkpoint")
-    device: EnumProperty(name="Device", items=[("auto", "Auto", "CUDA when available, else the CPU"),
-                                               ("cuda", "CUDA", "NVIDIA GPU"), ("cpu", "CPU", "Processor")])
+    device: EnumProperty(name="Device", items=[(name, label, description) for name, (label, description)
+                                               in core.settings.DEVICES.items()])
 
     def draw(self, context) -> None:
         from . import operators

@@ -4,7 +4,23 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, Po
 
 from . import core
 
-DEFAULTS, RANGES = core.settings.GenerationSettings(), core.settings.RANGES
+INT_MAX = 2 ** 31 - 1  # Blender's integer properties are 32-bit
+
+
+def option(name: str, **shown):
+    """The property of a generation option, built from the options table (core.settings.OPTIONS): its label,
+    description, default and range (up to INT_MAX) or choices; `shown`: how the panel draws it (soft limits)."""
+    o = core.settings.OPTIONS[name]
+    text = {"name": o.label, "description": o.help[0].upper() + o.help[1:], **shown}
+    if o.choices:
+        labels = core.settings.PRESET_LABELS if name == "preset" else {}
+        return EnumProperty(items=[(c, *labels.get(c, (c, ""))) for c in o.choices], default=o.default, **text)
+    if o.kind is bool:
+        return BoolProperty(default=o.default, **text)
+    low, high = o.range
+    if o.kind is int:
+        return IntProperty(default=o.default, min=low, max=min(high, INT_MAX), **text)
+    return FloatProperty(default=o.default, min=low, max=high, **text)
 
 
 NO_STRIP = "NONE"  # the menu's only item while the sequencer has no sound strip (an empty name would be a heading)
@@ -30,27 +46,13 @@ class DiffGestureSettings(bpy.types.PropertyGroup):
         ("DEFAULT", "Preferences", "The checkpoint chosen in the add-on preferences (bundled by default)"),
         ("FILE", "File", "A native or official DiffGesture checkpoint file")])
     checkpoint_path: StringProperty(name="Checkpoint File", subtype="FILE_PATH")
-    sampler: EnumProperty(name="Quality", items=[
-        ("fast", "Fast", "DDIM sampler with a few dozen steps (seconds)"),
-        ("paper", "Paper", "The paper's sampling: its 500-step sampler, BatchNorm batch statistics, whole windows, "
-                           "exact float32 (slow; the same as --sampler paper)")])
-    steps: IntProperty(name="Steps", default=DEFAULTS.steps, min=RANGES["steps"][0], max=RANGES["steps"][1],
-                       description="Denoising steps of the fast sampler")
-    seed: IntProperty(name="Seed", default=DEFAULTS.seed, min=RANGES["seed"][0],
-                      description="Same seed, same audio: same motion")
-    variations: IntProperty(name="Variations", default=DEFAULTS.variations, min=RANGES["variations"][0],
-                            max=RANGES["variations"][1], soft_max=16,
-                            description="Motions to generate; each becomes an action, the first is assigned")
-    guidance: FloatProperty(name="Guidance", default=DEFAULTS.guidance, min=RANGES["guidance"][0],
-                            max=RANGES["guidance"][1],
-                            description="Classifier-free guidance scale: higher follows the audio more closely")
-    intensity: FloatProperty(name="Intensity", default=DEFAULTS.intensity, min=RANGES["intensity"][0],
-                             max=RANGES["intensity"][1], soft_max=2.0, subtype="FACTOR",
-                             description="Gesture amplitude about the rest (mean) pose: 0 = rest pose, 1 = as "
-                                         "sampled, 2 = twice as wide")
-    stabilizer: BoolProperty(name="Stabilizer", default=DEFAULTS.stabilizer,
-                             description="Gesture stabilizer: noise shared across frames in the last denoising "
-                                         "steps, for smoother motion (the paper's; keep it on)")
+    sampler: option("preset")  # the preset: its name in files saved before the preset had its own name
+    steps: option("steps")
+    seed: option("seed")
+    variations: option("variations", soft_max=16)
+    guidance: option("guidance")
+    intensity: option("intensity", soft_max=2.0, subtype="FACTOR")
+    stabilizer: option("stabilizer")
     start_frame: IntProperty(name="Start Frame", default=1, description="Frame where the speech starts")
     reroll_start: IntProperty(name="Re-roll From", default=1,
                               description="First frame to re-roll (the timeline's preview range is used when on)")

@@ -95,10 +95,11 @@ def write_motion(scene: bpy.types.Scene, request: Request, armature_name: str, m
 
 def rekey_take(scene: bpy.types.Scene, armature_name: str, take: takes.Take, poses: np.ndarray,
                frames: tuple[int, int], settings: dict | None = None, reroll: list[int] | None = None) -> int:
-    """Key a take's new poses (15 fps, the whole take) over scene frames frames[0]..frames[1] of the armature's
-    current action (the take's), and record them; keys outside the range and other curves stay as they are. The
-    settings (e.g. a new intensity) and a re-roll [first, last, seed] go into the record. Returns the keys written.
-    Checked first; should writing still fail, the action's keys and record are put back."""
+    """Key a take's new poses (as sampled, 15 fps, the whole take) at its intensity over scene frames
+    frames[0]..frames[1] of the armature's current action (the take's), and record them; keys outside the range and
+    other curves stay as they are. The settings (e.g. a new intensity) and a re-roll [first, last, seed] go into the
+    record. Returns the keys written. Checked first; should writing still fail, the action's keys and record are put
+    back."""
     if not np.isfinite(poses).all():
         raise ValueError("the motion holds non-finite values (NaN or Inf)")
     obj = bpy.data.objects[armature_name]
@@ -114,8 +115,9 @@ def rekey_take(scene: bpy.types.Scene, armature_name: str, take: takes.Take, pos
 
 
 def set_intensity(scene: bpy.types.Scene, armature_name: str, intensity: float) -> tuple[str, int]:
-    """Key the armature's current generated action again from its recorded poses at a new intensity (the whole
-    take; the user's other actions, NLA strips and curves untouched); the action's name and the keys written."""
+    """Key the armature's current generated action again from its recorded poses (as sampled) at a new intensity
+    (the whole take; the user's other actions, NLA strips and curves untouched); the action's name and the keys
+    written."""
     obj = bpy.data.objects.get(armature_name)
     action, take = takes.current(obj)
     settings = {**take.settings, "intensity": float(intensity)}
@@ -123,8 +125,7 @@ def set_intensity(scene: bpy.types.Scene, armature_name: str, intensity: float) 
         core.settings.GenerationSettings.from_dict(settings)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    poses = take.raw_poses() * np.float32(intensity)
-    return action.name, rekey_take(scene, obj.name, take, poses, take.frames(), settings=settings)
+    return action.name, rekey_take(scene, obj.name, take, take.poses, take.frames(), settings=settings)
 
 
 def has_fingers(skeleton: str) -> bool:

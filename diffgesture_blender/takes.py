@@ -3,8 +3,9 @@
 The record is a custom property (KEY) on the action: the audio and the sound datablock that plays it (so that a
 re-roll still finds the speech once the file has moved: packed or relinked), the checkpoint and its sha256, the
 skeleton, where and at what rate the keys were written, the settings, the bone map and parts, and that variation's
-normalised poses at 15 fps (as the result file held them, at the recorded intensity). An action without it was not
-made here, and re-roll and intensity refuse it. The scene writer writes the record; this module reads it and does
+normalised poses at 15 fps as sampled (the intensity is a setting, applied where they become directions; records of
+VERSION 1 held them scaled by it and are read back as sampled). An action without it was not made here, and re-roll
+and intensity refuse it. The scene writer writes the record; this module reads it and does
 the arithmetic.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from . import core
 from .request import Request, UsageError, sound_file
 
 KEY = "diffgesture_take"
-VERSION = 1
+VERSION = 2  # 2: the poses as sampled; 1: scaled by the intensity
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Take:
     bone_map: dict[str, str]
     parts: list[str]
     allow_partial: bool
-    poses: np.ndarray  # (frames at src_fps, pose_dim), at settings["intensity"]
+    poses: np.ndarray  # (frames at src_fps, pose_dim), as sampled
     rerolls: list[list[int]] = field(default_factory=list)  # [first scene frame, last, seed] of each re-roll
     sound: str | None = None  # the sound datablock of the take's sound strip (or the strip it was read from)
 
@@ -52,13 +53,6 @@ class Take:
         """The scene frames of the take's first and last keys."""
         n = int(np.floor((len(self.poses) - 1) * self.scene_fps / self.src_fps + 1e-6)) + 1
         return self.start_frame, self.start_frame + n - 1
-
-    def raw_poses(self) -> np.ndarray:
-        """The poses as sampled (intensity 1); a take made at intensity 0 holds none."""
-        if self.intensity == 0:
-            raise UsageError("this take was generated at intensity 0 (the rest pose), so it holds no motion to keep "
-                             "or scale: generate it again")
-        return self.poses / np.float32(self.intensity) if self.intensity != 1 else self.poses
 
     def directions(self) -> np.ndarray:
         """Canonical unit directions (frames, bones, 3) of the take's poses at its intensity, as the worker makes
@@ -105,7 +99,7 @@ class Take:
 def read(action: bpy.types.Action | None) -> Take | None:
     """The record of an action the add-on generated, or None (another action, or no action). Every field and the
     poses' size are checked (check_fields, protocol.check_take) before the poses are read: UsageError naming the
-    field when the record is damaged."""
+    field when the record is damaged. The poses of a VERSION 1 record are read back as sampled."""
     prop = action.get(KEY) if action is not None else None
     if prop is None:
         return None
@@ -120,6 +114,12 @@ def read(action: bpy.types.Action | None) -> Take | None:
         if len(values) != math.prod(shape):
             raise ValueError(f"{source} is damaged: it holds {len(values)} pose values for shape {shape}")
         poses = np.array(values.to_list() if hasattr(values, "to_list") else values, np.float32).reshape(shape)
+        version = prop.get("version", 1)
+        if type(version) is not int or not 1 <= version <= VERSION:
+            raise ValueError(f"{source} is of version {str(version)[:20]}, which this version of the add-on does "
+                             f"not read (1..{VERSION}): update DiffGesture, or generate it again")
+        if version == 1:
+            poses = core.skeleton.as_sampled(poses, float(fields["settings"].get("intensity", 1.0)), source)
     except (KeyError, TypeError, ValueError) as e:
         message = str(e) if str(e).startswith(source) else f"{source} is damaged ({e})"
         raise UsageError(message if message.endswith("generate it again") else f"{message}; generate it again") \

@@ -9,20 +9,15 @@ from pathlib import Path
 
 from . import cpu, import_torch  # cpu first: its first look at the load covers the start-up
 from .progress import window_progress
-from .settings import (BN_MODES, DEFAULT_FAST_STEPS, DEFAULT_GUIDANCE, PRECISIONS, PRESETS, SOLVERS,
-                       GenerationSettings, preset, resolve_checkpoint)
+from .settings import DEVICES, GenerationSettings, add_arguments, chosen, preset, resolve_checkpoint
+
+REROLL_OPTIONS = ("seed", "steps", "guidance", "intensity")  # what a re-roll may change of the take's settings
 
 
 def generation_settings(args: argparse.Namespace) -> GenerationSettings:
-    """The --sampler preset with the options given on the command line (an option left out keeps the preset's);
-    --reproduce is the paper preset whatever the other options say about the sampler, BatchNorm, precision, trim."""
-    choices = dict(steps=args.steps, guidance=args.guidance, eta=args.eta, solver=args.solver, seed=args.seed,
-                   variations=args.variations, intensity=args.intensity, bn_mode=args.bn_mode, precision=args.precision,
-                   trim=False if args.no_trim else None,
-                   stabilizer=False if args.no_stabilizer else None, fade_out=True if args.fade_out else None)
-    if args.reproduce:  # the official test script's sampling
-        return preset("paper", **{**choices, **PRESETS["paper"]})
-    return preset(args.sampler, **choices)
+    """The --preset with the options given on the command line (settings.chosen)."""
+    name, values = chosen(args)
+    return preset(name, **values)
 
 
 def load_model(args: argparse.Namespace):
@@ -55,8 +50,7 @@ def cmd_generate(args) -> int:
 
 def cmd_reroll(args) -> int:
     from .reroll import read_take, reroll_file
-    overrides = {k: v for k, v in (("seed", args.seed), ("steps", args.steps), ("guidance", args.guidance),
-                                   ("intensity", args.intensity)) if v is not None}
+    overrides = {k: getattr(args, k) for k in REROLL_OPTIONS if getattr(args, k) is not None}
     GenerationSettings.from_dict(overrides)  # a bad value is refused before the model loads
     audio = args.audio or read_take(args.result)["meta"].get("audio")
     ckpt, ckpt_path = load_model(args)
@@ -95,38 +89,9 @@ def cmd_convert(args) -> int:
 def _sampling_options(g: argparse.ArgumentParser) -> None:
     """The checkpoint, device and sampling options shared by generate and generate-batch."""
     g.add_argument("--checkpoint", default="default", help="native or official checkpoint (default: bundled demo)")
-    g.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    g.add_argument("--sampler", default="fast", choices=list(PRESETS),
-                   help="settings preset: fast (default), or paper = the official sampling (500 steps, BatchNorm "
-                        "batch statistics, whole windows, --precision exact); the options below change it")
-    g.add_argument("--steps", type=int, help=f"fast sampler steps (default {DEFAULT_FAST_STEPS})")
-    g.add_argument("--eta", type=float,
-                   help="fast sampler noise: 1 = ancestral steps (default), 0 = deterministic DDIM")
-    g.add_argument("--solver", choices=list(SOLVERS),
-                   help="fast sampler update: ddim (default) or dpm = DPM-Solver++(2M), deterministic")
-    g.add_argument("--seed", type=int, help="default 0 (generate-batch: for clips whose manifest line names none)")
-    g.add_argument("--guidance", type=float, help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE})")
-    g.add_argument("--variations", type=int, help="default 1")
-    g.add_argument("--intensity", type=float,
-                   help="gesture amplitude about the mean pose: 0 = rest pose, 1 = as sampled (default), 2 = twice "
-                        "as wide (0..3)")
-    g.add_argument("--no-stabilizer", action="store_true", help="disable the gesture stabilizer")
-    g.add_argument("--bn-mode", choices=BN_MODES,
-                   help="BatchNorm: running statistics (fast's default), or batch statistics as the official "
-                        "scripts (paper's)")
-    g.add_argument("--fade-out", action="store_true",
-                   help="the official fade_out: ease into the mean pose over 8 frames from where the audio ends")
-    g.add_argument("--no-trim", action="store_true",
-                   help="keep whole windows (34 + 30 (K-1) frames) as the official code does (paper's default), "
-                        "instead of cutting the output to the audio's duration")
-    g.add_argument("--precision", choices=PRECISIONS,
-                   help="exact = bit-identical to the official code on the same CPU (paper's default); fp32 = "
-                        "MKL-packed CPU weights (~1e-6 from exact); bf16; auto (fast's default) = the fastest on "
-                        "this CPU, measured once and cached (fp32 on GPUs)")
+    g.add_argument("--device", default="auto", choices=tuple(DEVICES))
+    add_arguments(g)
     g.add_argument("--quiet", action="store_true", help="no progress on stderr (stdout keeps the JSON summary)")
-    g.add_argument("--reproduce", action="store_true",
-                   help="the official sampling exactly, whatever else is given: --sampler paper --bn-mode official "
-                        "--precision exact --no-trim")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(fn=cmd_generate)
     b = sub.add_parser("generate-batch", help="generate for many clips at once (resumable; torchrun shards it)",
                        description="Clips of different lengths share batches window by window; outputs that exist "
-                                   "are skipped; a file that cannot be read is reported and skipped. Under torchrun "
-                                   "each rank takes its share of the manifest and its own GPU.")
+                                   "are skipped; a file that cannot be read is reported and skipped; --seed is the "
+                                   "seed of clips whose manifest line names none. Under torchrun each rank takes its "
+                                   "share of the manifest and its own GPU.")
     b.add_argument("manifest", type=Path, help="a folder of audio files, or a .csv/.jsonl with audio[, seed, output]")
     b.add_argument("outdir", type=Path, help="folder for the .npz results")
     b.add_argument("--batch", type=int, default=8, help="clips sampled side by side (default 8)")
@@ -158,11 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", type=Path, required=True, help="the new .npz")
     r.add_argument("--audio", type=Path, help="the take's audio (default: the path its result records)")
     r.add_argument("--checkpoint", default="default", help="the checkpoint that made the take (default: bundled)")
-    r.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    r.add_argument("--seed", type=int, help="the new seed (default: the take's own)")
-    r.add_argument("--steps", type=int, help="fast sampler steps (default: the take's)")
-    r.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the take's)")
-    r.add_argument("--intensity", type=float, help="gesture amplitude of the whole result (default: the take's)")
+    r.add_argument("--device", default="auto", choices=tuple(DEVICES))
+    add_arguments(r, REROLL_OPTIONS, defaults="the take's")
     r.add_argument("--quiet", action="store_true", help="no progress on stderr (stdout keeps the JSON summary)")
     r.set_defaults(fn=cmd_reroll)
     i = sub.add_parser("info", help="describe a checkpoint")

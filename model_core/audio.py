@@ -17,7 +17,6 @@ import soundfile as sf
 
 from .timing import SAMPLE_RATE
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}  # what a folder of speech is searched for
 MIN_RATE, MAX_RATE = 4_000, 384_000
 MAX_FRAMES = 1 << 28  # per channel, at the file's rate: 1 GiB as mono float32 (93 min at 48 kHz, 4.6 h at 16 kHz)
 MAX_PEAK = 16.0  # float files may overshoot full scale a little; far beyond it the samples are not audio levels

@@ -21,10 +21,10 @@ from typing import Callable
 
 import torch
 
-from .audio import AUDIO_SUFFIXES, AudioError, load_audio
+from .audio import AudioError, load_audio
 from .network import PoseDiffusion
 from .pipeline import ClipRun, output_paths, resolved, sample_window, save_result
-from .files import parse_json, read_small, regular_file_problem
+from .files import AUDIO_SUFFIXES, parse_json, read_small, regular_file_problem
 from .protocol import read_result
 from .samplers import RowGenerators
 from .settings import RANGES, GenerationSettings, resolve_checkpoint

@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}  # what a folder of speech is searched for
+
 
 class UnsafeOutput(ValueError):
     """An output path that must not be written; the message names the path and what to do."""

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from .cpu import adapt_threads
-from .network import PoseDiffusion
+from .network import PoseDiffusion, VarianceSchedule
 from .precision import choose_precision, guided_step
-from .samplers import RowGenerators, ddim_timesteps, make_sampler, randn
-from .settings import GenerationSettings
+from .samplers import RowGenerators, Sampler, make_sampler, randn
+from .settings import DEVICES, GenerationSettings
 from .timing import FPS, SAMPLE_RATE, WINDOW_SAMPLES, output_frames, window_count, window_start
 
 
@@ -39,15 +39,22 @@ class Progress:
         return (self.window + self.step / max(self.steps, 1)) / max(self.windows, 1)
 
 
-def steps_run(settings: GenerationSettings, num_steps: int) -> int:
-    """Denoising steps per window that `settings` really runs (the paper sampler ignores `steps`)."""
-    return num_steps if settings.sampler == "paper" else len(ddim_timesteps(num_steps, settings.steps))
+def sampler_for(settings: GenerationSettings, schedule: VarianceSchedule) -> Sampler:
+    """The sampler `settings` name, on a model's noise schedule."""
+    return make_sampler(settings.sampler, schedule, settings.steps, settings.stabilizer, settings.eta, settings.solver)
+
+
+def steps_run(settings: GenerationSettings, schedule: VarianceSchedule) -> int:
+    """Denoising steps per window that `settings` really runs, as their sampler reports them: its timesteps (the
+    paper sampler ignores `steps`; a fast one may merge steps that round to the same index)."""
+    return len(sampler_for(settings, schedule).timesteps)
 
 
 def resolve_device(name: str = "auto") -> tuple[torch.device, str]:
-    """'auto' | 'cuda' | 'cpu' -> a device and a note saying why when the request could not be honoured."""
-    if name not in ("auto", "cuda", "cpu") and not name.startswith("cuda:"):
-        raise ValueError(f"device must be auto, cuda or cpu, not {name!r}")
+    """'auto' | 'cuda' | 'cpu' (settings.DEVICES) or 'cuda:N' -> a device and a note saying why when the request
+    could not be honoured."""
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise ValueError(f"device must be one of {', '.join(DEVICES)} or cuda:N, not {name!r}")
     if name == "cpu":
         return torch.device("cpu"), ""
     if torch.cuda.is_available():
@@ -104,8 +111,7 @@ def denoise(model: PoseDiffusion, context: torch.Tensor, settings: GenerationSet
     under torch.inference_mode() (sample_window does). known: see KnownFrames; it is applied to x_T too."""
     cfg = model.cfg
     sched = model.schedule
-    sampler = make_sampler(settings.sampler, sched, settings.steps, settings.stabilizer, settings.eta,
-                           settings.solver)
+    sampler = sampler_for(settings, sched)
     b, device = context.shape[0], context.device
     null = model.null_context(b)
     x = randn((b, cfg.n_poses, cfg.pose_dim), gen_cpu).to(device)
@@ -133,7 +139,7 @@ def sample_window(model: PoseDiffusion, audio: torch.Tensor, pre_seq: torch.Tens
     adapt_threads()
     if context is None:
         context = model.context(audio, pre_seq, batch_stats=settings.bn_mode == "official")
-    n = steps_run(settings, model.schedule.num_steps)
+    n = steps_run(settings, model.schedule)
     for i, (_, x) in enumerate(denoise(model, context, settings, gen_cpu, gen_dev, known)):
         if on_step is not None:
             on_step(i + 1, n)
@@ -213,21 +219,22 @@ class ClipRun:
         self.w += 1
 
     def poses(self) -> np.ndarray:
-        """The finished clip: the windows joined, faded, trimmed and scaled by intensity as the settings say."""
+        """The finished clip as sampled: the windows joined, faded and trimmed as the settings say (their intensity
+        is applied where the poses become directions: skeleton.directions_at)."""
         poses = np.concatenate(self.chunks, axis=1)
         keep = output_frames(len(self.audio), trim=True)
         if self.settings.fade_out:
             last = len(self.audio) - window_start(len(self.audio), self.n_win - 1)  # samples before padding
             poses, fade_end = fade_out(poses, max(0, WINDOW_SAMPLES - last))
             keep = max(keep, fade_end)  # trimming keeps the whole fade
-        poses = poses[:, :keep] if self.settings.trim else poses
-        return poses * np.float32(self.settings.intensity) if self.settings.intensity != 1 else poses
+        return poses[:, :keep] if self.settings.trim else poses
 
 
 def generate(model: PoseDiffusion, audio: np.ndarray, settings: GenerationSettings | None = None,
              progress: Callable[[Progress], None] | None = None, cancel: Callable[[], bool] | None = None,
              seed_poses: np.ndarray | None = None) -> np.ndarray:
-    """Normalised poses (variations, frames, pose_dim) at 15 fps for a mono 16 kHz waveform of any length.
+    """Normalised poses as sampled (variations, frames, pose_dim) at 15 fps for a mono 16 kHz waveform of any length;
+    settings.intensity is applied to them by skeleton.at_intensity where they are used.
 
     seed_poses: optional (4, pose_dim) normalised poses to continue from; without it window 0 has no seed."""
     settings = settings or GenerationSettings()
@@ -255,9 +262,9 @@ def output_paths(output: str | Path, variations: int, skel, keep: tuple = ()) ->
 
 def save_result(ckpt, output: str | Path, poses: np.ndarray, settings: GenerationSettings, audio_path: str | Path,
                 n_samples: int, precision_choice: str, seconds: float) -> dict:
-    """Write one generation's result to output_paths(output): the .npz result file (poses, canonical directions,
-    metadata), or a BVH of the model's skeleton per variation; return its summary. Non-finite motion is a
-    CheckpointError and nothing is written."""
+    """Write one generation's result to output_paths(output): the .npz result file (the poses as sampled, canonical
+    directions at the settings' intensity, metadata), or a BVH of the model's skeleton per variation (directions);
+    return its summary. Non-finite motion is a CheckpointError and nothing is written."""
     from .protocol import write_result
     from .skeleton import directions_at
     directions = directions_at(poses, settings.intensity, ckpt.skeleton)
@@ -286,7 +293,7 @@ def resolved(settings: GenerationSettings, model: PoseDiffusion, batch: int = 1)
     device = next(model.parameters()).device
     precision, how = choose_precision(model, settings.precision, settings.sampler, batch * settings.variations,
                                       settings.guidance, device)
-    return dataclasses.replace(settings, precision=precision, steps=steps_run(settings, model.schedule.num_steps)), how
+    return dataclasses.replace(settings, precision=precision, steps=steps_run(settings, model.schedule)), how
 
 
 def generate_file(ckpt, audio_path: str, output: str, settings: GenerationSettings,
@@ -297,7 +304,7 @@ def generate_file(ckpt, audio_path: str, output: str, settings: GenerationSettin
     output_paths(output, settings.variations, ckpt.skeleton, (audio_path,))
     audio = load_audio(audio_path)
     if progress is not None:  # a sign of life before auto precision's first measurement (under a second when idle)
-        progress(Progress(0, window_count(len(audio)), 0, steps_run(settings, ckpt.model.schedule.num_steps)))
+        progress(Progress(0, window_count(len(audio)), 0, steps_run(settings, ckpt.model.schedule)))
     settings, how = resolved(settings, ckpt.model)
     t0 = time.perf_counter()
     poses = generate(ckpt.model, audio, settings, progress=progress, cancel=cancel)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
+import zlib
 from enum import Enum
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from .files import check_output, parse_json, replacing
 PROTOCOL_VERSION = 1
 TAG = f"DGW{PROTOCOL_VERSION} "
 RESULT_FORMAT = "diffgesture-poses"
+# A result's version: 2 holds the poses as sampled, their intensity in meta["settings"]; 1 (no "version" field, by
+# earlier versions) held them scaled by it. Directions are at the intensity in both.
+RESULT_VERSION = 2
 MAX_META_BYTES = 1 << 20  # a result's metadata is a few hundred bytes of JSON
 MAX_TAKE_SECONDS = 3600  # a take longer than an hour is not re-rolled or rescaled (its poses would be 6.8 M values)
 # Each request type and the reply type that answers it: adding a request is a line here and a handler in worker.py.
@@ -89,11 +93,12 @@ def is_result_file(path: Path) -> bool:
 
 
 def write_result(path: str | Path, poses: np.ndarray, directions: np.ndarray, meta: dict) -> None:
-    """Save generated motion: normalised poses (V, F, D), canonical unit directions (V, F, bones, 3), metadata.
-    Written to a new temporary file beside `path` and renamed over it; nothing is left behind when writing fails."""
+    """Save generated motion: normalised poses as sampled (V, F, D), canonical unit directions at the intensity of
+    meta["settings"] (V, F, bones, 3), metadata. Written to a new temporary file beside `path` and renamed over it;
+    nothing is left behind when writing fails."""
     with replacing(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, poses=poses.astype(np.float32), directions=directions.astype(np.float32),
-                 meta=np.array(json.dumps({"format": RESULT_FORMAT, **meta})))
+                 meta=np.array(json.dumps({"format": RESULT_FORMAT, "version": RESULT_VERSION, **meta})))
 
 
 def check_take(meta: dict, shape: tuple, source: str) -> None:
@@ -145,12 +150,30 @@ def result_header(path: str | Path) -> tuple[dict, tuple]:
 
 
 def read_result(path: str | Path) -> dict:
-    """Load a result file: {'poses', 'directions', 'meta'} (meta holds skeleton, fps, seed, checkpoint hash ...)."""
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        if meta.get("format") != RESULT_FORMAT:
-            raise ValueError(f"{path} is not a DiffGesture result file")
-        return {"poses": z["poses"], "directions": z["directions"], "meta": meta}
+    """Load a result file: {'poses', 'directions', 'meta'} (meta holds skeleton, fps, seed, checkpoint hash ...);
+    ValueError when it is damaged (a member that fails its checksum or does not decompress)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("format") != RESULT_FORMAT:
+                raise ValueError(f"{path} is not a DiffGesture result file")
+            return {"poses": z["poses"], "directions": z["directions"], "meta": meta}
+    except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+        raise ValueError(f"{Path(path).name} is not a readable DiffGesture result ({type(e).__name__})") from None
+
+
+def sampled_poses(result: dict, source: str) -> np.ndarray:
+    """A read result's poses as sampled, whichever version wrote it (RESULT_VERSION); ValueError naming `source`
+    for a version this code does not know, or a first-version result at intensity 0 (skeleton.as_sampled)."""
+    from .skeleton import as_sampled
+    meta = result["meta"]
+    version = meta.get("version", 1)
+    if type(version) is not int or not 1 <= version <= RESULT_VERSION:
+        raise ValueError(f"{source} is a result of version {str(version)[:20]}, which this version of DiffGesture "
+                         f"does not read (1..{RESULT_VERSION}): update DiffGesture")
+    if version == 1:
+        return as_sampled(result["poses"], float(meta.get("settings", {}).get("intensity", 1.0)), source)
+    return result["poses"]
 
 
 def error_reply(request_id: str | None, kind: ErrorKind, message: str) -> dict:

@@ -79,9 +79,9 @@ def blend_weights(frames: int, start: int, end: int, blend: int = BLEND) -> np.n
 def reroll(model: PoseDiffusion, audio: np.ndarray, poses: np.ndarray, start: int, end: int,
            settings: GenerationSettings, progress: Callable[[Progress], None] | None = None,
            cancel: Callable[[], bool] | None = None, blend: int = BLEND) -> np.ndarray:
-    """The clip's normalised poses (V, F, D) at 15 fps, as sampled (intensity 1), with frames start..end
-    (inclusive) sampled again from `settings` (its seed) for the mono 16 kHz audio; every other frame is returned
-    unchanged. settings.variations is taken from the poses."""
+    """The clip's normalised poses as sampled (V, F, D) at 15 fps, with frames start..end (inclusive) sampled again
+    from `settings` (its seed) for the mono 16 kHz audio; every other frame is returned unchanged.
+    settings.variations is taken from the poses."""
     poses = np.asarray(poses, dtype=np.float32)
     cfg = model.cfg
     if poses.ndim != 3 or poses.shape[2] != cfg.pose_dim:
@@ -89,7 +89,7 @@ def reroll(model: PoseDiffusion, audio: np.ndarray, poses: np.ndarray, start: in
                          f"not {poses.shape}")
     v, frames, _ = poses.shape
     check_range(frames, start, end)
-    settings = dataclasses.replace(settings, variations=v, intensity=1.0)
+    settings = dataclasses.replace(settings, variations=v)
     settings.validate()
     settings = resolved(settings, model)[0]
     first, n_win = windows_for(frames, start, end, cfg.n_poses, cfg.n_pre_poses)
@@ -111,10 +111,11 @@ def reroll(model: PoseDiffusion, audio: np.ndarray, poses: np.ndarray, start: in
 
 
 def read_take(path: str | Path) -> dict:
-    """A result file to re-roll (protocol.read_result), or ValueError saying why it is not one; its metadata and
-    its poses' shape are checked (protocol.check_take) before the poses are read."""
+    """A result file to re-roll (protocol.read_result) with its poses as sampled (protocol.sampled_poses), or
+    ValueError saying why it is not one; its metadata and its poses' shape are checked (protocol.check_take) before
+    the poses are read."""
     from .files import regular_file_problem
-    from .protocol import check_take, is_result_file, read_result, result_header
+    from .protocol import check_take, is_result_file, read_result, result_header, sampled_poses
     path = Path(path)
     problem = regular_file_problem(path)
     if problem:
@@ -122,7 +123,8 @@ def read_take(path: str | Path) -> dict:
     if not is_result_file(path):
         raise ValueError(f"{path} is not a DiffGesture result (.npz written by generate or reroll)")
     check_take(*result_header(path), path.name)
-    return read_result(path)
+    take = read_result(path)
+    return {**take, "poses": sampled_poses(take, path.name)}
 
 
 def reroll_file(ckpt, result_path: str | Path, audio_path: str | Path, output: str | Path, start: int, end: int,
@@ -145,10 +147,6 @@ def reroll_file(ckpt, result_path: str | Path, audio_path: str | Path, output: s
     base = {k: v for k, v in meta.get("settings", {}).items() if k in {f.name for f in
                                                                       dataclasses.fields(GenerationSettings)}}
     settings = GenerationSettings.from_dict({**base, **(overrides or {})})
-    was = float(base.get("intensity", 1.0))
-    if was == 0:
-        raise ValueError(f"{Path(result_path).name} was generated at intensity 0 (the rest pose), so it holds no "
-                         "motion to keep: generate it again")
     audio = load_audio(audio_path)
     duration = len(audio) / SAMPLE_RATE
     if abs(duration - float(meta.get("duration", duration))) > 1.0 / FPS:
@@ -158,9 +156,5 @@ def reroll_file(ckpt, result_path: str | Path, audio_path: str | Path, output: s
     check_range(poses.shape[1], start, end)
     settings, how = resolved(dataclasses.replace(settings, variations=poses.shape[0]), ckpt.model)
     t0 = time.perf_counter()
-    raw = poses / np.float32(was) if was != 1 else poses
-    new = reroll(ckpt.model, audio, raw, start, end, settings, progress, cancel)
-    k = np.float32(settings.intensity)
-    out = poses.copy() if settings.intensity == was else raw * k  # outside the range: the input's own values
-    out[:, start:end + 1] = new[:, start:end + 1] * k
+    out = reroll(ckpt.model, audio, poses, start, end, settings, progress, cancel)
     return save_result(ckpt, output, out, settings, audio_path, len(audio), how, time.perf_counter() - t0)

@@ -1,7 +1,7 @@
 """Reverse-diffusion samplers over the model's variance schedule; they never call the network.
 
-Each sampler exposes `timesteps` (schedule indices, high to low) and `step(eps, i, x, gen)` that maps x at
-`timesteps[i]` to the next state given the guided noise prediction. The denoising loop lives in pipeline.py;
+Each sampler exposes `timesteps` (schedule indices, high to low: one step each, so their number is the steps it
+runs) and `step(eps, i, x, gen)` that maps x at `timesteps[i]` to the next state given the guided noise prediction. The denoising loop lives in pipeline.py;
 `add_noise` is the forward process they invert, for training and tests.
 
 * PaperSampler: the official 500-step ancestral sampler with the Diffusion Gesture Stabilizer (FACTS §5). Its

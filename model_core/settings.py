@@ -1,27 +1,31 @@
-"""How to sample, for every front end (CLI, worker, panel, headless): the settings, their ranges, the presets.
+"""How to sample, for every front end (CLI, worker, panel, headless): the settings, the table of the options that
+set them, the presets.
 
 Stdlib only, so the add-on validates settings before it starts a worker and the CLI parses them without torch.
-A preset is a name for a set of values: "paper" is the same settings wherever it is chosen.
+A preset is a name for a set of values: "paper" is the same settings wherever it is chosen. The options table
+(OPTIONS) is the one definition of what each front end offers: the command lines' arguments (add_arguments) and
+the panel's properties are built from it.
 """
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Iterable
 
-SAMPLERS = ("fast", "paper")
+SAMPLERS = ("fast", "paper")  # the sampler family (a preset also sets BatchNorm, trimming and precision)
 BN_MODES = ("eval", "official")
 PRECISIONS = ("auto", "exact", "fp32", "bf16")
 # The fast sampler's update: DDIM (eta sets its noise), DPM-Solver++(2M) (deterministic) or "renoise" (each step's
 # x_0 prediction noised afresh, samplers.RenoiseSampler; eta unused)
 SOLVERS = ("ddim", "dpm", "renoise")
+# Where the model runs: name -> (label, description) for the preferences' menu.
+DEVICES: dict[str, tuple[str, str]] = {"auto": ("Auto", "CUDA when available, else the CPU"),
+                                       "cuda": ("CUDA", "NVIDIA GPU"), "cpu": ("CPU", "Processor")}
 # The fast sampler's default number of steps (K = 25 matched K = 50 on the demo model).
 DEFAULT_FAST_STEPS = 25
 DEFAULT_GUIDANCE = 1.15  # the official classifier-free guidance scale
-# Inclusive ranges of the numeric settings; validate() names the field and its range when a value is outside.
-RANGES: dict[str, tuple[float, float]] = {"steps": (1, 500), "guidance": (0.0, 20.0), "eta": (0.0, 1.0),
-                                          "intensity": (0.0, 3.0),
-                                          "seed": (0, 2 ** 63 - 1), "variations": (1, 64)}
 # The checkpoint a request names as "default": the demo checkpoint bundled inside model_core.
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "demo_ted_gesture.pt"
 
@@ -56,8 +60,7 @@ class GenerationSettings:
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting of the wrong type or outside its range."""
-        for name, choices in (("sampler", SAMPLERS), ("bn_mode", BN_MODES), ("precision", PRECISIONS),
-                               ("solver", SOLVERS)):
+        for name, choices in CHOICES.items():
             value = getattr(self, name)
             if value not in choices:
                 raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
@@ -103,3 +106,113 @@ def preset(name: str, **overrides) -> GenerationSettings:
     settings = GenerationSettings(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
     settings.validate()
     return settings
+
+
+# How the panel shows each preset: name -> (label, description).
+PRESET_LABELS: dict[str, tuple[str, str]] = {
+    "fast": ("Fast", "DDIM sampler with a few dozen steps (seconds)"),
+    "paper": ("Paper", "The paper's sampling: its 500-step sampler, BatchNorm batch statistics, whole windows, exact "
+                       "float32 (slow)"),
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One generation option as every front end offers it: its setting's name, type, help, inclusive range (numbers)
+    or choices (names). Its default is the fast preset's value (the GenerationSettings field's)."""
+    name: str  # a GenerationSettings field, or "preset"
+    kind: type  # int, float, str or bool
+    help: str
+    range: tuple[int, int] | tuple[float, float] | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def default(self) -> object:
+        return "fast" if self.name == "preset" else getattr(GenerationSettings(), self.name)
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag: --NAME; a true/false setting's flag turns it from its default to the other value."""
+        name = self.name.replace("_", "-")
+        return f"--{'no-' if self.default else ''}{name}" if self.kind is bool else f"--{name}"
+
+    @property
+    def label(self) -> str:
+        """The panel's name for it."""
+        return self.name.replace("_", " ").title()
+
+
+# The one table of generation options: the CLI, headless and the panel are built from it (RANGES and CHOICES, which
+# validate() checks, too). Adding an option is a row here and a GenerationSettings field the model uses.
+OPTIONS: dict[str, Option] = {o.name: o for o in (
+    Option("preset", str, "settings preset: fast, or paper = the official sampling (500 steps, BatchNorm batch "
+                          "statistics, whole windows, exact float32); the options below change it",
+           choices=tuple(PRESETS)),
+    Option("steps", int, "denoising steps of the fast sampler", range=(1, 500)),
+    Option("solver", str, "fast sampler update: ddim = DDIM (eta sets its noise), dpm = DPM-Solver++(2M), "
+                          "deterministic", choices=SOLVERS),
+    Option("eta", float, "fast sampler noise: 1 = ancestral (DDPM-like) steps, 0 = deterministic DDIM",
+           range=(0.0, 1.0)),
+    Option("seed", int, "random seed: the same seed and audio give the same motion", range=(0, 2 ** 63 - 1)),
+    Option("guidance", float, "classifier-free guidance scale: higher follows the audio more closely",
+           range=(0.0, 20.0)),
+    Option("variations", int, "motions to generate from the audio, each from its own noise", range=(1, 64)),
+    Option("intensity", float, "gesture amplitude about the rest (mean) pose: 0 = rest pose, 1 = as sampled, "
+                               "2 = twice as wide", range=(0.0, 3.0)),
+    Option("stabilizer", bool, "the gesture stabilizer: noise shared across frames in the last denoising steps, for "
+                               "smoother motion (the paper's; keep it on)"),
+    Option("bn_mode", str, "BatchNorm: eval = running statistics, official = batch statistics as the official "
+                           "scripts", choices=BN_MODES),
+    Option("fade_out", bool, "the official fade_out: ease into the mean pose over 8 frames from where the audio ends"),
+    Option("trim", bool, "cutting the output to the audio's duration (the official code keeps whole windows, "
+                         "34 + 30 (K-1) frames)"),
+    Option("precision", str, "exact = bit-identical to the official code on the same CPU; fp32 = MKL-packed CPU "
+                             "weights (~1e-6 from exact); bf16 = bf16 autocast; auto = the fastest of these on this "
+                             "CPU, measured once and cached (fp32 on GPUs)", choices=PRECISIONS),
+)}
+# Inclusive ranges of the numeric settings and the names each named setting takes; validate() names the field and
+# its range or choices when a value is outside.
+RANGES: dict[str, tuple] = {o.name: o.range for o in OPTIONS.values() if o.range}
+CHOICES: dict[str, tuple[str, ...]] = {"sampler": SAMPLERS, **{o.name: o.choices for o in OPTIONS.values()
+                                                                if o.choices and o.name != "preset"}}
+
+
+def _default_text(option: Option) -> str:
+    """'default X', with the paper preset's value where it differs."""
+    def shown(value) -> str:
+        return ("on" if value else "off") if option.kind is bool else str(value)
+    paper = PRESETS["paper"].get(option.name)
+    return f"default {shown(option.default)}" + (f"; paper: {shown(paper)}" if paper is not None else "")
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str] = tuple(OPTIONS), defaults: str | None = None,
+                  required: bool = False) -> None:
+    """Add the table's options `names` to a command line, each stored under its name, None when not given (the
+    preset's value); the help gives the range and the default (or `defaults`: "the take's"). The preset is also
+    accepted as --sampler, its name before it had its own; --reproduce comes with it."""
+    for name in names:
+        o = OPTIONS[name]
+        span = f"; {o.range[0]}..{o.range[1]}" if o.range and o.range[1] < 2 ** 31 else ""
+        default = f"default: {defaults}" if defaults else _default_text(o)
+        if o.kind is bool:
+            parser.add_argument(o.flag, dest=name, action="store_const", const=not o.default,
+                                help=f"turn {'off' if o.default else 'on'} {o.help} ({default})")
+        elif name == "preset":
+            parser.add_argument("--preset", "--sampler", dest=name, type=o.kind, default=o.default,
+                                choices=o.choices, help=f"{o.help} ({default})")
+        else:
+            parser.add_argument(o.flag, dest=name, type=o.kind, choices=o.choices, required=required,
+                                help=f"{o.help}{span}" + ("" if required else f" ({default})"))
+    if "preset" in names:
+        parser.add_argument("--reproduce", action="store_true",
+                            help="the official sampling exactly, whatever else is given: --preset paper --bn-mode "
+                                 "official --precision exact --no-trim")
+
+
+def chosen(args: argparse.Namespace) -> tuple[str, dict]:
+    """The preset and the setting values a parsed command line names (None: the preset's); --reproduce is the paper
+    preset whatever the options say about the sampler, BatchNorm, precision and trimming."""
+    values = {name: getattr(args, name, None) for name in OPTIONS if name != "preset"}
+    if getattr(args, "reproduce", False):  # the official test script's sampling
+        return "paper", {**values, **PRESETS["paper"]}
+    return args.preset, values

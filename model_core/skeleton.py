@@ -247,8 +247,24 @@ def keep_out_of_torso(dirs: np.ndarray, skel: Skeleton, steps: int = 30) -> np.n
     return out.astype(np.asarray(dirs).dtype)
 
 
+def at_intensity(poses: np.ndarray, intensity: float) -> np.ndarray:
+    """Normalised poses as sampled, with the gesture's amplitude about the mean pose scaled by `intensity` (0 = the
+    mean pose, 1 = as sampled): the one place intensity is applied. Results and takes keep the poses as sampled and
+    the intensity beside them."""
+    return poses * np.float32(intensity) if intensity != 1 else poses
+
+
+def as_sampled(poses: np.ndarray, intensity: float, source: str) -> np.ndarray:
+    """The poses as sampled from a record of the first format, which held them already scaled by `intensity`; at
+    intensity 0 they are the rest pose and nothing can be recovered (ValueError naming `source`)."""
+    if intensity == 0:
+        raise ValueError(f"{source} was generated at intensity 0 (the rest pose) by an earlier version, so it holds "
+                         "no motion to keep or scale: generate it again")
+    return poses / np.float32(intensity) if intensity != 1 else poses
+
+
 def directions_at(poses: np.ndarray, intensity: float, skel: Skeleton) -> np.ndarray:
-    """Canonical unit directions of normalised poses already scaled by `intensity`: above 1, where the wider gesture
-    would put an elbow or a wrist inside the torso it is turned back out (keep_out_of_torso)."""
-    dirs = poses_to_canonical(poses, skel)
+    """Canonical unit directions of normalised poses as sampled, at `intensity` (at_intensity): above 1, where the
+    wider gesture would put an elbow or a wrist inside the torso it is turned back out (keep_out_of_torso)."""
+    dirs = poses_to_canonical(at_intensity(poses, intensity), skel)
     return keep_out_of_torso(dirs, skel) if intensity > 1 else dirs

@@ -185,6 +185,74 @@ def test_paper_means_the_same_in_the_panel_cli_and_headless(addon, scene, speech
     assert never_touched_torch(), TorchImportWatch.attempts
 
 
+def offered(parser, command: str) -> dict[str, tuple]:
+    """A command line's generation options (those of the table): dest -> (flags, type, choices, default, const)."""
+    import argparse
+    from model_core.settings import OPTIONS
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    return {a.dest: (tuple(a.option_strings), a.type, tuple(a.choices) if a.choices else None, a.default, a.const)
+            for a in sub._actions if a.dest in OPTIONS or a.dest == "reproduce"}
+
+
+def test_the_cli_headless_and_the_panel_offer_the_tables_options(addon, scene, speech_wav, tmp_path):
+    """One table (settings.OPTIONS) makes the options: the CLI's generate and generate-batch and headless generate
+    offer every option alike (flag, type, choices, default), --sampler being --preset; the panel's registered
+    properties have the table's range, default and choices; all three refuse a value outside a range alike and
+    give the same settings when nothing is changed."""
+    from model_core.__main__ import build_parser, generation_settings
+    settings = addon.core.settings
+    table = settings.OPTIONS
+    cli = offered(build_parser(), "generate")
+    assert set(cli) == {*table, "reproduce"}
+    assert offered(addon.headless.build_parser(), "generate") == cli == offered(build_parser(), "generate-batch")
+    for name, o in table.items():
+        flags, kind, choices, default, const = cli[name]
+        assert flags == (("--preset", "--sampler") if name == "preset" else (o.flag,))
+        assert choices == o.choices and (kind is None if o.kind is bool else kind is o.kind)
+        assert (default, const) == (("fast", None) if name == "preset" else (None, not o.default) if o.kind is bool
+                                    else (None, None)), name
+    rna = scene.diffgesture.bl_rna.properties
+    panel = {"sampler": "preset", "steps": "steps", "seed": "seed", "variations": "variations",
+             "guidance": "guidance", "intensity": "intensity", "stabilizer": "stabilizer"}
+    assert rna["sampler"].name == "Preset"
+    for prop, name in panel.items():
+        o, p = table[name], rna[prop]
+        if o.choices:
+            assert [item.identifier for item in p.enum_items] == list(o.choices) and p.default == o.default
+        elif o.kind is bool:
+            assert p.default is o.default
+        else:
+            assert (p.hard_min, p.hard_max) == (o.range[0], min(o.range[1], 2 ** 31 - 1)), name
+            assert p.default == pytest.approx(o.default, rel=1e-6), name
+    for prop in ("guidance", "intensity", "steps", "variations"):  # what the panel clamps, the command lines refuse
+        setattr(scene.diffgesture, prop, rna[prop].hard_max * 2)
+        assert getattr(scene.diffgesture, prop) == pytest.approx(rna[prop].hard_max)
+        scene.diffgesture.property_unset(prop)
+
+    def both(*options: str) -> list:
+        """The CLI's and headless' settings for the options, or their refusals."""
+        out = []
+        for read in (lambda: generation_settings(build_parser().parse_args(
+                         ["generate", str(speech_wav), "-o", str(tmp_path / "x"), *options])),
+                     lambda: addon.headless.requests(addon.headless.build_parser().parse_args(
+                         ["generate", "--audio", str(speech_wav), "--armature", "Rig", *options]))[0].settings):
+            try:
+                out.append(read().to_dict())
+            except ValueError as e:  # headless' UsageError is one
+                out.append(str(e))
+        return out
+    scene.diffgesture.steps = settings.GenerationSettings().steps  # the scene fixture's few steps: the default again
+    panel = addon.operators.gather(bpy.context).settings.to_dict()
+    assert both() == [panel] * 2 == [settings.preset("fast").to_dict()] * 2
+    assert both("--sampler", "paper", "--solver", "dpm") == both("--preset", "paper", "--solver", "dpm") == \
+        [settings.preset("paper", solver="dpm").to_dict()] * 2
+    for name, (low, high) in settings.RANGES.items():
+        flag = table[name].flag
+        for bad in (low - 1, high + 1):
+            refusals = both(flag, str(bad))
+            assert refusals[0] == refusals[1] and f"{name} must be within" in refusals[0], refusals
+
+
 def test_settings_are_validated_before_a_worker_starts(addon, scene, speech_wav, capsys):
     addon.worker_host.HOST.shutdown()
     scene.diffgesture.guidance = 1e30  # past the property's own limit only through Python: clamped to 20

@@ -69,6 +69,40 @@ def test_a_take_records_what_reroll_and_intensity_need(addon, scene, long_speech
     assert addon.takes.read(bpy.data.actions.new("Hand-made")) is None
 
 
+def test_a_take_of_the_first_version_is_read_as_sampled(addon, scene, long_speech, capsys):
+    """A take keeps its poses as sampled: set to intensity 0 and back, it has its keys again. A record of the
+    first version (poses scaled by the intensity) is read back as sampled; at intensity 0 it holds no motion, and
+    set-intensity refuses it with that reason; a record of an unknown version is refused."""
+    action = generate(addon, long_speech, "--steps", "6", "--intensity", "1.5")
+    take = addon.takes.read(action)
+    record = action[addon.takes.KEY].to_dict()
+    assert record["version"] == 2
+
+    def write(version: int, intensity: float) -> None:
+        fields = json.loads(record["fields"])
+        fields["settings"]["intensity"] = intensity
+        poses = take.poses * np.float32(intensity) if version == 1 else take.poses
+        action[addon.takes.KEY] = {**record, "version": version, "fields": json.dumps(fields),
+                                   "poses": poses.astype(np.float64).ravel().tolist()}
+    write(1, 1.5)
+    np.testing.assert_allclose(addon.takes.read(action).poses, take.poses, rtol=1e-6, atol=1e-7)
+    write(1, 0.0)
+    assert addon.headless.main(["set-intensity", "--armature", "Rig", "--intensity", "1"]) == 2
+    assert "intensity 0 (the rest pose) by an earlier version" in capsys.readouterr().err
+    write(3, 1.0)
+    assert addon.headless.main(["set-intensity", "--armature", "Rig", "--intensity", "1"]) == 2
+    assert "is of version 3, which this version of the add-on does not read" in capsys.readouterr().err
+    write(2, 1.5)
+    keys = action_keys(action)
+    assert addon.headless.main(["set-intensity", "--armature", "Rig", "--intensity", "0"]) == 0
+    rest = action_keys(action)
+    assert rest != keys and addon.takes.read(action).intensity == 0
+    assert addon.headless.main(["set-intensity", "--armature", "Rig", "--intensity", "1.5"]) == 0
+    for (_, _, a), (_, _, b) in zip(keys, action_keys(action)):
+        np.testing.assert_allclose(np.array(a), np.array(b), atol=1e-4)
+    np.testing.assert_array_equal(addon.takes.read(action).poses, take.poses)
+
+
 def test_reroll_changes_only_the_range_and_joins_without_a_jump(addon, scene, long_speech, tmp_path):
     """The issue's test: after a generate and `--range 60 120 --seed 7`, every frame outside 58-122 is unchanged
     (< 0.5 degrees on every driven bone), the inside differs, and the steps at the joins are within twice the clip's

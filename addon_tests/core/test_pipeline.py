@@ -251,17 +251,20 @@ def test_auto_precision_rules(tiny, tmp_path, monkeypatch):
 
 
 def test_intensity_scales_the_gesture_about_the_mean_pose(tiny):
-    """0 is the mean pose, 2 doubles every deviation from it (then directions are renormalised), 1 is unchanged;
-    outside 0..3 is refused with the setting's name."""
-    from model_core.skeleton import TED_GESTURE, poses_to_canonical
+    """generate() gives the poses as sampled whatever the intensity; at_intensity, the one place it is applied: 0 is
+    the mean pose, 2 doubles every deviation from it (then directions are renormalised), 1 is unchanged; outside
+    0..3 is refused with the setting's name."""
+    from model_core.skeleton import TED_GESTURE, at_intensity, directions_at, poses_to_canonical
     audio = np.random.default_rng(4).standard_normal(30000).astype(np.float32) * 0.1
     base = dict(steps=3, seed=2, precision="fp32")
     plain = generate(tiny, audio, GenerationSettings(**base))
-    np.testing.assert_array_equal(generate(tiny, audio, GenerationSettings(intensity=1.0, **base)), plain)
-    np.testing.assert_allclose(generate(tiny, audio, GenerationSettings(intensity=2.0, **base)), 2 * plain, rtol=1e-6)
-    rest = generate(tiny, audio, GenerationSettings(intensity=0.0, **base))
-    assert not rest.any()
-    dirs = poses_to_canonical(rest, TED_GESTURE)
+    np.testing.assert_array_equal(generate(tiny, audio, GenerationSettings(intensity=2.0, **base)), plain)
+    assert at_intensity(plain, 1.0) is plain
+    np.testing.assert_array_equal(at_intensity(plain, 2.0), 2 * plain)
+    assert not at_intensity(plain, 0.0).any()
+    np.testing.assert_array_equal(directions_at(plain, 0.5, TED_GESTURE),
+                                  poses_to_canonical(plain * np.float32(0.5), TED_GESTURE))
+    dirs = directions_at(plain, 0.0, TED_GESTURE)
     np.testing.assert_allclose(dirs, np.broadcast_to(poses_to_canonical(np.zeros(27), TED_GESTURE), dirs.shape),
                                atol=1e-6)
     for bad in (-0.5, 3.5, float("nan")):

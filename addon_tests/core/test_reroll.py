@@ -134,9 +134,10 @@ def test_a_range_at_the_clips_ends_regenerates_its_edge(take, demo):
 
 def test_result_files_through_the_worker_and_the_command_line(demo, speech, tmp_path):
     """A generate result re-rolled by the worker's reroll request and by `python -m model_core reroll` (the same
-    motion for the same seed); the take's intensity is kept; a take from another checkpoint, other audio or at
-    intensity 0 is refused with its reason, a bad range with its. The worker runs as a headless Blender's does, on
-    the CLI's threads: beside the UI it takes a core less, and sums in another order differ in the last bits."""
+    motion for the same seed); the take's intensity is kept; a take from another checkpoint or other audio is
+    refused with its reason, a bad range with its; a take at intensity 0 keeps its motion, and re-rolls. The worker
+    runs as a headless Blender's does, on the CLI's threads: beside the UI it takes a core less, and sums in another
+    order differ in the last bits."""
     first = tmp_path / "take.npz"
     generate_file(demo, str(speech), str(first), GenerationSettings(seed=0, steps=6, intensity=1.5))
     client = WorkerClient(sys.executable, core_parent=ROOT, beside_ui=False)
@@ -171,6 +172,42 @@ def test_result_files_through_the_worker_and_the_command_line(demo, speech, tmp_
         reroll_file(demo, first, short, tmp_path / "o.npz", START, END, {"seed": 7})
     rest = tmp_path / "rest.npz"
     generate_file(demo, str(speech), str(rest), GenerationSettings(steps=2, intensity=0.0))
-    with pytest.raises(ValueError, match="intensity 0"):
-        reroll_file(demo, rest, speech, tmp_path / "o.npz", START, END, {"seed": 7})
+    reroll_file(demo, rest, speech, tmp_path / "r.npz", START, END, {"seed": 7, "intensity": 1.0})
+    rest, moved = read_result(rest), read_result(tmp_path / "r.npz")
+    assert rest["poses"].any() and np.array_equal(moved["poses"][:, :START], rest["poses"][:, :START]), \
+        "a take at intensity 0 keeps its motion: re-rolled at 1 it moves"
+    assert np.array_equal(moved["directions"][:, :START], poses_to_canonical(rest["poses"][:, :START], demo.skeleton))
+
+
+def first_version(path, result: dict, intensity: float) -> None:
+    """A result as versions before 2 wrote it: no version, the poses scaled by the intensity."""
+    meta = {k: v for k, v in result["meta"].items() if k != "version"}
+    meta["settings"] = {**meta["settings"], "intensity": intensity}
+    np.savez(path, poses=result["poses"] * np.float32(intensity), directions=result["directions"],
+             meta=np.array(json.dumps(meta)))
+
+
+def test_a_result_of_the_first_version_is_read_as_sampled(demo, speech, tmp_path):
+    """A version 1 result (poses scaled by its intensity) re-rolls as the same take of version 2 does, outside the
+    range to the float rounding of the unscaling; at intensity 0 it holds no motion and is refused with that reason;
+    an unknown version is refused."""
+    current = tmp_path / "take.npz"
+    generate_file(demo, str(speech), str(current), GenerationSettings(seed=0, steps=4, intensity=1.5))
+    take = read_result(current)
+    assert take["meta"]["version"] == 2
+    old = tmp_path / "old.npz"
+    first_version(old, take, 1.5)
+    for path, out in ((current, "new.npz"), (old, "old-rerolled.npz")):
+        reroll_file(demo, path, speech, tmp_path / out, START, END, {"seed": 7})
+    new, was = read_result(tmp_path / "new.npz"), read_result(tmp_path / "old-rerolled.npz")
+    assert np.array_equal(new["poses"][:, :START], take["poses"][:, :START])
+    np.testing.assert_allclose(was["poses"][:, :START], take["poses"][:, :START], rtol=1e-6, atol=1e-7)
+    assert was["meta"]["version"] == 2 and was["meta"]["settings"]["intensity"] == 1.5
+    first_version(old, take, 0.0)
+    with pytest.raises(ValueError, match="intensity 0 .* by an earlier version"):
+        reroll_file(demo, old, speech, tmp_path / "o.npz", START, END, {"seed": 7})
+    np.savez(old, poses=take["poses"], directions=take["directions"],
+             meta=np.array(json.dumps({**take["meta"], "version": 3})))
+    with pytest.raises(ValueError, match="a result of version 3, which this version"):
+        reroll_file(demo, old, speech, tmp_path / "o.npz", START, END, {"seed": 7})
     assert not (tmp_path / "o.npz").exists()

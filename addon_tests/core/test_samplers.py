@@ -150,3 +150,15 @@ def test_renoise_noise_is_the_stabilizers_below_t0(schedule):
         off_diag[t] = torch.corrcoef(z[:, :, 0].T)[~torch.eye(34, dtype=bool)].mean()
     assert abs(off_diag[7] - (18 / 25) ** 4) < 0.08, "frames correlate with sigma_a^2 = ((t - t0)/t0)^4 at t = 7"
     assert abs(off_diag[56]) < 0.08, "independent above t0"
+
+
+def test_the_steps_run_are_the_samplers_own(schedule):
+    """pipeline.steps_run asks the sampler the settings name: the paper sampler runs all T steps whatever `steps`
+    says, a fast one its K timesteps, DDIM, DPM-Solver++ or renoise."""
+    from model_core.pipeline import sampler_for, steps_run
+    from model_core.settings import GenerationSettings, preset
+    assert isinstance(sampler_for(preset("paper", steps=7), schedule), PaperSampler)
+    assert steps_run(preset("paper", steps=7), schedule) == 500
+    for solver, kind in (("ddim", DDIMSampler), ("dpm", DPMSolverSampler), ("renoise", RenoiseSampler)):
+        settings = GenerationSettings(steps=7, solver=solver)
+        assert isinstance(sampler_for(settings, schedule), kind) and steps_run(settings, schedule) == 7

@@ -1,10 +1,12 @@
-"""The settings module: every field checked with a message that names it, the presets, the CLI's reading of them."""
+"""The settings module: every field checked with a message that names it, the presets, the options table, the CLI's
+reading of them."""
+import dataclasses
 import math
 
 import pytest
 
 from model_core.__main__ import build_parser, generation_settings
-from model_core.settings import DEFAULT_GUIDANCE, PRESETS, GenerationSettings, preset
+from model_core.settings import CHOICES, DEFAULT_GUIDANCE, OPTIONS, PRESETS, RANGES, GenerationSettings, preset
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -63,7 +65,7 @@ def test_cli_sampler_is_the_preset_and_options_change_it():
     def cli(*options):
         return generation_settings(build_parser().parse_args(["generate", "a.wav", "-o", "b.npz", *options]))
     assert set(PRESETS) == {"fast", "paper"}
-    assert cli() == preset("fast") and cli("--sampler", "paper") == preset("paper")
+    assert cli() == preset("fast") and cli("--sampler", "paper") == cli("--preset", "paper") == preset("paper")
     assert cli("--sampler", "paper", "--precision", "fp32", "--seed", "3") == preset("paper", precision="fp32", seed=3)
     assert cli("--no-stabilizer", "--fade-out", "--steps", "7") == preset("fast", stabilizer=False, fade_out=True,
                                                                           steps=7)
@@ -74,3 +76,29 @@ def test_cli_sampler_is_the_preset_and_options_change_it():
         "--reproduce is the paper preset whatever precision is asked for"
     with pytest.raises(ValueError, match="guidance must be within"):
         cli("--guidance", "nan")
+
+
+def test_the_options_table_is_the_settings():
+    """Every option but the preset is a GenerationSettings field of the option's type with the field's default, valid
+    and inside its range or choices, which validate() checks; the only field without an option is the sampler
+    family, which the preset sets."""
+    fields = {f.name: f for f in dataclasses.fields(GenerationSettings)}
+    assert set(fields) - set(OPTIONS) == {"sampler"} and set(OPTIONS) - set(fields) == {"preset"}
+    assert OPTIONS["preset"].choices == tuple(PRESETS) and OPTIONS["preset"].default == "fast"
+    for name, o in OPTIONS.items():
+        if name == "preset":
+            continue
+        assert fields[name].type == o.kind.__name__ and o.default == fields[name].default, name
+        assert (o.range is not None) == (o.kind in (int, float)) and (o.choices is not None) == (o.kind is str), name
+        if o.range:
+            assert RANGES[name] == o.range and o.range[0] <= o.default <= o.range[1]
+        if o.choices:
+            assert CHOICES[name] == o.choices and o.default in o.choices
+    assert [OPTIONS[n].flag for n in ("stabilizer", "fade_out", "trim", "bn_mode")] == \
+        ["--no-stabilizer", "--fade-out", "--no-trim", "--bn-mode"]
+
+
+def test_cli_reroll_takes_the_tables_options_with_the_takes_defaults():
+    args = build_parser().parse_args(["reroll", "r.npz", "--range", "1", "9", "-o", "x.npz", "--intensity", "2"])
+    assert (args.intensity, args.seed, args.steps, args.guidance) == (2.0, None, None, None)
+    assert "default: the take's" in build_parser()._subparsers._group_actions[0].choices["reroll"].format_help()
