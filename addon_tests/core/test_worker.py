@@ -14,6 +14,7 @@ import soundfile as sf
 from addon_tests.paths import FIXTURES, ROOT
 from model_core.client import WorkerClient, WorkerError
 from model_core.cpu import physical_cores
+from model_core.settings import DEFAULT_FAST_STEPS
 from model_core.protocol import REQUESTS, ErrorKind, read_result
 from model_core.worker import Worker
 
@@ -237,7 +238,7 @@ def test_cli_errors_exit_2_with_a_message(tmp_path, ckpt):
 
 def test_cli_reproduce_keeps_whole_windows_and_reports_the_steps_run(tmp_path, ckpt):
     """--reproduce samples as the official script (whole windows: 3 s -> 2 windows -> 64 frames, 500 steps); the
-    default cuts to the audio (46 frames) and runs the fast sampler's 25 steps; the metadata says which ran."""
+    default cuts to the audio (46 frames) and runs the fast sampler's default steps; the metadata says which ran."""
     wav = tmp_path / "three_seconds.wav"
     sf.write(wav, (0.1 * np.random.default_rng(0).standard_normal(48000)).astype(np.float32), 16000)
     official = run_cli("generate", wav, "-o", tmp_path / "r.npz", "--checkpoint", ckpt, "--reproduce")
@@ -247,7 +248,7 @@ def test_cli_reproduce_keeps_whole_windows_and_reports_the_steps_run(tmp_path, c
     assert meta["precision"] == "exact" and meta["precision_choice"] == "requested"
     assert meta["settings"]["bn_mode"] == "official" and meta["settings"]["trim"] is False
     default = json.loads(run_cli("generate", wav, "-o", tmp_path / "d.npz", "--checkpoint", ckpt).stdout)
-    assert default["frames"] == 46 and default["steps"] == 25 and default["precision"] in ("exact", "fp32", "bf16")
+    assert default["frames"] == 46 and default["steps"] == DEFAULT_FAST_STEPS and default["precision"] in ("exact", "fp32", "bf16")
     assert default["precision_choice"].startswith("auto, measured")
     whole = json.loads(run_cli("generate", wav, "-o", tmp_path / "w.npz", "--checkpoint", ckpt, "--no-trim").stdout)
     assert whole["frames"] == 64
