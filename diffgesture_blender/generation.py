@@ -102,7 +102,7 @@ class Generation:
             self.stage = Stage.ENDED
         return self.stage is Stage.ENDED
 
-    def wait(self, on_progress: Callable[[dict], None] | None = None) -> None:
+    def wait(self, on_progress: Callable[[core.protocol.Progress], None] | None = None) -> None:
         """Block until the generation ends (headless, scripts); errors are kept for `conclude`."""
         if self._starter is not None:
             self._starter.join()
@@ -120,15 +120,15 @@ class Generation:
 
     @property
     def fraction(self) -> float:
-        return float(self.job.progress["fraction"]) if self.job is not None and self.job.progress else 0.0
+        return self.job.progress.fraction if self.job is not None and self.job.progress is not None else 0.0
 
     def status(self) -> str:
         if self.job is None:
             return "Starting the torch worker..."
         p = self.job.progress
-        if not p:
+        if p is None:
             return "Loading the checkpoint..."
-        return f"Generating: window {min(p['window'] + 1, p['windows'])}/{p['windows']} ({100 * p['fraction']:.0f}%)"
+        return f"Generating: window {min(p.window + 1, p.windows)}/{p.windows} ({100 * p.fraction:.0f}%)"
 
     def was_cancelled(self) -> bool:
         """The user cancelled (Esc, or a file was opened): information, not an error."""
@@ -154,7 +154,7 @@ class Generation:
             raise GenerationFailed(failure)
         try:
             result = core.protocol.read_result(self.output)
-            return self.write(scene, result, self.notes + list(self.job.result.get("notes", [])))
+            return self.write(scene, result, self.notes + self.job.result.notes)
         except Exception as e:  # the writer undid its changes; whatever went wrong, the caller gets one failure type
             detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise GenerationFailed(f"Could not apply the motion: {detail}. Nothing was changed") from None

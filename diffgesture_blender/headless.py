@@ -220,8 +220,8 @@ def progress_printer(name: str, step: int = 10):
     """A progress callback that prints 'NAME: N%' to stderr each time another `step` percent is done (once each)."""
     last = [None]
 
-    def show(p: dict) -> None:
-        percent = int(100 * p["fraction"]) // step * step
+    def show(p: core.protocol.Progress) -> None:
+        percent = int(100 * p.fraction) // step * step
         if percent != last[0]:
             last[0] = percent
             print(f"{name}: {percent}%", file=sys.stderr, flush=True)

@@ -35,7 +35,7 @@ class WorkerHost:
             self._restarts_seen = 0
         return self._client
 
-    def start(self, python: str) -> tuple[dict, list[str]]:
+    def start(self, python: str) -> tuple[core.protocol.Ready, list[str]]:
         """Start the worker if needed (never on the main thread); its ready message and notes (e.g. a restart)."""
         if threading.current_thread() is threading.main_thread():
             raise RuntimeError("the worker is started off Blender's main thread, so that the UI never waits for it")
@@ -94,9 +94,9 @@ class WorkerHost:
             return [f"Check failed: {self._check['message'].strip().splitlines()[-1]}"]
         if state == "ok":
             info = self._check["info"]
-            cuda = f"CUDA {info.get('cuda_version')} available" if info.get("cuda") else "CUDA not available"
-            return [f"torch {info.get('torch')}, {cuda}, device: {info.get('device_name')}",
-                    f"worker PID {info.get('pid')}, {info.get('python')}", *self._check["notes"]]
+            cuda = f"CUDA {info.cuda_version} available" if info.cuda else "CUDA not available"
+            return [f"torch {info.torch}, {cuda}, device: {info.device_name}", f"worker PID {info.pid}, {info.python}",
+                    *self._check["notes"]]
         return []
 
 
