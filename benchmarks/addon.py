@@ -77,7 +77,7 @@ def main() -> None:
     addon = install()
     folder = Path(tempfile.mkdtemp(prefix="dg-bench-"))
     audio = speech_10s(folder)
-    ckpt = addon.core.settings.DEFAULT_CHECKPOINT
+    ckpt = addon.shared.settings.DEFAULT_CHECKPOINT
 
     cold, _ = generate_seconds(addon, audio, ckpt, args.steps)  # includes starting the worker, loading the model
     warm, sampling = generate_seconds(addon, audio, ckpt, args.steps)

@@ -15,11 +15,11 @@ from typing import Callable
 
 import bpy
 
-from . import core, scene_writer, takes
-from .request import Request, UsageError, resolve_checkpoint, validate, worker_audio
+from . import scene_writer, shared, takes
+from .request import Request, UsageError, checkpoint_file, validate, worker_audio
 from .worker_host import HOST, WorkerError
 
-ErrorKind = core.protocol.ErrorKind
+ErrorKind = shared.protocol.ErrorKind
 _active: "Generation | None" = None
 
 
@@ -49,7 +49,7 @@ class Generation:
         self.output = self.tmp / "result.npz"
         self.stage = Stage.STARTING
         self.notes: list[str] = []
-        self.job: core.client.Job | None = None
+        self.job: shared.client.Job | None = None
         self.error: Exception | None = None
         self.cancelled = False
         self._starter: threading.Thread | None = None
@@ -82,10 +82,10 @@ class Generation:
         except WorkerError as e:
             self.error = e
 
-    def submit(self, client: core.client.WorkerClient) -> core.client.Job:
+    def submit(self, client: shared.client.WorkerClient) -> shared.client.Job:
         """Send this generation's request to the worker."""
         r = self.request
-        return client.generate(self.audio, self.output, str(resolve_checkpoint(r.checkpoint)), r.device,
+        return client.generate(self.audio, self.output, str(checkpoint_file(r.checkpoint)), r.device,
                                r.settings.to_dict())
 
     def write(self, scene: bpy.types.Scene, result: dict, notes: list[str]) -> scene_writer.Summary:
@@ -102,7 +102,7 @@ class Generation:
             self.stage = Stage.ENDED
         return self.stage is Stage.ENDED
 
-    def wait(self, on_progress: Callable[[core.protocol.Progress], None] | None = None) -> None:
+    def wait(self, on_progress: Callable[[shared.protocol.Progress], None] | None = None) -> None:
         """Block until the generation ends (headless, scripts); errors are kept for `conclude`."""
         if self._starter is not None:
             self._starter.join()
@@ -153,7 +153,7 @@ class Generation:
         if failure:
             raise GenerationFailed(failure)
         try:
-            result = core.protocol.read_result(self.output)
+            result = shared.protocol.read_result(self.output)
             return self.write(scene, result, self.notes + self.job.result.notes)
         except Exception as e:  # the writer undid its changes; whatever went wrong, the caller gets one failure type
             detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -184,10 +184,10 @@ class Reroll(Generation):
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
 
-    def submit(self, client: core.client.WorkerClient) -> core.client.Job:
+    def submit(self, client: shared.client.WorkerClient) -> shared.client.Job:
         r = self.request
         return client.reroll(self.take_file, self.audio, self.model_frames, self.output,
-                             str(resolve_checkpoint(r.checkpoint)), r.device, {"seed": r.settings.seed})
+                             str(checkpoint_file(r.checkpoint)), r.device, {"seed": r.settings.seed})
 
     def write(self, scene: bpy.types.Scene, result: dict, notes: list[str]) -> scene_writer.Summary:
         first, last = self.request.reroll

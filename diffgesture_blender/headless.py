@@ -18,7 +18,7 @@ from typing import Callable
 
 import bpy
 
-from . import core, generation, preferences, scene_writer, takes
+from . import generation, preferences, scene_writer, shared, takes
 from .export import check_export_path, export_take
 from .retarget import bone_maps, presets
 from .request import PARTS, Request, UsageError, sampling, validate
@@ -40,14 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--armature", required=True, help="name of the armature object")
     g.add_argument("--output", help="save the .blend here (without it nothing is saved)")
     g.add_argument("--checkpoint", help="native or official checkpoint (default: the preferences' / bundled one)")
-    g.add_argument("--sampler", choices=tuple(core.settings.PRESETS), default="fast",
+    g.add_argument("--sampler", choices=tuple(shared.settings.PRESETS), default="fast",
                    help="settings preset: fast (default), or paper = the official sampling (500 steps, BatchNorm "
                         "batch statistics, whole windows, exact float32); the options below change it")
     g.add_argument("--steps", type=int,
-                   help=f"denoising steps of the fast sampler (default {core.settings.DEFAULT_FAST_STEPS})")
+                   help=f"denoising steps of the fast sampler (default {shared.settings.DEFAULT_FAST_STEPS})")
     g.add_argument("--seed", type=int, help="default 0")
     g.add_argument("--variations", type=int, help="default 1")
-    g.add_argument("--guidance", type=float, help=f"default {core.settings.DEFAULT_GUIDANCE}")
+    g.add_argument("--guidance", type=float, help=f"default {shared.settings.DEFAULT_GUIDANCE}")
     g.add_argument("--intensity", type=float,
                    help="gesture amplitude about the rest pose: 0 = rest, 1 = as sampled (default), 2 = twice as wide")
     g.add_argument("--no-stabilizer", action="store_true")
@@ -220,7 +220,7 @@ def progress_printer(name: str, step: int = 10):
     """A progress callback that prints 'NAME: N%' to stderr each time another `step` percent is done (once each)."""
     last = [None]
 
-    def show(p: core.protocol.Progress) -> None:
+    def show(p: shared.protocol.Progress) -> None:
         percent = int(100 * p.fraction) // step * step
         if percent != last[0]:
             last[0] = percent
@@ -323,7 +323,7 @@ def save_and_report(summary: dict, args: argparse.Namespace) -> int:
         output = Path(args.output).resolve()
         # an unsaved file has only absolute paths: keep them (Blender would make them all relative to the output)
         try:  # checked again: nothing may have taken its place while generating
-            core.files.check_output(args.output, run_inputs(args), is_blend_file, "--output", "a .blend file")
+            shared.files.check_output(args.output, run_inputs(args), is_blend_file, "--output", "a .blend file")
             with stdout_to_stderr():
                 bpy.ops.wm.save_as_mainfile(filepath=str(output), copy=True, relative_remap=bool(bpy.data.filepath))
             summary["output"] = str(output)
@@ -355,7 +355,7 @@ def outputs(args: argparse.Namespace) -> list[tuple[str, Path, Callable[[Path], 
 
 def check_output_paths(args: argparse.Namespace) -> None:
     """Every file the command writes (--output, --json, --save-bone-map, --export), checked before anything runs by
-    the one rule (core.files.check_output): a new file, or one of the kind this project writes there; never this
+    the one rule (shared.files.check_output): a new file, or one of the kind this project writes there; never this
     run's inputs, never a folder, a device, a FIFO or a link, never two of them the same file. When one is refused
     none is written, --json included (the summary goes to stdout alone)."""
     try:
@@ -369,7 +369,7 @@ def check_paths(args: argparse.Namespace) -> None:
     """check_output_paths' checks; ValueError naming the first path refused."""
     inputs, taken = run_inputs(args), {}
     for flag, path, ours, kind in outputs(args):
-        taken[flag] = core.files.check_output(path, inputs, ours, what=flag, kind=kind)
+        taken[flag] = shared.files.check_output(path, inputs, ours, what=flag, kind=kind)
     if getattr(args, "export", None):
         for target in export_targets(args).values():
             taken[f"--export {target.name}"] = check_export_path(target, tuple(inputs))
@@ -393,7 +393,7 @@ def is_blend_file(path: Path) -> bool:
 def is_summary_file(path: Path) -> bool:
     """Whether a file is a JSON summary this command wrote (what --json may replace)."""
     try:
-        doc = core.files.read_json(path, 64 << 20, "the summary")
+        doc = shared.files.read_json(path, 64 << 20, "the summary")
     except ValueError:
         return False
     return isinstance(doc, dict) and {"ok", "results", "errors", "exit_code"} <= set(doc)
@@ -406,9 +406,9 @@ def report(summary: dict, args: argparse.Namespace, code: int) -> int:
     print(text, flush=True)
     if args.json and args.json != "-":
         try:  # checked again: a refused --json is never written, even to say it was refused
-            target = core.files.check_output(args.json, run_inputs(args), is_summary_file, "--json",
+            target = shared.files.check_output(args.json, run_inputs(args), is_summary_file, "--json",
                                              "a DiffGesture summary")
-            core.files.write_text(target, text + "\n")
+            shared.files.write_text(target, text + "\n")
         except (OSError, ValueError) as e:
             print(f"diffgesture: error: could not write --json {args.json}: {getattr(e, 'strerror', None) or e}",
                   file=sys.stderr)

@@ -281,7 +281,7 @@ class DIFFGESTURE_OT_save_bone_map(bpy.types.Operator, ExportHelper):
         keep = [bpy.data.filepath] if bpy.data.filepath else []
         try:
             bone_maps.save_file(context.scene.diffgesture.armature, bpy.path.abspath(self.filepath), keep=keep)
-        except (OSError, ValueError) as e:  # a path the rule refuses (core.files), a full disk, a read-only folder
+        except (OSError, ValueError) as e:  # a path the rule refuses (shared.files), a full disk, a read-only folder
             self.report({"ERROR"}, f"Could not save the bone map: {getattr(e, 'strerror', None) or e}")
             return {"CANCELLED"}
         self.report({"INFO"}, f"Bone map saved to {self.filepath}")

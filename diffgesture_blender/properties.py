@@ -2,9 +2,9 @@
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
-from . import core
+from . import shared
 
-DEFAULTS, RANGES = core.settings.GenerationSettings(), core.settings.RANGES
+DEFAULTS, RANGES = shared.settings.GenerationSettings(), shared.settings.RANGES
 
 
 NO_STRIP = "NONE"  # the menu's only item while the sequencer has no sound strip (an empty name would be a heading)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import bpy
 
-from . import core, environment
+from . import environment, shared
 
-WorkerClient, WorkerError = core.client.WorkerClient, core.client.WorkerError
+WorkerClient, WorkerError = shared.client.WorkerClient, shared.client.WorkerError
 
 
 class WorkerHost:
@@ -31,11 +31,11 @@ class WorkerHost:
             self._client = None
         if self._client is None:
             # A headless Blender (blender -b: the headless command, a render farm) only waits on the worker.
-            self._client = WorkerClient(python, core_parent=core.CORE_PARENT, beside_ui=not bpy.app.background)
+            self._client = WorkerClient(python, core_parent=shared.CORE_PARENT, beside_ui=not bpy.app.background)
             self._restarts_seen = 0
         return self._client
 
-    def start(self, python: str) -> tuple[core.protocol.Ready, list[str]]:
+    def start(self, python: str) -> tuple[shared.protocol.Ready, list[str]]:
         """Start the worker if needed (never on the main thread); its ready message and notes (e.g. a restart)."""
         if threading.current_thread() is threading.main_thread():
             raise RuntimeError("the worker is started off Blender's main thread, so that the UI never waits for it")
@@ -44,9 +44,9 @@ class WorkerHost:
             try:
                 info = c.start()
             except WorkerError as e:
-                problem = environment_problem(python) if e.kind is core.protocol.ErrorKind.ENVIRONMENT else None
+                problem = environment_problem(python) if e.kind is shared.protocol.ErrorKind.ENVIRONMENT else None
                 if problem:
-                    raise WorkerError(problem, core.protocol.ErrorKind.ENVIRONMENT) from None
+                    raise WorkerError(problem, shared.protocol.ErrorKind.ENVIRONMENT) from None
                 raise
             notes = []
             if c.restarts > self._restarts_seen:

@@ -7,7 +7,7 @@ import time
 import bpy
 from bpy_extras import anim_utils
 
-from addon_tests.blender import rigs
+from addon_tests.blender import rig_families as rigs
 
 MODULE = "bl_ext.user_default.diffgesture"
 STEPS = 8  # few denoising steps: the tests check plumbing, not quality

@@ -26,7 +26,7 @@ from addon_tests.paths import ROOT, TORCH_PYTHON
 
 def test_package_installs_enables_and_never_imports_torch(addon):
     assert hasattr(bpy.types.Scene, "diffgesture") and hasattr(bpy.ops.diffgesture, "generate")
-    assert addon.core.settings.DEFAULT_CHECKPOINT.parent.name == "weights"
+    assert addon.shared.settings.DEFAULT_CHECKPOINT.parent.name == "weights"
     assert never_touched_torch(), TorchImportWatch.attempts
 
 
@@ -164,7 +164,7 @@ def test_panel_and_preferences_draw(addon, scene):
 
 def test_paper_means_the_same_in_the_panel_cli_and_headless(addon, scene, speech_wav, tmp_path):
     from model_core.__main__ import build_parser, generation_settings
-    settings = addon.core.settings
+    settings = addon.shared.settings
     paper = settings.preset("paper")
     assert (paper.sampler, paper.bn_mode, paper.trim, paper.precision) == ("paper", "official", False, "exact")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import files
+from ..shared import files
 from . import presets, rigify, vrm
 from .detect import Detection, detect_rig, hierarchy_problems
 from .frame import world_matrix
@@ -119,7 +119,7 @@ def load_file(armature_obj, path: str | Path) -> dict[str, str]:
 
 def save_file(armature_obj, path: str | Path, mapping: dict[str, str] | None = None, keep: list | tuple = ()) -> None:
     """Write the armature's map (given, stored or detected) to a bone-map file: a new file or another bone map,
-    never one of `keep` (core.files.check_output; ValueError saying why)."""
+    never one of `keep` (shared.files.check_output; ValueError saying why)."""
     files.check_output(path, keep, ours=presets.is_bone_map_file, what="the bone map file",
                        kind="a DiffGesture bone map")
     detection = detect(armature_obj)
