@@ -17,10 +17,9 @@ import bpy
 
 from . import scene_writer, shared, takes
 from .request import Request, UsageError, checkpoint_file, validate, worker_audio
-from .worker_host import HOST, WorkerError
+from .session import SESSION
 
-ErrorKind = shared.protocol.ErrorKind
-_active: "Generation | None" = None
+ErrorKind, WorkerError = shared.protocol.ErrorKind, shared.client.WorkerError
 
 
 class GenerationFailed(RuntimeError):
@@ -58,11 +57,10 @@ class Generation:
     def create(cls, request: Request) -> "Generation":
         """Validate and register as the active generation (a Reroll when the request re-rolls a range); refuse
         when one is already running."""
-        global _active
-        if _active is not None:
+        if SESSION.generation is not None:
             raise UsageError("a generation is already running: wait for it or press Esc to cancel it")
-        _active = (Reroll if request.reroll is not None else cls)(request)
-        return _active
+        SESSION.generation = (Reroll if request.reroll is not None else cls)(request)
+        return SESSION.generation
 
     def begin(self) -> None:
         """Start the worker and send the request, always in a thread (importing torch takes seconds)."""
@@ -72,11 +70,11 @@ class Generation:
     def _start(self) -> None:
         r = self.request
         try:
-            _, notes = HOST.start(r.python)
+            _, notes = SESSION.worker.start(r.python)
             self.notes += notes
             if self.cancelled:
                 return
-            self.job = self.submit(HOST.client(r.python))
+            self.job = self.submit(SESSION.worker.client(r.python))
             if self.cancelled:  # cancelled while the request was being sent
                 self.job.cancel()
         except WorkerError as e:
@@ -161,9 +159,8 @@ class Generation:
 
     def close(self) -> None:
         """Forget this generation (it is no longer active) and delete its temporary files."""
-        global _active
-        if _active is self:
-            _active = None
+        if SESSION.generation is self:
+            SESSION.generation = None
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -202,12 +199,12 @@ class Reroll(Generation):
 
 def active() -> Generation | None:
     """The generation in flight, if any (one at a time)."""
-    return _active
+    return SESSION.generation
 
 
 @bpy.app.handlers.persistent
 def drop_on_load(*_args) -> None:
     """A file is being opened: the running generation (if any) is cancelled, its result would have nowhere to go."""
-    if _active is not None:
-        _active.cancel()
-        _active.close()
+    if SESSION.generation is not None:
+        SESSION.generation.cancel()
+        SESSION.generation.close()

@@ -22,7 +22,8 @@ from . import generation, preferences, scene_writer, shared, takes
 from .export import check_export_path, export_take
 from .retarget import bone_maps, presets
 from .request import PARTS, Request, UsageError, sampling, validate
-from .worker_host import HOST, environment_problem
+from .session import SESSION
+from .worker_host import environment_problem
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -330,7 +331,7 @@ def save_and_report(summary: dict, args: argparse.Namespace) -> int:
         except (RuntimeError, OSError, ValueError) as e:
             summary["errors"].append({"error": f"could not save {output}: {e}"})
     summary["ok"] = not summary["errors"]
-    summary["worker_pid"] = HOST.pid()
+    summary["worker_pid"] = SESSION.worker.pid()
     return report(summary, args, EXIT_OK if summary["ok"] else EXIT_FAILED)
 
 

@@ -14,10 +14,10 @@ import numpy as np
 
 from . import retarget, shared, takes
 from .request import Request, UsageError, checkpoint_file
+from .session import SESSION
 
 MAX_CHANNELS = 128  # the sequencer's channels
 MIN_FPS, MAX_FPS = 1, 1000  # scene frame rates keys are written at (Blender allows up to 32767 / 0.0001)
-_skeletons: dict[str, str] = {}  # checkpoint path -> the skeleton its results had (this session)
 
 
 @dataclass
@@ -82,7 +82,7 @@ def write_motion(scene: bpy.types.Scene, request: Request, armature_name: str, m
         scene.frame_start = min(scene.frame_start, first)
         sound_end = scene.sequence_editor.strips_all[strip].frame_final_end - 1 if strip else last  # its last frame
         scene.frame_end = max(scene.frame_end, last, sound_end)  # the keys, and the whole sound when a strip plays it
-    _skeletons[str(checkpoint_file(r.checkpoint))] = meta["skeleton"]
+    SESSION.skeletons[str(checkpoint_file(r.checkpoint))] = meta["skeleton"]
     noted = set(r.parts)
     if not r.insist_fingers and not (has_fingers(meta["skeleton"]) and any(role in mapping for role in
                                                                            retarget.PARTS["fingers"])):
@@ -133,7 +133,7 @@ def has_fingers(skeleton: str) -> bool:
 
 def checkpoint_has_fingers(checkpoint: str) -> bool | None:
     """Whether a checkpoint's motion has fingers, once a generation in this session has used it; else None."""
-    skeleton = _skeletons.get(str(checkpoint_file(checkpoint)))
+    skeleton = SESSION.skeletons.get(str(checkpoint_file(checkpoint)))
     return None if skeleton is None else has_fingers(skeleton)
 
 

@@ -16,7 +16,8 @@ WorkerClient, WorkerError = shared.client.WorkerClient, shared.client.WorkerErro
 
 
 class WorkerHost:
-    """Owns the shared WorkerClient for this Blender session and the outcome of the last Check."""
+    """Owns the shared WorkerClient for this Blender session (session.SESSION.worker) and the outcome of the last
+    Check."""
 
     def __init__(self):
         self._client: WorkerClient | None = None
@@ -100,11 +101,15 @@ class WorkerHost:
         return []
 
 
+def env_dir() -> Path:
+    """The extension's own torch environment folder (in its user directory, kept across updates)."""
+    try:
+        return Path(bpy.utils.extension_path_user(__package__, path="torch-env", create=True))
+    except ValueError:  # loaded as a plain add-on from a source checkout, not as an extension
+        return Path(bpy.utils.user_resource("SCRIPTS", path="diffgesture")) / "torch-env"
+
+
 def environment_problem(python: str, remedy: str = "") -> str | None:
     """What is missing for the worker (no environment yet, no numpy, no torch) and what to press; None if nothing."""
-    from . import preferences
-    own = Path(python) == environment.venv_python(preferences.env_dir())
+    own = Path(python) == environment.venv_python(env_dir())
     return environment.diagnose(python, own, remedy)
-
-
-HOST = WorkerHost()

@@ -2,9 +2,8 @@
 import pytest
 import torch
 
-from model_core.network import VarianceSchedule, ModelConfig
-from model_core.samplers import (DDIMSampler, DPMSolverSampler, PaperSampler, add_noise, ddim_timesteps,
-                                 lambda_timesteps)
+from model_core.network import VarianceSchedule, ModelConfig, add_noise
+from model_core.samplers import DDIMSampler, DPMSolverSampler, PaperSampler, ddim_timesteps, lambda_timesteps
 
 
 @pytest.fixture(scope="module")
