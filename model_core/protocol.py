@@ -93,7 +93,6 @@ def decode(line: bytes | str, sender: str = "the worker") -> dict:
     return msg
 
 
-
 def _runtime_types(hint: object) -> tuple[type, ...]:
     """The classes a value of a field's annotation may be on the wire (list[str] -> list, float accepts int)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -104,8 +103,10 @@ def _runtime_types(hint: object) -> tuple[type, ...]:
 
 @functools.cache
 def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
-    """Each field of a message class and the classes its value may be on the wire (its annotation, evaluated)."""
-    return {f.name: _runtime_types(eval(f.type, globals())) for f in fields(cls)}
+    """Each field of a message class and the classes its value may be on the wire. The annotations are evaluated in
+    this module alone (localns={}): in the class's own namespace `type` is the message's type name."""
+    hints = typing.get_type_hints(cls, localns={})
+    return {f.name: _runtime_types(hints[f.name]) for f in fields(cls)}
 
 
 @dataclass(kw_only=True)
@@ -117,10 +118,12 @@ class Message:
     direction: ClassVar[str]  # "request" or "reply", for the errors
 
     def to_wire(self) -> dict:
+        """The JSON object that carries this message (encode writes it as a line)."""
         return {"type": self.type, **{f.name: getattr(self, f.name) for f in fields(self)}}
 
     @classmethod
     def from_wire(cls, msg: dict) -> typing.Self:
+        """A decoded message (decode) of this class's type as the message it is, or a ProtocolError."""
         if not valid_id(msg.get("id")):
             raise ProtocolError(f"{cls.type} {cls.direction}: 'id' must be a string or an integer, not "
                                 f"{msg['id']!r:.60}")
@@ -199,7 +202,8 @@ class Result(Reply):
 
     def to_wire(self) -> dict:
         wire = super().to_wire()
-        return {**wire.pop("summary"), **wire}
+        summary = wire.pop("summary")
+        return {**wire, **summary}
 
     @classmethod
     def from_wire(cls, msg: dict) -> Result:
