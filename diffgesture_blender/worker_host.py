@@ -1,7 +1,8 @@
 """The add-on's one torch worker: started off Blender's main thread, kept warm, restarted when it died, stopped at exit.
 
 Starting a worker imports torch in another process and can take many seconds, so `start` refuses Blender's main
-thread: generations and the preferences' Check start it from their own threads, and the UI keeps drawing.
+thread: generations and the preferences' Check start it from their own threads, and the UI keeps drawing. The
+extension's own torch environment lives in env_dir(); environment_problem says what it lacks.
 """
 from __future__ import annotations
 
