@@ -322,16 +322,17 @@ class Shutdown(Request):
     type: ClassVar[str] = "shutdown"
 
 
-# The requests a worker handler answers, by type; cancel and shutdown are acted on by the worker's loop itself.
+# The requests a worker handler answers, by type; the worker's loop acts on the others itself, without a reply.
 REQUESTS: dict[str, type[Request]] = {c.type: c for c in (Generate, Reroll, GetInfo, Ping)}
-CONTROLS: dict[str, type[Request]] = {c.type: c for c in (Cancel, Shutdown)}
+LOOP_REQUESTS: dict[str, type[Request]] = {c.type: c for c in (Cancel, Shutdown)}
 
 
 def read_request(msg: dict) -> Request:
     """A decoded message as the request it is; ProtocolError for an unknown type or bad fields."""
-    cls = (REQUESTS.get(msg["type"]) or CONTROLS.get(msg["type"])) if isinstance(msg["type"], str) else None
+    kind = msg["type"]
+    cls = (REQUESTS.get(kind) or LOOP_REQUESTS.get(kind)) if isinstance(kind, str) else None
     if cls is None:
-        raise ProtocolError(f"unknown request type {msg['type']!r:.60}")
+        raise ProtocolError(f"unknown request type {kind!r:.60}")
     return cls.from_wire(msg)
 
 
