@@ -148,14 +148,13 @@ def valid_id(value: object) -> bool:
 
 @dataclass(kw_only=True)
 class Reply(Message):
-    """A message from the worker; its fields can also be read by name (reply["frames"]), as scripts do."""
+    """A message from the worker; its wire fields can also be read by name (reply["type"], result["frames"]), as
+    scripts and tests that read the JSON do."""
 
     direction: ClassVar[str] = "reply"
 
     def __getitem__(self, name: str) -> object:
-        if name not in {f.name for f in fields(self)}:
-            raise KeyError(name)
-        return getattr(self, name)
+        return self.to_wire()[name]
 
 
 @dataclass(kw_only=True)
@@ -210,9 +209,6 @@ class Result(Reply):
         own = {f.name for f in fields(cls)} - {"summary"}
         return super().from_wire({**{k: v for k, v in msg.items() if k in own},
                                   "summary": {k: v for k, v in msg.items() if k not in own and k != "type"}})
-
-    def __getitem__(self, name: str) -> object:
-        return self.summary[name] if name in self.summary else super().__getitem__(name)
 
 
 @dataclass(kw_only=True)

@@ -165,6 +165,7 @@ def test_messages_refuse_missing_and_mistyped_fields_by_name():
         "a field this side does not know (from a newer worker) is ignored"
     result = protocol.Result.from_wire({"type": "result", "id": "j", "output": "o", "frames": 4, "device": "cpu"})
     assert result.summary == {"frames": 4, "device": "cpu"} and result["frames"] == 4 and result["output"] == "o"
+    assert result["type"] == "result" and protocol.Error(kind=ErrorKind.AUDIO)["kind"] == "audio", "as on the wire"
 
 
 def test_error_kind_both_ways():
