@@ -59,7 +59,7 @@ def generate_seconds(addon, audio: Path, ckpt: Path, steps: int) -> tuple[float,
     props.audio_path, props.checkpoint_source, props.checkpoint_path = str(audio), "FILE", str(ckpt)
     props.steps = steps
     t0 = time.perf_counter()
-    gen = addon.generation.Generation.create(addon.operators.gather(bpy.context))
+    gen = addon.generation.Generation.create(addon.operators.generate.gather(bpy.context))
     try:
         gen.begin()
         gen.wait()
@@ -77,13 +77,13 @@ def main() -> None:
     addon = install()
     folder = Path(tempfile.mkdtemp(prefix="dg-bench-"))
     audio = speech_10s(folder)
-    ckpt = addon.core.settings.DEFAULT_CHECKPOINT
+    ckpt = addon.shared.settings.DEFAULT_CHECKPOINT
 
     cold, _ = generate_seconds(addon, audio, ckpt, args.steps)  # includes starting the worker, loading the model
     warm, sampling = generate_seconds(addon, audio, ckpt, args.steps)
-    c = addon.worker_host.HOST.client(TORCH_PYTHON)
+    c = addon.session.SESSION.worker.client(TORCH_PYTHON)
     pings = sorted(c.ping() * 1000 for _ in range(args.pings))
-    addon.worker_host.HOST.shutdown()
+    addon.session.SESSION.worker.shutdown()
     label = f"10 s speech, fast {args.steps} steps"
     table = markdown_table(["measure", "value", "target"], [
         ["warm worker request round trip (ping), median", f"{statistics.median(pings):.2f} ms", "<= 100 ms"],

@@ -14,7 +14,7 @@ os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="dg-benc
 import bpy  # noqa: E402
 import numpy as np  # noqa: E402
 
-from addon_tests.blender import rigs  # noqa: E402
+from addon_tests.blender import rig_families as rigs  # noqa: E402
 from benchmarks.record import markdown_table, record  # noqa: E402
 from diffgesture_blender import retarget  # noqa: E402
 from diffgesture_blender.retarget import bone_maps  # noqa: E402

@@ -2,14 +2,14 @@
 
 Registration only. The add-on never imports torch: generation runs in `model_core.worker` in a separate
 environment (worker_host.py starts it; generation.py runs one request; scene_writer.py alone writes the result
-into the .blend); retargeting and bone maps live in the retarget package.
+into the .blend); retargeting and bone maps live in the retarget package, the session's state in session.py.
 """
 import atexit
 
 import bpy
 
 from . import generation, headless, operators, panel, preferences, properties
-from .worker_host import HOST
+from .session import SESSION
 
 CLASSES = (*properties.CLASSES, *preferences.CLASSES, *operators.CLASSES, *panel.CLASSES)
 _cli_handle = None
@@ -22,14 +22,14 @@ def register() -> None:
     bpy.types.Scene.diffgesture = bpy.props.PointerProperty(type=properties.DiffGestureSettings)
     _cli_handle = bpy.utils.register_cli_command("diffgesture", headless.cli_command)
     bpy.app.handlers.load_pre.append(generation.drop_on_load)
-    atexit.register(HOST.shutdown)
+    atexit.register(SESSION.worker.shutdown)
 
 
 def unregister() -> None:
     global _cli_handle
-    atexit.unregister(HOST.shutdown)
+    atexit.unregister(SESSION.worker.shutdown)
     bpy.app.handlers.load_pre.remove(generation.drop_on_load)
-    HOST.shutdown()
+    SESSION.worker.shutdown()
     if _cli_handle is not None:
         bpy.utils.unregister_cli_command(_cli_handle)
         _cli_handle = None

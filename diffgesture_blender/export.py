@@ -10,7 +10,7 @@ from pathlib import Path
 
 import bpy
 
-from . import core
+from . import shared
 
 EXPORT_SUFFIXES = (".fbx", ".glb", ".gltf", ".bvh")
 # (the format's first bytes, the creator Blender records) of what each exporter writes
@@ -20,11 +20,11 @@ EXPORT_SIGNATURES = {".fbx": (b"Kaydara FBX Binary", b"Blender"), ".glb": (b"glT
 
 def check_export_path(path: Path, keep: tuple = ()) -> Path:
     """The absolute path to export to, or ValueError naming what is wrong (checked before generating): a new file,
-    or an earlier export of the same format that Blender wrote (core.files.check_output), none of the `keep` files."""
+    or an earlier export of the same format that Blender wrote (shared.files.check_output), none of the `keep` files."""
     path = Path(os.path.abspath(bpy.path.abspath(str(path))))
     if path.suffix.lower() not in EXPORT_SUFFIXES:
         raise ValueError(f"cannot export to {path.name}: choose a file ending in {', '.join(EXPORT_SUFFIXES)}")
-    return core.files.check_output(path, keep, ours=is_blender_export, what="the export",
+    return shared.files.check_output(path, keep, ours=is_blender_export, what="the export",
                                    kind=f"a {path.suffix.lower()} file Blender exported")
 
 
@@ -42,10 +42,10 @@ def is_blender_export(path: Path) -> bool:
 
 def export_take(context: bpy.types.Context, armature: bpy.types.Object, action: bpy.types.Action, path: Path) -> None:
     """Write `action` on `armature` (and the meshes it deforms, for FBX/glTF) to `path` by its suffix, after
-    check_export_path, through a temporary file renamed over it when done (core.files.replacing; a .gltf names its
+    check_export_path, through a temporary file renamed over it when done (shared.files.replacing; a .gltf names its
     .bin after itself, so it is written in place)."""
     path = check_export_path(path)
-    with contextlib.nullcontext(path) if path.suffix.lower() == ".gltf" else core.files.replacing(path) as target:
+    with contextlib.nullcontext(path) if path.suffix.lower() == ".gltf" else shared.files.replacing(path) as target:
         _export(context, armature, action, target)
 
 

@@ -15,12 +15,11 @@ from typing import Callable
 
 import bpy
 
-from . import core, scene_writer, takes
-from .request import Request, UsageError, resolve_checkpoint, validate, worker_audio
-from .worker_host import HOST, WorkerError
+from . import scene_writer, shared, takes
+from .request import Request, UsageError, checkpoint_file, validate, worker_audio
+from .session import SESSION
 
-ErrorKind = core.protocol.ErrorKind
-_active: "Generation | None" = None
+ErrorKind, WorkerError = shared.protocol.ErrorKind, shared.client.WorkerError
 
 
 class GenerationFailed(RuntimeError):
@@ -49,7 +48,7 @@ class Generation:
         self.output = self.tmp / "result.npz"
         self.stage = Stage.STARTING
         self.notes: list[str] = []
-        self.job: core.client.Job | None = None
+        self.job: shared.client.Job | None = None
         self.error: Exception | None = None
         self.cancelled = False
         self._starter: threading.Thread | None = None
@@ -58,11 +57,10 @@ class Generation:
     def create(cls, request: Request) -> "Generation":
         """Validate and register as the active generation (a Reroll when the request re-rolls a range); refuse
         when one is already running."""
-        global _active
-        if _active is not None:
+        if SESSION.generation is not None:
             raise UsageError("a generation is already running: wait for it or press Esc to cancel it")
-        _active = (Reroll if request.reroll is not None else cls)(request)
-        return _active
+        SESSION.generation = (Reroll if request.reroll is not None else cls)(request)
+        return SESSION.generation
 
     def begin(self) -> None:
         """Start the worker and send the request, always in a thread (importing torch takes seconds)."""
@@ -72,20 +70,20 @@ class Generation:
     def _start(self) -> None:
         r = self.request
         try:
-            _, notes = HOST.start(r.python)
+            _, notes = SESSION.worker.start(r.python)
             self.notes += notes
             if self.cancelled:
                 return
-            self.job = self.submit(HOST.client(r.python))
+            self.job = self.submit(SESSION.worker.client(r.python))
             if self.cancelled:  # cancelled while the request was being sent
                 self.job.cancel()
         except WorkerError as e:
             self.error = e
 
-    def submit(self, client: core.client.WorkerClient) -> core.client.Job:
+    def submit(self, client: shared.client.WorkerClient) -> shared.client.Job:
         """Send this generation's request to the worker."""
         r = self.request
-        return client.generate(self.audio, self.output, str(resolve_checkpoint(r.checkpoint)), r.device,
+        return client.generate(self.audio, self.output, str(checkpoint_file(r.checkpoint)), r.device,
                                r.settings.to_dict())
 
     def write(self, scene: bpy.types.Scene, result: dict, notes: list[str]) -> scene_writer.Summary:
@@ -102,7 +100,7 @@ class Generation:
             self.stage = Stage.ENDED
         return self.stage is Stage.ENDED
 
-    def wait(self, on_progress: Callable[[dict], None] | None = None) -> None:
+    def wait(self, on_progress: Callable[[shared.protocol.Progress], None] | None = None) -> None:
         """Block until the generation ends (headless, scripts); errors are kept for `conclude`."""
         if self._starter is not None:
             self._starter.join()
@@ -120,15 +118,15 @@ class Generation:
 
     @property
     def fraction(self) -> float:
-        return float(self.job.progress["fraction"]) if self.job is not None and self.job.progress else 0.0
+        return self.job.progress.fraction if self.job is not None and self.job.progress is not None else 0.0
 
     def status(self) -> str:
         if self.job is None:
             return "Starting the torch worker..."
         p = self.job.progress
-        if not p:
+        if p is None:
             return "Loading the checkpoint..."
-        return f"Generating: window {min(p['window'] + 1, p['windows'])}/{p['windows']} ({100 * p['fraction']:.0f}%)"
+        return f"Generating: window {min(p.window + 1, p.windows)}/{p.windows} ({100 * p.fraction:.0f}%)"
 
     def was_cancelled(self) -> bool:
         """The user cancelled (Esc, or a file was opened): information, not an error."""
@@ -153,17 +151,16 @@ class Generation:
         if failure:
             raise GenerationFailed(failure)
         try:
-            result = core.protocol.read_result(self.output)
-            return self.write(scene, result, self.notes + list(self.job.result.get("notes", [])))
+            result = shared.protocol.read_result(self.output)
+            return self.write(scene, result, self.notes + self.job.result.notes)
         except Exception as e:  # the writer undid its changes; whatever went wrong, the caller gets one failure type
             detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise GenerationFailed(f"Could not apply the motion: {detail}. Nothing was changed") from None
 
     def close(self) -> None:
         """Forget this generation (it is no longer active) and delete its temporary files."""
-        global _active
-        if _active is self:
-            _active = None
+        if SESSION.generation is self:
+            SESSION.generation = None
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -184,10 +181,10 @@ class Reroll(Generation):
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
 
-    def submit(self, client: core.client.WorkerClient) -> core.client.Job:
+    def submit(self, client: shared.client.WorkerClient) -> shared.client.Job:
         r = self.request
         return client.reroll(self.take_file, self.audio, self.model_frames, self.output,
-                             str(resolve_checkpoint(r.checkpoint)), r.device, {"seed": r.settings.seed})
+                             str(checkpoint_file(r.checkpoint)), r.device, {"seed": r.settings.seed})
 
     def write(self, scene: bpy.types.Scene, result: dict, notes: list[str]) -> scene_writer.Summary:
         first, last = self.request.reroll
@@ -202,12 +199,12 @@ class Reroll(Generation):
 
 def active() -> Generation | None:
     """The generation in flight, if any (one at a time)."""
-    return _active
+    return SESSION.generation
 
 
 @bpy.app.handlers.persistent
 def drop_on_load(*_args) -> None:
     """A file is being opened: the running generation (if any) is cancelled, its result would have nowhere to go."""
-    if _active is not None:
-        _active.cancel()
-        _active.close()
+    if SESSION.generation is not None:
+        SESSION.generation.cancel()
+        SESSION.generation.close()

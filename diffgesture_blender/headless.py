@@ -18,11 +18,12 @@ from typing import Callable
 
 import bpy
 
-from . import core, generation, preferences, scene_writer, takes
+from . import generation, preferences, scene_writer, shared, takes
 from .export import check_export_path, export_take
 from .retarget import bone_maps, presets
 from .request import PARTS, Request, UsageError, sampling, validate
-from .worker_host import HOST, environment_problem
+from .session import SESSION
+from .worker_host import environment_problem
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 BLEND_COMPRESSED = (b"\x28\xb5\x2f\xfd", b"\x1f\x8b\x08\x00")  # zstd (Blender 3.0 on), gzip (before)
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--armature", required=True, help="name of the armature object")
     g.add_argument("--output", help="save the .blend here (without it nothing is saved)")
     g.add_argument("--checkpoint", help="native or official checkpoint (default: the preferences' / bundled one)")
-    core.settings.add_arguments(g)
+    shared.settings.add_arguments(g)
     g.add_argument("--start-frame", type=int, default=1)
     g.add_argument("--no-sound", action="store_true", help="do not add sound strips")
     g.add_argument("--pack-sound", action="store_true",
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "checkpoint and the rig have them; naming fingers warns when they cannot be)")
     g.add_argument("--allow-partial", action="store_true",
                    help="animate only the mapped bones when the rig lacks some required ones")
-    g.add_argument("--device", choices=tuple(core.settings.DEVICES), help="default: the preferences' device")
+    g.add_argument("--device", choices=tuple(shared.settings.DEVICES), help="default: the preferences' device")
     g.add_argument("--export", help="also export each generated take (the armature, its meshes and the action) "
                                     "with Blender's exporters: .fbx, .glb/.gltf or .bvh; with a folder of audio each "
                                     "file's name is added to the stem")
@@ -69,14 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the new seed (default: the take's seed + 1 + the number of its earlier re-rolls)")
     r.add_argument("--audio", help="the take's speech, when its file has moved (default: the take's packed or "
                                    "linked sound, else the file it recorded)")
-    r.add_argument("--device", choices=tuple(core.settings.DEVICES), help="default: the preferences' device")
+    r.add_argument("--device", choices=tuple(shared.settings.DEVICES), help="default: the preferences' device")
     r.add_argument("--torch-python", help="interpreter of the torch environment (default: the preferences')")
     i = sub.add_parser("set-intensity", help="key the armature's generated action again at another intensity",
                        description="The armature's current action, which DiffGesture generated, is keyed again from "
                                    "its recorded motion with the gesture amplitude scaled about the rest pose (0 = "
                                    "rest, 1 = as sampled, 2 = twice as wide); no worker is needed.")
     i.add_argument("--armature", required=True, help="name of the armature object")
-    core.settings.add_arguments(i, ("intensity",), required=True)
+    shared.settings.add_arguments(i, ("intensity",), required=True)
     for cmd in (r, i):
         cmd.add_argument("--output", help="save the .blend here (without it nothing is saved)")
         cmd.add_argument("--json", help="also write the summary to this file ('-': stdout only)")
@@ -86,9 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 def audio_files(path: Path) -> list[Path]:
     """The file itself, or the audio files of a folder in name order."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in core.files.AUDIO_SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in shared.files.AUDIO_SUFFIXES)
         if not files:
-            raise UsageError(f"no audio files ({', '.join(sorted(core.files.AUDIO_SUFFIXES))}) in {path}")
+            raise UsageError(f"no audio files ({', '.join(sorted(shared.files.AUDIO_SUFFIXES))}) in {path}")
         return files
     return [path]
 
@@ -102,7 +103,7 @@ def requests(args: argparse.Namespace) -> list[Request]:
         raise UsageError(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
     files = audio_files(Path(args.audio))
     mapping = bone_map(args)
-    name, values = core.settings.chosen(args)
+    name, values = shared.settings.chosen(args)
     settings = sampling(name, **values)
     reqs = [Request(audio=f, armature=args.armature, python=args.torch_python or prefs.python,
                     checkpoint=args.checkpoint or prefs.checkpoint, device=args.device or prefs.device,
@@ -208,8 +209,8 @@ def progress_printer(name: str, step: int = 10):
     """A progress callback that prints 'NAME: N%' to stderr each time another `step` percent is done (once each)."""
     last = [None]
 
-    def show(p: dict) -> None:
-        percent = int(100 * p["fraction"]) // step * step
+    def show(p: shared.protocol.Progress) -> None:
+        percent = int(100 * p.fraction) // step * step
         if percent != last[0]:
             last[0] = percent
             print(f"{name}: {percent}%", file=sys.stderr, flush=True)
@@ -311,14 +312,14 @@ def save_and_report(summary: dict, args: argparse.Namespace) -> int:
         output = Path(args.output).resolve()
         # an unsaved file has only absolute paths: keep them (Blender would make them all relative to the output)
         try:  # checked again: nothing may have taken its place while generating
-            core.files.check_output(args.output, run_inputs(args), is_blend_file, "--output", "a .blend file")
+            shared.files.check_output(args.output, run_inputs(args), is_blend_file, "--output", "a .blend file")
             with stdout_to_stderr():
                 bpy.ops.wm.save_as_mainfile(filepath=str(output), copy=True, relative_remap=bool(bpy.data.filepath))
             summary["output"] = str(output)
         except (RuntimeError, OSError, ValueError) as e:
             summary["errors"].append({"error": f"could not save {output}: {e}"})
     summary["ok"] = not summary["errors"]
-    summary["worker_pid"] = HOST.pid()
+    summary["worker_pid"] = SESSION.worker.pid()
     return report(summary, args, EXIT_OK if summary["ok"] else EXIT_FAILED)
 
 
@@ -343,7 +344,7 @@ def outputs(args: argparse.Namespace) -> list[tuple[str, Path, Callable[[Path], 
 
 def check_output_paths(args: argparse.Namespace) -> None:
     """Every file the command writes (--output, --json, --save-bone-map, --export), checked before anything runs by
-    the one rule (core.files.check_output): a new file, or one of the kind this project writes there; never this
+    the one rule (shared.files.check_output): a new file, or one of the kind this project writes there; never this
     run's inputs, never a folder, a device, a FIFO or a link, never two of them the same file. When one is refused
     none is written, --json included (the summary goes to stdout alone)."""
     try:
@@ -357,7 +358,7 @@ def check_paths(args: argparse.Namespace) -> None:
     """check_output_paths' checks; ValueError naming the first path refused."""
     inputs, taken = run_inputs(args), {}
     for flag, path, ours, kind in outputs(args):
-        taken[flag] = core.files.check_output(path, inputs, ours, what=flag, kind=kind)
+        taken[flag] = shared.files.check_output(path, inputs, ours, what=flag, kind=kind)
     if getattr(args, "export", None):
         for target in export_targets(args).values():
             taken[f"--export {target.name}"] = check_export_path(target, tuple(inputs))
@@ -381,7 +382,7 @@ def is_blend_file(path: Path) -> bool:
 def is_summary_file(path: Path) -> bool:
     """Whether a file is a JSON summary this command wrote (what --json may replace)."""
     try:
-        doc = core.files.read_json(path, 64 << 20, "the summary")
+        doc = shared.files.read_json(path, 64 << 20, "the summary")
     except ValueError:
         return False
     return isinstance(doc, dict) and {"ok", "results", "errors", "exit_code"} <= set(doc)
@@ -394,9 +395,9 @@ def report(summary: dict, args: argparse.Namespace, code: int) -> int:
     print(text, flush=True)
     if args.json and args.json != "-":
         try:  # checked again: a refused --json is never written, even to say it was refused
-            target = core.files.check_output(args.json, run_inputs(args), is_summary_file, "--json",
+            target = shared.files.check_output(args.json, run_inputs(args), is_summary_file, "--json",
                                              "a DiffGesture summary")
-            core.files.write_text(target, text + "\n")
+            shared.files.write_text(target, text + "\n")
         except (OSError, ValueError) as e:
             print(f"diffgesture: error: could not write --json {args.json}: {getattr(e, 'strerror', None) or e}",
                   file=sys.stderr)

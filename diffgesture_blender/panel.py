@@ -1,9 +1,11 @@
 """The sidebar panel "Generate gestures from audio" (3D Viewport > Sidebar > DiffGesture)."""
 import bpy
 
-from . import generation, operators, scene_writer
+from . import generation, scene_writer
+from .operators import bone_map, exporter, generate, take
 from .request import mapping_problems
 from .retarget import ROLES, bone_maps
+from .session import SESSION
 
 
 class DIFFGESTURE_PT_generate(bpy.types.Panel):
@@ -38,7 +40,7 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         col.prop(props, "drive_spine")
         col.prop(props, "drive_arms")
         fingers = col.row()
-        fingers.active = scene_writer.checkpoint_has_fingers(operators.chosen_checkpoint(context)) is not False
+        fingers.active = scene_writer.checkpoint_has_fingers(generate.chosen_checkpoint(context)) is not False
         fingers.prop(props, "drive_fingers", text="Fingers" if fingers.active else "Fingers (none in this checkpoint)")
 
         layout.prop(props, "checkpoint_source")
@@ -55,12 +57,12 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
 
         gen = generation.active()
         if gen is None:
-            layout.operator(operators.DIFFGESTURE_OT_generate.bl_idname, icon="PLAY")
-            layout.operator(operators.DIFFGESTURE_OT_export.bl_idname, icon="EXPORT")
-            if operators.takes_poll(context):
+            layout.operator(generate.DIFFGESTURE_OT_generate.bl_idname, icon="PLAY")
+            layout.operator(exporter.DIFFGESTURE_OT_export.bl_idname, icon="EXPORT")
+            if take.takes_poll(context):
                 self.draw_take(layout, context)
-            if operators.last_failure is not None:  # the report fades; the panel keeps saying why
-                kind, message = operators.last_failure
+            if SESSION.last_failure is not None:  # the report fades; the panel keeps saying why
+                kind, message = SESSION.last_failure
                 layout.label(text=message, icon="ERROR" if kind == "ERROR" else "INFO")
         else:
             layout.progress(factor=gen.fraction, text=gen.status())
@@ -76,8 +78,8 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
             row = box.row(align=True)
             row.prop(context.scene.diffgesture, "reroll_start")
             row.prop(context.scene.diffgesture, "reroll_end")
-        box.operator(operators.DIFFGESTURE_OT_reroll.bl_idname, icon="FILE_REFRESH")
-        box.operator(operators.DIFFGESTURE_OT_set_intensity.bl_idname, icon="MOD_AMPLITUDE")
+        box.operator(take.DIFFGESTURE_OT_reroll.bl_idname, icon="FILE_REFRESH")
+        box.operator(take.DIFFGESTURE_OT_set_intensity.bl_idname, icon="MOD_AMPLITUDE")
 
     def draw_mapping(self, layout: bpy.types.UILayout, obj: bpy.types.Object) -> None:
         """The detected preset, coverage, and every role with the bone it uses (click to change)."""
@@ -88,9 +90,9 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         header.use_property_split = False
         header.label(text=f"Bones: {detection.preset or 'custom'} ({len(mapping)}/{detection.total} mapped)",
                      icon="ARMATURE_DATA")
-        header.operator(operators.DIFFGESTURE_OT_detect_bones.bl_idname, text="", icon="VIEWZOOM")
-        header.operator(operators.DIFFGESTURE_OT_load_bone_map.bl_idname, text="", icon="IMPORT")
-        header.operator(operators.DIFFGESTURE_OT_save_bone_map.bl_idname, text="", icon="EXPORT")
+        header.operator(bone_map.DIFFGESTURE_OT_detect_bones.bl_idname, text="", icon="VIEWZOOM")
+        header.operator(bone_map.DIFFGESTURE_OT_load_bone_map.bl_idname, text="", icon="IMPORT")
+        header.operator(bone_map.DIFFGESTURE_OT_save_bone_map.bl_idname, text="", icon="EXPORT")
         for problem in mapping_problems(obj, mapping):
             box.label(text=problem, icon="ERROR")
         for vetoed in detection.vetoed:
@@ -101,7 +103,7 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
             row = col.row(align=True)
             row.alert = role in missing
             row.label(text=role)
-            op = row.operator(operators.DIFFGESTURE_OT_set_bone.bl_idname, text=mapping.get(role) or "-")
+            op = row.operator(bone_map.DIFFGESTURE_OT_set_bone.bl_idname, text=mapping.get(role) or "-")
             op.role = role
 
 

@@ -2,20 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from . import core, environment
-
-
-def env_dir() -> Path:
-    """The extension's own torch environment folder (in its user directory, kept across updates)."""
-    try:
-        return Path(bpy.utils.extension_path_user(__package__, path="torch-env", create=True))
-    except ValueError:  # loaded as a plain add-on from a source checkout, not as an extension
-        return Path(bpy.utils.user_resource("SCRIPTS", path="diffgesture")) / "torch-env"
+from . import environment, shared
+from .session import SESSION
+from .worker_host import env_dir
 
 
 @dataclass
@@ -28,8 +21,7 @@ class Settings:
 
 def _python_changed(self, context) -> None:
     """Another interpreter: the last Check described the old one."""
-    from .worker_host import HOST
-    HOST.forget_check()
+    SESSION.worker.forget_check()
 
 
 class DiffGesturePreferences(bpy.types.AddonPreferences):
@@ -43,11 +35,11 @@ class DiffGesturePreferences(bpy.types.AddonPreferences):
         name="Default Checkpoint", subtype="FILE_PATH",
         description="Native or official checkpoint used by default; empty: the bundled checkpoint")
     device: EnumProperty(name="Device", items=[(name, label, description) for name, (label, description)
-                                               in core.settings.DEVICES.items()])
+                                               in shared.settings.DEVICES.items()])
 
     def draw(self, context) -> None:
-        from . import operators
-        from .worker_host import HOST
+        """The preferences, with the environment's operators named by idname (operators/worker_setup.py imports
+        this module)."""
         layout = self.layout
         layout.prop(self, "torch_python")
         if not self.torch_python:
@@ -55,21 +47,19 @@ class DiffGesturePreferences(bpy.types.AddonPreferences):
         elif environment.venv_python(env_dir()).is_file():  # both exist: say which one wins and offer the other
             row = layout.row()
             row.label(text="Torch Python is used (cleared, the extension's environment would be)", icon="INFO")
-            row.operator(operators.DIFFGESTURE_OT_use_extension_environment.bl_idname)
+            row.operator("diffgesture.use_extension_environment")
         layout.prop(self, "checkpoint")
         layout.prop(self, "device")
         row = layout.row()
-        row.operator(operators.DIFFGESTURE_OT_create_environment.bl_idname, icon="CONSOLE")
-        row.operator(operators.DIFFGESTURE_OT_check_environment.bl_idname, icon="CHECKMARK")
-        builder = operators.DIFFGESTURE_OT_create_environment.builder
-        if builder is not None:
-            self.draw_builder(layout.box(), builder)
-        for line in HOST.check_report():
+        row.operator("diffgesture.create_environment", icon="CONSOLE")
+        row.operator("diffgesture.check_environment", icon="CHECKMARK")
+        if SESSION.environment_builder is not None:
+            self.draw_builder(layout.box(), SESSION.environment_builder)
+        for line in SESSION.worker.check_report():
             layout.label(text=line)
 
     def draw_builder(self, box: bpy.types.UILayout, builder: environment.EnvironmentBuilder) -> None:
         """The running or finished Create Environment: plan, progress with pip's current line, Cancel, outcome."""
-        from . import operators
         box.label(text=builder.plan.reason)
         for note in builder.notes:
             box.label(text=note, icon="INFO")
@@ -77,13 +67,13 @@ class DiffGesturePreferences(bpy.types.AddonPreferences):
             box.progress(factor=builder.fraction, text=builder.status())
             if builder.last_line:
                 box.label(text=builder.last_line[:160])
-            box.operator(operators.DIFFGESTURE_OT_cancel_environment.bl_idname, icon="CANCEL")
+            box.operator("diffgesture.cancel_environment", icon="CANCEL")
         elif builder.error:
             box.label(text=builder.error, icon="ERROR")
         elif self.torch_python:
             box.label(text=f"The environment is ready, but Torch Python ({self.torch_python}) is set and is what "
                            "Check and Generate use", icon="INFO")
-            box.operator(operators.DIFFGESTURE_OT_use_extension_environment.bl_idname)
+            box.operator("diffgesture.use_extension_environment")
         else:
             box.label(text="The environment is ready", icon="CHECKMARK")
         box.label(text=f"Log: {builder.log_path}")

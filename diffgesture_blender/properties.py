@@ -2,18 +2,18 @@
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
-from . import core
+from . import shared
 
 INT_MAX = 2 ** 31 - 1  # Blender's integer properties are 32-bit
 
 
 def option(name: str, **shown):
-    """The property of a generation option, built from the options table (core.settings.OPTIONS): its label,
+    """The property of a generation option, built from the options table (shared.settings.OPTIONS): its label,
     description, default and range (up to INT_MAX) or choices; `shown`: how the panel draws it (soft limits)."""
-    o = core.settings.OPTIONS[name]
+    o = shared.settings.OPTIONS[name]
     text = {"name": o.label, "description": o.help[0].upper() + o.help[1:], **shown}
     if o.choices:
-        labels = core.settings.PRESET_LABELS if name == "preset" else {}
+        labels = shared.settings.PRESET_LABELS if name == "preset" else {}
         return EnumProperty(items=[(c, *labels.get(c, (c, ""))) for c in o.choices], default=o.default, **text)
     if o.kind is bool:
         return BoolProperty(default=o.default, **text)

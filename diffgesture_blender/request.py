@@ -9,10 +9,10 @@ from pathlib import Path
 
 import bpy
 
-from . import core, retarget
+from . import retarget, shared
 from .retarget import bone_maps
 
-GenerationSettings = core.settings.GenerationSettings
+GenerationSettings = shared.settings.GenerationSettings
 PARTS = tuple(retarget.PARTS)
 
 
@@ -44,14 +44,15 @@ class Request:
 def sampling(preset: str, **choices) -> GenerationSettings:
     """The settings of a preset ("fast", "paper") with the user's choices (None: the preset's), or a UsageError."""
     try:
-        return core.settings.preset(preset, **choices)
+        return shared.settings.preset(preset, **choices)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
 
-def resolve_checkpoint(name: str) -> Path:
-    """The settings' resolution ('default' or empty: the bundled checkpoint), with Blender's // paths made absolute."""
-    return core.settings.resolve_checkpoint(bpy.path.abspath(name))
+def checkpoint_file(name: str) -> Path:
+    """The file a checkpoint setting names: Blender's // paths made absolute, then settings.resolve_checkpoint
+    ('default' or empty: the bundled checkpoint)."""
+    return shared.settings.resolve_checkpoint(bpy.path.abspath(name))
 
 
 def audio_from_strip(scene: bpy.types.Scene, strip_name: str) -> tuple[Path, int, str]:
@@ -101,10 +102,10 @@ def validate(request: Request) -> tuple[bpy.types.Object, dict[str, str]]:
             raise UsageError(f"audio file not found: {audio}")
         if not audio.is_file():
             raise UsageError(f"the audio path is not a file: {audio}")
-    ckpt = resolve_checkpoint(request.checkpoint)
+    ckpt = checkpoint_file(request.checkpoint)
     if not ckpt.is_file():
         hint = (" (the bundled checkpoint is missing: reinstall the extension)"
-                if ckpt == core.settings.DEFAULT_CHECKPOINT else "")
+                if ckpt == shared.settings.DEFAULT_CHECKPOINT else "")
         raise UsageError(f"checkpoint not found: {ckpt}{hint}")
     obj = bpy.data.objects.get(request.armature)
     if obj is None or obj.type != "ARMATURE":

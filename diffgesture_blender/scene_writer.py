@@ -12,12 +12,12 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from . import core, retarget, takes
-from .request import Request, UsageError, resolve_checkpoint
+from . import retarget, shared, takes
+from .request import Request, UsageError, checkpoint_file
+from .session import SESSION
 
 MAX_CHANNELS = 128  # the sequencer's channels
 MIN_FPS, MAX_FPS = 1, 1000  # scene frame rates keys are written at (Blender allows up to 32767 / 0.0001)
-_skeletons: dict[str, str] = {}  # checkpoint path -> the skeleton its results had (this session)
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Summary:
 
 def write_motion(scene: bpy.types.Scene, request: Request, armature_name: str, mapping: dict[str, str],
                  result: dict, notes: list[str]) -> Summary:
-    """Key a read result file (core.protocol.read_result) onto the armature, add the sound, widen the frame range.
+    """Key a read result file (shared.protocol.read_result) onto the armature, add the sound, widen the frame range.
     What can be checked is checked first; should writing still fail, everything written so far is undone."""
     meta, directions = result["meta"], result["directions"]
     if not np.isfinite(directions).all():
@@ -82,7 +82,7 @@ def write_motion(scene: bpy.types.Scene, request: Request, armature_name: str, m
         scene.frame_start = min(scene.frame_start, first)
         sound_end = scene.sequence_editor.strips_all[strip].frame_final_end - 1 if strip else last  # its last frame
         scene.frame_end = max(scene.frame_end, last, sound_end)  # the keys, and the whole sound when a strip plays it
-    _skeletons[str(resolve_checkpoint(r.checkpoint))] = meta["skeleton"]
+    SESSION.skeletons[str(checkpoint_file(r.checkpoint))] = meta["skeleton"]
     noted = set(r.parts)
     if not r.insist_fingers and not (has_fingers(meta["skeleton"]) and any(role in mapping for role in
                                                                            retarget.PARTS["fingers"])):
@@ -122,19 +122,19 @@ def set_intensity(scene: bpy.types.Scene, armature_name: str, intensity: float) 
     action, take = takes.current(obj)
     settings = {**take.settings, "intensity": float(intensity)}
     try:
-        core.settings.GenerationSettings.from_dict(settings)
+        shared.settings.GenerationSettings.from_dict(settings)
     except ValueError as e:
         raise UsageError(str(e)) from None
     return action.name, rekey_take(scene, obj.name, take, take.poses, take.frames(), settings=settings)
 
 
 def has_fingers(skeleton: str) -> bool:
-    return "left_middle_base" in core.skeleton.get_skeleton(skeleton).bones
+    return "left_middle_base" in shared.skeleton.get_skeleton(skeleton).bones
 
 
 def checkpoint_has_fingers(checkpoint: str) -> bool | None:
     """Whether a checkpoint's motion has fingers, once a generation in this session has used it; else None."""
-    skeleton = _skeletons.get(str(resolve_checkpoint(checkpoint)))
+    skeleton = SESSION.skeletons.get(str(checkpoint_file(checkpoint)))
     return None if skeleton is None else has_fingers(skeleton)
 
 

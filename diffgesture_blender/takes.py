@@ -19,7 +19,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from . import core
+from . import shared
 from .request import Request, UsageError, sound_file
 
 KEY = "diffgesture_take"
@@ -57,7 +57,7 @@ class Take:
     def directions(self) -> np.ndarray:
         """Canonical unit directions (frames, bones, 3) of the take's poses at its intensity, as the worker makes
         them (skeleton.directions_at)."""
-        return core.skeleton.directions_at(self.poses, self.intensity, core.skeleton.get_skeleton(self.skeleton))
+        return shared.skeleton.directions_at(self.poses, self.intensity, shared.skeleton.get_skeleton(self.skeleton))
 
     def model_range(self, first: int, last: int) -> tuple[int, int]:
         """The 15 fps frames to sample again for scene frames first..last (inclusive): those whose keys are only
@@ -87,7 +87,7 @@ class Take:
     def write_result(self, path: Path) -> None:
         """The take as a result file, the input of a re-roll request."""
         poses = self.poses[None].astype(np.float32)
-        core.protocol.write_result(path, poses, self.directions()[None], self.meta())
+        shared.protocol.write_result(path, poses, self.directions()[None], self.meta())
 
     def to_property(self) -> dict:
         """The record as a custom property: the poses as a float array, everything else as one JSON text."""
@@ -105,10 +105,10 @@ def read(action: bpy.types.Action | None) -> Take | None:
         return None
     source = f"the DiffGesture record of the action {action.name!r}"
     try:
-        fields = core.files.parse_json(prop["fields"], f"{source} is damaged: its fields")
+        fields = shared.files.parse_json(prop["fields"], f"{source} is damaged: its fields")
         shape = tuple(int(x) for x in prop["shape"])
         check_fields(fields, source)
-        core.protocol.check_take({"skeleton": fields["skeleton"], "fps": fields["src_fps"],
+        shared.protocol.check_take({"skeleton": fields["skeleton"], "fps": fields["src_fps"],
                                   "duration": fields["duration"], "settings": fields["settings"]}, (1, *shape), source)
         values = prop["poses"]
         if len(values) != math.prod(shape):
@@ -119,7 +119,7 @@ def read(action: bpy.types.Action | None) -> Take | None:
             raise ValueError(f"{source} is of version {str(version)[:20]}, which this version of the add-on does "
                              f"not read (1..{VERSION}): update DiffGesture, or generate it again")
         if version == 1:
-            poses = core.skeleton.as_sampled(poses, float(fields["settings"].get("intensity", 1.0)), source)
+            poses = shared.skeleton.as_sampled(poses, float(fields["settings"].get("intensity", 1.0)), source)
     except (KeyError, TypeError, ValueError) as e:
         message = str(e) if str(e).startswith(source) else f"{source} is damaged ({e})"
         raise UsageError(message if message.endswith("generate it again") else f"{message}; generate it again") \
@@ -191,7 +191,7 @@ def reroll_request(obj: bpy.types.Object | None, frames: tuple[int, int], seed: 
     _, take = current(obj)
     take.model_range(*frames)  # a range outside the take, or too short, is refused here
     try:
-        settings = core.settings.GenerationSettings.from_dict({**take.settings, "seed": seed})
+        settings = shared.settings.GenerationSettings.from_dict({**take.settings, "seed": seed})
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from None
     audio, sound = (Path(audio), None) if audio is not None else speech(take)

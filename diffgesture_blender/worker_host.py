@@ -1,7 +1,8 @@
 """The add-on's one torch worker: started off Blender's main thread, kept warm, restarted when it died, stopped at exit.
 
 Starting a worker imports torch in another process and can take many seconds, so `start` refuses Blender's main
-thread: generations and the preferences' Check start it from their own threads, and the UI keeps drawing.
+thread: generations and the preferences' Check start it from their own threads, and the UI keeps drawing. The
+extension's own torch environment lives in env_dir(); environment_problem says what it lacks.
 """
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from pathlib import Path
 
 import bpy
 
-from . import core, environment
+from . import environment, shared
 
-WorkerClient, WorkerError = core.client.WorkerClient, core.client.WorkerError
+WorkerClient, WorkerError = shared.client.WorkerClient, shared.client.WorkerError
 
 
 class WorkerHost:
-    """Owns the shared WorkerClient for this Blender session and the outcome of the last Check."""
+    """Owns the shared WorkerClient for this Blender session (session.SESSION.worker) and the outcome of the last
+    Check."""
 
     def __init__(self):
         self._client: WorkerClient | None = None
@@ -31,11 +33,11 @@ class WorkerHost:
             self._client = None
         if self._client is None:
             # A headless Blender (blender -b: the headless command, a render farm) only waits on the worker.
-            self._client = WorkerClient(python, core_parent=core.CORE_PARENT, beside_ui=not bpy.app.background)
+            self._client = WorkerClient(python, core_parent=shared.CORE_PARENT, beside_ui=not bpy.app.background)
             self._restarts_seen = 0
         return self._client
 
-    def start(self, python: str) -> tuple[dict, list[str]]:
+    def start(self, python: str) -> tuple[shared.protocol.Ready, list[str]]:
         """Start the worker if needed (never on the main thread); its ready message and notes (e.g. a restart)."""
         if threading.current_thread() is threading.main_thread():
             raise RuntimeError("the worker is started off Blender's main thread, so that the UI never waits for it")
@@ -44,9 +46,9 @@ class WorkerHost:
             try:
                 info = c.start()
             except WorkerError as e:
-                problem = environment_problem(python) if e.kind is core.protocol.ErrorKind.ENVIRONMENT else None
+                problem = environment_problem(python) if e.kind is shared.protocol.ErrorKind.ENVIRONMENT else None
                 if problem:
-                    raise WorkerError(problem, core.protocol.ErrorKind.ENVIRONMENT) from None
+                    raise WorkerError(problem, shared.protocol.ErrorKind.ENVIRONMENT) from None
                 raise
             notes = []
             if c.restarts > self._restarts_seen:
@@ -94,17 +96,21 @@ class WorkerHost:
             return [f"Check failed: {self._check['message'].strip().splitlines()[-1]}"]
         if state == "ok":
             info = self._check["info"]
-            cuda = f"CUDA {info.get('cuda_version')} available" if info.get("cuda") else "CUDA not available"
-            return [f"torch {info.get('torch')}, {cuda}, device: {info.get('device_name')}",
-                    f"worker PID {info.get('pid')}, {info.get('python')}", *self._check["notes"]]
+            cuda = f"CUDA {info.cuda_version} available" if info.cuda else "CUDA not available"
+            return [f"torch {info.torch}, {cuda}, device: {info.device_name}", f"worker PID {info.pid}, {info.python}",
+                    *self._check["notes"]]
         return []
+
+
+def env_dir() -> Path:
+    """The extension's own torch environment folder (in its user directory, kept across updates)."""
+    try:
+        return Path(bpy.utils.extension_path_user(__package__, path="torch-env", create=True))
+    except ValueError:  # loaded as a plain add-on from a source checkout, not as an extension
+        return Path(bpy.utils.user_resource("SCRIPTS", path="diffgesture")) / "torch-env"
 
 
 def environment_problem(python: str, remedy: str = "") -> str | None:
     """What is missing for the worker (no environment yet, no numpy, no torch) and what to press; None if nothing."""
-    from . import preferences
-    own = Path(python) == environment.venv_python(preferences.env_dir())
+    own = Path(python) == environment.venv_python(env_dir())
     return environment.diagnose(python, own, remedy)
-
-
-HOST = WorkerHost()

@@ -45,8 +45,8 @@ def stage(bpy, addon, fps: int):
     bpy.ops.wm.read_factory_settings(use_empty=True)
     scene = bpy.context.scene
     scene.render.fps = fps
-    rigs = importlib.import_module(addon.__name__ + ".rigs")
-    rig = rigs.build_demo_character()
+    demo_character = importlib.import_module(addon.__name__ + ".demo_character")
+    rig = demo_character.build_demo_character()
     height = max((rig.matrix_world @ b.tail_local).z for b in rig.data.bones)
     cam_data = bpy.data.cameras.new("Camera")
     cam_data.lens = 50

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from .protocol import ErrorKind
 from .timing import SAMPLE_RATE
 
 MIN_RATE, MAX_RATE = 4_000, 384_000
@@ -25,6 +26,8 @@ BLOCK = 1 << 18
 
 class AudioError(ValueError):
     """Audio that cannot be used; the message names the file and the problem."""
+
+    kind = ErrorKind.AUDIO
 
 
 def resample(audio: np.ndarray, sr_in: int, sr_out: int = SAMPLE_RATE, chunk: int = 1 << 16) -> np.ndarray:

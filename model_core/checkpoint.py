@@ -30,6 +30,7 @@ import torch
 
 from .files import check_output, replacing
 from .network import ModelConfig, PoseDiffusion
+from .protocol import ErrorKind
 from .skeleton import Skeleton, get_skeleton
 
 NATIVE_FORMAT = "diffgesture-native"
@@ -39,6 +40,8 @@ ZIP_OVERHEAD = 1 << 20  # torch stores members uncompressed: their sizes add up 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message says why and what to do."""
+
+    kind = ErrorKind.CHECKPOINT
 
 
 class UnsafeCheckpointError(CheckpointError):

@@ -1,10 +1,11 @@
 """The worker client: starts `python -m model_core.worker` in another interpreter and speaks protocol.py to it.
 
 Stdlib + numpy only (the add-on uses it inside Blender). Reader threads collect the worker's output; `pump` routes
-it to the jobs on the caller's thread. A request whose reply is not the type protocol.REQUESTS names fails.
+it to the jobs on the caller's thread. A request whose reply is not the type its class names (protocol.py) fails.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import subprocess
@@ -15,7 +16,8 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-from .protocol import PROTOCOL_VERSION, REQUESTS, ErrorKind, ProtocolError, decode, encode
+from .protocol import (PROTOCOL_VERSION, REQUESTS, Cancel, Error, ErrorKind, Generate, Ping, Progress, ProtocolError,
+                       Ready, Reply, Request, Reroll, Shutdown, decode, encode)
 
 
 class WorkerError(RuntimeError):
@@ -29,31 +31,33 @@ class WorkerError(RuntimeError):
 class Job:
     """A request in flight: poll() drains its messages without blocking; wait() blocks until it ends."""
 
-    def __init__(self, client: "WorkerClient", job_id: str, reply: str):
-        self.client, self.id, self.reply = client, job_id, reply  # reply: the message type that answers it
-        self.progress: dict | None = None
-        self.result: dict | None = None
+    def __init__(self, client: "WorkerClient", job_id: str, reply: type[Reply]):
+        self.client, self.id, self.reply = client, job_id, reply  # reply: the class of the message that answers it
+        self.progress: Progress | None = None
+        self.result: Reply | None = None
         self.error: WorkerError | None = None
         self.done = False
 
     def _accept(self, msg: dict) -> None:
+        """Take in a decoded message for this job; ProtocolError when its fields are not what its type says."""
         kind = msg["type"]
-        if kind == "progress":
-            self.progress = msg
-        elif kind == "error":
-            self.error, self.done = WorkerError(msg.get("message", "worker error"), error_kind(msg.get("kind"))), True
-        elif kind == self.reply:
-            self.result, self.done = msg, True
+        if kind == Progress.type:
+            self.progress = Progress.from_wire(msg)
+        elif kind == Error.type:
+            error = Error.from_wire(msg)
+            self.error, self.done = WorkerError(error.message, error.kind), True
+        elif kind == self.reply.type:
+            self.result, self.done = self.reply.from_wire(msg), True
         else:
-            self.error, self.done = WorkerError(f"the worker answered {kind!r} where {self.reply!r} was expected",
-                                                ErrorKind.PROTOCOL), True
+            self.error, self.done = WorkerError(f"the worker answered {kind!r} where {self.reply.type!r} was "
+                                                "expected", ErrorKind.PROTOCOL), True
 
     def poll(self) -> bool:
         """Take in whatever arrived; True once the job has ended (result or error)."""
         self.client.pump()
         return self.done
 
-    def wait(self, timeout: float | None = None, on_progress: Callable[[dict], None] | None = None) -> dict:
+    def wait(self, timeout: float | None = None, on_progress: Callable[[Progress], None] | None = None) -> Reply:
         """Block until the job ends; return its reply or raise its WorkerError."""
         deadline = None if timeout is None else time.monotonic() + timeout
         last = None
@@ -72,7 +76,7 @@ class Job:
 
     def cancel(self) -> None:
         if not self.done:
-            self.client.send({"type": "cancel", "id": self.id})
+            self.client.send(Cancel(id=self.id))
 
 
 class WorkerClient:
@@ -91,7 +95,7 @@ class WorkerClient:
         self.env = env or {}
         self.startup_timeout, self.stall_timeout = startup_timeout, stall_timeout
         self.proc: subprocess.Popen | None = None
-        self.info: dict = {}
+        self.info: Ready | None = None
         self.jobs: dict[str, Job] = {}
         self.restarts = 0
         self._lines: queue.Queue = queue.Queue()
@@ -102,7 +106,7 @@ class WorkerClient:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self) -> dict:
+    def start(self) -> Ready:
         """Start the worker (if not running) and return its ready message: torch version, CUDA, GPU name."""
         if self.alive():
             return self.info
@@ -144,17 +148,18 @@ class WorkerClient:
                 break
             try:
                 msg = decode(item)
+                ready = Ready.from_wire(msg) if msg["type"] == Ready.type else None
             except ProtocolError as e:  # e.g. a library printing to stdout before the worker could redirect it
                 self.kill(str(e))
                 raise WorkerError(f"{e}; the worker was stopped", ErrorKind.ENVIRONMENT) from None
-            if msg["type"] == "ready":
-                if msg.get("protocol") != PROTOCOL_VERSION:
+            if ready is not None:
+                if ready.protocol != PROTOCOL_VERSION:
                     self.kill("protocol mismatch")
-                    raise WorkerError(f"worker speaks protocol {msg.get('protocol')}, expected {PROTOCOL_VERSION}",
+                    raise WorkerError(f"worker speaks protocol {ready.protocol}, expected {PROTOCOL_VERSION}",
                                       ErrorKind.PROTOCOL)
-                self.info = msg
+                self.info = ready
                 self._last_message = time.monotonic()
-                return msg
+                return ready
         tail = self.stderr_tail()
         self.kill("did not start")
         if "No module named 'torch'" in tail or "No module named torch" in tail:
@@ -189,7 +194,7 @@ class WorkerClient:
         if not self.alive():
             return
         try:
-            self.send({"type": "shutdown"})
+            self.send(Shutdown())
             self.proc.wait(timeout=timeout)
         except (WorkerError, subprocess.TimeoutExpired):
             self.kill("shut down")
@@ -201,25 +206,31 @@ class WorkerClient:
         self.jobs.clear()
 
     # -- messages ----------------------------------------------------------------------------------------------
-    def send(self, msg: dict) -> None:
+    def send(self, request: Request) -> None:
         if not self.alive():
             raise WorkerError("the worker is not running", ErrorKind.WORKER)
         try:
-            self.proc.stdin.write(encode(msg))
+            self.proc.stdin.write(encode(request.to_wire()))
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError) as e:
             raise WorkerError(f"lost the connection to the worker: {e}", ErrorKind.WORKER) from None
 
-    def submit(self, msg: dict) -> Job:
-        """Send a request (starting the worker if needed, on the caller's thread) and return its Job."""
-        if msg.get("type") not in REQUESTS:
-            raise ValueError(f"not a request type: {msg.get('type')!r} (the protocol's are {', '.join(REQUESTS)})")
+    def submit(self, request: Request | dict) -> Job:
+        """Send a request (a protocol.py request, or its wire form: a script's dict) and return its Job; the worker
+        is started first if needed, on the caller's thread."""
+        if isinstance(request, dict):
+            if request.get("type") not in REQUESTS:
+                raise ValueError(f"not a request type: {request.get('type')!r} (the protocol's are "
+                                 f"{', '.join(REQUESTS)})")
+            request = REQUESTS[request["type"]].from_wire(request)
+        if request.reply is None:
+            raise ValueError(f"a {request.type} request has no reply to wait for: send it with send()")
         self.start()
-        job_id = msg.get("id") or uuid.uuid4().hex[:12]
-        job = Job(self, job_id, REQUESTS[msg["type"]])
-        self.jobs[job_id] = job
+        request = dataclasses.replace(request, id=request.id or uuid.uuid4().hex[:12])
+        job = Job(self, request.id, request.reply)
+        self.jobs[request.id] = job
         self._last_message = time.monotonic()
-        self.send({**msg, "id": job_id})
+        self.send(request)
         return job
 
     def pump(self, block: float = 0.0) -> None:
@@ -240,15 +251,15 @@ class WorkerClient:
                 return
             try:
                 msg = decode(item)
+                self._last_message = time.monotonic()
+                job = self.jobs.get(msg.get("id"))
+                if job is not None:
+                    job._accept(msg)
             except ProtocolError as e:
                 self.kill(f"{e}; the worker was stopped and will be restarted on the next request")
                 return
-            self._last_message = time.monotonic()
-            job = self.jobs.get(msg.get("id"))
-            if job is not None:
-                job._accept(msg)
-                if job.done:
-                    self.jobs.pop(job.id, None)
+            if job is not None and job.done:
+                self.jobs.pop(job.id, None)
             block = 0.0
         if self.jobs and time.monotonic() - self._last_message > self.stall_timeout:
             self.kill(f"the worker sent nothing for {self.stall_timeout:.0f} s and was stopped as hung")
@@ -256,26 +267,18 @@ class WorkerClient:
     # -- convenience -------------------------------------------------------------------------------------------
     def generate(self, audio: str | Path, output: str | Path, checkpoint: str = "default", device: str = "auto",
                  settings: dict | None = None) -> Job:
-        return self.submit({"type": "generate", "audio": str(audio), "output": str(output),
-                            "checkpoint": str(checkpoint), "device": device, "settings": settings or {}})
+        return self.submit(Generate(audio=str(audio), output=str(output), checkpoint=str(checkpoint), device=device,
+                                    settings=settings or {}))
 
     def reroll(self, result: str | Path, audio: str | Path, frames: tuple[int, int], output: str | Path,
                checkpoint: str = "default", device: str = "auto", settings: dict | None = None) -> Job:
         """Sample frames[0]..frames[1] (15 fps, inclusive) of an earlier result again; settings override the take's."""
-        return self.submit({"type": "reroll", "result": str(result), "audio": str(audio), "range": list(frames),
-                            "output": str(output), "checkpoint": str(checkpoint), "device": device,
-                            "settings": settings or {}})
+        return self.submit(Reroll(result=str(result), audio=str(audio), range=list(frames), output=str(output),
+                                  checkpoint=str(checkpoint), device=device, settings=settings or {}))
 
     def ping(self, timeout: float = 10.0) -> float:
         """Round-trip time of an empty request, in seconds."""
         t0 = time.perf_counter()
-        self.submit({"type": "ping"}).wait(timeout)
+        self.submit(Ping()).wait(timeout)
         return time.perf_counter() - t0
 
-
-def error_kind(name: str | None) -> ErrorKind:
-    """An error reply's kind; one this client does not know reads as internal."""
-    try:
-        return ErrorKind(name)
-    except ValueError:
-        return ErrorKind.INTERNAL

@@ -2,8 +2,8 @@
 
 Module and parameter names follow the official implementation exactly, so that official state dicts load with
 strict=True (FACTS.md §1-§3, state_dict_*.txt). The noise schedule buffers live here only because the official
-state dict carries them (diffusion_net.var_sched.*); the samplers that use them, and the forward noising that
-training uses, are in samplers.py.
+state dict carries them (diffusion_net.var_sched.*), with the forward noising (`add_noise`) that training and
+re-roll use; the samplers that invert it are in samplers.py.
 """
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from .samplers import add_noise
 
 AUDIO_FEAT_DIM = 32
 
@@ -174,6 +172,13 @@ class VarianceSchedule(nn.Module):
         self.num_steps = cfg.num_steps
         for name, value in linear_schedule(cfg.num_steps, cfg.beta_1, cfg.beta_T).items():
             self.register_buffer(name, value)
+
+
+def add_noise(schedule: VarianceSchedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+    """The forward process q(x_t | x_0) that the samplers invert: sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise (Ho et al.
+    2020, eq. 4); t is one step for the whole batch or one per row (B,)."""
+    abar = schedule.alpha_bars[t].reshape(-1, *([1] * (x0.dim() - 1)))
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
 
 class DiffusionNet(nn.Module):

@@ -17,6 +17,7 @@ import torch
 from .cpu import adapt_threads
 from .network import PoseDiffusion, VarianceSchedule
 from .precision import choose_precision, guided_step
+from .protocol import ErrorKind, check_result_output, write_result
 from .samplers import RowGenerators, Sampler, make_sampler, randn
 from .settings import DEVICES, GenerationSettings
 from .timing import FPS, SAMPLE_RATE, WINDOW_SAMPLES, output_frames, window_count, window_start
@@ -25,6 +26,8 @@ from .timing import FPS, SAMPLE_RATE, WINDOW_SAMPLES, output_frames, window_coun
 
 class Cancelled(Exception):
     """Raised when the caller's cancel check returns True; nothing partial is returned."""
+
+    kind = ErrorKind.CANCELLED
 
 
 @dataclass
@@ -250,7 +253,6 @@ def output_paths(output: str | Path, variations: int, skel, keep: tuple = ()) ->
     file, or for a .bvh path a BVH of the model's skeleton per variation (the first at `output`, the others
     numbered NAME_v2.bvh ...). Each may be new or this project's own file of that kind, never one of `keep`."""
     from .files import check_output
-    from .protocol import check_result_output
     output = Path(output)
     if output.suffix.lower() != ".bvh":
         return [check_result_output(output, keep)]
@@ -265,7 +267,6 @@ def save_result(ckpt, output: str | Path, poses: np.ndarray, settings: Generatio
     """Write one generation's result to output_paths(output): the .npz result file (the poses as sampled, canonical
     directions at the settings' intensity, metadata), or a BVH of the model's skeleton per variation (directions);
     return its summary. Non-finite motion is a CheckpointError and nothing is written."""
-    from .protocol import write_result
     from .skeleton import directions_at
     directions = directions_at(poses, settings.intensity, ckpt.skeleton)
     if not (np.isfinite(poses).all() and np.isfinite(directions).all()):  # nothing non-finite is written or keyed

@@ -2,25 +2,26 @@
 
 Messages are JSON objects, one per line, prefixed with a tag and the protocol version ("DGW1 {...}\\n"), on the
 worker's stdin (requests) and stdout (replies). Anything else the worker's stdout carries is a protocol error.
+Each message type is a class below, its fields typed; `to_wire` and `from_wire` write and read its JSON object
+({"type": TYPE, **fields}). Each request names its reply: generate and reroll are answered by a Result, info by an
+Info, ping by a Pong, any of them by an Error instead; cancel and shutdown get none. The worker also sends Progress
+while it works and, once, unprompted, Ready. Adding a request is a class here and a handler in worker.py.
 Results are not sent inline: the worker writes an .npz (see write_result) and replies with its path.
-
-Requests:  generate {id, audio, checkpoint, device, settings, output} · reroll {id, result, audio, range, checkpoint,
-           device, settings, output} (frames range[0]..range[1] of an earlier result file, 15 fps, inclusive, sampled
-           again with the settings given over the take's own; a new result file) · info {id, checkpoint} · ping {id}
-           (each answered by the reply REQUESTS names, or by an error) · cancel {id} · shutdown
-Replies:   ready {protocol, torch, cuda, device_name, pid, threads, max_threads} (unprompted, once; threads: those
-           the load allows now, model_core/cpu.py) · progress {id, window, windows, step, steps, fraction} ·
-           result {id, ...} · info {id, ...} · pong {id} · error {id, kind, message}
 The client that starts a worker and speaks this protocol is client.py.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
+import types
+import typing
 import zipfile
 import zlib
+from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -34,8 +35,7 @@ RESULT_FORMAT = "diffgesture-poses"
 RESULT_VERSION = 2
 MAX_META_BYTES = 1 << 20  # a result's metadata is a few hundred bytes of JSON
 MAX_TAKE_SECONDS = 3600  # a take longer than an hour is not re-rolled or rescaled (its poses would be 6.8 M values)
-# Each request type and the reply type that answers it: adding a request is a line here and a handler in worker.py.
-REQUESTS: dict[str, str] = {"generate": "result", "reroll": "result", "info": "info", "ping": "pong"}
+MAX_ID_CHARS = 200
 
 
 class ErrorKind(str, Enum):
@@ -53,9 +53,29 @@ class ErrorKind(str, Enum):
     WORKER = "worker"
     CRASHED = "crashed"
 
+    @classmethod
+    def of_exception(cls, e: BaseException) -> ErrorKind:
+        """The kind the worker reports a failed request with: the exception's own `kind` (AudioError,
+        CheckpointError, Cancelled, ProtocolError declare theirs); any other bad value is the settings'."""
+        kind = getattr(type(e), "kind", None)
+        if isinstance(kind, cls):
+            return kind
+        return cls.SETTINGS if isinstance(e, (ValueError, TypeError)) else cls.INTERNAL
+
+    @classmethod
+    def from_wire(cls, name: object) -> ErrorKind:
+        """An error reply's kind as the client reads it; one this client does not know reads as internal."""
+        try:
+            return cls(name)
+        except ValueError:
+            return cls.INTERNAL
+
 
 class ProtocolError(RuntimeError):
-    """A line that is not a protocol message (for example stray output from a library in the worker)."""
+    """A line that is not a protocol message (for example stray output from a library in the worker), or a message
+    whose fields are missing or of the wrong type."""
+
+    kind = ErrorKind.PROTOCOL
 
 
 def encode(msg: dict) -> bytes:
@@ -75,6 +95,245 @@ def decode(line: bytes | str, sender: str = "the worker") -> dict:
     if not isinstance(msg, dict) or "type" not in msg:
         raise ProtocolError(f"message without a type: {text[:200]!r}")
     return msg
+
+
+def _runtime_types(hint: object) -> tuple[type, ...]:
+    """The classes a value of a field's annotation may be on the wire (list[str] -> list, float accepts int)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return tuple(t for arg in typing.get_args(hint) for t in _runtime_types(arg))
+    hint = typing.get_origin(hint) or hint
+    return (int, float) if hint is float else (type(None),) if hint is None else (hint,)
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
+    """Each field of a message class and the classes its value may be on the wire. The annotations are evaluated in
+    this module alone (localns={}): in the class's own namespace `type` is the message's type name."""
+    hints = typing.get_type_hints(cls, localns={})
+    return {f.name: _runtime_types(hints[f.name]) for f in fields(cls)}
+
+
+@dataclass(kw_only=True)
+class Message:
+    """A protocol message: on the wire {"type": TYPE, **fields}. Fields unknown to this side are ignored on
+    reading (a newer peer may add some); a missing required field or one of the wrong type is a ProtocolError."""
+
+    type: ClassVar[str]
+    direction: ClassVar[str]  # "request" or "reply", for the errors
+
+    def to_wire(self) -> dict:
+        """The JSON object that carries this message (encode writes it as a line)."""
+        return {"type": self.type, **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+    @classmethod
+    def from_wire(cls, msg: dict) -> typing.Self:
+        """A decoded message (decode) of this class's type as the message it is, or a ProtocolError."""
+        if not valid_id(msg.get("id")):
+            raise ProtocolError(f"{cls.type} {cls.direction}: 'id' must be a string or an integer, not "
+                                f"{msg['id']!r:.60}")
+        for name, expected in _field_types(cls).items():
+            if name in msg and not isinstance(msg[name], expected):
+                names = " or ".join("None" if t is type(None) else t.__name__ for t in expected)
+                raise ProtocolError(f"{cls.type} {cls.direction}: {name!r} must be a {names}, not "
+                                    f"{type(msg[name]).__name__}")
+        missing = [repr(f.name) for f in fields(cls)
+                   if f.name not in msg and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise ProtocolError(f"{cls.type} {cls.direction} lacks {', '.join(missing)}")
+        return cls(**{f.name: msg[f.name] for f in fields(cls) if f.name in msg})
+
+
+def valid_id(value: object) -> bool:
+    """Whether a message's id is absent (None) or a string or an integer (not a bool) of at most MAX_ID_CHARS
+    characters."""
+    return value is None or (type(value) is str and len(value) <= MAX_ID_CHARS) or (
+        type(value) is int and abs(value) < 10 ** (MAX_ID_CHARS - 1))
+
+
+@dataclass(kw_only=True)
+class Reply(Message):
+    """A message from the worker; its wire fields can also be read by name (reply["type"], result["frames"]), as
+    scripts and tests that read the JSON do."""
+
+    direction: ClassVar[str] = "reply"
+
+    def __getitem__(self, name: str) -> object:
+        return self.to_wire()[name]
+
+
+@dataclass(kw_only=True)
+class Ready(Reply):
+    """Sent once, unprompted, when the worker is ready: its protocol, torch and CUDA, device, process and threads
+    (threads: those the load allows now, max_threads: the most it will use; model_core/cpu.py)."""
+
+    type: ClassVar[str] = "ready"
+    protocol: int | None = None
+    torch: str = ""
+    cuda: bool = False
+    cuda_version: str | None = None
+    device_name: str = ""
+    pid: int = 0
+    python: str = ""
+    threads: int = 0
+    max_threads: int = 0
+
+
+@dataclass(kw_only=True)
+class Progress(Reply):
+    """How far a request has come: denoising step `step` of `steps` in window `window` of `windows`."""
+
+    type: ClassVar[str] = "progress"
+    id: str | int | None = None
+    window: int = 0
+    windows: int = 0
+    step: int = 0
+    steps: int = 0
+    fraction: float = 0.0
+
+
+@dataclass(kw_only=True)
+class Result(Reply):
+    """A result file was written: where, from which checkpoint, notes for the user and the pipeline's summary
+    (frames, variations and the file's metadata: pipeline.save_result), whose fields are flat on the wire."""
+
+    type: ClassVar[str] = "result"
+    id: str | int | None = None
+    output: str = ""
+    checkpoint: str = ""
+    notes: list[str] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    def to_wire(self) -> dict:
+        wire = super().to_wire()
+        summary = wire.pop("summary")
+        return {**wire, **summary}
+
+    @classmethod
+    def from_wire(cls, msg: dict) -> Result:
+        own = {f.name for f in fields(cls)} - {"summary"}
+        return super().from_wire({**{k: v for k, v in msg.items() if k in own},
+                                  "summary": {k: v for k, v in msg.items() if k not in own and k != "type"}})
+
+
+@dataclass(kw_only=True)
+class Info(Reply):
+    """A checkpoint's description: its skeleton, model configuration, provenance, digest and source format."""
+
+    type: ClassVar[str] = "info"
+    id: str | int | None = None
+    skeleton: str = ""
+    config: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    sha256: str = ""
+    source_format: str = ""
+
+
+@dataclass(kw_only=True)
+class Pong(Reply):
+    """The answer to a ping."""
+
+    type: ClassVar[str] = "pong"
+    id: str | int | None = None
+
+
+@dataclass(kw_only=True)
+class Error(Reply):
+    """A request failed (id None: a line that could not be read as a request); `kind` says why."""
+
+    type: ClassVar[str] = "error"
+    id: str | int | None = None
+    kind: ErrorKind = ErrorKind.INTERNAL
+    message: str = "worker error"
+
+    def to_wire(self) -> dict:
+        return {**super().to_wire(), "kind": self.kind.value}
+
+    @classmethod
+    def from_wire(cls, msg: dict) -> Error:
+        return super().from_wire({**msg, "kind": ErrorKind.from_wire(msg.get("kind"))})
+
+
+@dataclass(kw_only=True)
+class Request(Message):
+    """A message to the worker; `reply` is the class of the message that answers it (None: no answer)."""
+
+    direction: ClassVar[str] = "request"
+    reply: ClassVar[type[Reply] | None] = None
+    id: str | int | None = None
+
+
+@dataclass(kw_only=True)
+class ResultRequest(Request):
+    """A request that samples motion for `audio` into a new result file (`output`), answered by a Result."""
+
+    reply: ClassVar[type[Reply]] = Result
+    audio: str
+    output: str
+    checkpoint: str = "default"
+    device: str = "auto"
+    settings: dict = field(default_factory=dict)  # settings.GenerationSettings by name
+
+
+@dataclass(kw_only=True)
+class Generate(ResultRequest):
+    """Generate motion for the whole audio file with `settings`."""
+
+    type: ClassVar[str] = "generate"
+
+
+@dataclass(kw_only=True)
+class Reroll(ResultRequest):
+    """Sample frames range[0]..range[1] (15 fps, inclusive) of an earlier result file again, with `settings` over
+    the take's own."""
+
+    type: ClassVar[str] = "reroll"
+    result: str
+    range: list
+
+
+@dataclass(kw_only=True)
+class GetInfo(Request):
+    """Describe a checkpoint."""
+
+    type: ClassVar[str] = "info"
+    reply: ClassVar[type[Reply]] = Info
+    checkpoint: str = "default"
+
+
+@dataclass(kw_only=True)
+class Ping(Request):
+    """Answer at once (a round trip; the worker is alive)."""
+
+    type: ClassVar[str] = "ping"
+    reply: ClassVar[type[Reply]] = Pong
+
+
+@dataclass(kw_only=True)
+class Cancel(Request):
+    """Stop the request `id` at its next denoising step (it then fails as cancelled)."""
+
+    type: ClassVar[str] = "cancel"
+
+
+@dataclass(kw_only=True)
+class Shutdown(Request):
+    """Exit once the running request (if any) has ended."""
+
+    type: ClassVar[str] = "shutdown"
+
+
+# The requests a worker handler answers, by type; the worker's loop acts on the others itself, without a reply.
+REQUESTS: dict[str, type[Request]] = {c.type: c for c in (Generate, Reroll, GetInfo, Ping)}
+LOOP_REQUESTS: dict[str, type[Request]] = {c.type: c for c in (Cancel, Shutdown)}
+
+
+def read_request(msg: dict) -> Request:
+    """A decoded message as the request it is; ProtocolError for an unknown type or bad fields."""
+    kind = msg["type"]
+    cls = (REQUESTS.get(kind) or LOOP_REQUESTS.get(kind)) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown request type {kind!r:.60}")
+    return cls.from_wire(msg)
 
 
 def check_result_output(path: str | Path, keep: tuple = ()) -> Path:
@@ -175,7 +434,3 @@ def sampled_poses(result: dict, source: str) -> np.ndarray:
         return as_sampled(result["poses"], float(meta.get("settings", {}).get("intensity", 1.0)), source)
     return result["poses"]
 
-
-def error_reply(request_id: str | None, kind: ErrorKind, message: str) -> dict:
-    """The error message that answers a request (id None: a line that could not be read as a request)."""
-    return {"type": "error", "id": request_id, "kind": kind.value, "message": message}

@@ -5,7 +5,7 @@ seeded with those kept frames (the seed-pose mechanism that chains windows in a 
 consecutive windows are chained as in ClipRun, each given the audio under its own frames. Every kept frame that
 falls inside a window (the seed frames, and the frames after the range up to the last window's end) is held to the
 kept motion while sampling: after each sampler step its frames of x_t are replaced by the kept motion forward-noised
-to the step's t (samplers.add_noise; RePaint, Lugmayr et al. 2022), so the new motion is sampled to meet them. The
+to the step's t (network.add_noise; RePaint, Lugmayr et al. 2022), so the new motion is sampled to meet them. The
 first and last BLEND frames of the range are then cross-faded with the kept motion. Frames outside the range are the
 input's own values, bit for bit.
 """
@@ -19,9 +19,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .network import PoseDiffusion
+from .network import PoseDiffusion, add_noise
 from .pipeline import ClipRun, KnownFrames, Progress, resolved, save_result
-from .samplers import add_noise, randn
+from .samplers import randn
 from .settings import GenerationSettings
 from .timing import FPS, SAMPLE_RATE
 

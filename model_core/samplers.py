@@ -1,8 +1,9 @@
 """Reverse-diffusion samplers over the model's variance schedule; they never call the network.
 
 Each sampler exposes `timesteps` (schedule indices, high to low: one step each, so their number is the steps it
-runs) and `step(eps, i, x, gen)` that maps x at `timesteps[i]` to the next state given the guided noise prediction. The denoising loop lives in pipeline.py;
-`add_noise` is the forward process they invert, for training and tests.
+runs) and `step(eps, i, x, gen)` that maps x at `timesteps[i]` to the next state given the guided noise prediction.
+The denoising loop lives in pipeline.py; the forward process they invert, `add_noise`, lives with the schedule
+(network.py).
 
 * PaperSampler: the official 500-step ancestral sampler with the Diffusion Gesture Stabilizer (FACTS §5). Its
   noise is drawn in the official order, so with the same seed it reproduces the official sample bit for bit.
@@ -42,13 +43,6 @@ def randn(shape: tuple[int, ...], gen: torch.Generator | RowGenerators, device: 
     if isinstance(gen, RowGenerators):
         return torch.cat([torch.randn((n, *shape[1:]), generator=g, device=device, dtype=dtype) for g, n in gen.blocks])
     return torch.randn(shape, generator=gen, device=device, dtype=dtype)
-
-
-def add_noise(schedule: VarianceSchedule, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-    """The forward process q(x_t | x_0) that the samplers invert: sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise (Ho et al.
-    2020, eq. 4); t is one step for the whole batch or one per row (B,)."""
-    abar = schedule.alpha_bars[t].reshape(-1, *([1] * (x0.dim() - 1)))
-    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
 
 def stabilized_noise(shape: torch.Size, t: int, t0: int, like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

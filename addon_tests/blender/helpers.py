@@ -7,7 +7,7 @@ import time
 import bpy
 from bpy_extras import anim_utils
 
-from addon_tests.blender import rigs
+from addon_tests.blender import rig_families as rigs
 
 MODULE = "bl_ext.user_default.diffgesture"
 STEPS = 8  # few denoising steps: the tests check plumbing, not quality
@@ -157,7 +157,7 @@ class ReportSink:
 def drive_modal(addon, cancel_after_progress: bool = False, kill_after_progress: bool = False,
                 timeout: float = 120.0):
     """Run Generate the way its modal handler does: create, begin in a thread, poll on a 'timer', finish."""
-    gen = addon.generation.Generation.create(addon.operators.gather(bpy.context))
+    gen = addon.generation.Generation.create(addon.operators.generate.gather(bpy.context))
     gen.begin()
     deadline = time.monotonic() + timeout
     while not gen.poll():
@@ -166,7 +166,7 @@ def drive_modal(addon, cancel_after_progress: bool = False, kill_after_progress:
             if cancel_after_progress:
                 gen.cancel()
             if kill_after_progress:
-                os.kill(addon.worker_host.HOST.pid(), signal.SIGKILL)
-        time.sleep(addon.operators.TIMER_INTERVAL)
+                os.kill(addon.session.SESSION.worker.pid(), signal.SIGKILL)
+        time.sleep(addon.operators.generate.TIMER_INTERVAL)
     sink = ReportSink()
-    return addon.operators.finish(sink, bpy.context, gen), sink.reports
+    return addon.operators.generate.finish(sink, bpy.context, gen), sink.reports

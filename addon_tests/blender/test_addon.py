@@ -3,7 +3,7 @@
 The worker runs in the separate torch environment (DIFFGESTURE_TORCH_PYTHON) with a converted official fixture
 checkpoint. In background mode modal timers never tick, so the Generate operator is exercised two ways: its
 blocking `execute` through bpy.ops, and the exact poll loop its `modal` runs (Generation.poll until done, then
-operators.finish) driven by the test. Failures must leave the .blend unchanged: compared by `snapshot`.
+operators.generate.finish) driven by the test. Failures must leave the .blend unchanged: compared by `snapshot`.
 """
 import json
 import os
@@ -26,7 +26,7 @@ from addon_tests.paths import ROOT, TORCH_PYTHON
 
 def test_package_installs_enables_and_never_imports_torch(addon):
     assert hasattr(bpy.types.Scene, "diffgesture") and hasattr(bpy.ops.diffgesture, "generate")
-    assert addon.core.settings.DEFAULT_CHECKPOINT.parent.name == "weights"
+    assert addon.shared.settings.DEFAULT_CHECKPOINT.parent.name == "weights"
     assert never_touched_torch(), TorchImportWatch.attempts
 
 
@@ -51,8 +51,8 @@ def test_generate_operator_keys_audio_span_and_adds_sound(addon, scene, speech_w
 
 def test_modal_loop_keeps_the_worker_warm_and_refuses_a_second_run(addon, scene):
     assert bpy.ops.diffgesture.generate() == {"FINISHED"}
-    pid = addon.worker_host.HOST.pid()
-    gen = addon.generation.Generation.create(addon.operators.gather(bpy.context))
+    pid = addon.session.SESSION.worker.pid()
+    gen = addon.generation.Generation.create(addon.operators.generate.gather(bpy.context))
     try:
         with pytest.raises(RuntimeError, match="already running"):
             bpy.ops.diffgesture.generate()
@@ -62,7 +62,7 @@ def test_modal_loop_keeps_the_worker_warm_and_refuses_a_second_run(addon, scene)
     assert result == {"FINISHED"}, reports
     first, last = keyframe_span(scene.diffgesture.armature)  # the report names the keys' frames, not the sound's
     assert re.search(rf": frames {first:.0f}-{last:.0f} on Rig \(", reports[-1][1]) and first == 11, reports
-    assert addon.worker_host.HOST.pid() == pid  # same process served both requests
+    assert addon.session.SESSION.worker.pid() == pid  # same process served both requests
     assert len(bpy.data.actions) == 2
 
 
@@ -164,7 +164,7 @@ def test_panel_and_preferences_draw(addon, scene):
 
 def test_paper_means_the_same_in_the_panel_cli_and_headless(addon, scene, speech_wav, tmp_path):
     from model_core.__main__ import build_parser, generation_settings
-    settings = addon.core.settings
+    settings = addon.shared.settings
     paper = settings.preset("paper")
     assert (paper.sampler, paper.bn_mode, paper.trim, paper.precision) == ("paper", "official", False, "exact")
 
@@ -173,7 +173,8 @@ def test_paper_means_the_same_in_the_panel_cli_and_headless(addon, scene, speech
                                                              "--sampler", "paper", *options]))
         headless = addon.headless.requests(addon.headless.build_parser().parse_args(
             ["generate", "--audio", str(speech_wav), "--armature", "Rig", "--sampler", "paper", *options]))[0]
-        return [addon.operators.gather(bpy.context).settings.to_dict(), cli.to_dict(), headless.settings.to_dict()]
+        panel = addon.operators.generate.gather(bpy.context).settings
+        return [panel.to_dict(), cli.to_dict(), headless.settings.to_dict()]
 
     scene.diffgesture.sampler = "paper"
     assert three_front_ends() == [paper.to_dict()] * 3  # panel, CLI, headless
@@ -200,7 +201,7 @@ def test_the_cli_headless_and_the_panel_offer_the_tables_options(addon, scene, s
     properties have the table's range, default and choices; all three refuse a value outside a range alike and
     give the same settings when nothing is changed."""
     from model_core.__main__ import build_parser, generation_settings
-    settings = addon.core.settings
+    settings = addon.shared.settings
     table = settings.OPTIONS
     cli = offered(build_parser(), "generate")
     assert set(cli) == {*table, "reproduce"}
@@ -254,7 +255,7 @@ def test_the_cli_headless_and_the_panel_offer_the_tables_options(addon, scene, s
 
 
 def test_settings_are_validated_before_a_worker_starts(addon, scene, speech_wav, capsys):
-    addon.worker_host.HOST.shutdown()
+    addon.session.SESSION.worker.shutdown()
     scene.diffgesture.guidance = 1e30  # past the property's own limit only through Python: clamped to 20
     assert scene.diffgesture.guidance == 20.0
     rc = addon.headless.main(["generate", "--audio", str(speech_wav), "--armature", "Rig", "--guidance", "nan",
@@ -263,7 +264,7 @@ def test_settings_are_validated_before_a_worker_starts(addon, scene, speech_wav,
     rc = addon.headless.main(["generate", "--audio", str(speech_wav), "--armature", "Rig", "--variations", "0",
                               "--torch-python", str(TORCH_PYTHON)])
     assert rc == 2 and "variations must be within 1..64, not 0" in capsys.readouterr().err
-    assert addon.worker_host.HOST.pid() is None, "refused before any worker was started"
+    assert addon.session.SESSION.worker.pid() is None, "refused before any worker was started"
 
 
 def test_the_worker_is_never_started_on_the_main_thread(addon, scene, speech_wav, monkeypatch):
@@ -276,7 +277,7 @@ def test_the_worker_is_never_started_on_the_main_thread(addon, scene, speech_wav
             starts.append(threading.current_thread() is threading.main_thread())
         return real_popen(args, *rest, **kw)
     monkeypatch.setattr(subprocess, "Popen", spy)
-    host = addon.worker_host.HOST
+    host = addon.session.SESSION.worker
     host.shutdown()
     assert bpy.ops.diffgesture.generate() == {"FINISHED"}  # the blocking execute
     host.shutdown()
@@ -304,7 +305,7 @@ def test_a_headless_blenders_worker_takes_every_core(addon, scene, monkeypatch):
     assert bpy.app.background, "bpy as a module is a background Blender"
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # the user's own would reach the worker as it is
     monkeypatch.delenv("DIFFGESTURE_SPARE_CORES", raising=False)
-    host = addon.worker_host.HOST
+    host = addon.session.SESSION.worker
     host.shutdown()
     started = []
     thread = threading.Thread(target=lambda: started.append(host.start(str(TORCH_PYTHON))[0]))
@@ -395,7 +396,7 @@ def test_no_armature_or_edit_mode_is_refused_before_the_worker(addon, scene):
 
 
 def test_opening_a_file_drops_the_running_generation(addon, scene):
-    addon.generation.Generation.create(addon.operators.gather(bpy.context))
+    addon.generation.Generation.create(addon.operators.generate.gather(bpy.context))
     bpy.ops.wm.read_homefile(use_empty=True)
     assert addon.generation.active() is None
 
@@ -417,16 +418,16 @@ def test_unusable_interpreter_leaves_blend_unchanged(addon, scene, python, messa
 def test_check_reports_torch_cuda_and_device(addon):
     assert bpy.ops.diffgesture.check_environment() == {"FINISHED"}
     deadline = time.monotonic() + 60
-    while addon.worker_host.HOST.check_running():
+    while addon.session.SESSION.worker.check_running():
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    first = addon.worker_host.HOST.check_report()[0]
+    first = addon.session.SESSION.worker.check_report()[0]
     assert first.startswith("torch 2.") and "CUDA not available" in first and "device: CPU" in first, first
 
 
 def test_disabling_the_addon_stops_the_worker(addon):
-    addon.worker_host.HOST.check(str(TORCH_PYTHON)).join(60)
-    pid = addon.worker_host.HOST.pid()
+    addon.session.SESSION.worker.check(str(TORCH_PYTHON)).join(60)
+    pid = addon.session.SESSION.worker.pid()
     bpy.ops.preferences.addon_disable(module=MODULE)
     try:
         with pytest.raises(ProcessLookupError):

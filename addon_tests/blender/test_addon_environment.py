@@ -76,7 +76,7 @@ def test_builder_makes_a_venv_before_installing(tmp_path):
 
 # -- in real Blender: Generate, Check, Create, Cancel as a user meets them -----------------------------------------
 def own_env(addon) -> Path:
-    return addon.preferences.env_dir()
+    return addon.worker_host.env_dir()
 
 
 @pytest.fixture
@@ -114,16 +114,16 @@ def silent_index(monkeypatch, no_index, silent_server):
 def clean_env(addon):
     """No extension environment, no builder, no Check result before and after; Torch Python restored."""
     prefs = bpy.context.preferences.addons[MODULE].preferences
-    ops = addon.operators.DIFFGESTURE_OT_create_environment
+    session = addon.session.SESSION
 
     def clean():
-        if ops.builder is not None:
-            ops.builder.cancel()
-            ops.builder.wait(60)
-            ops.builder = None
+        if session.environment_builder is not None:
+            session.environment_builder.cancel()
+            session.environment_builder.wait(60)
+            session.environment_builder = None
         shutil.rmtree(own_env(addon), ignore_errors=True)
         env.log_path(own_env(addon)).unlink(missing_ok=True)  # a new user: no earlier build to report on
-        addon.worker_host.HOST.forget_check()
+        addon.session.SESSION.worker.forget_check()
     clean()
     yield prefs
     clean()
@@ -197,10 +197,10 @@ def bare_venv(folder: Path) -> Path:
 def run_check(addon) -> list[str]:
     assert bpy.ops.diffgesture.check_environment() == {"FINISHED"}
     deadline = time.monotonic() + 60
-    while addon.worker_host.HOST.check_running():
+    while addon.session.SESSION.worker.check_running():
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    return addon.worker_host.HOST.check_report()
+    return addon.session.SESSION.worker.check_report()
 
 
 def wait_for(predicate, timeout: float = 120.0, what: str = "") -> None:
@@ -257,8 +257,8 @@ def test_a_missing_torch_fails_with_pips_reason_and_keeps_the_users_index(addon,
     clean_env.torch_python = ""
     assert run_check(addon)[0].startswith("Check failed")
     assert bpy.ops.diffgesture.create_environment() == {"FINISHED"}
-    assert addon.worker_host.HOST.check_report() == []  # Check described the environment being replaced
-    builder = addon.operators.DIFFGESTURE_OT_create_environment.builder
+    assert addon.session.SESSION.worker.check_report() == []  # Check described the environment being replaced
+    builder = addon.session.SESSION.environment_builder
     seen = set()
     while not builder.done:
         seen.update(t for t in draw_preferences(addon) if re.search(r" \(\d+:\d\d\)$", t))
@@ -286,7 +286,7 @@ def test_unreachable_torch_index_is_said_in_words_and_the_install_goes_on_from_t
     monkeypatch.setenv("PIP_DEFAULT_TIMEOUT", "300")
     clean_env.torch_python = ""
     assert bpy.ops.diffgesture.create_environment() == {"FINISHED"}
-    builder = addon.operators.DIFFGESTURE_OT_create_environment.builder
+    builder = addon.session.SESSION.environment_builder
     installing = f"installing PyTorch ({builder.plan.variant}) and the core's requirements"
     wait_for(lambda: builder.stage == installing or builder.done, 300, "the install step")
     assert "The extension's environment is being created (progress below)" in draw_preferences(addon)
@@ -315,7 +315,7 @@ def test_while_pip_retries_an_index_the_preferences_say_so_in_words_and_so_does_
     monkeypatch.setenv("PIP_RETRIES", "2")
     clean_env.torch_python = ""
     assert bpy.ops.diffgesture.create_environment() == {"FINISHED"}
-    builder = addon.operators.DIFFGESTURE_OT_create_environment.builder
+    builder = addon.session.SESSION.environment_builder
     seen, deadline = set(), time.monotonic() + 180
     while not builder.done:
         assert time.monotonic() < deadline, builder.log_path.read_text()
@@ -358,9 +358,8 @@ def test_probe_names_each_way_an_index_is_unreachable(serve, silent_server, tmp_
 
 def test_cancel_stops_pip_and_a_second_create_is_refused(addon, scene, clean_env, silent_index):
     clean_env.torch_python = ""
-    ops = addon.operators.DIFFGESTURE_OT_create_environment
     assert bpy.ops.diffgesture.create_environment() == {"FINISHED"}
-    builder = ops.builder
+    builder = addon.session.SESSION.environment_builder
     wait_for(lambda: running_pip(builder), what="pip to start")  # (stage is set before its process starts)
     pip = builder._proc.pid
     lock = {"owner": os.getpid(), "step": pip, "env": str(own_env(addon))}
@@ -433,7 +432,7 @@ def test_while_another_blender_installs_everything_says_to_wait_and_create_takes
         proc.wait()
         assert env.pid_alive(pip)
         assert bpy.ops.diffgesture.create_environment() == {"FINISHED"}
-        builder = addon.operators.DIFFGESTURE_OT_create_environment.builder
+        builder = addon.session.SESSION.environment_builder
         wait_for(lambda: not env.pid_alive(pip), 30, "the orphaned pip to stop")
         note = f"stopped the installer (PID {pip}) left running by an earlier Blender (PID {proc.pid}); starting again"
         assert builder.notes == [note] and note in draw_preferences(addon)
@@ -453,7 +452,7 @@ def test_custom_python_wins_and_the_preferences_offer_to_switch(addon, clean_env
     assert "<diffgesture.use_extension_environment>" in texts
     assert bpy.ops.diffgesture.use_extension_environment() == {"FINISHED"}
     assert clean_env.torch_python == "" and addon.preferences.get().python == str(own)
-    assert addon.worker_host.HOST.check_report() == []  # that Check described the other interpreter
+    assert addon.session.SESSION.worker.check_report() == []  # that Check described the other interpreter
     assert f"Using the extension's environment: {own}" in draw_preferences(addon)
 
 

@@ -35,7 +35,7 @@ def test_take_exports_start_at_zero_under_the_takes_name(addon, scene, speech_wa
     """A take that starts at frame 11, an older take on the NLA: the FBX re-imports as that one take with its first
     key on the new scene's first frame, the .glb has one animation named after the take whose times run from 0, and
     the validator finds no error in it; the add-on's BVH has every bone once at the scene's frame time."""
-    demo = importlib.import_module(f"{MODULE}.rigs").build_demo_character("Demo")  # a skinned mesh, for the glTF
+    demo = importlib.import_module(f"{MODULE}.demo_character").build_demo_character("Demo")  # skinned, for the glTF
     assert addon.headless.main(["generate", "--audio", str(speech_wav), "--armature", "Demo", "--no-sound",
                                 "--checkpoint", str(small_checkpoint), "--steps", str(STEPS), "--start-frame", "11",
                                 "--torch-python", str(TORCH_PYTHON)]) == 0

@@ -259,11 +259,11 @@ def test_worker_hanging_mid_generation_is_stopped_and_nothing_changes(addon, sce
     scene.diffgesture.steps = 400
     before = snapshot()
     try:
-        addon.worker_host.HOST.client(prefs.torch_python).stall_timeout = 2.0
+        addon.session.SESSION.worker.client(prefs.torch_python).stall_timeout = 2.0
         result, reports = drive_modal(addon, timeout=60)
     finally:
         prefs.torch_python = str(TORCH_PYTHON)
-        addon.worker_host.HOST.shutdown()
+        addon.session.SESSION.worker.shutdown()
     error = messages(reports, "ERROR")
     assert result == {"CANCELLED"} and "the worker sent nothing for 2 s and was stopped as hung" in error, reports
     assert "Nothing was changed; the worker will be restarted" in error
@@ -273,14 +273,14 @@ def test_worker_hanging_mid_generation_is_stopped_and_nothing_changes(addon, sce
 def test_cuda_without_a_gpu_falls_back_and_the_summary_says_so(addon, scene, speech_wav, tmp_path, capsys,
                                                                monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # "no GPU" even on a machine with one
-    addon.worker_host.HOST.shutdown()  # the next worker starts with that environment
+    addon.session.SESSION.worker.shutdown()  # the next worker starts with that environment
     summary = tmp_path / "summary.json"
     try:
         rc = addon.headless.main(["generate", "--audio", str(speech_wav), "--armature", "Rig", "--device", "cuda",
                                   "--checkpoint", scene.diffgesture.checkpoint_path, "--steps", str(STEPS),
                                   "--torch-python", str(TORCH_PYTHON), "--json", str(summary)])
     finally:
-        addon.worker_host.HOST.shutdown()
+        addon.session.SESSION.worker.shutdown()
     result = json.loads(summary.read_text())["results"][0]
     assert rc == 0 and result["device"] == "cpu"
     assert any("CUDA was requested but is not available" in n for n in result["notes"])
@@ -290,7 +290,7 @@ def test_cuda_without_a_gpu_falls_back_and_the_summary_says_so(addon, scene, spe
 # -- Blender -----------------------------------------------------------------------------------------------------
 def test_undo_after_a_generation_restores_the_file_in_one_step(addon, scene):
     """Undo needs a window: the background wheel has one, and ('EXEC_DEFAULT', True) pushes undo as the UI does."""
-    assert "UNDO" in addon.operators.DIFFGESTURE_OT_generate.bl_options
+    assert "UNDO" in addon.operators.generate.DIFFGESTURE_OT_generate.bl_options
     window = bpy.context.window_manager.windows[0]
     with bpy.context.temp_override(window=window):
         bpy.ops.ed.undo_push(message="before generating")

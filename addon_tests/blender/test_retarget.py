@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mathutils import Quaternion
 
-from addon_tests.blender import rigs
+from addon_tests.blender import rig_families as rigs
 from diffgesture_blender import retarget
 from diffgesture_blender.retarget import bone_maps
 from model_core import skeleton as sk
@@ -200,7 +200,7 @@ def test_world_directions_match_generated_vectors(empty_scene, case, skeleton):
 @pytest.mark.parametrize("fmt", ["fbx", "gltf"])
 def test_demo_character_round_tripped_through_blenders_exporters(empty_scene, fmt):
     """Blender's own FBX and glTF exporters and importers, default settings, as a user would bring a character."""
-    from diffgesture_blender import rigs as demo
+    from diffgesture_blender import demo_character as demo
     demo.build_demo_character("Demo")
     path = Path(tempfile.mkdtemp(prefix="dg-io-")) / f"demo.{'fbx' if fmt == 'fbx' else 'glb'}"
     if fmt == "fbx":

@@ -6,7 +6,7 @@ import bpy
 import numpy as np
 import pytest
 
-from addon_tests.blender import rigs
+from addon_tests.blender import rig_families as rigs
 from addon_tests.blender.test_retarget import ARMS, check_directions, degrees, motion, world_turns
 from diffgesture_blender import retarget
 from diffgesture_blender.retarget import bone_maps

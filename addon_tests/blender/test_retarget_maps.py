@@ -3,8 +3,8 @@ import bpy
 import numpy as np
 import pytest
 
-from addon_tests.blender import rigs
-from diffgesture_blender import rigs as demo
+from addon_tests.blender import rig_families as rigs
+from diffgesture_blender import demo_character as demo
 from diffgesture_blender.retarget import bone_maps, presets, quat
 from diffgesture_blender.retarget.names import mirror_name, parse
 from diffgesture_blender.retarget.roles import FINGERS, REQUIRED_ROLES

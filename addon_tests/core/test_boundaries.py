@@ -1,11 +1,12 @@
 """The package split holds: model_core never imports bpy or training; the modules the add-on uses from model_core
 (skeleton, settings, protocol, client) need neither torch nor bpy; in the add-on only the scene writer (and the code
-it calls to key actions) writes to the .blend."""
+it calls to key actions) writes to the .blend; no two modules import each other, however indirectly."""
 import ast
 import os
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import model_core
 from addon_tests.paths import ROOT
@@ -77,12 +78,89 @@ def test_only_the_scene_writer_writes_bpy_data():
     writes = {str(p.relative_to(addon)): data_writes(p.read_text(encoding="utf-8")) for p in addon.rglob("*.py")}
     assert writes["scene_writer.py"], "the detector finds the scene writer's own writes"
     assert "action[takes.KEY]" in writes["scene_writer.py"], "and its take records"
-    # retargeting keys the actions the scene writer asks for; rigs builds the demo character; __init__ registers;
-    # export assigns the take for the exporters and puts every setting back (test_export checks the scene is as it was)
-    allowed = {"scene_writer.py", "rigs.py", "__init__.py", "export.py"}
+    # retargeting keys the actions the scene writer asks for; demo_character builds the demo character; __init__
+    # registers; export assigns the take for the exporters and puts every setting back (test_export checks the scene
+    # is as it was)
+    allowed = {"scene_writer.py", "demo_character.py", "__init__.py", "export.py"}
     writers = {name for name, found in writes.items() if found}
     assert {name for name in writers if name not in allowed and not name.startswith("retarget")} == set(), \
         {name: writes[name] for name in writers}
-    for module in ("generation.py", "worker_host.py", "request.py", "operators.py", "headless.py", "panel.py",
-                   "takes.py"):
+    operators = [str(p.relative_to(addon)) for p in (addon / "operators").glob("*.py")]
+    assert len(operators) >= 5, operators
+    for module in ("generation.py", "worker_host.py", "request.py", "session.py", "headless.py", "panel.py",
+                   "takes.py", *operators):
         assert module in writes and not writes[module], (module, writes[module])
+
+
+def module_files(packages: tuple[str, ...]) -> dict[str, Path]:
+    """Every module of the packages (source files under ROOT), by its dotted name ("a.b" for a/b.py, "a" for
+    a/__init__.py)."""
+    files = {}
+    for package in packages:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return files
+
+
+def imported_modules(name: str, path: Path, files: dict[str, Path]) -> set[str]:
+    """The modules of `files` that module `name` imports, at the top or inside functions (lazy imports count), but
+    not under `if TYPE_CHECKING:` (never run). In the built extension model_core is bundled inside the add-on, so
+    the add-on's `.model_core` is model_core."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(
+        node.test) for statement in node.body for n in ast.walk(statement)}
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    named = []
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.Import):
+            named += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                above = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(above + ([node.module] if node.module else []))
+            named += [f"{base}.{alias.name}" if f"{base}.{alias.name}" in files else base for alias in node.names]
+    found = set()
+    for module in named:
+        module = module.replace("diffgesture_blender.model_core", "model_core", 1)
+        while module and module not in files:  # from a.b import function -> a.b
+            module = module.rpartition(".")[0]
+        if module and module != name:
+            found.add(module)
+    return found
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A chain of imports that comes back to where it started ([a, b, a]), or None when the graph has none."""
+    done, path = set(), []
+
+    def visit(module: str) -> list[str] | None:
+        if module in path:
+            return path[path.index(module):] + [module]
+        if module in done:
+            return None
+        path.append(module)
+        for imported in sorted(graph.get(module, ())):
+            if (cycle := visit(imported)) is not None:
+                return cycle
+        path.pop()
+        done.add(module)
+        return None
+    return next((cycle for module in sorted(graph) if (cycle := visit(module)) is not None), None)
+
+
+def test_no_import_cycle_in_model_core_or_the_addon():
+    """Modules that import each other (directly or through others, lazily or not) only work in some import orders
+    and tie their concerns together: the add-on's session state is one module that imports none of its users."""
+    files = module_files(("model_core", "diffgesture_blender"))
+    graph = {name: imported_modules(name, path, files) for name, path in files.items()}
+    assert "model_core.pipeline" in graph["model_core.worker"], "imports inside functions are read"
+    assert "model_core.client" in graph["diffgesture_blender.shared"], "the add-on's bundled model_core is model_core"
+    assert {"diffgesture_blender.session", "diffgesture_blender.request"} <= graph["diffgesture_blender.generation"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"], "a cycle is found"
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None, "shared imports are no cycle"
+    cycle = find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle)

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from model_core.network import VarianceSchedule, ModelConfig
-from model_core.samplers import (DDIMSampler, DPMSolverSampler, PaperSampler, RenoiseSampler, add_noise,
-                                 ddim_timesteps, lambda_timesteps, make_sampler, quadratic_timesteps, randn)
+from model_core.network import VarianceSchedule, ModelConfig, add_noise
+from model_core.samplers import (DDIMSampler, DPMSolverSampler, PaperSampler, RenoiseSampler, ddim_timesteps,
+                                 lambda_timesteps, make_sampler, quadratic_timesteps, randn)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,11 @@ import soundfile as sf
 
 from addon_tests.paths import FIXTURES, ROOT
 from model_core.client import WorkerClient, WorkerError
+from model_core import protocol
+from model_core.audio import AudioError
+from model_core.checkpoint import CheckpointError
 from model_core.cpu import physical_cores
+from model_core.pipeline import Cancelled
 from model_core.settings import DEFAULT_FAST_STEPS
 from model_core.protocol import REQUESTS, ErrorKind, read_result
 from model_core.worker import Worker
@@ -130,6 +134,52 @@ def test_bad_settings_are_refused_with_their_name(client, ckpt, speech, tmp_path
 
 def test_every_request_type_has_one_handler():
     assert Worker(io.BytesIO()).handlers.keys() == REQUESTS.keys()
+
+
+@pytest.mark.parametrize("message", [
+    protocol.Generate(id="g", audio="a.wav", output="r.npz", settings={"steps": 3}),
+    protocol.Reroll(id=7, result="r.npz", audio="a.wav", range=[3, 9], output="s.npz", device="cpu"),
+    protocol.GetInfo(id="i", checkpoint="c.pt"), protocol.Ping(id="p"), protocol.Cancel(id="g"), protocol.Shutdown(),
+    protocol.Ready(protocol=1, torch="2.13", cuda=True, cuda_version="12.8", device_name="GPU", pid=5, python="py",
+                   threads=3, max_threads=4),
+    protocol.Progress(id="g", window=1, windows=3, step=4, steps=25, fraction=0.5),
+    protocol.Result(id="g", output="r.npz", checkpoint="c.pt", notes=["n"], summary={"frames": 46, "seed": 2}),
+    protocol.Info(id="i", skeleton="ted_expressive", config={"n_poses": 34}, sha256="ab", source_format="native"),
+    protocol.Pong(id="p"), protocol.Error(id="g", kind=ErrorKind.AUDIO, message="audio file not found"),
+], ids=lambda m: type(m).__name__)
+def test_every_message_reads_back_from_its_wire_line(message):
+    """What one side writes, the other reads back as the same message; the line is JSON with the type first."""
+    msg = protocol.decode(protocol.encode(message.to_wire()))
+    assert next(iter(msg)) == "type" and type(message).from_wire(msg) == message
+    if isinstance(message, protocol.Request):
+        assert protocol.read_request(msg) == message
+
+
+def test_messages_refuse_missing_and_mistyped_fields_by_name():
+    with pytest.raises(protocol.ProtocolError, match=r"^reroll request lacks 'audio', 'output', 'result', 'range'$"):
+        protocol.read_request({"type": "reroll", "id": "r"})
+    with pytest.raises(protocol.ProtocolError, match=r"^progress reply: 'fraction' must be a int or float, not str$"):
+        protocol.Progress.from_wire({"type": "progress", "fraction": "half"})
+    with pytest.raises(protocol.ProtocolError, match=r"^pong reply: 'id' must be a string or an integer, not True$"):
+        protocol.Pong.from_wire({"type": "pong", "id": True})
+    assert protocol.Ready.from_wire({"type": "ready", "protocol": 1, "gpu_memory": 80}).protocol == 1, \
+        "a field this side does not know (from a newer worker) is ignored"
+    result = protocol.Result.from_wire({"type": "result", "id": "j", "output": "o", "frames": 4, "device": "cpu"})
+    assert result.summary == {"frames": 4, "device": "cpu"} and result["frames"] == 4 and result["output"] == "o"
+    assert result["type"] == "result" and protocol.Error(kind=ErrorKind.AUDIO)["kind"] == "audio", "as on the wire"
+
+
+def test_error_kind_both_ways():
+    """The worker reports an exception with the kind its class declares (bad values: settings); the client reads a
+    kind it does not know as internal."""
+    assert [ErrorKind.of_exception(e) for e in (AudioError("a"), CheckpointError("c"), Cancelled(),
+                                                  protocol.ProtocolError("p"), ValueError("v"), TypeError("t"),
+                                                  KeyError("k"), RuntimeError("r"))] == [
+        ErrorKind.AUDIO, ErrorKind.CHECKPOINT, ErrorKind.CANCELLED, ErrorKind.PROTOCOL, ErrorKind.SETTINGS,
+        ErrorKind.SETTINGS, ErrorKind.INTERNAL, ErrorKind.INTERNAL]
+    assert [ErrorKind.from_wire(name) for name in ("audio", "crashed", "teapot", None)] == [
+        ErrorKind.AUDIO, ErrorKind.CRASHED, ErrorKind.INTERNAL, ErrorKind.INTERNAL]
+    assert protocol.Error.from_wire({"type": "error", "kind": "teapot", "message": "m"}).kind is ErrorKind.INTERNAL
 
 
 FAKE_WORKER = """import sys

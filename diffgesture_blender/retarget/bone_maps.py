@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import files
+from ..session import SESSION
+from ..shared import files
 from . import presets, rigify, vrm
 from .detect import Detection, detect_rig, hierarchy_problems
 from .frame import world_matrix
@@ -38,9 +39,6 @@ def vrm_table(armature_obj) -> dict[str, str]:
     return vrm.humanoid_map(extension, uuids)
 
 
-_detected: dict[str, tuple[tuple, Detection]] = {}  # object name -> (rig_key, detection): the panel redraws often
-
-
 def rig_key(armature_obj) -> tuple:
     """Everything detection reads, compared cheaply: bone names and parents, rest heads and tails, the object's world
     matrix, Rigify's stamp and the VRM humanoid table. It changes whenever a detection could."""
@@ -59,7 +57,7 @@ def detect(armature_obj, *, fresh: bool = False) -> Detection:
     carries one, else names; then the structure in world space). The result is kept per object until its rig_key
     changes (fresh: detect again anyway); callers get their own copy."""
     key = rig_key(armature_obj)
-    kept = _detected.get(armature_obj.name)
+    kept = SESSION.detections.get(armature_obj.name)  # the panel redraws often
     if fresh or kept is None or kept[0] != key:
         tree = parents(armature_obj)
         if rigify.is_rigify(armature_obj):  # the roles are ORG bones: the metarig's copy, without controls and MCH
@@ -69,7 +67,7 @@ def detect(armature_obj, *, fresh: bool = False) -> Detection:
         heads = {b.name: m[:3, :3] @ np.array(b.head_local) + m[:3, 3] for b in bones}
         tails = {b.name: m[:3, :3] @ np.array(b.tail_local) + m[:3, 3] for b in bones}
         found = detect_rig(tree, heads, tails, vrm_table(armature_obj))
-        kept = _detected[armature_obj.name] = key, found
+        kept = SESSION.detections[armature_obj.name] = key, found
     d = kept[1]
     return replace(d, mapping=dict(d.mapping), missing_required=list(d.missing_required), vetoed=list(d.vetoed))
 
@@ -119,7 +117,7 @@ def load_file(armature_obj, path: str | Path) -> dict[str, str]:
 
 def save_file(armature_obj, path: str | Path, mapping: dict[str, str] | None = None, keep: list | tuple = ()) -> None:
     """Write the armature's map (given, stored or detected) to a bone-map file: a new file or another bone map,
-    never one of `keep` (core.files.check_output; ValueError saying why)."""
+    never one of `keep` (shared.files.check_output; ValueError saying why)."""
     files.check_output(path, keep, ours=presets.is_bone_map_file, what="the bone map file",
                        kind="a DiffGesture bone map")
     detection = detect(armature_obj)

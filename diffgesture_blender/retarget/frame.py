@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core import skeleton as sk
+from ..shared import skeleton as sk
 from .quat import unit
 from .roles import FINGERS, SIDES
 

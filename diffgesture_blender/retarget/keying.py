@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core import skeleton as sk
+from ..shared import skeleton as sk
 from . import bone_maps, rigify
 from .frame import character_frame, check_standing, snap, targets, world_axes
 from .quat import Y, continuous, qaxis, slerp_resample, unit

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core import skeleton as sk
+from ..shared import skeleton as sk
 from . import rigify
 from .frame import STANDING_DEGREES, target_keys, world_axes, world_matrix
 from .roles import PARTS, TABLE, folded, missing_required

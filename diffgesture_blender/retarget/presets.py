@@ -14,7 +14,7 @@ import json
 from functools import cache
 from pathlib import Path
 
-from ..core import files
+from ..shared import files
 from .names import BoneName, parse, shared_prefix
 from .roles import ROLES, TABLE, mirror_role
 

@@ -1,5 +1,5 @@
-"""The torch-free parts of model_core (skeleton tables, settings, worker protocol and client, the rule for files)
-as the add-on sees them.
+"""The model_core modules the add-on shares with the worker, all torch-free: skeleton tables, settings, the worker
+protocol and client, the rule for files.
 
 Inside the built extension model_core is bundled next to the add-on; in a source checkout it is the repository's
 top-level package. The add-on never imports anything else from model_core: the rest runs in the worker.

@@ -1,6 +1,6 @@
 """The demo character built in code, reproducibly: a Mixamo-named armature (A-pose, facing -Y, +Z up) and a body.
 
-The rigs of the other families live with the tests (addon_tests/blender/rigs.py), written down from real files.
+The rigs of the other families live with the tests (addon_tests/blender/rig_families.py), written down from real files.
 """
 from __future__ import annotations
 
