@@ -7,13 +7,10 @@ The denoising loop lives in pipeline.py; the forward process they invert, `add_n
 
 * PaperSampler: the official 500-step ancestral sampler with the Diffusion Gesture Stabilizer (FACTS §5). Its
   noise is drawn in the official order, so with the same seed it reproduces the official sample bit for bit.
-* DDIMSampler: K-step DDIM (Song et al. 2021, eq. 12) on the same schedule; with eta > 0 its noise below t0
-  is made temporally shared exactly like the stabilizer's.
+* DDIMSampler: K-step DDIM (Song et al. 2021, eq. 12) on the same schedule, on steps quadratic in t; with eta > 0
+  its noise below t0 is made temporally shared exactly like the stabilizer's.
 * DPMSolverSampler: K-step DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), deterministic and second order, so
   fewer steps reach the same sample; it draws no noise after x_T.
-* RenoiseSampler: K steps that predict x_0 and noise it afresh to the next level (the multistep sampling of
-  consistency models, Song et al. 2023, Algorithm 1) on steps dense near t = 0; nothing of the network's noise
-  estimate is carried to the next step, and below t0 the fresh noise is the stabilizer's.
 """
 from __future__ import annotations
 
@@ -78,13 +75,6 @@ class PaperSampler:
         return c0 * (x - c1 * eps) + sigma * z
 
 
-def ddim_timesteps(num_steps: int, k: int) -> list[int]:
-    """K schedule indices spread evenly from T down to 1."""
-    if not 1 <= k <= num_steps:
-        raise ValueError(f"the fast sampler needs 1..{num_steps} steps, got {k}")
-    return [int(t) for t in np.unique(np.round(np.linspace(1, num_steps, k))).astype(int)[::-1]]
-
-
 def lambda_timesteps(schedule: VarianceSchedule, k: int) -> list[int]:
     """K schedule indices from T down to 1 spread evenly in log-SNR lambda = log(sqrt(abar) / sqrt(1 - abar)), the
     variable DPM-Solver integrates in (Lu et al. 2022, §3.3): even in t, its last steps jump from lambda 1.3 to 4.6.
@@ -125,7 +115,7 @@ class DDIMSampler:
         self.eta = eta
         self.stabilizer = stabilizer
         self.t0 = t0
-        self.timesteps = ddim_timesteps(schedule.num_steps, steps)
+        self.timesteps = quadratic_timesteps(schedule.num_steps, steps)
 
     def step(self, eps: torch.Tensor, i: int, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         t = self.timesteps[i]
@@ -182,48 +172,16 @@ class DPMSolverSampler:
         return sigma_ratio * x - math.sqrt(ab_prev) * math.expm1(-h) * d
 
 
-class RenoiseSampler:
-    """x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) z: the x_0 prediction noised afresh to the next level.
-
-    DDIM carries the network's noise estimate to the next step (with weight sqrt(1 - abar_prev - s^2)); on this
-    model that estimate holds a frame-to-frame wiggle, which DDIM returns as jitter in held poses (eta = 0 leaves
-    the wiggle of x_T almost untouched). Here every step starts from the prediction and new noise only, frame-shared
-    below t0 as the stabilizer's (paper eq. 9); the last step returns the prediction itself."""
-
-    def __init__(self, schedule: VarianceSchedule, steps: int = 10, stabilizer: bool = True,
-                 t0: int = STABILIZER_T0):
-        self.s = schedule
-        self.stabilizer = stabilizer
-        self.t0 = t0
-        self.timesteps = quadratic_timesteps(schedule.num_steps, steps)
-
-    def step(self, eps: torch.Tensor, i: int, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        t = self.timesteps[i]
-        t_prev = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else 0
-        ab, ab_prev = self.s.alpha_bars[t], self.s.alpha_bars[t_prev]
-        x0 = (x - torch.sqrt(1 - ab) * eps) / torch.sqrt(ab)
-        if t_prev == 0:
-            return x0
-        if self.stabilizer and t < self.t0:
-            z = stabilized_noise(x.shape, t, self.t0, x, gen)
-        else:
-            z = randn(x.shape, gen, x.device, x.dtype)
-        return torch.sqrt(ab_prev) * x0 + torch.sqrt(1 - ab_prev) * z
-
-
-Sampler = PaperSampler | DDIMSampler | DPMSolverSampler | RenoiseSampler
+Sampler = PaperSampler | DDIMSampler | DPMSolverSampler  # one step per entry of `timesteps`
 
 
 def make_sampler(name: str, schedule: VarianceSchedule, steps: int = 50, stabilizer: bool = True,
                  eta: float = 0.0, solver: str = "ddim") -> Sampler:
-    """'paper' -> the official 500-step sampler; 'fast' -> `steps` steps of DDIM, DPM-Solver++(2M) ("dpm") or
-    prediction-and-fresh-noise ("renoise")."""
+    """'paper' -> the official 500-step sampler; 'fast' -> `steps` steps of DDIM or DPM-Solver++(2M) ("dpm")."""
     if name == "paper":
         return PaperSampler(schedule, stabilizer=stabilizer)
     if name == "fast" and solver == "dpm":
         return DPMSolverSampler(schedule, steps=steps)
-    if name == "fast" and solver == "renoise":
-        return RenoiseSampler(schedule, steps=steps, stabilizer=stabilizer)
     if name == "fast":
         return DDIMSampler(schedule, steps=steps, eta=eta, stabilizer=stabilizer)
     raise ValueError(f"unknown sampler {name!r}: use 'paper' or 'fast'")

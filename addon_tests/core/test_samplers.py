@@ -3,8 +3,7 @@ import pytest
 import torch
 
 from model_core.network import VarianceSchedule, ModelConfig, add_noise
-from model_core.samplers import (DDIMSampler, DPMSolverSampler, PaperSampler, RenoiseSampler, ddim_timesteps,
-                                 lambda_timesteps, make_sampler, quadratic_timesteps, randn)
+from model_core.samplers import DDIMSampler, DPMSolverSampler, PaperSampler, lambda_timesteps, quadratic_timesteps
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +105,6 @@ def test_lambda_timesteps_are_k_distinct_steps_from_t_to_1(schedule):
         lambda_timesteps(schedule, 0)
 
 
-def test_timesteps():
-    assert ddim_timesteps(500, 10) == [500, 445, 389, 334, 278, 223, 167, 112, 56, 1]
-    assert ddim_timesteps(500, 1) == [1]
-    with pytest.raises(ValueError, match="1..500"):
-        ddim_timesteps(500, 0)
-
-
 def test_quadratic_timesteps_are_k_distinct_steps_dense_near_zero():
     assert quadratic_timesteps(500, 10) == [500, 395, 303, 223, 155, 100, 56, 26, 7, 1]
     for k in (1, 2, 6, 10, 25, 100, 400, 499, 500):
@@ -123,42 +115,13 @@ def test_quadratic_timesteps_are_k_distinct_steps_dense_near_zero():
         quadratic_timesteps(500, 0)
 
 
-def test_renoise_step_is_the_prediction_noised_afresh(schedule):
-    """Given the true noise, each step is sqrt(abar') x0 + sqrt(1 - abar') z with z the generator's next draw (the
-    noise estimate itself is not carried), and the last step returns x0."""
-    x0 = 0.3 * torch.randn(2, 34, 27, dtype=torch.float64)
-    noise = torch.randn(2, 34, 27, dtype=torch.float64)
-    s = make_sampler("fast", schedule, steps=10, solver="renoise", stabilizer=False)
-    assert isinstance(s, RenoiseSampler) and s.timesteps == quadratic_timesteps(500, 10)
-    for i, t in enumerate(s.timesteps):
-        x = add_noise(schedule, x0, noise, t)
-        out = s.step(noise, i, x, torch.Generator().manual_seed(i))
-        if i + 1 == len(s.timesteps):
-            torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
-        else:
-            z = randn(x.shape, torch.Generator().manual_seed(i), dtype=x.dtype)
-            torch.testing.assert_close(out, add_noise(schedule, x0, z, s.timesteps[i + 1]), atol=1e-5, rtol=0)
-
-
-def test_renoise_noise_is_the_stabilizers_below_t0(schedule):
-    s = RenoiseSampler(schedule, steps=10, stabilizer=True)
-    x, eps = torch.zeros(256, 34, 1), torch.zeros(256, 34, 1)
-    off_diag = {}
-    for t in (7, 56):
-        i = s.timesteps.index(t)
-        z = s.step(eps, i, x, torch.Generator().manual_seed(0)) - s.step(eps, i, x, torch.Generator().manual_seed(1))
-        off_diag[t] = torch.corrcoef(z[:, :, 0].T)[~torch.eye(34, dtype=bool)].mean()
-    assert abs(off_diag[7] - (18 / 25) ** 4) < 0.08, "frames correlate with sigma_a^2 = ((t - t0)/t0)^4 at t = 7"
-    assert abs(off_diag[56]) < 0.08, "independent above t0"
-
-
 def test_the_steps_run_are_the_samplers_own(schedule):
     """pipeline.steps_run asks the sampler the settings name: the paper sampler runs all T steps whatever `steps`
-    says, a fast one its K timesteps, DDIM, DPM-Solver++ or renoise."""
+    says, a fast one its K timesteps, DDIM or DPM-Solver++."""
     from model_core.pipeline import sampler_for, steps_run
     from model_core.settings import GenerationSettings, preset
     assert isinstance(sampler_for(preset("paper", steps=7), schedule), PaperSampler)
     assert steps_run(preset("paper", steps=7), schedule) == 500
-    for solver, kind in (("ddim", DDIMSampler), ("dpm", DPMSolverSampler), ("renoise", RenoiseSampler)):
+    for solver, kind in (("ddim", DDIMSampler), ("dpm", DPMSolverSampler)):
         settings = GenerationSettings(steps=7, solver=solver)
         assert isinstance(sampler_for(settings, schedule), kind) and steps_run(settings, schedule) == 7

@@ -13,7 +13,7 @@ from model_core.settings import CHOICES, DEFAULT_GUIDANCE, OPTIONS, PRESETS, RAN
     ("sampler", "euler", "sampler must be one of fast, paper, not 'euler'"),
     ("bn_mode", "train", "bn_mode must be one of eval, official"),
     ("precision", "int8", "precision must be one of auto, exact, fp32, bf16"),
-    ("solver", "euler", "solver must be one of ddim, dpm, renoise, not 'euler'"),
+    ("solver", "euler", "solver must be one of ddim, dpm, not 'euler'"),
     ("steps", 0, r"steps must be within 1\.\.500, not 0"),
     ("steps", 501, r"steps must be within 1\.\.500"),
     ("steps", 2.5, "steps must be a whole number, not 2.5"),
