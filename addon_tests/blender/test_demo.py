@@ -84,12 +84,14 @@ def test_demo_arms_move_more_in_speech_than_in_pauses(demo_blend):
     rms, _ = loudness(fps)
     speed = arm_speed(rig, range(first, last + 1))
     speaking = rms[:len(speed)] > 0.02
-    # Frames well inside a pause (0.3 s away from any speech) count as silence.
-    pad = int(0.3 * fps)
+    # Frames well inside a pause count as rest: 0.55 s from any speech, as the gesture measure's pauses
+    # (training/evaluate.py: speech widened by 2 frames, then 6 more, at 15 fps), since the retraction after a
+    # phrase and the preparation before the next are gesture, not rest.
+    pad = int(0.55 * fps)
     near_speech = np.convolve(speaking.astype(float), np.ones(2 * pad + 1), "same") > 0
     silent = ~near_speech
-    assert silent.sum() > fps and speaking.sum() > 4 * fps, "the example has both speech and pauses"
+    assert silent.sum() >= fps // 2 and speaking.sum() > 4 * fps, "the example has both speech and pauses"
     ratio = speed[speaking].mean() / speed[silent].mean()
     print(f"\narm speed: {speed[speaking].mean():.4f} rad/frame in speech, {speed[silent].mean():.4f} in pauses "
           f"(ratio {ratio:.2f})")
-    assert ratio > 1.5
+    assert ratio > 2.5, "the gesture measure's speech/pause target (the bundled model measured 3.9 on the AMD EPYC)"
