@@ -41,13 +41,12 @@ from .metrics import (HF_CUTOFF, BeatConsistency, diversity, fgd, forearm_veloci
 from .procedural import voiced_frames
 
 
-SAMPLER_SPECS = {"fast": {}, "ddim0": {"solver": "ddim", "eta": 0.0}, "ddim1": {"solver": "ddim", "eta": 1.0},
-                 "dpm": {"solver": "dpm"}}
+SAMPLER_SPECS = {"fast": {}, "ddim0": {"solver": "ddim", "eta": 0.0}, "dpm": {"solver": "dpm"}}
 
 
 def parse_sampler(spec: str) -> tuple[str, GenerationSettings]:
     """'paper' or NAME:K -> (label, settings with the official batch-statistics BatchNorm). NAME: fast (the default
-    fast sampler with K steps), ddim0 (deterministic DDIM), ddim1 (DDIM, eta 1), dpm (DPM-Solver++(2M))."""
+    fast sampler with K steps), ddim0 (deterministic DDIM), dpm (DPM-Solver++(2M))."""
     if spec == "paper":
         return spec, preset("paper")
     name, _, k = spec.partition(":")
@@ -351,8 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--speech", default=None, help="with --checkpoint: only the gesture measure on this speech file")
     p.add_argument("--variations", type=int, default=4, help="variations generated for --speech")
     p.add_argument("--samplers", default=None,
-                   help="comma list: paper, fast:K, ddim0:K, ddim1:K, dpm:K (default paper; --speech: "
-                        "the first one, default the product's)")
+                   help="comma list: paper, fast:K, ddim0:K, dpm:K (default paper; --speech: the first one, "
+                        "default the product's)")
     p.add_argument("--extractor", default=None, help="official or trained FGD extractor (default: train one)")
     p.add_argument("--baselines", action="store_true", help="add shuffled-audio and mean-pose baselines")
     p.add_argument("--batch-size", type=int, default=128)
