@@ -15,7 +15,7 @@ import traceback
 
 from . import import_torch
 from .protocol import (PROTOCOL_VERSION, Cancel, Error, ErrorKind, Generate, GetInfo, Info, Ping, Pong, Progress,
-                       ProtocolError, Ready, Reply, Reroll, Result, ResultRequest, Shutdown, decode, encode,
+                       ProtocolError, Ready, Reply, Request, Reroll, Result, ResultRequest, Shutdown, decode, encode,
                        read_request, valid_id)
 from .settings import GenerationSettings, resolve_checkpoint
 
@@ -27,11 +27,11 @@ class Worker:
     def __init__(self, out):
         self.out = out
         self.out_lock = threading.Lock()
-        self.requests: queue.Queue[dict] = queue.Queue()  # the wire messages of valid requests, in order
+        self.requests: queue.Queue[Request] = queue.Queue()  # valid requests, read once on arrival, in order
         self.cancelled: set = set()
         self.client_gone = False  # stdin closed: a running job stops at its next step
         self.models: dict = {}
-        # a handler per request of protocol.REQUESTS: each reads its request from the wire message, sends its reply
+        # a handler per request of protocol.REQUESTS: each takes its request, read on arrival, and sends its reply
         self.handlers = {Generate.type: self.generate, Reroll.type: self.reroll, GetInfo.type: self.info,
                          Ping.type: self.ping}
 
@@ -69,9 +69,9 @@ class Worker:
             if isinstance(request, Cancel):
                 self.cancelled.add(request.id)
             else:
-                self.requests.put(msg)
+                self.requests.put(request)
         self.client_gone = True
-        self.requests.put(Shutdown().to_wire())  # stdin closed: the client is gone
+        self.requests.put(Shutdown())  # stdin closed: the client is gone
 
     def model(self, checkpoint: str, device: str):
         from .checkpoint import load_checkpoint
@@ -86,29 +86,26 @@ class Worker:
             self.models[key] = ckpt
         return self.models[key], dev, note
 
-    def handle(self, msg: dict) -> None:
-        """Answer a valid request's wire message through its handler."""
-        self.handlers[msg["type"]](msg)
+    def handle(self, request: Request) -> None:
+        """Answer a valid request through its handler."""
+        self.handlers[request.type](request)
 
-    def ping(self, msg: dict) -> None:
-        self.send(Pong(id=Ping.from_wire(msg).id))
+    def ping(self, request: Ping) -> None:
+        self.send(Pong(id=request.id))
 
-    def info(self, msg: dict) -> None:
-        request = GetInfo.from_wire(msg)
+    def info(self, request: GetInfo) -> None:
         ckpt, _, _ = self.model(request.checkpoint, "cpu")
         self.send(Info(id=request.id, skeleton=ckpt.skeleton.name, config=ckpt.config.to_dict(),
                        provenance=ckpt.provenance, sha256=ckpt.sha256, source_format=ckpt.source_format))
 
-    def generate(self, msg: dict) -> None:
+    def generate(self, request: Generate) -> None:
         from .pipeline import generate_file
-        request = Generate.from_wire(msg)
         settings = GenerationSettings.from_dict(request.settings)
         self.run_job(request, lambda ckpt, progress, cancel: generate_file(ckpt, request.audio, request.output,
                                                                            settings, progress, cancel))
 
-    def reroll(self, msg: dict) -> None:
+    def reroll(self, request: Reroll) -> None:
         from .reroll import reroll_file
-        request = Reroll.from_wire(msg)
         if len(request.range) != 2:
             raise ValueError(f"reroll request: 'range' must be [start, end], not {request.range!r:.60}")
         GenerationSettings.from_dict(request.settings)  # unknown or mistyped names are refused before anything runs
@@ -152,18 +149,18 @@ class Worker:
                         device_name=torch.cuda.get_device_name(0) if cuda else "CPU", pid=os.getpid(),
                         python=sys.executable, threads=threads.adapt(), max_threads=threads.most))
         while True:
-            msg = self.requests.get()
-            if msg["type"] == Shutdown.type:
+            request = self.requests.get()
+            if isinstance(request, Shutdown):
                 return
             try:
-                self.handle(msg)
+                self.handle(request)
             except Exception as e:  # every failure becomes a readable message for the client
                 kind = ErrorKind.of_exception(e)
-                self.send(Error(id=msg.get("id"), kind=kind, message=str(e) or type(e).__name__))
+                self.send(Error(id=request.id, kind=kind, message=str(e) or type(e).__name__))
                 if kind is ErrorKind.INTERNAL:
                     traceback.print_exc(file=sys.stderr)
             finally:
-                self.cancelled.discard(msg.get("id"))
+                self.cancelled.discard(request.id)
 
 
 def spare_cores() -> int:

@@ -19,7 +19,7 @@ from addon_tests.crafted import stalling_interpreter, voiced_tone
 from addon_tests.paths import ROOT
 from model_core import checkpoint, pipeline
 from model_core.client import WorkerClient, WorkerError
-from model_core.protocol import decode, encode, read_result
+from model_core.protocol import Generate, decode, encode, read_result
 from model_core.worker import Worker
 
 PY = Path(sys.executable)  # the torch environment's interpreter runs these tests
@@ -76,8 +76,8 @@ def test_out_of_gpu_memory_is_retried_on_the_cpu(ckpt, speech, tmp_path, monkeyp
         devices.append(device)
         return real_model(checkpoint_name, device)
     monkeypatch.setattr(worker, "model", spy_model)
-    worker.generate({"type": "generate", "id": "j1", "audio": str(speech), "output": str(tmp_path / "o.npz"),
-                     "checkpoint": str(ckpt), "device": "auto", "settings": {"steps": 2}})
+    worker.generate(Generate(id="j1", audio=str(speech), output=str(tmp_path / "o.npz"), checkpoint=str(ckpt),
+                             device="auto", settings={"steps": 2}))
     replies = [decode(line) for line in out.getvalue().splitlines()]
     result = replies[-1]
     assert len(calls) == 2 and result["type"] == "result" and result["device"] == "cpu"
