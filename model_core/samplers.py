@@ -80,8 +80,7 @@ def lambda_timesteps(schedule: VarianceSchedule, k: int) -> list[int]:
     variable DPM-Solver integrates in (Lu et al. 2022, §3.3): even in t, its last steps jump from lambda 1.3 to 4.6.
     Nudged to K distinct indices where rounding meets (near T, where lambda moves slowly)."""
     n = schedule.num_steps
-    if not 1 <= k <= n:
-        raise ValueError(f"the fast sampler needs 1..{n} steps, got {k}")
+    _check_steps(n, k)
     abar = schedule.alpha_bars[1:].double().numpy()
     lam = 0.5 * (np.log(abar) - np.log1p(-abar))  # decreasing in t
     return _distinct([int(np.argmin(np.abs(lam - x))) + 1 for x in np.linspace(lam[-1], lam[0], k)], n)
@@ -90,9 +89,14 @@ def lambda_timesteps(schedule: VarianceSchedule, k: int) -> list[int]:
 def quadratic_timesteps(num_steps: int, k: int) -> list[int]:
     """K schedule indices from T down to 1, quadratic in t (DDIM's "quad" spacing, Song et al. 2021, appendix D.2):
     steps are dense near t = 0, where the last rounding of the pose is decided: for K = 10, 500 ... 26, 7, 1."""
+    _check_steps(num_steps, k)
+    return _distinct([int(round(x * x)) + 1 for x in np.linspace(math.sqrt(num_steps - 1), 0, k)], num_steps)
+
+
+def _check_steps(num_steps: int, k: int) -> None:
+    """Refuse (ValueError) a K outside 1..T: a fast sampler takes K of the schedule's T steps."""
     if not 1 <= k <= num_steps:
         raise ValueError(f"the fast sampler needs 1..{num_steps} steps, got {k}")
-    return _distinct([int(round(x * x)) + 1 for x in np.linspace(math.sqrt(num_steps - 1), 0, k)], num_steps)
 
 
 def _distinct(ts: list[int], n: int) -> list[int]:
