@@ -253,9 +253,21 @@ def installer(env_dir: str | Path) -> int | None:
         owner = json.loads(lock.read_text()).get("owner")
     except (OSError, ValueError, AttributeError):
         return None
-    if owner == os.getpid():
-        return owner if lock in _running else None
+    if owner == os.getpid():  # else a lock left by an earlier process that had this PID
+        return owner if building_here(env_dir) else None
     return owner if isinstance(owner, int) and pid_alive(owner) else None
+
+
+def building_here(env_dir: str | Path) -> bool:
+    """Whether a builder of this process is creating the environment in `env_dir`: its thread, named after the
+    folder's lock, is alive. Python's own list of running threads is the registry, so this module keeps no state."""
+    name = builder_thread_name(lock_path(env_dir))
+    return any(thread.name == name for thread in threading.enumerate())
+
+
+def builder_thread_name(lock: Path) -> str:
+    """The name of the thread that creates the environment guarded by `lock` (building_here looks for it)."""
+    return f"DiffGesture environment builder {lock}"
 
 
 def last_outcome(env_dir: str | Path) -> str | None:
@@ -350,9 +362,6 @@ def installs_into(pid: int, env_dir: Path) -> bool | None:
     return any(str(env_dir).encode() in arg for arg in cmdline)
 
 
-_running: dict[Path, "EnvironmentBuilder"] = {}  # lock file -> the builder of this process that holds it
-
-
 class EnvironmentBuilder:
     """Creates a venv and installs a Plan in a background thread; `fraction`, `stage`, `status()` and `log_path`
     report on it; `on_done` is called (in its thread) when it ends. The lock file beside the folder names this
@@ -372,7 +381,7 @@ class EnvironmentBuilder:
         self.notes: list[str] = []
         self._proc: subprocess.Popen | None = None
         self._cancelled = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=builder_thread_name(self.lock_path), daemon=True)
 
     def steps(self) -> list[tuple[str, list[str]]]:
         py = str(venv_python(self.env_dir))
@@ -386,10 +395,9 @@ class EnvironmentBuilder:
     def start(self) -> None:
         """Take the folder's lock (or raise InstallerBusy) and run the steps in a thread."""
         self.env_dir.parent.mkdir(parents=True, exist_ok=True)
-        if self.lock_path in _running:
+        if building_here(self.env_dir):
             raise InstallerBusy(f"The environment in {self.env_dir} is already being created")
         self._take_lock()
-        _running[self.lock_path] = self
         atexit.register(self._at_exit)  # quitting Blender stops pip instead of leaving it installing
         self._thread.start()
 
@@ -460,7 +468,6 @@ class EnvironmentBuilder:
             self.error = f"could not write {self.log_path}: {e}"
         finally:
             self.lock_path.unlink(missing_ok=True)
-            _running.pop(self.lock_path, None)
             atexit.unregister(self._at_exit)
             self.done = True
             if self.on_done is not None:

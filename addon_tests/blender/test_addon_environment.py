@@ -67,6 +67,30 @@ def test_builder_reports_a_failed_step_with_its_log(tmp_path):
     assert "Plan: no NVIDIA GPU found" in log and "FAILED" in log
 
 
+def test_a_lock_naming_this_process_holds_only_while_its_builder_runs(tmp_path):
+    """A lock that names this process while none of its builders runs was left by an earlier process with the same
+    PID (a restarted container): nobody is creating the environment, and a builder takes the lock over. While that
+    builder runs, the lock is this process's, and a second builder for the same folder is refused."""
+    folder = tmp_path / "torch-env"
+    env.lock_path(folder).write_text(json.dumps({"owner": os.getpid(), "step": None, "env": str(folder)}))
+    assert env.installer(folder) is None and not env.building_here(folder)
+    slow = tmp_path / "slow-python"  # its venv step runs until cancelled
+    slow.write_text("#!/bin/sh\nexec sleep 60\n")
+    slow.chmod(0o755)
+    builder = env.EnvironmentBuilder(folder, pip_plan([]), python=str(slow))
+    builder.start()
+    try:
+        wait_for(lambda: builder._proc is not None, 30, "the venv step to start")
+        assert env.installer(folder) == os.getpid() and env.building_here(folder)
+        with pytest.raises(env.InstallerBusy, match="already being created"):
+            env.EnvironmentBuilder(folder, pip_plan([])).start()
+    finally:
+        builder.cancel()
+        builder.wait(30)
+    assert builder.done and env.installer(folder) is None and not env.lock_path(folder).exists()
+    assert not env.building_here(folder)
+
+
 def test_builder_makes_a_venv_before_installing(tmp_path):
     builder = env.EnvironmentBuilder(tmp_path / "torch-env", pip_plan([]), python=sys.executable)
     stages = [s for s, _ in builder.steps()]
