@@ -1,19 +1,17 @@
 """The add-on's state for this Blender session, in one object: what the operators, the panel, the preferences,
 headless and the scene writer share between calls. None of it is saved in the .blend; it lasts while the add-on
-is loaded. The environment installer's lock registry stays in environment.py, which loads on its own (test_install,
-a second Blender's builder) and so imports nothing of the add-on.
+is loaded. Which environment builders run in this process is not kept here: environment.py learns it from their
+threads, since it loads on its own (test_install, a second Blender's builder) and so imports nothing of the add-on.
+
+This module imports none of its users, not even for annotations: `Generation` (generation.py) and `Detection`
+(retarget/detect.py) are named in the fields' annotations, which are never evaluated, without being imported here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from .environment import EnvironmentBuilder
 from .worker_host import WorkerHost
-
-if TYPE_CHECKING:  # annotations only: these modules import this one
-    from .environment import EnvironmentBuilder
-    from .generation import Generation
-    from .retarget.detect import Detection
 
 
 @dataclass

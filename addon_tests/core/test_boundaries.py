@@ -104,17 +104,13 @@ def module_files(packages: tuple[str, ...]) -> dict[str, Path]:
 
 
 def imported_modules(name: str, path: Path, files: dict[str, Path]) -> set[str]:
-    """The modules of `files` that module `name` imports, at the top or inside functions (lazy imports count), but
-    not under `if TYPE_CHECKING:` (never run). In the built extension model_core is bundled inside the add-on, so
-    the add-on's `.model_core` is model_core."""
+    """The modules of `files` that module `name` imports, at the top, inside functions (lazy imports count) or under
+    `if TYPE_CHECKING:` (imports for annotations tie modules together too). In the built extension model_core is
+    bundled inside the add-on, so the add-on's `.model_core` is model_core."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(
-        node.test) for statement in node.body for n in ast.walk(statement)}
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     named = []
     for node in ast.walk(tree):
-        if id(node) in type_only:
-            continue
         if isinstance(node, ast.Import):
             named += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -153,11 +149,13 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_no_import_cycle_in_model_core_or_the_addon():
-    """Modules that import each other (directly or through others, lazily or not) only work in some import orders
-    and tie their concerns together: the add-on's session state is one module that imports none of its users."""
+    """Modules that import each other (directly or through others, lazily, for annotations alone or not) only work
+    in some import orders and tie their concerns together: the add-on's session state is one module that imports
+    none of its users."""
     files = module_files(("model_core", "diffgesture_blender"))
     graph = {name: imported_modules(name, path, files) for name, path in files.items()}
     assert "model_core.pipeline" in graph["model_core.worker"], "imports inside functions are read"
+    assert "model_core.network" in graph["model_core.samplers"], "imports for annotations alone are read"
     assert "model_core.client" in graph["diffgesture_blender.shared"], "the add-on's bundled model_core is model_core"
     assert {"diffgesture_blender.session", "diffgesture_blender.request"} <= graph["diffgesture_blender.generation"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"], "a cycle is found"
