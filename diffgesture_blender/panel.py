@@ -1,7 +1,7 @@
 """The sidebar panel "Generate gestures from audio" (3D Viewport > Sidebar > DiffGesture)."""
 import bpy
 
-from . import generation, scene_writer
+from . import generation, properties, scene_writer, shared
 from .operators import bone_map, exporter, generate, take
 from .request import mapping_problems
 from .retarget import ROLES, bone_maps
@@ -46,14 +46,11 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
         layout.prop(props, "checkpoint_source")
         if props.checkpoint_source == "FILE":
             layout.prop(props, "checkpoint_path")
-        layout.prop(props, "sampler")
-        if props.sampler == "fast":
-            layout.prop(props, "steps")
-        layout.prop(props, "seed")
-        layout.prop(props, "variations")
-        layout.prop(props, "guidance")
-        layout.prop(props, "intensity", slider=True)
-        layout.prop(props, "stabilizer")
+        draw_options(layout, props, advanced=False)
+        header, advanced = layout.panel("diffgesture_advanced", default_closed=True)
+        header.label(text="Advanced")
+        if advanced is not None:  # open
+            draw_options(advanced, props, advanced=True)
 
         gen = generation.active()
         if gen is None:
@@ -105,6 +102,25 @@ class DIFFGESTURE_PT_generate(bpy.types.Panel):
             row.label(text=role)
             op = row.operator(bone_map.DIFFGESTURE_OT_set_bone.bl_idname, text=mapping.get(role) or "-")
             op.role = role
+
+
+def draw_options(layout: bpy.types.UILayout, props: bpy.types.PropertyGroup, advanced: bool) -> None:
+    """The generation options of the table, the basic or the advanced ones, that apply to the preset's sampler.
+    One a preset sets has its override switch beside it, and shows the preset's value while that is off."""
+    for name, o in properties.OPTIONS.items():
+        if o.advanced != advanced or not properties.applies(props, name):
+            continue
+        if not o.preset_sets:
+            layout.prop(props, properties.property_name(name))
+            continue
+        override = properties.override_name(name)
+        row = layout.row(heading=o.label)
+        row.prop(props, override, text="")
+        if getattr(props, override):
+            row.prop(props, properties.property_name(name), text="")
+        else:
+            value = getattr(shared.settings.preset(props.sampler), name)
+            row.label(text=f"{('On' if value else 'Off') if o.kind is bool else value} (the preset's)")
 
 
 CLASSES = (DIFFGESTURE_PT_generate,)

@@ -5,12 +5,27 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, Po
 from . import shared
 
 INT_MAX = 2 ** 31 - 1  # Blender's integer properties are 32-bit
+OPTIONS = shared.settings.OPTIONS
+# The panel's property of an option, where its name differs: the preset's, as files saved before it had its own name
+# know it.
+PROPERTY = {"preset": "sampler"}
+SHOWN = {"variations": {"soft_max": 16}, "intensity": {"soft_max": 2.0, "subtype": "FACTOR"}}  # how some are drawn
+
+
+def property_name(name: str) -> str:
+    """The panel's property that holds the option `name`."""
+    return PROPERTY.get(name, name)
+
+
+def override_name(name: str) -> str:
+    """The switch that makes the panel's value of an option a preset sets win over the preset's."""
+    return f"override_{name}"
 
 
 def option(name: str, **shown):
-    """The property of a generation option, built from the options table (shared.settings.OPTIONS): its label,
-    description, default and range (up to INT_MAX) or choices; `shown`: how the panel draws it (soft limits)."""
-    o = shared.settings.OPTIONS[name]
+    """The property of a generation option, built from the options table (OPTIONS): its label, description, default
+    and range (up to INT_MAX) or choices; `shown`: how the panel draws it (soft limits)."""
+    o = OPTIONS[name]
     text = {"name": o.label, "description": o.help[0].upper() + o.help[1:], **shown}
     if o.choices:
         labels = shared.settings.PRESET_LABELS if name == "preset" else {}
@@ -21,6 +36,42 @@ def option(name: str, **shown):
     if o.kind is int:
         return IntProperty(default=o.default, min=low, max=min(high, INT_MAX), **text)
     return FloatProperty(default=o.default, min=low, max=high, **text)
+
+
+def option_properties() -> dict[str, object]:
+    """The panel's properties of every option of the table, with an override switch (off: the preset's value) for
+    each one a preset sets."""
+    properties = {}
+    for name, o in OPTIONS.items():
+        properties[property_name(name)] = option(name, **SHOWN.get(name, {}))
+        if o.preset_sets:
+            properties[override_name(name)] = BoolProperty(
+                name=f"Override {o.label}", default=False,
+                description="Use the value set here instead of the preset's (off: the preset's value)")
+    return properties
+
+
+def applies(props: bpy.types.PropertyGroup, name: str) -> bool:
+    """Whether an option applies to the sampler of the panel's preset (steps, solver and eta: the fast one's)."""
+    sampler = OPTIONS[name].sampler
+    return sampler is None or sampler == shared.settings.PRESETS[props.sampler]["sampler"]
+
+
+def chosen(props: bpy.types.PropertyGroup) -> tuple[str, dict]:
+    """The panel's preset and the values of the other options (None: the preset's), as settings.chosen reads them
+    from a command line: an option that does not apply to the preset's sampler, or one a preset sets whose override
+    is off, is the preset's."""
+    values = {}
+    for name, o in OPTIONS.items():
+        if name == "preset":
+            continue
+        value = getattr(props, property_name(name))
+        if not applies(props, name) or (o.preset_sets and not getattr(props, override_name(name))):
+            value = None
+        elif o.kind is float:
+            value = round(value, 6)  # a float32 property: 1.15 reads back as 1.1499999761
+        values[name] = value
+    return props.sampler, values
 
 
 NO_STRIP = "NONE"  # the menu's only item while the sequencer has no sound strip (an empty name would be a heading)
@@ -35,7 +86,7 @@ def _sound_strips(self, context) -> list[tuple[str, str, str]]:
 
 
 class DiffGestureSettings(bpy.types.PropertyGroup):
-    """Generation settings of one scene."""
+    """Generation settings of one scene; the generation options' properties are added from the table below."""
     audio_source: EnumProperty(name="Audio", items=[("FILE", "File", "A speech audio file on disk"),
                                                     ("STRIP", "Sound Strip", "A sound strip in the sequencer")])
     audio_path: StringProperty(name="Audio File", subtype="FILE_PATH", description="Speech recording (WAV, FLAC, OGG)")
@@ -46,13 +97,6 @@ class DiffGestureSettings(bpy.types.PropertyGroup):
         ("DEFAULT", "Preferences", "The checkpoint chosen in the add-on preferences (bundled by default)"),
         ("FILE", "File", "A native or official DiffGesture checkpoint file")])
     checkpoint_path: StringProperty(name="Checkpoint File", subtype="FILE_PATH")
-    sampler: option("preset")  # the preset: its name in files saved before the preset had its own name
-    steps: option("steps")
-    seed: option("seed")
-    variations: option("variations", soft_max=16)
-    guidance: option("guidance")
-    intensity: option("intensity", soft_max=2.0, subtype="FACTOR")
-    stabilizer: option("stabilizer")
     start_frame: IntProperty(name="Start Frame", default=1, description="Frame where the speech starts")
     reroll_start: IntProperty(name="Re-roll From", default=1,
                               description="First frame to re-roll (the timeline's preview range is used when on)")
@@ -71,4 +115,5 @@ class DiffGestureSettings(bpy.types.PropertyGroup):
                                 description="Animate only the mapped bones when required bones are unmapped")
 
 
+DiffGestureSettings.__annotations__.update(option_properties())  # Blender registers the annotated properties
 CLASSES = (DiffGestureSettings,)

@@ -124,6 +124,9 @@ class Option:
     help: str
     range: tuple[int, int] | tuple[float, float] | None = None
     choices: tuple[str, ...] | None = None
+    sampler: str | None = None  # the sampler family it applies to (None: both); the panel hides it for the other
+    advanced: bool = False  # the panel shows it under Advanced
+    title: str = ""  # the panel's name for it, where the field's name reads badly
 
     @property
     def default(self) -> object:
@@ -138,7 +141,12 @@ class Option:
     @property
     def label(self) -> str:
         """The panel's name for it."""
-        return self.name.replace("_", " ").title()
+        return self.title or self.name.replace("_", " ").title()
+
+    @property
+    def preset_sets(self) -> bool:
+        """Whether a preset sets it: the panel then takes the preset's value unless told to override it."""
+        return any(self.name in values for values in PRESETS.values())
 
 
 # The one table of generation options: the CLI, headless and the panel are built from it (RANGES and CHOICES, which
@@ -147,11 +155,11 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("preset", str, "settings preset: fast, or paper = the official sampling (500 steps, BatchNorm batch "
                           "statistics, whole windows, exact float32); the options below change it",
            choices=tuple(PRESETS)),
-    Option("steps", int, "denoising steps of the fast sampler", range=(1, 500)),
+    Option("steps", int, "denoising steps of the fast sampler", range=(1, 500), sampler="fast"),
     Option("solver", str, "fast sampler update: ddim = DDIM (eta sets its noise), dpm = DPM-Solver++(2M), "
-                          "deterministic", choices=SOLVERS),
+                          "deterministic", choices=SOLVERS, sampler="fast", advanced=True),
     Option("eta", float, "DDIM's noise: 1 = ancestral (DDPM-like) steps, 0 = deterministic DDIM",
-           range=(0.0, 1.0)),
+           range=(0.0, 1.0), sampler="fast", advanced=True),
     Option("seed", int, "random seed: the same seed and audio give the same motion", range=(0, 2 ** 63 - 1)),
     Option("guidance", float, "classifier-free guidance scale: higher follows the audio more closely",
            range=(0.0, 20.0)),
@@ -161,13 +169,14 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("stabilizer", bool, "the gesture stabilizer: noise shared across frames in the last denoising steps, for "
                                "smoother motion (the paper's; keep it on)"),
     Option("bn_mode", str, "BatchNorm: eval = running statistics, official = batch statistics as the official "
-                           "scripts", choices=BN_MODES),
-    Option("fade_out", bool, "the official fade_out: ease into the mean pose over 8 frames from where the audio ends"),
+                           "scripts", choices=BN_MODES, advanced=True, title="BatchNorm"),
+    Option("fade_out", bool, "the official fade_out: ease into the mean pose over 8 frames from where the audio ends",
+           advanced=True),
     Option("trim", bool, "cutting the output to the audio's duration (the official code keeps whole windows, "
-                         "34 + 30 (K-1) frames)"),
+                         "34 + 30 (K-1) frames)", advanced=True),
     Option("precision", str, "exact = bit-identical to the official code on the same CPU; fp32 = MKL-packed CPU "
                              "weights (~1e-6 from exact); bf16 = bf16 autocast; auto = the fastest of these on this "
-                             "CPU, measured once and cached (fp32 on GPUs)", choices=PRECISIONS),
+                             "CPU, measured once and cached (fp32 on GPUs)", choices=PRECISIONS, advanced=True),
 )}
 # Inclusive ranges of the numeric settings and the names each named setting takes; validate() names the field and
 # its range or choices when a value is outside.

@@ -99,11 +99,12 @@ def forearm_spread(obj, action, bone: str, frames: range) -> float:
 
 class Layout:
     """Accepts whatever a draw function calls, so panels can be drawn in background mode; records label and
-    progress texts, properties' given texts and, as "<idname>", the operators' buttons (of this layout and of every
-    row, box and column)."""
+    progress texts, properties' given texts and, as "<idname>", the operators' buttons in `texts`, and the names of
+    the properties drawn in `props` (of this layout and of every row, box, column and section, drawn open)."""
 
-    def __init__(self, texts: list[str] | None = None):
+    def __init__(self, texts: list[str] | None = None, props: list[str] | None = None):
         self.texts = [] if texts is None else texts
+        self.props = [] if props is None else props
 
     def label(self, text: str = "", **kw) -> "Layout":
         self.texts.append(text)
@@ -113,15 +114,20 @@ class Layout:
         self.texts.append(text)
 
     def prop(self, data, name: str, text: str | None = None, **kw) -> None:
-        if text is not None:  # a property drawn under its own name is not recorded
+        self.props.append(name)
+        if text is not None:  # a property drawn under its own name is not recorded in texts
             self.texts.append(text)
 
     def operator(self, idname: str, **kw) -> "Layout":
         self.texts.append(f"<{idname}>")
         return Layout([])
 
+    def panel(self, idname: str, **kw) -> tuple["Layout", "Layout"]:
+        """A collapsible section's header and body, open."""
+        return Layout(self.texts, self.props), Layout(self.texts, self.props)
+
     def __getattr__(self, name):
-        return lambda *args, **kw: Layout(self.texts)
+        return lambda *args, **kw: Layout(self.texts, self.props)
 
 
 def draw_panel(addon) -> list[str]:

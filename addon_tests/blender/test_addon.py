@@ -180,9 +180,15 @@ def test_paper_means_the_same_in_the_panel_cli_and_headless(addon, scene, speech
     assert three_front_ends() == [paper.to_dict()] * 3  # panel, CLI, headless
     props = scene.diffgesture
     props.seed, props.variations, props.guidance, props.stabilizer = 7, 2, 2.5, False
+    props.precision, props.trim, props.bn_mode = "fp32", True, "eval"  # not overridden: the preset's values stay
     changed = settings.preset("paper", seed=7, variations=2, guidance=2.5, stabilizer=False).to_dict()
     assert three_front_ends("--seed", "7", "--variations", "2", "--guidance", "2.5", "--no-stabilizer") == \
         [changed] * 3
+    props.override_precision = props.override_bn_mode = True
+    changed = settings.preset("paper", seed=7, variations=2, guidance=2.5, stabilizer=False, precision="fp32",
+                              bn_mode="eval").to_dict()
+    assert three_front_ends("--seed", "7", "--variations", "2", "--guidance", "2.5", "--no-stabilizer",
+                            "--precision", "fp32", "--bn-mode", "eval") == [changed] * 3
     assert never_touched_torch(), TorchImportWatch.attempts
 
 
@@ -195,11 +201,28 @@ def offered(parser, command: str) -> dict[str, tuple]:
             for a in sub._actions if a.dest in OPTIONS or a.dest == "reproduce"}
 
 
+def changed_values(table) -> dict[str, object]:
+    """A value other than the fast preset's for every option of the table but the preset, exact in float32."""
+    values = {}
+    for name, o in table.items():
+        if name == "preset":
+            continue
+        if o.choices:
+            values[name] = next(c for c in o.choices if c != o.default)
+        elif o.kind is bool:
+            values[name] = not o.default
+        else:
+            low, high = o.range
+            values[name] = low + 3 if o.kind is int else low + (high - low) / 4
+    return values
+
+
 def test_the_cli_headless_and_the_panel_offer_the_tables_options(addon, scene, speech_wav, tmp_path):
     """One table (settings.OPTIONS) makes the options: the CLI's generate and generate-batch and headless generate
-    offer every option alike (flag, type, choices, default), --sampler being --preset; the panel's registered
-    properties have the table's range, default and choices; all three refuse a value outside a range alike and
-    give the same settings when nothing is changed."""
+    offer every option alike (flag, type, choices, default), --sampler being --preset; the panel has a property for
+    every option with the table's label, range, default and choices, and an override switch (off) for those a preset
+    sets, and draws each one (the advanced ones in a section of their own); all three refuse a value outside a range
+    alike, and give the same settings when nothing is changed and when every option is."""
     from model_core.__main__ import build_parser, generation_settings
     settings = addon.shared.settings
     table = settings.OPTIONS
@@ -213,22 +236,49 @@ def test_the_cli_headless_and_the_panel_offer_the_tables_options(addon, scene, s
         assert (default, const) == (("fast", None) if name == "preset" else (None, not o.default) if o.kind is bool
                                     else (None, None)), name
     rna = scene.diffgesture.bl_rna.properties
-    panel = {"sampler": "preset", "steps": "steps", "seed": "seed", "variations": "variations",
-             "guidance": "guidance", "intensity": "intensity", "stabilizer": "stabilizer"}
-    assert rna["sampler"].name == "Preset"
-    for prop, name in panel.items():
-        o, p = table[name], rna[prop]
+    panel = {name: "sampler" if name == "preset" else name for name in table}  # the preset's name in older files
+    set_by_presets = {name for values in settings.PRESETS.values() for name in values} - {"sampler"}
+    assert set_by_presets == {"bn_mode", "trim", "precision"}
+    assert {name for name in table if f"override_{name}" in rna} == set_by_presets
+    for name, o in table.items():
+        p = rna[panel[name]]
+        assert p.name == o.label, name
         if o.choices:
             assert [item.identifier for item in p.enum_items] == list(o.choices) and p.default == o.default
         elif o.kind is bool:
-            assert p.default is o.default
+            assert p.type == "BOOLEAN" and p.default is o.default, name
         else:
+            assert p.type == ("INT" if o.kind is int else "FLOAT"), name
             assert (p.hard_min, p.hard_max) == (o.range[0], min(o.range[1], 2 ** 31 - 1)), name
             assert p.default == pytest.approx(o.default, rel=1e-6), name
-    for prop in ("guidance", "intensity", "steps", "variations"):  # what the panel clamps, the command lines refuse
-        setattr(scene.diffgesture, prop, rna[prop].hard_max * 2)
-        assert getattr(scene.diffgesture, prop) == pytest.approx(rna[prop].hard_max)
-        scene.diffgesture.property_unset(prop)
+        if name in set_by_presets:
+            assert rna[f"override_{name}"].type == "BOOLEAN" and rna[f"override_{name}"].default is False
+    for name, (low, high) in settings.RANGES.items():  # what the panel clamps, the command lines refuse
+        if high < 2 ** 31:
+            setattr(scene.diffgesture, name, high * 2)
+            assert getattr(scene.diffgesture, name) == pytest.approx(rna[name].hard_max), name
+            scene.diffgesture.property_unset(name)
+
+    def drawn() -> tuple[list[str], list[str]]:
+        """The panel's texts and the properties it draws, its Advanced section open."""
+        layout = Layout()
+        addon.panel.DIFFGESTURE_PT_generate.draw(type("P", (), {"layout": layout, "draw_mapping": lambda *a: None})(),
+                                                 bpy.context)
+        return layout.texts, layout.props
+    texts, props = drawn()
+    assert "Advanced" in texts and set(panel.values()) - set(props) == set_by_presets  # the preset's values instead
+    assert {"exact (the preset's)", "Off (the preset's)", "official (the preset's)"} & set(texts) == set()
+    assert {"auto (the preset's)", "On (the preset's)", "eval (the preset's)"} <= set(texts)
+    scene.diffgesture.sampler = "paper"
+    texts, props = drawn()
+    assert {"exact (the preset's)", "Off (the preset's)", "official (the preset's)"} <= set(texts)
+    assert not {"steps", "solver", "eta"} & set(props), "the fast sampler's options are hidden for paper"
+    for name in set_by_presets:
+        setattr(scene.diffgesture, f"override_{name}", True)
+    options = set(panel.values()) | {f"override_{name}" for name in set_by_presets}  # the panel's option properties
+    assert options & set(drawn()[1]) == options - {"steps", "solver", "eta"}
+    scene.diffgesture.sampler = "fast"
+    assert options <= set(drawn()[1])
 
     def both(*options: str) -> list:
         """The CLI's and headless' settings for the options, or their refusals."""
@@ -242,9 +292,11 @@ def test_the_cli_headless_and_the_panel_offer_the_tables_options(addon, scene, s
             except ValueError as e:  # headless' UsageError is one
                 out.append(str(e))
         return out
+    for name in set_by_presets:
+        setattr(scene.diffgesture, f"override_{name}", False)
     scene.diffgesture.steps = settings.GenerationSettings().steps  # the scene fixture's few steps: the default again
-    panel = addon.operators.generate.gather(bpy.context).settings.to_dict()
-    assert both() == [panel] * 2 == [settings.preset("fast").to_dict()] * 2
+    panel_settings = addon.operators.generate.gather(bpy.context).settings.to_dict()
+    assert both() == [panel_settings] * 2 == [settings.preset("fast").to_dict()] * 2
     assert both("--sampler", "paper", "--solver", "dpm") == both("--preset", "paper", "--solver", "dpm") == \
         [settings.preset("paper", solver="dpm").to_dict()] * 2
     for name, (low, high) in settings.RANGES.items():
@@ -252,6 +304,41 @@ def test_the_cli_headless_and_the_panel_offer_the_tables_options(addon, scene, s
         for bad in (low - 1, high + 1):
             refusals = both(flag, str(bad))
             assert refusals[0] == refusals[1] and f"{name} must be within" in refusals[0], refusals
+    changed = changed_values(table)
+    for name, value in changed.items():
+        setattr(scene.diffgesture, name, value)
+    for name in set_by_presets:
+        setattr(scene.diffgesture, f"override_{name}", True)
+    flags = [arg for name, value in changed.items()
+             for arg in ([table[name].flag] if table[name].kind is bool else [table[name].flag, str(value)])]
+    every = settings.preset("fast", **changed).to_dict()
+    assert every != settings.preset("fast").to_dict()
+    assert both(*flags) == [addon.operators.generate.gather(bpy.context).settings.to_dict()] * 2 == [every] * 2
+
+
+def test_advanced_options_set_in_the_panel_reach_the_worker(addon, scene, monkeypatch):
+    """Options of the panel's Advanced section go the way headless' do (the preset, with the options that change it)
+    into the request the worker gets, and it samples with them: the take records the settings the worker used, and
+    untrimmed the motion is whole windows (34 + 30 (K-1) frames), past the audio's end."""
+    sent, send = [], addon.shared.client.WorkerClient.send
+
+    def spy(client, request):
+        sent.append(request.to_wire())
+        return send(client, request)
+    monkeypatch.setattr(addon.shared.client.WorkerClient, "send", spy)
+    props = scene.diffgesture
+    props.solver, props.fade_out = "dpm", True
+    props.override_trim, props.trim = True, False
+    props.override_precision, props.precision = True, "fp32"
+    props.bn_mode = "official"  # not overridden: the preset's "eval" stays
+    assert bpy.ops.diffgesture.generate() == {"FINISHED"}
+    expected = addon.shared.settings.preset("fast", steps=STEPS, solver="dpm", fade_out=True, trim=False,
+                                            precision="fp32").to_dict()
+    assert [m["settings"] for m in sent if m["type"] == "generate"] == [expected]
+    take = addon.takes.read(props.armature.animation_data.action)
+    assert take.settings == expected
+    frames = len(take.poses)
+    assert (frames - 34) % 30 == 0 and frames > take.duration * 15 + 1, (frames, take.duration)
 
 
 def test_settings_are_validated_before_a_worker_starts(addon, scene, speech_wav, capsys):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import bpy
 
-from .. import generation, preferences
+from .. import generation, preferences, properties
 from ..request import Request, UsageError, audio_from_strip, sampling
 from ..session import SESSION
 
@@ -27,10 +27,8 @@ def gather(context: bpy.types.Context) -> Request:
         sound = None
     if props.armature is None:
         raise UsageError("choose the armature to animate")
-    settings = sampling(props.sampler, steps=props.steps if props.sampler == "fast" else None, seed=props.seed,
-                        variations=props.variations, stabilizer=props.stabilizer,
-                        guidance=round(props.guidance, 6),  # a float32 property: 1.15 reads back as 1.1499999761
-                        intensity=round(props.intensity, 6))
+    name, values = properties.chosen(props)
+    settings = sampling(name, **values)  # as headless: the preset with the options that change it
     parts = {p for p, on in (("spine", props.drive_spine), ("arms", props.drive_arms),
                              ("fingers", props.drive_fingers)) if on}
     checkpoint = chosen_checkpoint(context)
