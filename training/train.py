@@ -21,7 +21,7 @@ import os
 import sys
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -59,6 +59,27 @@ def load_config(path: str | Path) -> dict:
         raise ValueError(f"{path}: unknown [train] keys {sorted(unknown)}")
     return {"model": dict(raw.get("model", {})), "data": {**DATA_DEFAULTS, **raw["data"]},
             "train": {**TRAIN_DEFAULTS, **raw.get("train", {})}}
+
+
+BN_CALIBRATION_WINDOWS = 2048  # training windows whose audio measures the averaged weights' BatchNorm statistics
+
+
+def recalibrate_batchnorm(model: PoseDiffusion, audio_batches: Iterable[torch.Tensor]) -> None:
+    """Measure the BatchNorm running statistics (all in the audio encoder) afresh for the model's current weights:
+    their plain mean over the batches, the rest of the model in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta, training = [m.momentum for m in norms], model.training
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+        m.train()
+    with torch.no_grad():
+        for audio in audio_batches:
+            model.audio_encoder(audio)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(training)
 
 
 def draw_steps(batch: int, num_steps: int, small_share: float, small_max: int, generator: torch.Generator
@@ -409,19 +430,31 @@ class Trainer:
 
     @contextlib.contextmanager
     def averaged_weights(self) -> Iterator[None]:
-        """The model holds the moving average of its weights inside the block (exports), its own weights after."""
+        """The model holds the moving average of its weights inside the block (exports), with BatchNorm statistics
+        measured for them (the running ones belong to the trained weights); its own weights and statistics after."""
         if self.ema is None:
             yield
             return
-        params = list(self.model.parameters())
-        own = [p.detach().clone() for p in params]
+        params, buffers = list(self.model.parameters()), list(self.model.buffers())
+        own = [p.detach().clone() for p in params], [b.clone() for b in buffers]
         with torch.no_grad():
             torch._foreach_copy_(params, self.ema)
+        recalibrate_batchnorm(self.model, self._calibration_audio())
         try:
             yield
         finally:
             with torch.no_grad():
-                torch._foreach_copy_(params, own)
+                torch._foreach_copy_(params, own[0])
+                for b, v in zip(buffers, own[1]):
+                    b.copy_(v)
+
+    def _calibration_audio(self) -> Iterator[torch.Tensor]:
+        """The same BN_CALIBRATION_WINDOWS training windows' audio for every export, in batches."""
+        order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(self.t["seed"]))
+        order = order[:BN_CALIBRATION_WINDOWS].tolist()
+        size = self.t["batch_size"]
+        for i in range(0, len(order), size):
+            yield torch.stack([self.data[j][1] for j in order[i:i + size]]).to(self.device)
 
     def export(self, name: str) -> None:
         """Write a native checkpoint with provenance (rank 0), and the configured export copy: the moving average
