@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from model_core.audio import load_audio
 from model_core.timing import FPS, SAMPLE_RATE
@@ -158,7 +159,8 @@ def _align(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 X, Y, Z = np.eye(3)  # canonical frame: X the character's left, Y backwards, Z up (it faces -Y)
 REST_PAUSE = 0.5  # seconds of silence between speech phrases that end a gesture unit: the hands retract to rest
 PHRASE_GAP = 0.25  # seconds: voiced runs closer than this are one speech phrase
-PREP_SPEED, STROKE_SPEED, RETRACT_SPEED = 0.9, 1.6, 1.1  # mean hand speeds of the phases, m/s (peaks ~1.9x)
+PREP_SPEED, STROKE_SPEED, RETRACT_SPEED = 0.7, 1.1, 0.9  # mean hand speeds of the phases, m/s (peaks ~1.9x)
+PATH_SMOOTHING = 0.04  # seconds (Gaussian sigma): the hands' paths blend from one move into the next, as arms do
 
 
 @dataclass
@@ -292,7 +294,7 @@ class _Hand:
         prep = max(prep, 0.2, np.linalg.norm(start - here) / PREP_SPEED)
         if duration + prep > avail:  # no time to prepare: stroke straight from here if that is near enough
             start, prep = here, 0.0
-            duration = max(0.16, np.linalg.norm(end - here) / STROKE_SPEED)
+            duration = max(0.3, np.linalg.norm(end - here) / STROKE_SPEED)
             if duration > avail:
                 return False
         t_start = t_end - duration
@@ -311,7 +313,7 @@ class _Hand:
         if self.holds and self.holds[-1][1] is None:
             self.holds[-1][1] = start
         here = self.keys[-1][1] + drift
-        duration = float(np.clip(np.linalg.norm(self.rest - here) / RETRACT_SPEED, 0.3, 0.45))
+        duration = float(np.clip(np.linalg.norm(self.rest - here) / RETRACT_SPEED, 0.4, 0.5))
         self.keys += [(start, here), (start + duration, self.rest)]
         self.free, self.at_rest = start + duration, True
 
@@ -343,7 +345,7 @@ def hand_paths(speech: Speech, t: np.ndarray, rng: np.random.Generator, style: S
         unit_strokes = _stroke_times(speech, unit)
         for k, (onset, acc) in enumerate(unit_strokes):
             target, lift = _gesture_target(rng, lead, acc, style), _stroke_lift(rng, lead, acc)
-            duration, prep = rng.uniform(0.16, 0.26), rng.uniform(0.3, 0.45)
+            duration, prep = rng.uniform(0.3, 0.45), rng.uniform(0.4, 0.6)
             for h in hands:
                 if h == lead:
                     end_pos, start_pos = target, _own_side(target + lift, lead)
@@ -364,17 +366,18 @@ def hand_paths(speech: Speech, t: np.ndarray, rng: np.random.Generator, style: S
             if rng.random() >= style.beat_rate:
                 continue
             for h in beat_hands:
-                if hand[h].holding(o) and (not beats[h][0] or o - beats[h][0][-1] > 0.3):
+                if hand[h].holding(o) and (not beats[h][0] or o - beats[h][0][-1] > 0.5):
                     beats[h][0].append(float(o) + 0.03)
-                    beats[h][1].append(0.03 + 0.05 * float(a))
+                    beats[h][1].append(0.02 + 0.03 * float(a))
         for h in hands:  # the unit ends: retraction to rest in the pause (units are split at REST_PAUSE)
             if not hand[h].at_rest:
                 hand[h].retract(u_end, _drift(rng))
     paths = {}
     for h in (1.0, -1.0):
         pos = _min_jerk(sorted(hand[h].keys, key=lambda k: k[0]), t)
-        down = _bumps(beats[h][0], beats[h][1], 0.14, t)
-        paths[h] = pos + down[:, None] * np.array([0.0, 0.25, -1.0])
+        down = _bumps(beats[h][0], beats[h][1], 0.25, t)
+        paths[h] = gaussian_filter1d(pos + down[:, None] * np.array([0.0, 0.25, -1.0]), PATH_SMOOTHING * FPS,
+                                     axis=0, mode="nearest")
     beat_list = [(c, a) for h in beats for c, a in zip(*beats[h])]
     return paths, strokes, beat_list
 
@@ -462,7 +465,7 @@ def _clip_job(args: tuple[str, int, int, float, tuple[str, ...]]) -> Clip:
         return make_clip(get_skeleton(skeleton), seed, index, duration, Path(tmp), voices)
 
 
-RULES = "gesture-phases-2"  # names the motion rules: data made by other rules is remade, not reused
+RULES = "gesture-phases-3"  # names the motion rules: data made by other rules is remade, not reused
 SPEECH = "three-synthesizers-1"  # names the speech rules (make_speech, speak), as RULES the motion's
 
 

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 import tomllib
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,7 +45,7 @@ TRAIN_DEFAULTS = {"epochs": 500, "batch_size": 128, "lr": 5e-4, "betas": [0.5, 0
                   "save_every_minutes": 10.0, "export_path": "", "export_dtype": "float32", "max_steps": 0,
                   "max_minutes": 0.0, "compile": "auto", "adam": "auto", "log_every": 0, "init_from": "",
                   "init_sha256": "", "compact_state": "", "compact_every_steps": 0,
-                  "threads": "auto"}
+                  "threads": "auto", "small_t_share": 0.0, "small_t_max": 0, "ema_decay": 0.0}
 DATA_DEFAULTS = {"motion_filters": True, "min_words": 2, "workers": "auto"}
 ADAM_KINDS = ("fused", "foreach", "for-loop")
 
@@ -60,16 +61,53 @@ def load_config(path: str | Path) -> dict:
             "train": {**TRAIN_DEFAULTS, **raw.get("train", {})}}
 
 
-class LossModule(nn.Module):
-    """Wraps training_loss as forward() so DistributedDataParallel can synchronise its gradients."""
+BN_CALIBRATION_WINDOWS = 2048  # training windows whose audio measures the averaged weights' BatchNorm statistics
 
-    def __init__(self, model: PoseDiffusion, null_cond_prob: float):
+
+def recalibrate_batchnorm(model: PoseDiffusion, audio_batches: Iterable[torch.Tensor]) -> None:
+    """Measure the BatchNorm running statistics (all in the audio encoder) afresh for the model's current weights:
+    their plain mean over the batches, the rest of the model in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta, training = [m.momentum for m in norms], model.training
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+        m.train()
+    with torch.no_grad():
+        for audio in audio_batches:
+            model.audio_encoder(audio)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(training)
+
+
+def draw_steps(batch: int, num_steps: int, small_share: float, small_max: int, generator: torch.Generator
+               ) -> torch.Tensor:
+    """Diffusion steps for a batch: uniform on 1..T (the paper's), but a share `small_share` of the rows uniform
+    on 1..small_max, the last steps of sampling, where the final rounding of the motion (rest, smoothness) is made."""
+    device = generator.device
+    t = torch.randint(1, num_steps + 1, (batch,), device=device, generator=generator)
+    small = torch.randint(1, small_max + 1, (batch,), device=device, generator=generator)
+    return torch.where(torch.rand(batch, device=device, generator=generator) < small_share, small, t)
+
+
+class LossModule(nn.Module):
+    """Wraps training_loss as forward() so DistributedDataParallel can synchronise its gradients.
+
+    small_share > 0 draws the diffusion steps by draw_steps; 0 leaves the draw to training_loss (the paper's)."""
+
+    def __init__(self, model: PoseDiffusion, null_cond_prob: float, small_share: float = 0.0, small_max: int = 0):
         super().__init__()
         self.model = model
         self.null_cond_prob = null_cond_prob
+        self.small_share, self.small_max = small_share, small_max
 
     def forward(self, x0: torch.Tensor, audio: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.model.training_loss(x0, audio, self.null_cond_prob, generator=generator)
+        t = None
+        if self.small_share > 0:
+            t = draw_steps(len(x0), self.model.schedule.num_steps, self.small_share, self.small_max, generator)
+        return self.model.training_loss(x0, audio, self.null_cond_prob, t=t, generator=generator)
 
 
 def optimizer_step(loss_fn: nn.Module, opt: torch.optim.Optimizer, x0: torch.Tensor, audio: torch.Tensor,
@@ -250,7 +288,9 @@ class Trainer:
         self.compile_note = ""  # why compilation was given up, when it was
         if self.speed.compile:
             compile_model(self.model)
-        loss = LossModule(self.model, self.t["null_cond_prob"])
+        if self.t["small_t_share"] and not 1 <= self.t["small_t_max"] <= self.model.schedule.num_steps:
+            raise ValueError(f"small_t_max must be 1..{self.model.schedule.num_steps}, got {self.t['small_t_max']}")
+        loss = LossModule(self.model, self.t["null_cond_prob"], self.t["small_t_share"], self.t["small_t_max"])
         self.loss_fn = nn.parallel.DistributedDataParallel(loss) if self.world > 1 else loss
         self.opt = make_adam(self.model.parameters(), self.t["lr"], tuple(self.t["betas"]), self.speed.adam)
         self.gen = torch.Generator(self.device).manual_seed(self.t["seed"] * 1000 + self.rank)
@@ -275,6 +315,13 @@ class Trainer:
             self._load_resume(state)
         elif self.t["init_from"]:
             self._warm_start(Path(self.t["init_from"]))
+        # Exponential moving average of the weights ([train] ema_decay; 0: none): what the exports hold when kept.
+        # It starts from the weights the run starts from, or from the resumed state's average.
+        self.ema: list[torch.Tensor] | None = None
+        if self.t["ema_decay"]:
+            saved = state.get("ema") if state is not None else None
+            self.ema = [(s if saved else p.detach()).to(self.device, torch.float32, copy=True)
+                        for p, s in zip(self.model.parameters(), saved or self.model.parameters())]
 
     # ---- state -----------------------------------------------------------------------------------------------
     def _resume_source(self) -> dict | None:
@@ -345,7 +392,8 @@ class Trainer:
         payload = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "epoch": self.epoch,
                    "batch_in_epoch": self.batch_in_epoch, "step": self.step, "elapsed": self.elapsed,
                    "epoch_losses": self.epoch_losses, "losses": self.losses, "rng": states,
-                   "speed": self.speed_record(), "init": self.init_note}
+                   "speed": self.speed_record(), "init": self.init_note,
+                   **({"ema": [e.cpu() for e in self.ema]} if self.ema is not None else {})}
         path = self.out / "resume.pt"
         if compact:
             payload["optimizer"] = compact_optimizer_state(payload["optimizer"])
@@ -375,8 +423,46 @@ class Trainer:
             sums = [h.hexdigest()]
         return sums
 
+    def update_ema(self) -> None:
+        """One step of the weights' moving average: ema += (1 - decay) (weights - ema)."""
+        if self.ema is not None:
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self.model.parameters()], 1 - self.t["ema_decay"])
+
+    @contextlib.contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """The model holds the moving average of its weights inside the block (exports), with BatchNorm statistics
+        measured for them (the running ones belong to the trained weights); its own weights and statistics after."""
+        if self.ema is None:
+            yield
+            return
+        params, buffers = list(self.model.parameters()), list(self.model.buffers())
+        own = [p.detach().clone() for p in params], [b.clone() for b in buffers]
+        with torch.no_grad():
+            torch._foreach_copy_(params, self.ema)
+        recalibrate_batchnorm(self.model, self._calibration_audio())
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(params, own[0])
+                for b, v in zip(buffers, own[1]):
+                    b.copy_(v)
+
+    def _calibration_audio(self) -> Iterator[torch.Tensor]:
+        """The same BN_CALIBRATION_WINDOWS training windows' audio for every export, in batches."""
+        order = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(self.t["seed"]))
+        order = order[:BN_CALIBRATION_WINDOWS].tolist()
+        size = self.t["batch_size"]
+        for i in range(0, len(order), size):
+            yield torch.stack([self.data[j][1] for j in order[i:i + size]]).to(self.device)
+
     def export(self, name: str) -> None:
-        """Write a native checkpoint with provenance (rank 0), and the configured export copy."""
+        """Write a native checkpoint with provenance (rank 0), and the configured export copy: the moving average
+        of the weights when the run keeps one ([train] ema_decay)."""
+        with self.averaged_weights():
+            self._export(name)
+
+    def _export(self, name: str) -> None:
         checksums = self.param_checksums()
         if self.rank != 0:
             return
@@ -478,6 +564,7 @@ class Trainer:
             tick = time.monotonic()
             for x0, audio in loader:
                 loss = self.train_step(x0, audio)
+                self.update_ema()
                 self.step += 1
                 self.batch_in_epoch += 1
                 now = time.monotonic()

@@ -95,11 +95,17 @@ def test_rest_is_exactly_still_and_gestures_reach_the_gesture_space(fresh):
         pause = pause_frames(procedural.voiced_frames(audio, len(poses)))
         runs = procedural._runs(pause)
         assert runs, "every clip has a long pause"
-        for s, e in runs:  # no noise, sway or breathing on the limbs at rest
-            assert np.abs(poses[s:e] - poses[s]).max() < 1e-6
+        # no noise, sway or breathing on the limbs at rest; the hands' paths are smoothed (PATH_SMOOTHING), so a
+        # retraction's last settling or a preparation's first start can reach a pause's edge, by under 0.15 degrees
+        rests = []
+        for s, e in runs:
+            rest = poses[(s + e) // 2]
+            assert np.abs(poses[s:e] - rest).max() < 2e-3
+            ang = np.degrees(np.arccos(np.clip((d[s:e] * d[(s + e) // 2]).sum(-1), -1, 1)))
+            assert ang.max() < 0.15
+            rests.append(rest)
         # the same rest pose in every pause of a clip: the hands retract to it
-        rests = np.array([poses[s] for s, _ in runs])
-        assert np.abs(rests - rests[0]).max() < 1e-6
+        assert np.abs(np.array(rests) - rests[0]).max() < 2e-3
         # in speech the forearms leave rest by tens of degrees (up to chest and face height)
         cos = np.clip((d * d[runs[0][0]]).sum(-1), -1, 1)
         assert np.degrees(np.arccos(cos)).max() > 45

@@ -18,8 +18,9 @@ from model_core.checkpoint import CheckpointError, load_checkpoint
 from model_core.network import ModelConfig, PoseDiffusion
 from model_core.skeleton import TED_EXPRESSIVE, TED_GESTURE, from_directions, to_directions
 from training import data, metrics, procedural
-from training.train import (TRAIN_DEFAULTS, LossModule, Speed, Trainer, compile_model, load_config, loader_workers,
-                            make_adam, native_bf16, optimizer_step, resolve_speed)
+from training.train import (TRAIN_DEFAULTS, LossModule, Speed, Trainer, compile_model, draw_steps, load_config,
+                            loader_workers, make_adam, native_bf16, optimizer_step, recalibrate_batchnorm,
+                            resolve_speed)
 
 TINY_CONFIG = """
 [model]
@@ -355,6 +356,56 @@ def test_compact_state_resumes_a_warm_started_run_on_a_fresh_machine(tiny_data, 
     assert os.path.getsize(tmp_path / "repo" / "part.pt") < 8 * n_params + buffers + 200_000
     prov = load_checkpoint(tmp_path / "part" / "last.pt").provenance
     assert prov["init_from"] == str(tmp_path / "source" / "last.pt") and prov["step"] == 8
+
+
+def test_small_steps_take_their_share_of_the_draw():
+    """draw_steps: every step in 1..T, and the share asked for (plus the uniform draw's own) falls in 1..small_max."""
+    gen = torch.Generator().manual_seed(0)
+    t = draw_steps(40_000, 500, 0.4, 60, gen)
+    assert int(t.min()) >= 1 and int(t.max()) <= 500 and int(t.max()) > 400
+    expected = 0.4 + 0.6 * 60 / 500
+    assert abs(float((t <= 60).float().mean()) - expected) < 0.01
+    assert abs(float((t <= 30).float().mean()) - expected / 2) < 0.01  # uniform inside the small range too
+    assert int(draw_steps(1000, 500, 1.0, 60, gen).max()) <= 60
+
+
+def test_the_export_holds_the_moving_average_and_resumes_with_it(tiny_data, tmp_path):
+    """ema_decay 1 keeps the average at the warm start while the weights train: the export is the warm-start file's
+    weights, with BatchNorm statistics measured for them (not the trained weights' running ones). With 0.8 (and
+    small-step draws), a run stopped and resumed exports what an uninterrupted run does."""
+    source = Trainer(load_config(_config(tmp_path, tiny_data, "source")), tmp_path / "source")
+    source.run(max_steps=2)
+
+    def config(name: str, decay: float) -> dict:
+        cfg = load_config(_config(tmp_path, tiny_data, name))
+        cfg["train"].update(init_from=str(tmp_path / "source" / "last.pt"), ema_decay=decay, small_t_share=0.5,
+                            small_t_max=20)
+        return cfg
+
+    frozen = Trainer(config("frozen", 1.0), tmp_path / "frozen")
+    frozen.run(max_steps=3)
+    exported = load_checkpoint(tmp_path / "frozen" / "last.pt").model.state_dict()
+    trained = frozen.model.state_dict()
+    calibrated = load_checkpoint(tmp_path / "source" / "last.pt").model
+    recalibrate_batchnorm(calibrated, frozen._calibration_audio())
+    for k, v in calibrated.state_dict().items():
+        assert torch.equal(exported[k], v), k
+    for k, v in source.model.state_dict().items():
+        stats = "running" in k or "num_batches" in k
+        assert torch.equal(exported[k], v) != stats, k  # the weights are the source's, the statistics new
+    assert any(not torch.equal(trained[k], v) for k, v in source.model.state_dict().items())
+
+    full = Trainer(config("full", 0.8), tmp_path / "full")
+    full.run(max_steps=6)
+    Trainer(config("part", 0.8), tmp_path / "part").run(max_steps=4)
+    resumed = Trainer(config("part", 0.8), tmp_path / "part", resume=True)
+    resumed.run(max_steps=6)
+    a = load_checkpoint(tmp_path / "full" / "last.pt").model.state_dict()
+    b = load_checkpoint(tmp_path / "part" / "last.pt").model.state_dict()
+    for k, v in a.items():
+        assert torch.equal(b[k], v), k
+    live = full.model.state_dict()
+    assert any(not torch.equal(live[k], v) for k, v in a.items())  # the export is the average, not the weights
 
 
 def test_warm_start_refuses_another_architecture_or_file(tiny_data, tmp_path):
