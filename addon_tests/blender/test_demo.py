@@ -94,4 +94,5 @@ def test_demo_arms_move_more_in_speech_than_in_pauses(demo_blend):
     ratio = speed[speaking].mean() / speed[silent].mean()
     print(f"\narm speed: {speed[speaking].mean():.4f} rad/frame in speech, {speed[silent].mean():.4f} in pauses "
           f"(ratio {ratio:.2f})")
-    assert ratio > 2.5, "the gesture measure's speech/pause target (the bundled model measured 3.9 on the AMD EPYC)"
+    # the target is 2.5; the bundled model measured 12.3 on the AMD EPYC, so 8 leaves room for other CPUs' rounding
+    assert ratio > 8.0, "the hands rest in pauses (the stage-1 model measured 3.9, the stage-2 one 12.3)"
