@@ -319,9 +319,8 @@ class Trainer:
         # It starts from the weights the run starts from, or from the resumed state's average.
         self.ema: list[torch.Tensor] | None = None
         if self.t["ema_decay"]:
-            saved = state.get("ema") if state is not None else None
-            self.ema = [(s if saved else p.detach()).to(self.device, torch.float32, copy=True)
-                        for p, s in zip(self.model.parameters(), saved or self.model.parameters())]
+            start = (state or {}).get("ema") or [p.detach() for p in self.model.parameters()]
+            self.ema = [e.to(self.device, torch.float32, copy=True) for e in start]
 
     # ---- state -----------------------------------------------------------------------------------------------
     def _resume_source(self) -> dict | None:
