@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
+from scipy.signal import butter, fftconvolve, sosfilt
 
 from model_core.audio import load_audio
 from model_core.timing import FPS, SAMPLE_RATE
@@ -114,6 +115,41 @@ def make_speech(rng: np.random.Generator, duration: float, tmp: Path, voices: tu
         parts += [utt, gap]
         t += dur + len(gap) / SAMPLE_RATE
     return np.concatenate(parts), words, voice
+
+
+def _voiced_rms(x: np.ndarray) -> float:
+    """RMS over the 25 ms frames louder than a tenth of the 95th percentile frame: the level of the speech itself."""
+    frames = np.square(x[:len(x) // 400 * 400]).reshape(-1, 400).mean(1)
+    return float(np.sqrt(frames[frames > 0.01 * np.percentile(frames, 95)].mean() + 1e-12))
+
+
+def record(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The clean synthetic speech as a microphone might have taken it, so that the model hears what real recordings
+    sound like rather than only a synthesizer's clean output: a room (reverberation), a band limit (telephone,
+    old or cheap microphones), broadcast compression, a level (voiced RMS 0.03-0.25, as real files range) and
+    background noise through the pauses too, at 26-50 dB below the speech, so pauses stay below the voiced-frame
+    threshold. Each clip draws its own chain; about one in eight is only re-levelled."""
+    x = np.asarray(audio, np.float64)
+    level = _voiced_rms(x)
+    if rng.random() < 0.4:  # a room: exponentially decaying noise, -60 dB after rt60 seconds
+        n = int(rng.uniform(0.15, 0.7) * SAMPLE_RATE)
+        ir = rng.standard_normal(n) * np.exp(-6.9 * np.arange(n) / n)
+        wet = fftconvolve(x, ir)[:len(x)]
+        x = x + rng.uniform(0.15, 0.6) * wet * level / _voiced_rms(wet)
+    if rng.random() < 0.4:  # a band: 80-300 Hz up to 2.8-7 kHz
+        band = [rng.uniform(80, 300), rng.uniform(2800, 7000)]
+        x = sosfilt(butter(4, band, "bandpass", fs=SAMPLE_RATE, output="sos"), x)
+    if rng.random() < 0.3:  # compression: gain reduced above a threshold on a 10 ms envelope
+        env = np.sqrt(np.convolve(np.square(x), np.ones(160) / 160, "same")) + 1e-9
+        threshold, ratio = rng.uniform(0.2, 0.5) * np.percentile(env, 95), rng.uniform(2.0, 6.0)
+        x = x * np.where(env > threshold, (env / threshold) ** (1 / ratio - 1), 1.0)
+    x *= np.exp(rng.uniform(np.log(0.03), np.log(0.25))) / _voiced_rms(x)
+    if rng.random() < 0.5:  # background noise: white, pink or brown
+        spectrum = np.fft.rfft(rng.standard_normal(len(x)))
+        f = np.maximum(np.fft.rfftfreq(len(x), 1 / SAMPLE_RATE), 20.0)
+        noise = np.fft.irfft(spectrum * f ** -[0.0, 0.5, 1.0][rng.integers(3)], len(x))
+        x += noise / np.sqrt(np.mean(np.square(noise))) * _voiced_rms(x) * 10 ** (-rng.uniform(26, 50) / 20)
+    return (x / max(1.0, np.abs(x).max() / 0.99)).astype(np.float32)  # a file's samples stay within full scale
 
 
 def loudness(audio: np.ndarray, n_frames: int) -> np.ndarray:
@@ -405,7 +441,7 @@ def gesture_motion(speech: Speech, n_frames: int, skel: Skeleton, rng: np.random
     side_name = {1.0: "left", -1.0: "right"}
     bone = {name: i for i, name in enumerate(skel.bones)}
     wrist = {h: joints[skel.pairs[bone[f"{n}_forearm"]][1]] for h, n in side_name.items()}
-    style = Style(dominant=1.0 if rng.random() < 0.3 else -1.0, expansive=rng.uniform(0.75, 1.0),
+    style = Style(dominant=1.0 if rng.random() < 0.5 else -1.0, expansive=rng.uniform(0.75, 1.0),
                   rest={h: wrist[h] + [h * rng.uniform(-0.08, 0.02), rng.uniform(0.0, 0.08), rng.uniform(-0.1, 0.02)]
                         for h in wrist},
                   beat_rate=rng.uniform(0.5, 0.9))
@@ -453,8 +489,9 @@ def make_clip(skel: Skeleton, seed: int, index: int, duration: float, tmp: Path,
     rng = np.random.default_rng([seed, index])
     audio, words, voice = make_speech(rng, duration, tmp, voices)
     n_frames = int(len(audio) / HOP)
-    dirs = gesture_motion(analyse_speech(audio, n_frames), n_frames, skel, rng)
+    dirs = gesture_motion(analyse_speech(audio, n_frames), n_frames, skel, rng)  # from the clean speech
     poses = canonical_to_poses(dirs.astype(np.float32), skel)
+    audio = record(audio, np.random.default_rng([seed, index, 1]))  # its own stream: the motion is the same without
     return Clip(f"procedural_{seed}_{index:05d}", poses, audio, words, {"kind": "procedural", "voice": voice})
 
 
@@ -465,8 +502,8 @@ def _clip_job(args: tuple[str, int, int, float, tuple[str, ...]]) -> Clip:
         return make_clip(get_skeleton(skeleton), seed, index, duration, Path(tmp), voices)
 
 
-RULES = "gesture-phases-3"  # names the motion rules: data made by other rules is remade, not reused
-SPEECH = "three-synthesizers-1"  # names the speech rules (make_speech, speak), as RULES the motion's
+RULES = "gesture-phases-4"  # names the motion rules: data made by other rules is remade, not reused
+SPEECH = "three-synthesizers-recorded-1"  # names the speech rules (make_speech, speak), as RULES the motion's
 
 
 def recipe(n_clips: int, seed: int, duration: float, voices: str = "train") -> dict:
