@@ -133,10 +133,16 @@ class Option:
         return "fast" if self.name == "preset" else getattr(GenerationSettings(), self.name)
 
     @property
-    def flag(self) -> str:
-        """The command-line flag: --NAME; a true/false setting's flag turns it from its default to the other value."""
+    def flags(self) -> tuple[str, ...]:
+        """The command-line flags: --NAME; a true/false setting has --NAME and --no-NAME, so that either value can be
+        asked for whatever the preset's is."""
         name = self.name.replace("_", "-")
-        return f"--{'no-' if self.default else ''}{name}" if self.kind is bool else f"--{name}"
+        return (f"--{name}", f"--no-{name}") if self.kind is bool else (f"--{name}",)
+
+    @property
+    def flag(self) -> str:
+        """The flag that changes the fast preset's value (a true/false setting's turns it to the other value)."""
+        return self.flags[1 if self.kind is bool and self.default else 0]
 
     @property
     def label(self) -> str:
@@ -203,8 +209,8 @@ def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str] = tuple(
         span = f"; {o.range[0]}..{o.range[1]}" if o.range and o.range[1] < 2 ** 31 else ""
         default = f"default: {defaults}" if defaults else _default_text(o)
         if o.kind is bool:
-            parser.add_argument(o.flag, dest=name, action="store_const", const=not o.default,
-                                help=f"turn {'off' if o.default else 'on'} {o.help} ({default})")
+            parser.add_argument(o.flags[0], dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"turn on (or off) {o.help} ({default})")
         elif name == "preset":
             parser.add_argument("--preset", "--sampler", dest=name, type=o.kind, default=o.default,
                                 choices=o.choices, help=f"{o.help} ({default})")

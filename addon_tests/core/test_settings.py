@@ -70,6 +70,9 @@ def test_cli_sampler_is_the_preset_and_options_change_it():
     assert cli("--no-stabilizer", "--fade-out", "--steps", "7") == preset("fast", stabilizer=False, fade_out=True,
                                                                           steps=7)
     assert cli("--no-trim") == preset("fast", trim=False)
+    assert cli("--preset", "paper", "--trim", "--stabilizer") == preset("paper", trim=True), \
+        "either value of a true/false option, whatever the preset's is"
+    assert cli("--fade-out", "--no-fade-out") == preset("fast"), "the last of a flag and its opposite counts"
     assert cli("--solver", "ddim", "--eta", "0") == preset("fast", solver="ddim", eta=0.0)
     assert cli("--solver", "dpm", "--steps", "8") == preset("fast", solver="dpm", steps=8)
     assert cli("--reproduce", "--precision", "fp32", "--seed", "2") == preset("paper", seed=2), \
@@ -96,6 +99,7 @@ def test_the_options_table_is_the_settings():
             assert CHOICES[name] == o.choices and o.default in o.choices
     assert [OPTIONS[n].flag for n in ("stabilizer", "fade_out", "trim", "bn_mode")] == \
         ["--no-stabilizer", "--fade-out", "--no-trim", "--bn-mode"]
+    assert OPTIONS["trim"].flags == ("--trim", "--no-trim") and OPTIONS["bn_mode"].flags == ("--bn-mode",)
 
 
 def test_cli_reroll_takes_the_tables_options_with_the_takes_defaults():
