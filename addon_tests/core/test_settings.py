@@ -6,7 +6,8 @@ import math
 import pytest
 
 from model_core.__main__ import build_parser, generation_settings
-from model_core.settings import CHOICES, DEFAULT_GUIDANCE, OPTIONS, PRESETS, RANGES, GenerationSettings, preset
+from model_core.settings import (CHOICES, FAST_GUIDANCE, OFFICIAL_GUIDANCE, OPTIONS, PRESETS, RANGES,
+                                 GenerationSettings, preset)
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -39,14 +40,15 @@ def test_every_field_is_checked_and_named(field, value, message):
 
 def test_defaults_are_the_fast_preset_and_valid():
     GenerationSettings().validate()
-    assert preset("fast") == GenerationSettings() and GenerationSettings().guidance == DEFAULT_GUIDANCE == 1.15
+    assert preset("fast") == GenerationSettings() and GenerationSettings().guidance == FAST_GUIDANCE == 1.0
 
 
 def test_paper_preset_is_the_official_sampling():
     paper = preset("paper")
     assert (paper.sampler, paper.bn_mode, paper.trim, paper.precision) == ("paper", "official", False, "exact")
+    assert paper.guidance == OFFICIAL_GUIDANCE == 1.15, "the official classifier-free guidance scale"
     assert preset("paper", seed=4, guidance=None).seed == 4, "None keeps the preset's value"
-    assert preset("paper", seed=4).guidance == DEFAULT_GUIDANCE
+    assert preset("paper", seed=4).guidance == OFFICIAL_GUIDANCE and preset("paper", guidance=1.0).guidance == 1.0
     with pytest.raises(ValueError, match="unknown preset 'slow': choose fast or paper"):
         preset("slow")
 
