@@ -148,6 +148,12 @@ class TransformerDenoiser(nn.Module):
         return self.out(self.decoder_norm(h))
 
 
+def guided_rows(batch: int, scale: float) -> int:
+    """Rows of x the denoiser runs for a guided step of `batch` rows: the unconditional and the conditional ones, or
+    only the conditional ones at guidance 1."""
+    return batch if scale == 1 else 2 * batch
+
+
 def linear_schedule(num_steps: int, beta_1: float, beta_T: float) -> dict[str, torch.Tensor]:
     """The official variance schedule buffers (index 0 is padding), computed in the official float32 order."""
     betas = torch.cat([torch.zeros(1), torch.linspace(beta_1, beta_T, steps=num_steps)])
@@ -228,11 +234,15 @@ class PoseDiffusion(nn.Module):
 
     def guided_eps(self, x: torch.Tensor, beta: torch.Tensor, context: torch.Tensor, null_context: torch.Tensor,
                    scale: float, net: nn.Module | None = None) -> torch.Tensor:
-        """Implicit classifier-free guidance in one batch of 2B: rows [null | real], eps_u + s (eps_c - eps_u).
+        """Implicit classifier-free guidance in one batch of 2B: rows [null | real], eps_u + s (eps_c - eps_u); at
+        s = 1 that is eps_c, so only the B real rows are run (guided_rows).
 
         net: an equivalent denoiser to run instead (e.g. with prepacked weights); default the model's own."""
         b = x.shape[0]
-        eps = (net or self.diffusion_net.net)(torch.cat([x, x]), beta.expand(2 * b), torch.cat([null_context, context]))
+        net = net or self.diffusion_net.net
+        if guided_rows(b, scale) == b:
+            return net(x, beta.expand(b), context)
+        eps = net(torch.cat([x, x]), beta.expand(2 * b), torch.cat([null_context, context]))
         eps_u, eps_c = eps[:b], eps[b:]
         return eps_u + scale * (eps_c - eps_u)
 

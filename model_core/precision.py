@@ -1,7 +1,7 @@
 """Float precision and CPU threads for sampling.
 
 Precisions: "exact" (eager float32, bit-identical to the official code on the same CPU), "fp32" (float32 with the
-denoiser's Linear weights packed by MKL) and "bf16" (bf16 autocast). Which is fastest depends on the CPU, not
+denoiser's Linear weights packed by MKL) and "bf16" (bf16 autocast, the Linear weights cast to bf16 once). Which is fastest depends on the CPU, not
 on a flag it reports (an Intel Xeon with native bf16 ran exact fastest and bf16 slowest; an AMD EPYC the reverse),
 so "auto" measures them on the model's own denoising step in the first MEASURED_RUNS runs of a (CPU, torch, model
 size, batch, threads) combination and keeps, in the user's cache folder, the one fastest over those runs: a shared
@@ -24,7 +24,7 @@ import torch
 
 from .cpu import cpu_name, load_per_core
 from .files import check_output, read_json, write_text
-from .network import PoseDiffusion
+from .network import PoseDiffusion, guided_rows
 
 CALIBRATION_ROUNDS = 3  # rounds per measurement, candidates taking turns; the median round is kept
 CALIBRATION_STEPS = 2  # timed steps per candidate and round, after one untimed step (as a run: the same weights)
@@ -33,12 +33,12 @@ MEASURED_RUNS = 3  # runs (processes) that measure a combination before its choi
 # until a run starts on a quiet machine, which measures again: a busy machine's milliseconds are not this CPU's.
 BUSY_LOAD = 0.5
 MAX_CACHE_BYTES = 4 << 20  # an entry is ~300 bytes: thousands of combinations
-PACKINGS_KEPT = 2  # MKL-packed copies of the denoiser's weights kept per model (see packed_denoiser)
+PACKINGS_KEPT = 2  # prepared copies of the denoiser's weights kept per model (see prepared_denoiser)
 _memo: dict[str, tuple[str, str]] = {}
 # Per model, kept beside it rather than in it, so that the model still copies and pickles: its denoiser's parameter
-# list, and its MKL-packed denoisers (packed tensors have no storage to copy).
+# list, and its prepared denoisers (MKL-packed tensors have no storage to copy).
 _params: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_packed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def cpu_native_bf16() -> bool:
@@ -51,7 +51,7 @@ def cpu_native_bf16() -> bool:
 class MklPackedLinear(torch.nn.Module):
     """A Linear whose weight MKL has packed once for products of `rows` input rows: a step of this model is many
     small GEMMs, and MKL's packed kernel skips re-laying out the weight each time (on the Intel Xeon here ~10 % of a
-    step, within float32 rounding of eager). packed_denoiser gives it inputs of those rows only."""
+    step, within float32 rounding of eager). prepared_denoiser gives it inputs of those rows only."""
 
     def __init__(self, linear: torch.nn.Linear, rows: int):
         super().__init__()
@@ -77,36 +77,54 @@ def weights_key(model: PoseDiffusion) -> tuple:
     return tuple(p._version for p in gathered[1]) + tuple(p.data_ptr() for p in gathered[1])
 
 
-def packed_denoiser(model: PoseDiffusion, rows: int) -> torch.nn.Module:
-    """The denoiser with its Linear weights packed by MKL for `rows` rows (CPU float32), sharing every other
-    parameter with the model; cached until the weights change, for the PACKINGS_KEPT row counts used last (a packing
-    is as large as the weights: 100 MB for TED Expressive; a batch run uses two, its full and its last batch)."""
+class Bf16Linear(torch.nn.Module):
+    """A Linear whose weights are bf16 copies made once: autocast would cast them again at every step (its cast
+    cache lives only as long as one autocast region), and for this model's small products the casts cost more than
+    the products. Under autocast the product is the same, bit for bit: its inputs are rounded to bf16 either way."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.weight, self.bias = linear.weight.detach().bfloat16(), linear.bias.detach().bfloat16()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+def prepared_denoiser(model: PoseDiffusion, precision: str, rows: int) -> torch.nn.Module:
+    """The denoiser as `precision` runs it for `rows` input rows: fp32 on the CPU with its Linear weights packed by
+    MKL for that row count, bf16 with its Linear weights cast to bf16 once, otherwise the model's own. Each shares
+    every other parameter with the model and is cached until the weights change; PACKINGS_KEPT of them are kept, the
+    ones used last (a copy is as large as the weights: 100 MB for TED Expressive; a batch run uses two, for its full
+    and its last batch)."""
     net = model.diffusion_net.net
-    if not mkl_packing():
+    if precision == "bf16":
+        variant, make = "bf16", Bf16Linear
+    elif precision == "fp32" and next(net.parameters()).device.type == "cpu" and mkl_packing():
+        variant, make = f"fp32 {rows}", lambda linear: MklPackedLinear(linear, rows)
+    else:
         return net
     key = weights_key(model)
-    cached = _packed.get(model)
+    cached = _prepared.get(model)
     if cached is None or cached[0] != key:
-        cached = _packed[model] = (key, {})
-    packings = cached[1]
-    if rows not in packings:
-        packed = copy.deepcopy(net, memo={id(p): p for p in net.parameters()})  # the modules, not the weights
-        for module in list(packed.modules()):
+        cached = _prepared[model] = (key, {})
+    copies = cached[1]
+    if variant not in copies:
+        prepared = copy.deepcopy(net, memo={id(p): p for p in net.parameters()})  # the modules, not the weights
+        for module in list(prepared.modules()):
             for name, child in module.named_children():
                 if isinstance(child, torch.nn.Linear):
-                    setattr(module, name, MklPackedLinear(child, rows))
-        packings[rows] = packed.eval()
-        while len(packings) > PACKINGS_KEPT:
-            del packings[next(iter(packings))]
-    packings[rows] = packings.pop(rows)  # the most recently used last
-    return packings[rows]
+                    setattr(module, name, make(child))
+        copies[variant] = prepared.eval()
+        while len(copies) > PACKINGS_KEPT:
+            del copies[next(iter(copies))]
+    copies[variant] = copies.pop(variant)  # the most recently used last
+    return copies[variant]
 
 
 def guided_step(model: PoseDiffusion, precision: str, x: torch.Tensor, beta: torch.Tensor, context: torch.Tensor,
                 null: torch.Tensor, guidance: float) -> torch.Tensor:
     """One guided noise prediction in `precision` (a concrete one, not auto), returned in float32."""
-    cpu = x.device.type == "cpu"
-    net = packed_denoiser(model, 2 * x.shape[0] * x.shape[1]) if precision == "fp32" and cpu else None
+    net = prepared_denoiser(model, precision, guided_rows(x.shape[0], guidance) * x.shape[1])
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         eps = model.guided_eps(x, beta, context, null, guidance, net)
     return eps.float()
@@ -128,7 +146,7 @@ def cache_file() -> Path:
 @torch.inference_mode()
 def calibrate(model: PoseDiffusion, sampler: str, batch: int, guidance: float) -> dict[str, float]:
     """Milliseconds per guided denoising step for each candidate precision, on this model for `batch` rows of x
-    (clips times variations; guidance doubles them).
+    (clips times variations; guidance other than 1 doubles them).
 
     Random inputs of the real shapes. The candidates take turns in rounds, so that a passing load on the machine
     falls on all of them alike; in its turn a candidate runs consecutive steps as a run does, the first untimed (it
@@ -161,8 +179,9 @@ def choose_precision(model: PoseDiffusion, precision: str, sampler: str, variati
     cfg = model.cfg
     names = candidates(sampler)
     key = (f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
-           f"pose {cfg.pose_dim} hidden {cfg.hidden_dim} depth {cfg.block_depth} | guided batch {2 * variations} | "
-           f"{'+'.join(names)} | fp32 {'MKL-packed' if mkl_packing() else 'eager'}")
+           f"pose {cfg.pose_dim} hidden {cfg.hidden_dim} depth {cfg.block_depth} | "
+           f"guided batch {guided_rows(variations, guidance)} | "
+           f"{'+'.join(names)} | fp32 {'MKL-packed' if mkl_packing() else 'eager'} | bf16 weights cast once")
     if key in _memo:
         return _memo[key]
     path = cache_file()

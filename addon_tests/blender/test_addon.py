@@ -231,10 +231,9 @@ def test_the_cli_headless_and_the_panel_offer_the_tables_options(addon, scene, s
     assert offered(addon.headless.build_parser(), "generate") == cli == offered(build_parser(), "generate-batch")
     for name, o in table.items():
         flags, kind, choices, default, const = cli[name]
-        assert flags == (("--preset", "--sampler") if name == "preset" else (o.flag,))
+        assert flags == (("--preset", "--sampler") if name == "preset" else o.flags)
         assert choices == o.choices and (kind is None if o.kind is bool else kind is o.kind)
-        assert (default, const) == (("fast", None) if name == "preset" else (None, not o.default) if o.kind is bool
-                                    else (None, None)), name
+        assert (default, const) == (("fast", None) if name == "preset" else (None, None)), name
     rna = scene.diffgesture.bl_rna.properties
     panel = {name: "sampler" if name == "preset" else name for name in table}  # the preset's name in older files
     set_by_presets = {name for values in settings.PRESETS.values() for name in values} - {"sampler"}

@@ -218,31 +218,39 @@ def test_prepacked_fp32_stays_within_rounding_of_exact(official):
     assert_close_to_scale(out["fp32"], out["exact"], FULL_TRAJECTORY, "prepacked fp32 against exact")
 
 
-def test_packed_denoiser_follows_weight_changes(ted_small):
-    """MKL packs the Linears once per row count and weights; everything else is the model's own parameters."""
-    from model_core.precision import MklPackedLinear, mkl_packing, packed_denoiser
+def test_prepared_denoisers_follow_weight_changes(ted_small):
+    """MKL packs the Linears once per row count and weights, bf16 casts them once per weights; everything else is the
+    model's own parameters."""
+    from model_core.precision import Bf16Linear, MklPackedLinear, mkl_packing, prepared_denoiser
     model = ted_small.model
     x, beta, ctx = torch.randn(2, 34, 27), torch.full((2,), 0.01), torch.randn(2, 34, 60)
     with torch.inference_mode():
-        first = packed_denoiser(model, 68)
-        assert packed_denoiser(model, 68) is first, "cached while the weights stay the same"
+        first = prepared_denoiser(model, "fp32", 68)
+        assert prepared_denoiser(model, "fp32", 68) is first, "cached while the weights stay the same"
+        assert prepared_denoiser(model, "exact", 68) is model.diffusion_net.net, "exact runs the model's own"
         if mkl_packing():  # every x86 build of torch
             assert isinstance(first.blocks[0].attn.qkv, MklPackedLinear) and first.blocks[0].attn.qkv.rows == 68
             assert first.pos_embedding is model.diffusion_net.net.pos_embedding, "shared, not copied"
         torch.testing.assert_close(first(x, beta, ctx), model.denoise(x, beta, ctx), atol=1e-5, rtol=1e-4)
-        one = packed_denoiser(model, 34)
-        assert one is not first and packed_denoiser(model, 68) is first, "one packing per row count"
+        one = prepared_denoiser(model, "fp32", 34)
+        assert one is not first and prepared_denoiser(model, "fp32", 68) is first, "one packing per row count"
         torch.testing.assert_close(one(x[:1], beta[:1], ctx[:1]), model.denoise(x[:1], beta[:1], ctx[:1]),
                                    atol=1e-5, rtol=1e-4)
-        packed_denoiser(model, 102)  # a third row count: the one used longest ago (34) is dropped, 68 is kept
-        assert packed_denoiser(model, 68) is first and packed_denoiser(model, 34) is not one, "at most 2 kept"
+        bf16 = prepared_denoiser(model, "bf16", 68)  # a third copy: the one used longest ago (34) is dropped
+        assert prepared_denoiser(model, "fp32", 68) is first and prepared_denoiser(model, "fp32", 34) is not one, \
+            "at most 2 kept"
+        assert isinstance(bf16.blocks[0].mlp.fc1, Bf16Linear) and bf16.blocks[0].mlp.fc1.weight.dtype == torch.bfloat16
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the same products as autocast's own casts, bit for bit
+            assert torch.equal(prepared_denoiser(model, "bf16", 4)(x, beta, ctx), model.denoise(x, beta, ctx))
     saved = model.diffusion_net.net.out[2].bias.detach().clone()
     try:
         with torch.no_grad():
             model.diffusion_net.net.out[2].bias.add_(1.0)
         with torch.inference_mode():
-            torch.testing.assert_close(packed_denoiser(model, 68)(x, beta, ctx), model.denoise(x, beta, ctx),
-                                       atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(prepared_denoiser(model, "fp32", 68)(x, beta, ctx),
+                                       model.denoise(x, beta, ctx), atol=1e-5, rtol=1e-4)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert torch.equal(prepared_denoiser(model, "bf16", 68)(x, beta, ctx), model.denoise(x, beta, ctx))
     finally:
         with torch.no_grad():
             model.diffusion_net.net.out[2].bias.copy_(saved)

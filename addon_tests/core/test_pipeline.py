@@ -237,6 +237,33 @@ def test_a_model_copies_after_running_in_fp32(tiny):
     torch.testing.assert_close(again, eps, rtol=0, atol=0)
 
 
+def test_guidance_one_runs_only_the_conditional_rows(tiny):
+    """At guidance 1, eps_u + 1 (eps_c - eps_u) is eps_c: the denoiser runs the B conditional rows only (half the
+    work of the 2B guided batch), and gives what the two-row formula gives, to float rounding; the packed fp32 copy
+    is made for the rows really run."""
+    from model_core.network import guided_rows
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn((2, tiny.cfg.n_poses, tiny.cfg.pose_dim), generator=gen)
+    context = torch.randn((2, tiny.cfg.n_poses, tiny.cfg.in_size), generator=gen)
+    beta, null = tiny.schedule.betas[40].view(1), tiny.null_context(2)
+    rows = []
+    hook = tiny.diffusion_net.net.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[0]))
+    try:
+        with torch.inference_mode():
+            one = tiny.guided_eps(x, beta, context, null, 1.0)
+            two = tiny.guided_eps(x, beta, context, null, 1.15)
+            eps_u, eps_c = tiny.denoise(torch.cat([x, x]), beta.expand(4), torch.cat([null, context])).chunk(2)
+    finally:
+        hook.remove()
+    assert rows == [2, 4, 4] and guided_rows(2, 1.0) == 2 and guided_rows(2, 1.15) == 4
+    torch.testing.assert_close(one, eps_u + 1.0 * (eps_c - eps_u), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(two, eps_u + 1.15 * (eps_c - eps_u), rtol=0, atol=0)
+    with torch.inference_mode():
+        for p in ("exact", "fp32"):
+            torch.testing.assert_close(precision.guided_step(tiny, p, x, beta, context, null, 1.0), one,
+                                       rtol=1e-4, atol=1e-5)
+
+
 def test_auto_precision_rules(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFGESTURE_CACHE_DIR", str(tmp_path))
     assert precision.choose_precision(tiny, "bf16", "fast", 1, 1.15, torch.device("cpu")) == ("bf16", "requested")

@@ -184,3 +184,35 @@ def test_speech_comes_from_three_synthesizers_and_one_voice_stays_out(tmp_path):
     index = procedural.build(tmp_path / "voice", "ted_gesture", n_clips=1, seed=3, duration=4.0, voices="held-out")
     assert [c["meta"]["voice"] for c in index["clips"]] == list(procedural.HELD_OUT_VOICES)
     assert index["source"] != procedural.recipe(1, 3, 4.0)  # train and held-out data are different recipes
+
+
+def test_recording_conditions_change_the_sound_not_the_pauses_or_the_motion(tmp_path):
+    """record(): a clip's speech as a microphone might take it (room, band, compression, background noise) at the
+    levels real files have, within full scale, the same for the same draw; pauses stay below the voiced-frame
+    threshold, and the motion, made from the clean speech on its own random stream, is the clip's either way."""
+    clean, _, _ = procedural.make_speech(np.random.default_rng(4), 8.0, tmp_path)
+    frames = int(len(clean) / procedural.HOP)
+    silent = np.convolve(np.abs(clean) == 0, np.ones(801), "same") == 801  # samples deep inside the pauses
+    levels, noisy_pauses, changed = [], 0, 0
+    for i in range(16):
+        rec = procedural.record(clean, np.random.default_rng(i))
+        assert rec.dtype == np.float32 and rec.shape == clean.shape and np.abs(rec).max() <= 0.99 + 1e-6
+        assert np.array_equal(rec, procedural.record(clean, np.random.default_rng(i)))
+        levels.append(procedural._voiced_rms(rec))
+        noisy_pauses += np.abs(rec[silent]).max() > 1e-4
+        agree = procedural.voiced_frames(rec, frames) == procedural.voiced_frames(clean, frames)
+        assert agree.mean() > 0.95, f"draw {i}: the pauses are still pauses"
+        changed += np.corrcoef(rec, clean)[0, 1] < 0.999  # more than a change of level
+    assert min(levels) < 0.06 and max(levels) > 0.12 and max(levels) <= 0.25 * 1.01, "levels real files have"
+    assert 3 <= noisy_pauses <= 13, "about half the draws add background noise through the pauses"
+    assert changed >= 10, "about one draw in eight only changes the level"
+    skel = TED_GESTURE
+    clip = procedural.make_clip(skel, 9, 0, 4.0, tmp_path)
+    rng = np.random.default_rng([9, 0])
+    speech, _, _ = procedural.make_speech(rng, 4.0, tmp_path)
+    n = int(len(speech) / procedural.HOP)
+    dirs = procedural.gesture_motion(procedural.analyse_speech(speech, n), n, skel, rng)
+    from model_core.skeleton import canonical_to_poses
+    assert np.array_equal(clip.poses, canonical_to_poses(dirs.astype(np.float32), skel))
+    assert np.array_equal(clip.audio, procedural.record(speech, np.random.default_rng([9, 0, 1])))
+    assert not np.array_equal(clip.audio, speech)

@@ -6,7 +6,8 @@ import math
 import pytest
 
 from model_core.__main__ import build_parser, generation_settings
-from model_core.settings import CHOICES, DEFAULT_GUIDANCE, OPTIONS, PRESETS, RANGES, GenerationSettings, preset
+from model_core.settings import (CHOICES, FAST_GUIDANCE, OFFICIAL_GUIDANCE, OPTIONS, PRESETS, RANGES,
+                                 GenerationSettings, preset)
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -39,14 +40,15 @@ def test_every_field_is_checked_and_named(field, value, message):
 
 def test_defaults_are_the_fast_preset_and_valid():
     GenerationSettings().validate()
-    assert preset("fast") == GenerationSettings() and GenerationSettings().guidance == DEFAULT_GUIDANCE == 1.15
+    assert preset("fast") == GenerationSettings() and GenerationSettings().guidance == FAST_GUIDANCE == 1.0
 
 
 def test_paper_preset_is_the_official_sampling():
     paper = preset("paper")
     assert (paper.sampler, paper.bn_mode, paper.trim, paper.precision) == ("paper", "official", False, "exact")
+    assert paper.guidance == OFFICIAL_GUIDANCE == 1.15, "the official classifier-free guidance scale"
     assert preset("paper", seed=4, guidance=None).seed == 4, "None keeps the preset's value"
-    assert preset("paper", seed=4).guidance == DEFAULT_GUIDANCE
+    assert preset("paper", seed=4).guidance == OFFICIAL_GUIDANCE and preset("paper", guidance=1.0).guidance == 1.0
     with pytest.raises(ValueError, match="unknown preset 'slow': choose fast or paper"):
         preset("slow")
 
@@ -70,6 +72,9 @@ def test_cli_sampler_is_the_preset_and_options_change_it():
     assert cli("--no-stabilizer", "--fade-out", "--steps", "7") == preset("fast", stabilizer=False, fade_out=True,
                                                                           steps=7)
     assert cli("--no-trim") == preset("fast", trim=False)
+    assert cli("--preset", "paper", "--trim", "--stabilizer") == preset("paper", trim=True), \
+        "either value of a true/false option, whatever the preset's is"
+    assert cli("--fade-out", "--no-fade-out") == preset("fast"), "the last of a flag and its opposite counts"
     assert cli("--solver", "ddim", "--eta", "0") == preset("fast", solver="ddim", eta=0.0)
     assert cli("--solver", "dpm", "--steps", "8") == preset("fast", solver="dpm", steps=8)
     assert cli("--reproduce", "--precision", "fp32", "--seed", "2") == preset("paper", seed=2), \
@@ -96,6 +101,7 @@ def test_the_options_table_is_the_settings():
             assert CHOICES[name] == o.choices and o.default in o.choices
     assert [OPTIONS[n].flag for n in ("stabilizer", "fade_out", "trim", "bn_mode")] == \
         ["--no-stabilizer", "--fade-out", "--no-trim", "--bn-mode"]
+    assert OPTIONS["trim"].flags == ("--trim", "--no-trim") and OPTIONS["bn_mode"].flags == ("--bn-mode",)
 
 
 def test_cli_reroll_takes_the_tables_options_with_the_takes_defaults():
