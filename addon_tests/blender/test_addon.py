@@ -237,7 +237,7 @@ def test_the_cli_headless_and_the_panel_offer_the_tables_options(addon, scene, s
     rna = scene.diffgesture.bl_rna.properties
     panel = {name: "sampler" if name == "preset" else name for name in table}  # the preset's name in older files
     set_by_presets = {name for values in settings.PRESETS.values() for name in values} - {"sampler"}
-    assert set_by_presets == {"bn_mode", "trim", "precision"}
+    assert set_by_presets == {"guidance", "bn_mode", "trim", "precision"}
     assert {name for name in table if f"override_{name}" in rna} == set_by_presets
     for name, o in table.items():
         p = rna[panel[name]]

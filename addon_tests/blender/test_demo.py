@@ -94,5 +94,5 @@ def test_demo_arms_move_more_in_speech_than_in_pauses(demo_blend):
     ratio = speed[speaking].mean() / speed[silent].mean()
     print(f"\narm speed: {speed[speaking].mean():.4f} rad/frame in speech, {speed[silent].mean():.4f} in pauses "
           f"(ratio {ratio:.2f})")
-    # the target is 2.5; the bundled model measured 12.3 on the AMD EPYC, so 8 leaves room for other CPUs' rounding
-    assert ratio > 8.0, "the hands rest in pauses (the stage-1 model measured 3.9, the stage-2 one 12.3)"
+    # the target is 2.5; the bundled model measured 16.5 on the AMD EPYC, so 11 leaves room for other CPUs' rounding
+    assert ratio > 11.0, "the hands rest in pauses (the stage-1 model measured 3.9, stage 2 12.3, stage 3 16.5)"
