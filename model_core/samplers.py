@@ -88,7 +88,7 @@ def lambda_timesteps(schedule: VarianceSchedule, k: int) -> list[int]:
 
 def quadratic_timesteps(num_steps: int, k: int) -> list[int]:
     """K schedule indices from T down to 1, quadratic in t (DDIM's "quad" spacing, Song et al. 2021, appendix D.2):
-    steps are dense near t = 0, where the last rounding of the pose is decided: for K = 10, 500 ... 26, 7, 1."""
+    steps are dense near t = 0, where the last rounding of the pose is decided: for K = 12, 500 ... 17, 5, 1."""
     _check_steps(num_steps, k)
     return _distinct([int(round(x * x)) + 1 for x in np.linspace(math.sqrt(num_steps - 1), 0, k)], num_steps)
 
