@@ -180,6 +180,7 @@ def test_paper_means_the_same_in_the_panel_cli_and_headless(addon, scene, speech
     assert three_front_ends() == [paper.to_dict()] * 3  # panel, CLI, headless
     props = scene.diffgesture
     props.seed, props.variations, props.guidance, props.stabilizer = 7, 2, 2.5, False
+    props.override_guidance = True  # a preset sets guidance (paper: 1.15): the panel's value counts when overridden
     props.precision, props.trim, props.bn_mode = "fp32", True, "eval"  # not overridden: the preset's values stay
     changed = settings.preset("paper", seed=7, variations=2, guidance=2.5, stabilizer=False).to_dict()
     assert three_front_ends("--seed", "7", "--variations", "2", "--guidance", "2.5", "--no-stabilizer") == \
