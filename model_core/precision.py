@@ -1,14 +1,14 @@
 """Float precision and CPU threads for sampling.
 
 Precisions: "exact" (eager float32, bit-identical to the official code on the same CPU), "fp32" (float32 with the
-denoiser's Linear weights packed by MKL) and "bf16" (bf16 autocast, the Linear weights cast to bf16 once). Which is fastest depends on the CPU, not
-on a flag it reports (an Intel Xeon with native bf16 ran exact fastest and bf16 slowest; an AMD EPYC the reverse),
-so "auto" measures them on the model's own denoising step in the first MEASURED_RUNS runs of a (CPU, torch, model
-size, batch, threads) combination and keeps, in the user's cache folder, the one fastest over those runs: a shared
-host slows a run now and then in ways no load average shows (a neighbour's cache traffic), and one such moment must
-not decide for good. A measurement taken on a busy machine is replaced by the first runs on a quiet one. On a GPU
-the steps of this model are bound by kernel launches and bf16's casts only cost time (benchmarks/RESULTS.md), so
-auto is fp32 there.
+denoiser's Linear weights packed by MKL) and "bf16" (bf16 autocast, the Linear weights cast to bf16 once). Which is
+fastest depends on the CPU, not on a flag it reports (an Intel Xeon with native bf16 ran exact fastest and bf16
+slowest; an AMD EPYC the reverse), so "auto" measures them on the model's own denoising step in the first
+MEASURED_RUNS runs of a (CPU, torch, model size, batch, threads) combination and keeps, in the user's cache folder,
+the one fastest over those runs: a shared host slows a run now and then in ways no load average shows (a neighbour's
+cache traffic), and one such moment must not decide for good. A measurement taken on a busy machine is replaced by
+the first runs on a quiet one. On a GPU the steps of this model are bound by kernel launches and bf16's casts only
+cost time (benchmarks/RESULTS.md), so auto is fp32 there.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ MEASURED_RUNS = 3  # runs (processes) that measure a combination before its choi
 # until a run starts on a quiet machine, which measures again: a busy machine's milliseconds are not this CPU's.
 BUSY_LOAD = 0.5
 MAX_CACHE_BYTES = 4 << 20  # an entry is ~300 bytes: thousands of combinations
-PACKINGS_KEPT = 2  # prepared copies of the denoiser's weights kept per model (see prepared_denoiser)
+PREPARED_KEPT = 2  # prepared copies of the denoiser's weights kept per model (see prepared_denoiser)
 _memo: dict[str, tuple[str, str]] = {}
 # Per model, kept beside it rather than in it, so that the model still copies and pickles: its denoiser's parameter
 # list, and its prepared denoisers (MKL-packed tensors have no storage to copy).
@@ -93,7 +93,7 @@ class Bf16Linear(torch.nn.Module):
 def prepared_denoiser(model: PoseDiffusion, precision: str, rows: int) -> torch.nn.Module:
     """The denoiser as `precision` runs it for `rows` input rows: fp32 on the CPU with its Linear weights packed by
     MKL for that row count, bf16 with its Linear weights cast to bf16 once, otherwise the model's own. Each shares
-    every other parameter with the model and is cached until the weights change; PACKINGS_KEPT of them are kept, the
+    every other parameter with the model and is cached until the weights change; PREPARED_KEPT of them are kept, the
     ones used last (a copy is as large as the weights: 100 MB for TED Expressive; a batch run uses two, for its full
     and its last batch)."""
     net = model.diffusion_net.net
@@ -115,7 +115,7 @@ def prepared_denoiser(model: PoseDiffusion, precision: str, rows: int) -> torch.
                 if isinstance(child, torch.nn.Linear):
                     setattr(module, name, make(child))
         copies[variant] = prepared.eval()
-        while len(copies) > PACKINGS_KEPT:
+        while len(copies) > PREPARED_KEPT:
             del copies[next(iter(copies))]
     copies[variant] = copies.pop(variant)  # the most recently used last
     return copies[variant]
